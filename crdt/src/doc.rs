@@ -1,0 +1,325 @@
+//! A typed view of one automerge document.
+//!
+//! Each entity collection is a map at the root (`users`, `instances`, ...) whose
+//! values are maps of scalar fields. Collections are created once, when the
+//! document is created, so that replicas never race to create the same map (two
+//! concurrent `put_object`s would make one replica's entries vanish). Nested
+//! values (lists, maps) are stored as JSON in a bytes scalar: they are replaced
+//! whole, which is what their owners mean by an update.
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+
+use crate::Millis;
+
+/// Progress of the automerge sync protocol with one peer for one document.
+pub use automerge::sync::State as SyncState;
+
+/// Schema version written at the root of every document (`schema`).
+pub const SCHEMA: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("document has no collection {0:?}: not an Atoll document of this kind")]
+    MissingCollection(&'static str),
+    #[error("document schema {found} is newer than this build understands ({SCHEMA})")]
+    Schema { found: u64 },
+    #[error("entity {collection}/{key} does not decode: {reason}")]
+    Decode { collection: &'static str, key: String, reason: String },
+    #[error("malformed change: {0}")]
+    BadChange(String),
+    #[error("invalid name {0:?}: use 1-63 lowercase letters, digits, '-', '_' or '.'")]
+    InvalidName(String),
+}
+
+/// A record kept in a collection of a document.
+pub trait Entity: Serialize + DeserializeOwned {
+    const COLLECTION: &'static str;
+    fn key(&self) -> String;
+}
+
+/// An automerge document with Atoll's collection layout.
+pub struct Doc {
+    inner: AutoCommit,
+}
+
+impl Doc {
+    /// A new document with the given collections; `actor` names the writer.
+    pub fn create(actor: &[u8], collections: &[&'static str], now: Millis) -> Result<Self, DocError> {
+        let mut inner = AutoCommit::new().with_actor(ActorId::from(actor));
+        inner.put(automerge::ROOT, "schema", SCHEMA)?;
+        for c in collections {
+            inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
+        }
+        let mut doc = Doc { inner };
+        doc.commit(now);
+        Ok(doc)
+    }
+
+    /// Loads saved bytes (a full save, optionally followed by incremental saves).
+    pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
+        let inner = AutoCommit::load(bytes)?.with_actor(ActorId::from(actor));
+        let doc = Doc { inner };
+        doc.check(collections)?;
+        Ok(doc)
+    }
+
+    /// Loads a replica whose layout may not have arrived yet (a document being
+    /// filled by sync); empty bytes give an empty replica.
+    pub fn load_any(bytes: &[u8], actor: &[u8]) -> Result<Self, DocError> {
+        if bytes.is_empty() {
+            return Ok(Doc::empty(actor));
+        }
+        Ok(Doc { inner: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)) })
+    }
+
+    /// How many entities a collection holds, without decoding them.
+    pub fn count<T: Entity>(&self) -> usize {
+        self.collection(T::COLLECTION).map(|c| self.inner.length(&c)).unwrap_or(0)
+    }
+
+    /// Whether the document has the collection (a replica filled by sync has it
+    /// once the owner's first change arrived).
+    pub fn has_collection(&self, name: &'static str) -> bool {
+        self.collection(name).is_ok()
+    }
+
+    /// Verifies the layout: every collection exists and the schema is known.
+    pub fn check(&self, collections: &[&'static str]) -> Result<(), DocError> {
+        if let Some((v, _)) = self.inner.get(automerge::ROOT, "schema")? {
+            let found = scalar_to_json(&v).as_u64().unwrap_or(0);
+            if found > SCHEMA {
+                return Err(DocError::Schema { found });
+            }
+        }
+        for c in collections {
+            self.collection(c)?;
+        }
+        Ok(())
+    }
+
+    fn collection(&self, name: &'static str) -> Result<ObjId, DocError> {
+        match self.inner.get(automerge::ROOT, name)? {
+            Some((Value::Object(ObjType::Map), id)) => Ok(id),
+            _ => Err(DocError::MissingCollection(name)),
+        }
+    }
+
+    /// Reads one entity.
+    pub fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        match self.inner.get(&coll, key)? {
+            Some((Value::Object(ObjType::Map), obj)) => self.decode::<T>(&obj, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every entity of a collection, in key order.
+    pub fn list<T: Entity>(&self) -> Result<Vec<T>, DocError> {
+        self.list_prefix::<T>("")
+    }
+
+    /// The entities whose key starts with `prefix`, in key order; reads only those.
+    pub fn list_prefix<T: Entity>(&self, prefix: &str) -> Result<Vec<T>, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        // One ordered pass from the prefix on (a keyed lookup per entry would
+        // seek from the start each time), stopping where the prefix ends.
+        let objs: Vec<(String, ObjId)> = self
+            .inner
+            .map_range(&coll, prefix.to_owned()..)
+            .take_while(|item| item.key.starts_with(prefix))
+            .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
+            .map(|item| (item.key.to_string(), item.id()))
+            .collect();
+        objs.iter().map(|(key, obj)| self.decode::<T>(obj, key)).collect()
+    }
+
+    pub fn contains<T: Entity>(&self, key: &str) -> Result<bool, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        Ok(self.inner.get(&coll, key)?.is_some())
+    }
+
+    fn decode<T: Entity>(&self, obj: &ObjId, key: &str) -> Result<T, DocError> {
+        let mut map = serde_json::Map::new();
+        for item in self.inner.map_range(obj, ..) {
+            let value = item.value.into_value();
+            if let v @ Value::Scalar(_) = value {
+                map.insert(item.key.to_string(), scalar_to_json(&v));
+            }
+        }
+        serde_json::from_value(Json::Object(map)).map_err(|e| DocError::Decode {
+            collection: T::COLLECTION,
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes an entity, touching only the fields that changed (automerge keeps
+    /// every write forever, so unchanged fields must not be rewritten).
+    pub fn put<T: Entity>(&mut self, entity: &T) -> Result<(), DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        let key = entity.key();
+        let obj = match self.inner.get(&coll, &key)? {
+            Some((Value::Object(ObjType::Map), obj)) => obj,
+            _ => self.inner.put_object(&coll, &key, ObjType::Map)?,
+        };
+        let Json::Object(fields) = serde_json::to_value(entity).map_err(|e| DocError::Decode {
+            collection: T::COLLECTION,
+            key: key.clone(),
+            reason: e.to_string(),
+        })?
+        else {
+            return Err(DocError::Decode {
+                collection: T::COLLECTION,
+                key,
+                reason: "entity does not serialize to a map".into(),
+            });
+        };
+        for (field, value) in &fields {
+            let new = json_to_scalar(value);
+            let old = match self.inner.get(&obj, field.as_str())? {
+                Some((Value::Scalar(v), _)) => Some(v.into_owned()),
+                _ => None,
+            };
+            if old.as_ref() != Some(&new) {
+                self.inner.put(&obj, field.as_str(), new)?;
+            }
+        }
+        // Fields dropped from the entity (none today) would linger; remove them.
+        let stale: Vec<String> = self.inner.keys(&obj).filter(|k| !fields.contains_key(k)).collect();
+        for k in stale {
+            self.inner.delete(&obj, k.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Removes an entity; returns whether it existed.
+    pub fn delete<T: Entity>(&mut self, key: &str) -> Result<bool, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        if self.inner.get(&coll, key)?.is_none() {
+            return Ok(false);
+        }
+        self.inner.delete(&coll, key)?;
+        Ok(true)
+    }
+
+    /// Seals pending writes into one change stamped with `now` (seconds, as automerge wants).
+    pub fn commit(&mut self, now: Millis) -> Option<ChangeHash> {
+        let secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
+        self.inner.commit_with(CommitOptions::default().with_time(secs))
+    }
+
+    /// Drops writes not yet committed (a command that failed half-way).
+    pub fn rollback(&mut self) {
+        self.inner.rollback();
+    }
+
+    /// Bytes of the changes made since the previous call (append-only storage).
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.inner.save_incremental()
+    }
+
+    /// The whole document, compacted.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.inner.save()
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.inner.get_heads()
+    }
+
+    /// Encoded changes the holder of `have` lacks.
+    pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.inner.get_changes(have).into_iter().map(|mut c| c.bytes().into_owned()).collect()
+    }
+
+    /// Applies encoded changes; duplicates and out-of-order delivery are fine
+    /// (automerge queues changes until their dependencies arrive).
+    pub fn apply(&mut self, changes: &[Vec<u8>]) -> Result<(), DocError> {
+        let mut decoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            decoded.push(
+                automerge::Change::from_bytes(c.clone()).map_err(|e| DocError::BadChange(e.to_string()))?,
+            );
+        }
+        self.inner.apply_changes(decoded)?;
+        Ok(())
+    }
+
+    pub fn merge(&mut self, other: &mut Doc) -> Result<(), DocError> {
+        self.inner.merge(&mut other.inner)?;
+        Ok(())
+    }
+
+    /// An empty replica, to be filled by the sync protocol from a peer that holds
+    /// the document (a site document this site has not seen yet).
+    pub fn empty(actor: &[u8]) -> Doc {
+        Doc { inner: AutoCommit::new().with_actor(ActorId::from(actor)) }
+    }
+
+    /// The next automerge sync message for a peer whose progress is `state`,
+    /// or None when the peer is known to have everything.
+    pub fn sync_out(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
+        use automerge::sync::SyncDoc;
+        self.inner.sync().generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Applies a peer's sync message.
+    pub fn sync_in(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<(), DocError> {
+        use automerge::sync::SyncDoc;
+        let msg = automerge::sync::Message::decode(msg).map_err(|e| DocError::BadChange(e.to_string()))?;
+        self.inner.sync().receive_sync_message(state, msg)?;
+        Ok(())
+    }
+
+    /// A 32-byte digest of the current heads: equal digests, equal documents.
+    pub fn digest(&mut self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut heads = self.inner.get_heads();
+        heads.sort();
+        let mut h = sha2::Sha256::new();
+        for head in heads {
+            h.update(head.0);
+        }
+        h.finalize().into()
+    }
+
+    /// A copy acting as `actor` (a new replica of the same document).
+    pub fn fork_as(&mut self, actor: &[u8]) -> Doc {
+        Doc { inner: self.inner.fork().with_actor(ActorId::from(actor)) }
+    }
+}
+
+fn json_to_scalar(v: &Json) -> ScalarValue {
+    match v {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ScalarValue::Int(i),
+            (None, Some(u)) => ScalarValue::Uint(u),
+            _ => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        nested => ScalarValue::Bytes(serde_json::to_vec(nested).unwrap_or_default()),
+    }
+}
+
+fn scalar_to_json(v: &Value<'_>) -> Json {
+    let Value::Scalar(s) = v else { return Json::Null };
+    match s.as_ref() {
+        ScalarValue::Null => Json::Null,
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Int(i) | ScalarValue::Timestamp(i) => Json::from(*i),
+        ScalarValue::Uint(u) => Json::from(*u),
+        ScalarValue::F64(f) => Json::from(*f),
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Bytes(b) => serde_json::from_slice(b).unwrap_or(Json::Null),
+        ScalarValue::Counter(c) => Json::from(i64::from(c)),
+        ScalarValue::Unknown { .. } => Json::Null,
+    }
+}

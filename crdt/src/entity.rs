@@ -1,0 +1,472 @@
+//! The entities kept in the realm and site documents.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Entity, Millis};
+
+/// A site's stable identifier: its name in the realm, `[a-z0-9-]{1,32}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SiteId(String);
+
+impl SiteId {
+    /// Checks the syntax; names double as automerge actor ids and storage keys.
+    pub fn new(name: &str) -> Result<Self, crate::DocError> {
+        if is_name(name) {
+            Ok(SiteId(name.to_owned()))
+        } else {
+            Err(crate::DocError::InvalidName(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SiteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The naming rule shared by sites, users, projects, images and instances:
+/// lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit,
+/// 1 to 63 bytes. It keeps names safe in URLs, file names and storage keys.
+pub fn is_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A bundle of quota-counted resources. Signed so that grants can lower a total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub instances: i64,
+    pub cpus: i64,
+    pub memory_mib: i64,
+}
+
+impl Resources {
+    pub const ZERO: Resources = Resources { instances: 0, cpus: 0, memory_mib: 0 };
+
+    pub fn new(instances: i64, cpus: i64, memory_mib: i64) -> Self {
+        Resources { instances, cpus, memory_mib }
+    }
+
+    pub fn plus(self, o: Resources) -> Resources {
+        Resources {
+            instances: self.instances.saturating_add(o.instances),
+            cpus: self.cpus.saturating_add(o.cpus),
+            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
+        }
+    }
+
+    pub fn minus(self, o: Resources) -> Resources {
+        self.plus(o.negate())
+    }
+
+    pub fn negate(self) -> Resources {
+        Resources {
+            instances: self.instances.saturating_neg(),
+            cpus: self.cpus.saturating_neg(),
+            memory_mib: self.memory_mib.saturating_neg(),
+        }
+    }
+
+    /// True when every component of `self` is at least the one of `o`.
+    pub fn covers(self, o: Resources) -> bool {
+        self.instances >= o.instances && self.cpus >= o.cpus && self.memory_mib >= o.memory_mib
+    }
+
+    pub fn is_non_negative(self) -> bool {
+        self.covers(Resources::ZERO)
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} instances, {} cpus, {} MiB", self.instances, self.cpus, self.memory_mib)
+    }
+}
+
+/// A member site as the realm knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub site: SiteId,
+    /// ed25519 verifying key, hex.
+    pub public_key: String,
+    pub region: String,
+    pub operator: String,
+    pub joined_at: Millis,
+}
+
+impl Entity for Member {
+    const COLLECTION: &'static str = "members";
+    fn key(&self) -> String {
+        self.site.0.clone()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// May create users and projects, set quotas and grant any role.
+    pub realm_admin: bool,
+    pub created_at: Millis,
+}
+
+impl Entity for User {
+    const COLLECTION: &'static str = "users";
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub name: String,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+impl Entity for Project {
+    const COLLECTION: &'static str = "projects";
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Reader,
+    Member,
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reader" => Ok(Role::Reader),
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?} (expected admin, member or reader)")),
+        }
+    }
+}
+
+/// A user's role in a project, optionally only on some sites.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleBinding {
+    pub user: String,
+    pub project: String,
+    pub role: Role,
+    /// `None`: every site.
+    pub sites: Option<Vec<SiteId>>,
+}
+
+impl Entity for RoleBinding {
+    const COLLECTION: &'static str = "roles";
+    fn key(&self) -> String {
+        format!("{}/{}", self.user, self.project)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// A tar archive with a `manifest.json` naming the entrypoint.
+    Process,
+    /// The output of `docker save`.
+    DockerArchive,
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    pub fn kind(self) -> Kind {
+        match self {
+            ImageFormat::Process => Kind::Process,
+            ImageFormat::DockerArchive => Kind::Container,
+            ImageFormat::Qcow2 | ImageFormat::Raw => Kind::Vm,
+        }
+    }
+}
+
+impl std::str::FromStr for ImageFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(ImageFormat::Process),
+            "docker-archive" => Ok(ImageFormat::DockerArchive),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            "raw" => Ok(ImageFormat::Raw),
+            _ => Err(format!("unknown image format {s:?} (expected process, docker-archive, qcow2 or raw)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Private,
+    Public,
+}
+
+/// Catalog entry of a content-addressed image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub project: String,
+    /// `sha256:<hex>` of the whole blob.
+    pub digest: String,
+    pub size: u64,
+    pub format: ImageFormat,
+    pub chunk_size: u64,
+    /// sha256 hex of each chunk, in order.
+    pub chunks: Vec<String>,
+    pub visibility: Visibility,
+    pub created_by: String,
+    pub created_at: Millis,
+}
+
+impl Entity for Image {
+    const COLLECTION: &'static str = "images";
+    fn key(&self) -> String {
+        format!("{}/{}", self.project, self.name)
+    }
+}
+
+/// One step of a project's quota total, credited to (or taken from) the site
+/// that wrote it. A project's total is the sum of its grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaGrant {
+    pub project: String,
+    pub site: SiteId,
+    /// Per-site sequence number; only `site` writes grants naming itself.
+    pub seq: u64,
+    pub delta: Resources,
+    pub at: Millis,
+}
+
+impl Entity for QuotaGrant {
+    const COLLECTION: &'static str = "grants";
+    fn key(&self) -> String {
+        format!("{}/{}/{}", self.project, self.site, self.seq)
+    }
+}
+
+/// Rights moved from the owning site to another, written in the giver's document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub project: String,
+    pub from: SiteId,
+    pub to: SiteId,
+    pub seq: u64,
+    pub amount: Resources,
+    pub at: Millis,
+}
+
+impl Entity for Transfer {
+    const COLLECTION: &'static str = "transfers";
+    fn key(&self) -> String {
+        format!("{}/{}", self.project, self.seq)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Process,
+    Container,
+    Vm,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Process => "process",
+            Kind::Container => "container",
+            Kind::Vm => "vm",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" => Ok(RestartPolicy::Never),
+            "on-failure" => Ok(RestartPolicy::OnFailure),
+            "always" => Ok(RestartPolicy::Always),
+            _ => Err(format!("unknown restart policy {s:?} (expected never, on-failure or always)")),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Stopped,
+    /// Being destroyed; the record goes once the driver has cleaned up.
+    Deleted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Observed {
+    /// Accepted, not yet handed to the driver.
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Ended by itself (see the reason).
+    Exited,
+    /// The driver could not start it or lost it.
+    Failed,
+}
+
+impl fmt::Display for Observed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
+}
+
+/// A workload hosted by a site. Its quota consumption lasts from creation to deletion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    pub project: String,
+    pub site: SiteId,
+    /// Catalog key `project/name` of the image.
+    pub image: String,
+    pub image_digest: String,
+    pub kind: Kind,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub disk_mib: i64,
+    pub restart: RestartPolicy,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Published ports, `[IP:]HOST:CONTAINER[/tcp|/udp]` (containers only).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    pub desired: Desired,
+    pub observed: Observed,
+    pub reason: String,
+    pub observed_at: Millis,
+    /// Driver-specific handle for re-attaching after a daemon restart.
+    pub handle: Option<String>,
+    pub restarts: u64,
+    pub created_by: String,
+    pub created_at: Millis,
+}
+
+impl Instance {
+    pub fn resources(&self) -> Resources {
+        Resources::new(1, self.cpus, self.memory_mib)
+    }
+}
+
+impl Entity for Instance {
+    const COLLECTION: &'static str = "instances";
+    fn key(&self) -> String {
+        format!("{}/{}", self.project, self.name)
+    }
+}
+
+/// Which images a site holds in full.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub digest: String,
+    pub size: u64,
+    pub at: Millis,
+}
+
+impl Entity for Replica {
+    const COLLECTION: &'static str = "replicas";
+    fn key(&self) -> String {
+        self.digest.clone()
+    }
+}
+
+/// What a site found about one of its drivers when it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverInfo {
+    pub kind: Kind,
+    pub available: bool,
+    pub version: String,
+    /// The runtime it drives, or why it cannot.
+    pub detail: String,
+}
+
+/// A site's stable facts, as it publishes them in its own document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub site: SiteId,
+    pub operator: String,
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+    pub public_key: String,
+    /// The kinds of instance this site can run (its available drivers).
+    pub kinds: Vec<Kind>,
+    pub drivers: Vec<DriverInfo>,
+    pub arch: String,
+    pub capacity: Resources,
+    pub disk_mib: i64,
+    pub version: String,
+}
+
+impl Entity for Descriptor {
+    const COLLECTION: &'static str = "descriptor";
+    fn key(&self) -> String {
+        "self".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_name("edge-1"));
+        assert!(is_name("a.b_c"));
+        assert!(!is_name(""));
+        assert!(!is_name("-x"));
+        assert!(!is_name("Upper"));
+        assert!(!is_name("a/b"));
+        assert!(!is_name(&"x".repeat(64)));
+    }
+
+    #[test]
+    fn resources_arithmetic() {
+        let a = Resources::new(2, 4, 1024);
+        let b = Resources::new(1, 1, 512);
+        assert_eq!(a.minus(b), Resources::new(1, 3, 512));
+        assert!(a.covers(b));
+        assert!(!b.covers(a));
+        assert!(!b.minus(a).is_non_negative());
+    }
+}

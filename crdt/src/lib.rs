@@ -1,0 +1,25 @@
+//! Atoll's replicated state model.
+//!
+//! Two kinds of automerge documents hold everything a site must remember:
+//! the [`Realm`] (admin-scoped, replicated to every site) and one [`SiteDoc`] per
+//! site (written only by its owner). Entities are plain serde structs mapped onto
+//! automerge maps field by field, so concurrent edits of different fields merge.
+//! The quota escrow of [`escrow`] is pure arithmetic over both documents.
+//!
+//! This crate is pure: no clock, no I/O, no OS randomness. Time comes in as
+//! [`Millis`] from the caller.
+
+pub mod doc;
+pub mod entity;
+pub mod escrow;
+pub mod realm;
+pub mod site;
+
+pub use doc::{Doc, DocError, Entity, SyncState};
+pub use entity::*;
+pub use escrow::{Account, EscrowError};
+pub use realm::Realm;
+pub use site::SiteDoc;
+
+/// Milliseconds since the Unix epoch, as given by the caller's clock.
+pub type Millis = u64;

@@ -1,0 +1,93 @@
+//! The realm document: membership, users, projects, roles, the image catalog and
+//! quota grants. Every site holds a replica and any site may write it.
+
+use crate::doc::{Doc, DocError};
+use crate::entity::{Image, Member, Project, QuotaGrant, Resources, RoleBinding, SiteId, User};
+use crate::{Entity, Millis};
+
+const COLLECTIONS: &[&str] = &[
+    Member::COLLECTION,
+    User::COLLECTION,
+    Project::COLLECTION,
+    RoleBinding::COLLECTION,
+    Image::COLLECTION,
+    QuotaGrant::COLLECTION,
+];
+
+/// The realm replica held by one site.
+pub struct Realm {
+    pub doc: Doc,
+}
+
+impl Realm {
+    /// A brand-new realm, created by its first site (genesis).
+    pub fn create(site: &SiteId, now: Millis) -> Result<Self, DocError> {
+        Ok(Realm { doc: Doc::create(site.as_str().as_bytes(), COLLECTIONS, now)? })
+    }
+
+    pub fn load(bytes: &[u8], site: &SiteId) -> Result<Self, DocError> {
+        Ok(Realm { doc: Doc::load(bytes, site.as_str().as_bytes(), COLLECTIONS)? })
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, DocError> {
+        self.doc.get(name)
+    }
+
+    pub fn project(&self, name: &str) -> Result<Option<Project>, DocError> {
+        self.doc.get(name)
+    }
+
+    pub fn member(&self, site: &SiteId) -> Result<Option<Member>, DocError> {
+        self.doc.get(site.as_str())
+    }
+
+    pub fn role(&self, user: &str, project: &str) -> Result<Option<RoleBinding>, DocError> {
+        self.doc.get(&format!("{user}/{project}"))
+    }
+
+    pub fn image(&self, project: &str, name: &str) -> Result<Option<Image>, DocError> {
+        self.doc.get(&format!("{project}/{name}"))
+    }
+
+    /// All grants of a project (every site's).
+    pub fn grants(&self, project: &str) -> Result<Vec<QuotaGrant>, DocError> {
+        self.doc.list_prefix(&format!("{project}/"))
+    }
+
+    /// A project's quota total: the sum of its grants.
+    pub fn quota_total(&self, project: &str) -> Result<Resources, DocError> {
+        Ok(self.grants(project)?.iter().fold(Resources::ZERO, |acc, g| acc.plus(g.delta)))
+    }
+
+    /// The next sequence number of `site`'s grants for `project` (it alone writes them).
+    pub fn next_grant_seq(&self, project: &str, site: &SiteId) -> Result<u64, DocError> {
+        let mine = self.doc.list_prefix::<QuotaGrant>(&format!("{project}/{site}/"))?;
+        Ok(mine.iter().map(|g| g.seq + 1).max().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_save_load_roundtrip() {
+        let site = SiteId::new("a").unwrap();
+        let mut realm = Realm::create(&site, 1_000).unwrap();
+        realm
+            .doc
+            .put(&User { name: "admin".into(), password_hash: "h".into(), realm_admin: true, created_at: 1 })
+            .unwrap();
+        realm.doc.commit(2_000);
+        let bytes = realm.doc.save();
+        let loaded = Realm::load(&bytes, &site).unwrap();
+        assert_eq!(loaded.user("admin").unwrap().unwrap().name, "admin");
+        assert!(loaded.user("nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_does_not_load() {
+        let site = SiteId::new("a").unwrap();
+        assert!(Realm::load(b"not automerge", &site).is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! The REST/JSON API under `/v1`. Every route is declared once in [`routes`],
+//! which builds both the router and the OpenAPI document.
+
+mod openapi;
+mod upload;
+
+use std::sync::Arc;
+
+use atoll_crdt::Resources;
+use atoll_proto::api::{Grant, NewInstance, NewProject, NewUser};
+use atoll_proto::{ApiError, Command, Reply};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::driver::Drivers;
+use crate::runtime::Client;
+use crate::store::Store;
+
+/// Largest JSON body accepted.
+pub const MAX_JSON: usize = 64 << 10;
+/// Largest log tail returned at once.
+const MAX_LOG_TAIL: u64 = 4 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub store: Arc<dyn Store>,
+    pub drivers: Arc<Drivers>,
+    pub max_upload: u64,
+    /// One upload at a time: chunk clean-up after a failed upload must not race another.
+    pub uploads: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// An [`ApiError`] as an HTTP response: its status and `{"error": {"code", "message"}}`.
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "error": { "code": self.0.code(), "message": self.0.to_string() } });
+        (status, Json(body)).into_response()
+    }
+}
+
+type Res = Result<Json<Reply>, Failure>;
+
+fn bearer(h: &HeaderMap) -> Option<String> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
+    b.map(|Json(v)| v).map_err(|r| {
+        Failure(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body is over {MAX_JSON} bytes"))
+        } else {
+            ApiError::Invalid(format!("bad request body: {}", r.body_text()))
+        })
+    })
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
+    q.map(|Query(v)| v).map_err(|r| Failure(ApiError::Invalid(format!("bad query: {}", r.body_text()))))
+}
+
+async fn call(s: &AppState, h: &HeaderMap, cmd: Command) -> Res {
+    Ok(Json(s.client.call(bearer(h), cmd).await?))
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    user: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct GiveBody {
+    to: Vec<atoll_crdt::SiteId>,
+    amount: Resources,
+}
+
+async fn give(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(project): Path<String>,
+    b: Result<Json<GiveBody>, JsonRejection>,
+) -> Res {
+    let b = body(b)?;
+    call(&s, &h, Command::GiveQuota { project, to: b.to, amount: b.amount }).await
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default = "default_tail")]
+    tail: u64,
+}
+
+fn default_tail() -> u64 {
+    64 << 10
+}
+
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Whether the route needs a bearer token.
+    pub auth: bool,
+    handler: MethodRouter<AppState>,
+}
+
+fn route(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json"),
+        handler,
+    }
+}
+
+type P2 = Path<(String, String)>;
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            "get",
+            "/v1/health",
+            "Liveness probe",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        ),
+        route(
+            "get",
+            "/v1/openapi.json",
+            "This document",
+            get(|| async { Json(openapi::document(&routes())) }),
+        ),
+        route(
+            "post",
+            "/v1/login",
+            "Exchange a user name and password for a token",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<LoginBody>, JsonRejection>| async move {
+                    let b = body(b)?;
+                    call(&s, &h, Command::Login { user: b.user, password: b.password }).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/whoami",
+            "The caller, its roles and the serving site",
+            get(|State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::Whoami).await }),
+        ),
+        route(
+            "get",
+            "/v1/site",
+            "This site's descriptor and counts",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ShowSite).await },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/users",
+            "List users",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListUsers).await },
+            ),
+        ),
+        route(
+            "post",
+            "/v1/users",
+            "Create a user (realm admin)",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewUser>, JsonRejection>| async move {
+                    call(&s, &h, Command::CreateUser(body(b)?)).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/projects",
+            "List the projects the caller has a role in",
+            get(|State(s): State<AppState>, h: HeaderMap| async move {
+                call(&s, &h, Command::ListProjects).await
+            }),
+        ),
+        route(
+            "post",
+            "/v1/projects",
+            "Create a project with its quota (realm admin)",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewProject>, JsonRejection>| async move {
+                    call(&s, &h, Command::CreateProject(body(b)?)).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/roles",
+            "List role bindings visible to the caller",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListRoles).await },
+            ),
+        ),
+        route(
+            "post",
+            "/v1/roles",
+            "Grant a role in a project, optionally on some sites",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<Grant>, JsonRejection>| async move {
+                    call(&s, &h, Command::GrantRole(body(b)?)).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/quotas/{project}",
+            "A project's quota total and this site's share",
+            get(|State(s): State<AppState>, h: HeaderMap, Path(project): Path<String>| async move {
+                call(&s, &h, Command::ShowQuota { project }).await
+            }),
+        ),
+        route(
+            "put",
+            "/v1/quotas/{project}",
+            "Set a project's quota total (realm admin)",
+            put(
+                |State(s): State<AppState>,
+                 h: HeaderMap,
+                 Path(project): Path<String>,
+                 b: Result<Json<Resources>, JsonRejection>| async move {
+                    call(&s, &h, Command::SetQuota { project, total: body(b)? }).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/images",
+            "List the images visible to the caller",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListImages).await },
+            ),
+        ),
+        route("post", "/v1/images", "Upload an image: raw body, metadata in the query", post(upload::upload)),
+        route("post", "/v1/quotas/{project}/give", "Give quota rights held here to another site", post(give)),
+        route(
+            "get",
+            "/v1/images/{project}/{name}",
+            "Show an image",
+            get(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::ShowImage { project, name }).await
+            }),
+        ),
+        route(
+            "delete",
+            "/v1/images/{project}/{name}",
+            "Remove an image",
+            delete(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::RemoveImage { project, name }).await
+            }),
+        ),
+        route(
+            "get",
+            "/v1/instances",
+            "List the instances on this site visible to the caller",
+            get(|State(s): State<AppState>, h: HeaderMap| async move {
+                call(&s, &h, Command::ListInstances).await
+            }),
+        ),
+        route(
+            "post",
+            "/v1/instances",
+            "Create and start an instance",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewInstance>, JsonRejection>| async move {
+                    call(&s, &h, Command::CreateInstance(body(b)?)).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/instances/{project}/{name}",
+            "Show an instance",
+            get(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::ShowInstance { project, name }).await
+            }),
+        ),
+        route(
+            "delete",
+            "/v1/instances/{project}/{name}",
+            "Stop and delete an instance",
+            delete(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::DeleteInstance { project, name }).await
+            }),
+        ),
+        route(
+            "post",
+            "/v1/instances/{project}/{name}/start",
+            "Start an instance",
+            post(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::StartInstance { project, name }).await
+            }),
+        ),
+        route(
+            "post",
+            "/v1/instances/{project}/{name}/stop",
+            "Stop an instance",
+            post(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
+                call(&s, &h, Command::StopInstance { project, name }).await
+            }),
+        ),
+        route(
+            "get",
+            "/v1/instances/{project}/{name}/logs",
+            "The tail of an instance's output (text)",
+            get(logs),
+        ),
+    ]
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((project, name)): P2,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, Failure> {
+    let tail = query(q)?.tail.min(MAX_LOG_TAIL);
+    let Reply::Instance(inst) = s.client.call(bearer(&h), Command::ShowInstance { project, name }).await?
+    else {
+        return Err(Failure(ApiError::Internal("unexpected reply".into())));
+    };
+    let key = format!("{}/{}", inst.project, inst.name);
+    let driver = s.drivers.get(inst.kind).ok_or_else(|| ApiError::Unsupported {
+        site: inst.site.clone(),
+        kind: inst.kind,
+        why: "no driver".into(),
+    })?;
+    let bytes = driver.logs(&key, tail).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    for route in routes() {
+        let limit = if route.path == "/v1/images" && route.method == "post" {
+            DefaultBodyLimit::disable()
+        } else {
+            DefaultBodyLimit::max(MAX_JSON)
+        };
+        r = r.route(route.path, route.handler.layer(limit));
+    }
+    r.fallback(|| async { Failure(ApiError::NotFound("no such API route; see /v1/openapi.json".into())) })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, Json(serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}})))
+        })
+        .with_state(state)
+}

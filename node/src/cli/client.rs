@@ -1,0 +1,125 @@
+//! A small HTTP client for the `/v1` API, shared by every CLI command.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub struct Api {
+    pub base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// Where `atoll login` keeps tokens, one per endpoint.
+pub fn credentials_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("atoll").join("credentials.json")
+}
+
+pub fn load_token(endpoint: &str) -> Option<String> {
+    let text = std::fs::read_to_string(credentials_path()).ok()?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).ok()?;
+    map.get(endpoint)?.as_str().map(str::to_owned)
+}
+
+pub fn save_token(endpoint: &str, token: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = credentials_path();
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    map.insert(endpoint.to_owned(), token.into());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    f.write_all(serde_json::to_string_pretty(&map)?.as_bytes())?;
+    Ok(path)
+}
+
+impl Api {
+    pub fn new(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let base = endpoint.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            anyhow::bail!("endpoint {base:?} must start with http:// or https://");
+        }
+        let token = token.or_else(|| load_token(&base));
+        Ok(Api { base, token, http: reqwest::Client::builder().build()? })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    pub async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = rb.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach atoll at {}: {e}\n(is the daemon running? set --endpoint or ATOLL_ENDPOINT)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the reply")?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected reply from {}", self.base))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    pub async fn post_body<T: DeserializeOwned>(&self, path: &str, body: reqwest::Body) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::POST, path).body(body)).await
+    }
+
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    match parsed.as_ref().and_then(|v| v.get("error")) {
+        Some(e) => anyhow!(
+            "{} ({}, HTTP {})",
+            e["message"].as_str().unwrap_or("error"),
+            e["code"].as_str().unwrap_or("?"),
+            status.as_u16()
+        ),
+        None => anyhow!("HTTP {}: {}", status.as_u16(), String::from_utf8_lossy(body)),
+    }
+}

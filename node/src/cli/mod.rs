@@ -1,0 +1,616 @@
+//! The `atoll` command line: a client of any site's `/v1` API.
+
+mod client;
+pub mod output;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use atoll_crdt::{
+    Image, ImageFormat, Instance, Project, Resources, RestartPolicy, Role, RoleBinding, SiteId,
+};
+use atoll_proto::api::{
+    Grant, NewInstance, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
+};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use client::Api;
+use output::{Format, ago, bytes, print};
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// API endpoint of any site.
+    #[arg(long, global = true, env = "ATOLL_ENDPOINT", default_value = "http://127.0.0.1:7480")]
+    pub endpoint: String,
+    /// Token (default: the one saved by `atoll login` for this endpoint).
+    #[arg(long, global = true, env = "ATOLL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Project that names refer to.
+    #[arg(long, short, global = true, env = "ATOLL_PROJECT", default_value = "default")]
+    pub project: String,
+    /// Output of listings and shows.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Log in and save a token for this endpoint.
+    Login {
+        #[arg(long, short, default_value = "admin")]
+        user: String,
+        /// Read the password from standard input (else ATOLL_PASSWORD, else a prompt).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Who the token belongs to.
+    Whoami,
+    /// This site.
+    #[command(subcommand)]
+    Site(SiteCmd),
+    #[command(subcommand)]
+    Image(ImageCmd),
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    #[command(subcommand)]
+    User(UserCmd),
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    #[command(subcommand)]
+    Role(RoleCmd),
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCmd {
+    /// The serving site's descriptor and counts.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Upload an image file.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// process | docker-archive | qcow2 | raw
+        #[arg(long, default_value = "process")]
+        format: ImageFormat,
+        /// Usable by every project.
+        #[arg(long)]
+        public: bool,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Create and start an instance.
+    Create {
+        name: String,
+        #[arg(long)]
+        image: String,
+        #[arg(long, default_value_t = 1)]
+        cpus: i64,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: i64,
+        /// Disk in MiB (VMs).
+        #[arg(long, default_value_t = 0)]
+        disk: i64,
+        /// never | on-failure | always
+        #[arg(long, default_value = "never")]
+        restart: RestartPolicy,
+        /// Publish a container port, [IP:]HOST:CONTAINER[/tcp|/udp] (repeatable).
+        #[arg(long = "publish", short = 'P')]
+        ports: Vec<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env", value_parser = parse_kv)]
+        env: Vec<(String, String)>,
+        /// Arguments appended to the image's entrypoint.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    /// Stop, then start again.
+    Restart {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// The tail of an instance's output.
+    Logs {
+        name: String,
+        /// Bytes from the end.
+        #[arg(long, default_value_t = 65536)]
+        tail: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user; the password comes from standard input or ATOLL_NEW_PASSWORD.
+    Create {
+        name: String,
+        #[arg(long)]
+        realm_admin: bool,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value_t = 10)]
+        instances: i64,
+        #[arg(long, default_value_t = 20)]
+        cpus: i64,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 20480)]
+        memory: i64,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCmd {
+    /// Grant USER the ROLE (admin, member, reader) in PROJECT.
+    Grant {
+        user: String,
+        project: String,
+        role: Role,
+        /// Only on these sites (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        sites: Option<Vec<String>>,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// Set a project's total; unset values stay as they are.
+    Set {
+        project: String,
+        #[arg(long)]
+        instances: Option<i64>,
+        #[arg(long)]
+        cpus: Option<i64>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: Option<i64>,
+    },
+    Show {
+        project: String,
+    },
+    /// Give rights this site holds to another site (for use there, e.g. during a partition).
+    Give {
+        project: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 0)]
+        instances: i64,
+        #[arg(long, default_value_t = 0)]
+        cpus: i64,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 0)]
+        memory: i64,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+/// `name` or `project/name`.
+fn split_ref<'a>(g: &'a Global, name: &'a str) -> (&'a str, &'a str) {
+    name.split_once('/').unwrap_or((&g.project, name))
+}
+
+fn read_secret(prompt: &str, env: &str, from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    if let Ok(v) = std::env::var(env) {
+        return Ok(v);
+    }
+    rpassword::prompt_password(prompt)
+        .with_context(|| format!("no terminal to ask for a password: set {env}"))
+}
+
+pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
+    let api = Api::new(&g.endpoint, g.token.clone())?;
+    match cmd {
+        Cmd::Login { user, password_stdin } => {
+            let password = read_secret("Password: ", "ATOLL_PASSWORD", password_stdin)?;
+            let t: TokenView =
+                api.post("/v1/login", &serde_json::json!({"user": user, "password": password})).await?;
+            let path = client::save_token(&api.base, &t.token)?;
+            println!("Logged in as {} at {} (token saved in {})", t.user, api.base, path.display());
+        }
+        Cmd::Whoami => {
+            let w: Whoami = api.get("/v1/whoami").await?;
+            print(g.output, &w, &["USER", "REALM ADMIN", "SITE", "ROLES"], || {
+                let roles: Vec<String> =
+                    w.roles.iter().map(|r| format!("{}:{:?}", r.project, r.role).to_lowercase()).collect();
+                vec![vec![w.user.clone(), w.realm_admin.to_string(), w.site.to_string(), roles.join(",")]]
+            });
+        }
+        Cmd::Site(SiteCmd::Show) => {
+            let s: SiteView = api.get("/v1/site").await?;
+            let d = &s.descriptor;
+            let live = s.live.clone().unwrap_or_default();
+            let headers = [
+                "SITE",
+                "REGION",
+                "OPERATOR",
+                "ARCH",
+                "CPUS",
+                "MEMORY",
+                "DISK",
+                "INSTANCES",
+                "RUNNING",
+                "IMAGES",
+                "LOAD",
+                "FREE MEMORY",
+                "FREE DISK",
+            ];
+            print(g.output, &s, &headers, || {
+                vec![vec![
+                    d.site.to_string(),
+                    d.region.clone(),
+                    d.operator.clone(),
+                    d.arch.clone(),
+                    format!("{}/{}", s.allocated.cpus, d.capacity.cpus),
+                    format!("{}/{} MiB", s.allocated.memory_mib, d.capacity.memory_mib),
+                    format!("{} MiB", d.disk_mib),
+                    format!("{}/{}", s.instances, d.capacity.instances),
+                    s.running.to_string(),
+                    s.images.to_string(),
+                    format!("{:.2}", live.load),
+                    format!("{} MiB", live.free_memory_mib),
+                    format!("{} MiB", live.free_disk_mib),
+                ]]
+            });
+            if g.output == Format::Table {
+                let rows: Vec<Vec<String>> = d
+                    .drivers
+                    .iter()
+                    .map(|f| {
+                        let state = if f.available { "ready" } else { "unavailable" };
+                        vec![f.kind.to_string(), state.into(), f.version.clone(), f.detail.clone()]
+                    })
+                    .collect();
+                println!("\n{}", output::table(&["DRIVER", "STATE", "VERSION", "DETAIL"], &rows));
+                if !d.labels.is_empty() {
+                    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("\nlabels: {}", labels.join(", "));
+                }
+            }
+        }
+        Cmd::Image(c) => image(&g, &api, c).await?,
+        Cmd::Instance(c) => instance(&g, &api, c).await?,
+        Cmd::User(UserCmd::Create { name, realm_admin }) => {
+            let password = read_secret(
+                "New password: ",
+                "ATOLL_NEW_PASSWORD",
+                std::env::var("ATOLL_NEW_PASSWORD").is_err(),
+            )?;
+            let u: UserView = api.post("/v1/users", &NewUser { name, password, realm_admin }).await?;
+            println!("Created user {}", u.name);
+        }
+        Cmd::User(UserCmd::List) => {
+            let users: Vec<UserView> = api.get("/v1/users").await?;
+            print(g.output, &users, &["NAME", "REALM ADMIN", "CREATED"], || {
+                users
+                    .iter()
+                    .map(|u| vec![u.name.clone(), u.realm_admin.to_string(), ago(u.created_at)])
+                    .collect()
+            });
+        }
+        Cmd::Project(ProjectCmd::Create { name, description, instances, cpus, memory }) => {
+            let p: Project = api
+                .post(
+                    "/v1/projects",
+                    &NewProject { name, description, quota: Resources::new(instances, cpus, memory) },
+                )
+                .await?;
+            println!("Created project {}", p.name);
+        }
+        Cmd::Project(ProjectCmd::List) => {
+            let ps: Vec<Project> = api.get("/v1/projects").await?;
+            print(g.output, &ps, &["NAME", "DESCRIPTION", "CREATED"], || {
+                ps.iter().map(|p| vec![p.name.clone(), p.description.clone(), ago(p.created_at)]).collect()
+            });
+        }
+        Cmd::Role(RoleCmd::Grant { user, project, role, sites }) => {
+            let sites =
+                sites.map(|v| v.iter().map(|s| SiteId::new(s)).collect::<Result<Vec<_>, _>>()).transpose()?;
+            let b: RoleBinding = api.post("/v1/roles", &Grant { user, project, role, sites }).await?;
+            println!("{} is now {:?} in {}", b.user, b.role, b.project);
+        }
+        Cmd::Role(RoleCmd::List) => {
+            let bs: Vec<RoleBinding> = api.get("/v1/roles").await?;
+            print(g.output, &bs, &["USER", "PROJECT", "ROLE", "SITES"], || {
+                bs.iter()
+                    .map(|b| {
+                        let sites = b.sites.as_ref().map_or("all".into(), |s| {
+                            s.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+                        });
+                        vec![b.user.clone(), b.project.clone(), format!("{:?}", b.role).to_lowercase(), sites]
+                    })
+                    .collect()
+            });
+        }
+        Cmd::Quota(QuotaCmd::Set { project, instances, cpus, memory }) => {
+            let cur: QuotaView = api.get(&format!("/v1/quotas/{project}")).await?;
+            let total = Resources::new(
+                instances.unwrap_or(cur.total.instances),
+                cpus.unwrap_or(cur.total.cpus),
+                memory.unwrap_or(cur.total.memory_mib),
+            );
+            let q: QuotaView = api.put(&format!("/v1/quotas/{project}"), &total).await?;
+            print_quota(g.output, &q);
+        }
+        Cmd::Quota(QuotaCmd::Give { project, to, instances, cpus, memory }) => {
+            let to: Vec<&str> = to.split(',').collect();
+            let body = serde_json::json!({"to": to, "amount": Resources::new(instances, cpus, memory)});
+            let q: QuotaView = api.post(&format!("/v1/quotas/{project}/give"), &body).await?;
+            print_quota(g.output, &q);
+        }
+        Cmd::Quota(QuotaCmd::Show { project }) => {
+            let q: QuotaView = api.get(&format!("/v1/quotas/{project}")).await?;
+            print_quota(g.output, &q);
+        }
+    }
+    Ok(())
+}
+
+fn print_quota(f: Format, q: &QuotaView) {
+    print(f, q, &["PROJECT", "RESOURCE", "TOTAL", "USED HERE", "FREE HERE"], || {
+        let row = |name: &str, t: i64, u: i64, a: i64| {
+            vec![q.project.clone(), name.into(), t.to_string(), u.to_string(), a.to_string()]
+        };
+        let (t, u, a) = (q.total, q.account.consumed, q.available_here);
+        vec![
+            row("instances", t.instances, u.instances, a.instances),
+            row("cpus", t.cpus, u.cpus, a.cpus),
+            row("memory MiB", t.memory_mib, u.memory_mib, a.memory_mib),
+        ]
+    });
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+async fn image(g: &Global, api: &Api, c: ImageCmd) -> anyhow::Result<()> {
+    match c {
+        ImageCmd::Add { file, name, format, public } => {
+            let len =
+                std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?.len();
+            let digest = hash_file(&file, len).await?;
+            let pb = bar(len, "uploading");
+            let f = tokio::fs::File::open(&file).await?;
+            let pb2 = pb.clone();
+            let stream = futures_util::StreamExt::inspect(
+                tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
+                move |chunk| {
+                    if let Ok(c) = chunk {
+                        pb2.inc(c.len() as u64);
+                    }
+                },
+            );
+            let format_name = serde_json::to_value(format)?.as_str().unwrap_or("process").to_owned();
+            let path = format!(
+                "/v1/images?name={name}&project={}&format={format_name}&visibility={}&digest={digest}",
+                g.project,
+                if public { "public" } else { "private" }
+            );
+            let result: anyhow::Result<Image> =
+                api.post_body(&path, reqwest::Body::wrap_stream(stream)).await;
+            pb.finish_and_clear();
+            let img = result?;
+            println!("Added image {}/{} ({}, {})", img.project, img.name, bytes(img.size), img.digest);
+        }
+        ImageCmd::List => {
+            let imgs: Vec<Image> = api.get("/v1/images").await?;
+            print(g.output, &imgs, &["PROJECT", "NAME", "FORMAT", "SIZE", "VISIBILITY", "DIGEST"], || {
+                imgs.iter()
+                    .map(|i| {
+                        vec![
+                            i.project.clone(),
+                            i.name.clone(),
+                            json_str(&i.format),
+                            bytes(i.size),
+                            json_str(&i.visibility),
+                            i.digest.chars().take(19).collect(),
+                        ]
+                    })
+                    .collect()
+            });
+        }
+        ImageCmd::Show { name } => {
+            let (p, n) = split_ref(g, &name);
+            let i: Image = api.get(&format!("/v1/images/{p}/{n}")).await?;
+            show(g.output, &i)?;
+        }
+        ImageCmd::Rm { name } => {
+            let (p, n) = split_ref(g, &name);
+            let _: serde_json::Value = api.delete(&format!("/v1/images/{p}/{n}")).await?;
+            println!("Removed image {p}/{n}");
+        }
+    }
+    Ok(())
+}
+
+async fn hash_file(file: &std::path::Path, len: u64) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let pb = bar(len, "hashing");
+    let mut f = tokio::fs::File::open(file).await?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn json_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn show<T: serde::Serialize>(f: Format, v: &T) -> anyhow::Result<()> {
+    let value = serde_json::to_value(v)?;
+    match f {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Table => {
+            if let Some(map) = value.as_object() {
+                let w = map.keys().map(|k| k.len()).max().unwrap_or(0);
+                for (k, v) in map {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    println!("{k:<w$}  {text}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
+    let path = |name: &str| {
+        let (p, n) = split_ref(g, name);
+        format!("/v1/instances/{p}/{n}")
+    };
+    let report = |i: &Instance| {
+        println!("{}/{}: {} (desired {}){}", i.project, i.name, i.observed, json_str(&i.desired), reason(i));
+    };
+    match c {
+        InstanceCmd::Create { name, image, cpus, memory, disk, restart, ports, env, args } => {
+            let body = NewInstance {
+                name,
+                project: g.project.clone(),
+                image,
+                cpus,
+                memory_mib: memory,
+                disk_mib: disk,
+                restart,
+                args,
+                env: env.into_iter().collect::<BTreeMap<_, _>>(),
+                ports,
+            };
+            let i: Instance = api.post("/v1/instances", &body).await?;
+            report(&i);
+            fail_unless_up(&i)?;
+        }
+        InstanceCmd::List => {
+            let is: Vec<Instance> = api.get("/v1/instances").await?;
+            print(
+                g.output,
+                &is,
+                &[
+                    "PROJECT", "NAME", "KIND", "STATE", "DESIRED", "CPUS", "MEMORY", "RESTARTS", "SINCE",
+                    "IMAGE",
+                ],
+                || {
+                    is.iter()
+                        .map(|i| {
+                            vec![
+                                i.project.clone(),
+                                i.name.clone(),
+                                i.kind.to_string(),
+                                i.observed.to_string(),
+                                json_str(&i.desired),
+                                i.cpus.to_string(),
+                                format!("{} MiB", i.memory_mib),
+                                i.restarts.to_string(),
+                                ago(i.observed_at),
+                                i.image.clone(),
+                            ]
+                        })
+                        .collect()
+                },
+            );
+        }
+        InstanceCmd::Show { name } => show(g.output, &api.get::<Instance>(&path(&name)).await?)?,
+        InstanceCmd::Start { name } => {
+            let i: Instance = api.post(&format!("{}/start", path(&name)), &()).await?;
+            report(&i);
+            fail_unless_up(&i)?;
+        }
+        InstanceCmd::Stop { name } => {
+            report(&api.post::<_, Instance>(&format!("{}/stop", path(&name)), &()).await?)
+        }
+        InstanceCmd::Restart { name } => {
+            let _: Instance = api.post(&format!("{}/stop", path(&name)), &()).await?;
+            let i: Instance = api.post(&format!("{}/start", path(&name)), &()).await?;
+            report(&i);
+            fail_unless_up(&i)?;
+        }
+        InstanceCmd::Delete { name } => {
+            let _: serde_json::Value = api.delete(&path(&name)).await?;
+            println!("Deleted {}", split_ref(g, &name).1);
+        }
+        InstanceCmd::Logs { name, tail } => {
+            let out = api.get_text(&format!("{}/logs?tail={tail}", path(&name))).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+        }
+    }
+    Ok(())
+}
+
+fn reason(i: &Instance) -> String {
+    if i.reason.is_empty() { String::new() } else { format!(": {}", i.reason) }
+}
+
+fn fail_unless_up(i: &Instance) -> anyhow::Result<()> {
+    use atoll_crdt::Observed::*;
+    match i.observed {
+        Running | Starting | Pending => Ok(()),
+        other => bail!("instance {}/{} is {other}{}", i.project, i.name, reason(i)),
+    }
+}

@@ -1,0 +1,211 @@
+//! `atoll daemon`: open the site's state, boot the peer and serve the API.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use atoll_crdt::{Descriptor, DriverInfo, Resources, SiteId};
+use atoll_proto::{DocId, Peer, PeerConfig, auth};
+use ed25519_dalek::SigningKey;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{AppState, router};
+use crate::config::Settings;
+use crate::driver::{Docker, Driver, Drivers, Exits, Process};
+use crate::runtime::{Runtime, now_millis};
+use crate::store::{Sled, Store};
+
+/// Exits reported by drivers, queued for the loop.
+const EXIT_QUEUE: usize = 256;
+
+pub async fn run(s: Settings) -> anyhow::Result<()> {
+    let data = &s.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create data dir {}", data.display()))?;
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+    check_site_name(data, &s.site)?;
+    let key = load_or_create_key(&data.join("site.key"))?;
+    let store: Arc<dyn Store> = Arc::new(Sled::open(&data.join("db")).context("cannot open the store")?);
+
+    let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
+    let mut drivers = Drivers::default();
+    drivers.add(Box::new(Process::new(data.join("instances"), exits_tx.clone())));
+    drivers.add(Box::new(Docker::connect(&s.site, exits_tx.clone()).await));
+    drivers.add(vm_driver(&s, exits_tx).await?);
+    for f in drivers.fingerprints() {
+        if f.available {
+            tracing::info!(kind = %f.kind, version = %f.version, "driver ready: {}", f.detail);
+        } else {
+            tracing::warn!(kind = %f.kind, "driver unavailable, {} instances will be refused: {}", f.kind, f.detail);
+        }
+    }
+    let drivers = Arc::new(drivers);
+
+    let site = SiteId::new(&s.site)?;
+    let descriptor = Descriptor {
+        site: site.clone(),
+        operator: s.operator.clone(),
+        region: s.region.clone(),
+        labels: s.labels.clone(),
+        public_key: auth::encode_key(&key.verifying_key()),
+        kinds: drivers.kinds(),
+        drivers: drivers
+            .fingerprints()
+            .into_iter()
+            .map(|f| DriverInfo {
+                kind: f.kind,
+                available: f.available,
+                version: f.version,
+                detail: f.detail,
+            })
+            .collect(),
+        arch: std::env::consts::ARCH.into(),
+        capacity: host_capacity(s.max_instances),
+        disk_mib: crate::metrics::disk_mib(data).0,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let cfg = PeerConfig { key, seed: rand::thread_rng().r#gen(), descriptor, token_ttl: s.token_ttl_ms };
+    let realm = store.load_doc(&DocId::Realm)?;
+    let own = store.load_doc(&DocId::Site(site.clone()))?;
+    let peer = match (realm, own) {
+        (Some(realm), Some(own)) => {
+            let mut others = Vec::new();
+            for id in store.docs()? {
+                if let DocId::Site(s) = &id
+                    && s != &site
+                {
+                    others.push((s.clone(), store.load_doc(&id)?.unwrap_or_default()));
+                }
+            }
+            Peer::restore(cfg, &realm, &own, &others).context("the stored state does not load")?
+        }
+        (None, None) => {
+            let password = new_password();
+            let peer = Peer::genesis(cfg, now_millis(), &password)?;
+            let path = data.join("admin-password");
+            write_secret(&path, password.as_bytes())?;
+            println!("New realm created. User: admin  Password: {password}");
+            println!("(shown once; also stored in {} with mode 0600)", path.display());
+            peer
+        }
+        _ => anyhow::bail!("the data dir {} holds half a site; move it away to start afresh", data.display()),
+    };
+
+    let (runtime, client) = Runtime::new(peer, store.clone(), drivers.clone(), data.join("images"));
+    runtime.forward_exits(exits_rx);
+    runtime.sample_metrics(data.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loop_task = tokio::spawn(runtime.run(stop_rx.clone()));
+
+    let listener =
+        tokio::net::TcpListener::bind(s.api).await.with_context(|| format!("cannot listen on {}", s.api))?;
+    tracing::info!(site = %s.site, api = %listener.local_addr()?, data = %data.display(), "serving");
+    println!("Site {} serving the API on http://{}", s.site, listener.local_addr()?);
+    let state = AppState {
+        client,
+        store,
+        drivers,
+        max_upload: s.max_upload,
+        uploads: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let mut stop = stop_rx;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
+    loop_task.await??;
+    Ok(())
+}
+
+#[cfg(feature = "libvirt")]
+async fn vm_driver(s: &Settings, exits: Exits) -> anyhow::Result<Box<dyn Driver>> {
+    let (uri, pool, site, vms) =
+        (s.libvirt_uri.clone(), s.libvirt_pool.clone(), s.site.clone(), s.data_dir.join("vms"));
+    let d =
+        tokio::task::spawn_blocking(move || crate::driver::Libvirt::connect(&uri, &pool, &site, vms, exits))
+            .await?;
+    Ok(Box::new(d))
+}
+
+#[cfg(not(feature = "libvirt"))]
+async fn vm_driver(s: &Settings, _: Exits) -> anyhow::Result<Box<dyn Driver>> {
+    let why = format!(
+        "this atoll was built without libvirt support (cargo feature `libvirt`), so libvirt {} (pool {}) is not used",
+        s.libvirt_uri, s.libvirt_pool
+    );
+    Ok(Box::new(crate::driver::Absent { kind: atoll_crdt::Kind::Vm, why }))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// A data dir belongs to one site for good; starting it under another name would
+/// fork the realm's history under a second identity.
+fn check_site_name(data: &Path, site: &str) -> anyhow::Result<()> {
+    let path = data.join("site-name");
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if existing.trim() != site => anyhow::bail!(
+            "the data dir {} belongs to site {:?}, not {site:?}; pass --site {} or another --data-dir",
+            data.display(),
+            existing.trim(),
+            existing.trim()
+        ),
+        Ok(_) => Ok(()),
+        Err(_) => Ok(std::fs::write(&path, site)?),
+    }
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if let Ok(bytes) = std::fs::read(path) {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte ed25519 key", path.display()))?;
+        return Ok(SigningKey::from_bytes(&arr));
+    }
+    let key = SigningKey::from_bytes(&rand::thread_rng().r#gen());
+    write_secret(path, &key.to_bytes())?;
+    Ok(key)
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn new_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+}
+
+fn host_capacity(max_instances: i64) -> Resources {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+    let mem_kib: i64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    Resources::new(max_instances, cpus, mem_kib / 1024)
+}

@@ -1,0 +1,392 @@
+//! Containers through the local Docker Engine (bollard).
+//!
+//! Images never come from a registry: the blob of an image of format
+//! `docker-archive` (a `docker save` tar) is loaded into the engine, and the
+//! container runs the image by id. Containers carry the labels `atoll.site` and
+//! `atoll.instance`, so a restarted daemon re-attaches to its own and leaves every
+//! other container alone. The engine's restart policy stays `no`: Atoll applies
+//! the instance's policy itself, from the `die` events it watches.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_crdt::Kind;
+use atoll_proto::InstanceSpec;
+use atoll_proto::lifecycle::parse_port;
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+
+/// Largest `manifest.json` read from an archive.
+const MANIFEST_MAX: u64 = 1 << 20;
+/// Log lines asked of the engine before trimming to the byte budget.
+const LOG_LINES: &str = "5000";
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Docker {
+    client: Option<bollard::Docker>,
+    fingerprint: Fingerprint,
+    site: String,
+    /// Current run of each instance this daemon drives.
+    runs: Shared<HashMap<String, u64>>,
+    /// Instances being stopped on purpose: their `die` is not a crash.
+    stopping: Shared<HashSet<String>>,
+}
+
+fn engine_error(e: bollard::errors::Error) -> DriverError {
+    DriverError::Runtime(format!("docker: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+impl Docker {
+    /// Connects to the engine named by `DOCKER_HOST` or the local socket. An
+    /// unreachable engine gives a driver that says so and refuses work.
+    pub async fn connect(site: &str, exits: Exits) -> Docker {
+        let unavailable = |why: String| Docker {
+            client: None,
+            fingerprint: Fingerprint {
+                kind: Kind::Container,
+                available: false,
+                version: String::new(),
+                detail: why,
+            },
+            site: site.to_owned(),
+            runs: Arc::default(),
+            stopping: Arc::default(),
+        };
+        let client = match bollard::Docker::connect_with_local_defaults() {
+            Ok(c) => c,
+            Err(e) => return unavailable(format!("no Docker engine: {e}")),
+        };
+        let client = match tokio::time::timeout(Duration::from_secs(5), client.negotiate_version()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return unavailable(format!("Docker engine not reachable: {e}")),
+            Err(_) => return unavailable("Docker engine did not answer within 5 s".into()),
+        };
+        let version = match client.version().await {
+            Ok(v) => v,
+            Err(e) => return unavailable(format!("Docker engine not reachable: {e}")),
+        };
+        let d = Docker {
+            fingerprint: Fingerprint {
+                kind: Kind::Container,
+                available: true,
+                version: version.version.clone().unwrap_or_default(),
+                detail: format!(
+                    "Docker Engine {} (API {}); images loaded from Atoll blobs, never pulled",
+                    version.version.unwrap_or_default(),
+                    version.api_version.unwrap_or_default()
+                ),
+            },
+            client: Some(client),
+            site: site.to_owned(),
+            runs: Arc::default(),
+            stopping: Arc::default(),
+        };
+        d.watch_events(exits);
+        d
+    }
+
+    fn client(&self) -> Result<&bollard::Docker, DriverError> {
+        self.client.as_ref().ok_or_else(|| DriverError::Runtime(self.fingerprint.detail.clone()))
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("atoll.{}.{}", self.site, dir_name(key))
+    }
+
+    /// Follows the engine's `die` events for this site's containers, resuming
+    /// from the last event seen when the stream breaks.
+    fn watch_events(&self, exits: Exits) {
+        let Some(client) = self.client.clone() else { return };
+        let (site, runs, stopping) = (self.site.clone(), self.runs.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            let mut since = None::<String>;
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let filters = HashMap::from([
+                    ("type", vec!["container".to_owned()]),
+                    ("event", vec!["die".to_owned()]),
+                    ("label", vec![format!("atoll.site={site}")]),
+                ]);
+                let mut opts = EventsOptionsBuilder::new().filters(&filters);
+                if let Some(s) = &since {
+                    opts = opts.since(s);
+                }
+                let mut stream = client.events(Some(opts.build()));
+                while let Some(event) = stream.next().await {
+                    let event = match event {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!("docker events stream broke: {e}");
+                            break;
+                        }
+                    };
+                    backoff = Duration::from_millis(500);
+                    if let Some(t) = event.time {
+                        since = Some(t.to_string());
+                    }
+                    let attrs = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                    let Some(key) = attrs.get("atoll.instance").cloned() else { continue };
+                    if lock(&stopping).remove(&key) {
+                        continue;
+                    }
+                    let Some(run) = lock(&runs).get(&key).copied() else { continue };
+                    let code = attrs.get("exitCode").and_then(|c| c.parse().ok());
+                    if exits.send(Exit { key, run, code, detail: " (container died)".into() }).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if exits.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+
+    /// Loads the archive unless the engine already has its image; returns the image id.
+    async fn load(&self, archive: &Path) -> Result<String, DriverError> {
+        let client = self.client()?;
+        let path = archive.to_path_buf();
+        let id = tokio::task::spawn_blocking(move || image_id(&path))
+            .await
+            .map_err(|e| DriverError::Runtime(e.to_string()))??;
+        if client.inspect_image(&id).await.is_ok() {
+            return Ok(id);
+        }
+        let file = tokio::fs::File::open(archive).await?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
+        let mut progress =
+            client.import_image(ImportImageOptionsBuilder::new().quiet(true).build(), body, None);
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(engine_error)?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message).or(info.error) {
+                return Err(DriverError::Image(format!("docker load: {err}")));
+            }
+        }
+        client
+            .inspect_image(&id)
+            .await
+            .map(|_| id)
+            .map_err(|e| DriverError::Image(format!("the engine loaded the archive but has no image {e}")))
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), DriverError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.client()?.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine_error(e)),
+        }
+    }
+
+    fn config(
+        &self,
+        spec: &InstanceSpec,
+        run: u64,
+        image: String,
+    ) -> Result<ContainerCreateBody, DriverError> {
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        let mut exposed = HashMap::new();
+        for p in &spec.ports {
+            let p = parse_port(p).map_err(DriverError::Runtime)?;
+            let key = format!("{}/{}", p.container, p.proto);
+            exposed.insert(key.clone(), HashMap::new());
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding { host_ip: p.ip.clone(), host_port: Some(p.host.to_string()) });
+        }
+        let labels = HashMap::from([
+            ("atoll.site".to_owned(), self.site.clone()),
+            ("atoll.instance".to_owned(), spec.key.clone()),
+            ("atoll.run".to_owned(), run.to_string()),
+        ]);
+        Ok(ContainerCreateBody {
+            image: Some(image),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                memory: Some(spec.memory_mib.saturating_mul(1 << 20)),
+                nano_cpus: Some(spec.cpus.saturating_mul(1_000_000_000)),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        })
+    }
+}
+
+/// The image id of a `docker save` archive: the digest of its config blob, read
+/// from the archive's `manifest.json`.
+fn image_id(archive: &Path) -> Result<String, DriverError> {
+    let bad = |why: &str| DriverError::Image(format!("not a docker-archive: {why}"));
+    let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
+    for entry in tar.entries().map_err(|e| bad(&e.to_string()))? {
+        let entry = entry.map_err(|e| bad(&e.to_string()))?;
+        let path: PathBuf = entry.path().map_err(|e| bad(&e.to_string()))?.into_owned();
+        if path != Path::new("manifest.json") {
+            continue;
+        }
+        let mut text = String::new();
+        entry.take(MANIFEST_MAX).read_to_string(&mut text)?;
+        let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let config = manifest[0]["Config"].as_str().ok_or_else(|| bad("manifest.json names no Config"))?;
+        // "<hex>.json" (classic layout) or "blobs/sha256/<hex>" (OCI layout).
+        let hex = config.rsplit('/').next().unwrap_or(config).trim_end_matches(".json");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("unexpected Config name"));
+        }
+        return Ok(format!("sha256:{hex}"));
+    }
+    Err(bad("no manifest.json"))
+}
+
+impl Driver for Docker {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        run: u64,
+        image: PathBuf,
+    ) -> DriverFuture<'a, (String, String)> {
+        Box::pin(async move {
+            let client = self.client()?;
+            let id = self.load(&image).await?;
+            let name = self.name(&spec.key);
+            // A container left by an earlier run of this instance is replaced.
+            self.remove(&name).await?;
+            lock(&self.stopping).remove(&spec.key);
+            lock(&self.runs).insert(spec.key.clone(), run);
+            let opts = CreateContainerOptionsBuilder::new().name(&name).build();
+            let created = client
+                .create_container(Some(opts), self.config(spec, run, id)?)
+                .await
+                .map_err(engine_error)?;
+            client
+                .start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+                .map_err(engine_error)?;
+            let detail = format!(
+                "container {}; memory {} MiB, {} cpus{}",
+                &created.id[..12.min(created.id.len())],
+                spec.memory_mib,
+                spec.cpus,
+                if spec.ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ports {}", spec.ports.join(" "))
+                }
+            );
+            Ok((created.id, detail))
+        })
+    }
+
+    fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
+        Box::pin(async move {
+            let info = match self
+                .client()?
+                .inspect_container(handle, None::<bollard::query_parameters::InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                Err(e) if is_not_found(&e) => {
+                    return Ok(Recovered::Gone { detail: " (container removed)".into() });
+                }
+                Err(e) => return Err(engine_error(e)),
+            };
+            let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+            if labels.get("atoll.site") != Some(&self.site)
+                || labels.get("atoll.instance").map(String::as_str) != Some(key)
+            {
+                return Ok(Recovered::Gone {
+                    detail: " (the container under that id is not this instance's)".into(),
+                });
+            }
+            let state = info.state.unwrap_or_default();
+            if state.running == Some(true) {
+                lock(&self.runs).insert(key.to_owned(), run);
+                Ok(Recovered::Running {
+                    handle: handle.to_owned(),
+                    detail: format!(
+                        "container {}; re-attached after daemon restart",
+                        &handle[..12.min(handle.len())]
+                    ),
+                })
+            } else {
+                Ok(Recovered::Gone {
+                    detail: format!(" (container exited with {})", state.exit_code.unwrap_or(-1)),
+                })
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, key: &'a str, grace_ms: u64) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            lock(&self.stopping).insert(key.to_owned());
+            let t = i32::try_from(grace_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+            match self
+                .client()?
+                .stop_container(&self.name(key), Some(StopContainerOptionsBuilder::new().t(t).build()))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                // 304: already stopped.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+                Err(e) => Err(engine_error(e)),
+            }
+        })
+    }
+
+    fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            lock(&self.stopping).insert(key.to_owned());
+            self.remove(&self.name(key)).await?;
+            lock(&self.runs).remove(key);
+            Ok(())
+        })
+    }
+
+    fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(LOG_LINES).build();
+            let mut stream = self.client()?.logs(&self.name(key), Some(opts));
+            let mut out = Vec::new();
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => out.extend_from_slice(&chunk.into_bytes()),
+                    Err(e) if is_not_found(&e) => break,
+                    Err(e) => return Err(engine_error(e)),
+                }
+            }
+            let skip = out.len().saturating_sub(max_bytes as usize);
+            Ok(out.split_off(skip))
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! Virtual machines through libvirt (the `virt` bindings).
+//!
+//! The image blob (qcow2 or raw) is uploaded into a storage volume of the
+//! configured pool, and a domain is defined from the instance's cpus, memory and
+//! disk, with its serial console written to a file that `logs` reads. Where the
+//! pool is missing, or the hypervisor cannot take uploads, the disk is a copy of
+//! the blob in the data dir instead, and the start detail says so.
+//!
+//! Every libvirt call blocks, so each runs on tokio's blocking pool. The
+//! connection lives as long as the process: `virt`'s `Connect` panics if closing
+//! fails on drop, and a daemon never needs to close it.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_crdt::{ImageFormat, Kind};
+use atoll_proto::InstanceSpec;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+
+/// How often a running domain is checked for having stopped by itself.
+const POLL: Duration = Duration::from_secs(1);
+/// Upload block size.
+const BLOCK: usize = 256 << 10;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn virt_err(e: virt::error::Error) -> DriverError {
+    DriverError::Runtime(format!("libvirt: {}", e.message()))
+}
+
+pub struct Libvirt {
+    conn: Option<&'static Connect>,
+    fingerprint: Fingerprint,
+    site: String,
+    pool: String,
+    root: PathBuf,
+    exits: Exits,
+    runs: Arc<Mutex<HashMap<String, u64>>>,
+    stopping: Arc<Mutex<HashSet<String>>>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DriverError> + Send + 'static,
+) -> Result<T, DriverError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Runtime(e.to_string()))?
+}
+
+impl Libvirt {
+    pub fn connect(uri: &str, pool: &str, site: &str, root: PathBuf, exits: Exits) -> Libvirt {
+        // libvirt prints every error to stderr unless told not to; we report ours.
+        virt::error::clear_error_callback();
+        let (conn, fingerprint) = match Connect::open(Some(uri)) {
+            Ok(c) => {
+                let kind = c.driver_type().unwrap_or_default();
+                let version = c.hyp_version().map(version_string).unwrap_or_default();
+                let lib = c.lib_version().map(version_string).unwrap_or_default();
+                let f = Fingerprint {
+                    kind: Kind::Vm,
+                    available: true,
+                    version: format!("{kind} {version}"),
+                    detail: format!("libvirt {lib} at {uri}, hypervisor {kind} {version}, pool {pool}"),
+                };
+                (Some(&*Box::leak(Box::new(c))), f)
+            }
+            Err(e) => (
+                None,
+                Fingerprint {
+                    kind: Kind::Vm,
+                    available: false,
+                    version: String::new(),
+                    detail: format!("libvirt at {uri} not reachable: {}", e.message()),
+                },
+            ),
+        };
+        Libvirt {
+            conn,
+            fingerprint,
+            site: site.into(),
+            pool: pool.into(),
+            root,
+            exits,
+            runs: Arc::default(),
+            stopping: Arc::default(),
+        }
+    }
+
+    fn conn(&self) -> Result<&'static Connect, DriverError> {
+        self.conn.ok_or_else(|| DriverError::Runtime(self.fingerprint.detail.clone()))
+    }
+
+    fn name(&self, key: &str) -> String {
+        format!("atoll.{}.{}", self.site, dir_name(key))
+    }
+
+    fn domain_type(&self) -> &'static str {
+        if self.fingerprint.version.starts_with("Test") || self.fingerprint.version.starts_with("TEST") {
+            "test"
+        } else if Path::new("/dev/kvm").exists() {
+            "kvm"
+        } else {
+            "qemu"
+        }
+    }
+
+    /// Watches a running domain until it stops without being asked.
+    fn supervise(&self, key: String, run: u64, domain: Domain) {
+        let (exits, runs, stopping) = (self.exits.clone(), self.runs.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            let domain = Arc::new(domain);
+            loop {
+                tokio::time::sleep(POLL).await;
+                if lock(&runs).get(&key) != Some(&run) {
+                    return; // a newer run, or destroyed
+                }
+                let d = domain.clone();
+                let active = tokio::task::spawn_blocking(move || d.is_active().unwrap_or(false))
+                    .await
+                    .unwrap_or(false);
+                if active {
+                    continue;
+                }
+                if !lock(&stopping).remove(&key) {
+                    let _ =
+                        exits.send(Exit { key, run, code: None, detail: " (domain shut off)".into() }).await;
+                }
+                return;
+            }
+        });
+    }
+}
+
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+fn disk_format(format: ImageFormat) -> Result<&'static str, DriverError> {
+    match format {
+        ImageFormat::Qcow2 => Ok("qcow2"),
+        ImageFormat::Raw => Ok("raw"),
+        other => Err(DriverError::Image(format!("a vm needs a qcow2 or raw image, not {other:?}"))),
+    }
+}
+
+/// Creates (or reuses) the volume and uploads the blob into it.
+fn upload_volume(
+    conn: &Connect,
+    pool: &str,
+    name: &str,
+    fmt: &str,
+    blob: &Path,
+    capacity: u64,
+) -> Result<String, String> {
+    let pool = conn.lookup_storage_pool_by_name(pool).map_err(|e| e.message().to_owned())?;
+    if let Ok(old) = pool.lookup_storage_vol_by_name(name) {
+        old.delete(0).map_err(|e| e.message().to_owned())?;
+    }
+    let xml = format!(
+        "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>\
+         <target><format type='{fmt}'/></target></volume>"
+    );
+    let vol = StorageVol::create_xml(&pool, &xml, 0).map_err(|e| e.message().to_owned())?;
+    let len = std::fs::metadata(blob).map_err(|e| e.to_string())?.len();
+    let result = (|| {
+        let stream = Stream::new(conn, 0).map_err(|e| e.message().to_owned())?;
+        vol.upload(&stream, 0, len, 0).map_err(|e| e.message().to_owned())?;
+        let mut file = std::fs::File::open(blob).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; BLOCK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            let mut sent = 0;
+            while sent < n {
+                let k = stream.send(&buf[sent..n]).map_err(|e| e.message().to_owned())?;
+                sent += usize::try_from(k).map_err(|_| "stream refused data".to_owned())?;
+            }
+        }
+        stream.finish().map_err(|e| e.message().to_owned())
+    })();
+    if let Err(e) = result {
+        let _ = vol.delete(0);
+        return Err(e);
+    }
+    vol.path().map_err(|e| e.message().to_owned())
+}
+
+fn domain_xml(name: &str, dtype: &str, spec: &InstanceSpec, disk: &str, console: &Path) -> String {
+    let (fmt, source) = disk.split_once('|').unwrap_or(("raw", disk));
+    let console = console.display();
+    format!(
+        "<domain type='{dtype}'>\
+           <name>{name}</name>\
+           <memory unit='MiB'>{mem}</memory>\
+           <vcpu>{cpus}</vcpu>\
+           <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>\
+           <on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>\
+           <devices>\
+             <disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>\
+               <source file='{source}'/><target dev='vda' bus='virtio'/></disk>\
+             <serial type='file'><source path='{console}'/><target port='0'/></serial>\
+             <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>\
+           </devices>\
+         </domain>",
+        mem = spec.memory_mib,
+        cpus = spec.cpus,
+    )
+}
+
+impl Driver for Libvirt {
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        run: u64,
+        image: PathBuf,
+    ) -> DriverFuture<'a, (String, String)> {
+        Box::pin(async move {
+            let conn = self.conn()?;
+            let fmt = disk_format(spec.format)?;
+            let name = self.name(&spec.key);
+            let dir = self.root.join(dir_name(&spec.key));
+            std::fs::create_dir_all(&dir)?;
+            let console = dir.join("console.log");
+            let capacity = std::fs::metadata(&image)?.len().max((spec.disk_mib as u64) << 20);
+            let (pool, vol_name) = (self.pool.clone(), format!("{name}.{fmt}"));
+            let (dir2, image2) = (dir.clone(), image.clone());
+            let (disk, where_) = blocking(move || {
+                // Replace what an earlier run of this instance left.
+                if let Ok(old) = conn.lookup_domain_by_name(&vol_name[..vol_name.len() - fmt.len() - 1]) {
+                    if old.is_active().unwrap_or(false) {
+                        let _ = old.destroy();
+                    }
+                    let _ = old.undefine();
+                }
+                match upload_volume(conn, &pool, &vol_name, fmt, &image2, capacity) {
+                    Ok(path) => Ok((format!("{fmt}|{path}"), format!("volume {vol_name} in pool {pool}"))),
+                    Err(why) => {
+                        let copy = dir2.join(format!("disk.{fmt}"));
+                        std::fs::copy(&image2, &copy)?;
+                        Ok((
+                            format!("{fmt}|{}", copy.display()),
+                            format!("disk file {} (no volume: {why})", copy.display()),
+                        ))
+                    }
+                }
+            })
+            .await?;
+            let xml = domain_xml(&name, self.domain_type(), spec, &disk, &console);
+            lock(&self.stopping).remove(&spec.key);
+            lock(&self.runs).insert(spec.key.clone(), run);
+            let domain = blocking(move || {
+                let d = conn.define_domain_xml(&xml).map_err(virt_err)?;
+                d.create().map_err(virt_err)?;
+                Ok(d)
+            })
+            .await?;
+            let uuid = domain.uuid_string().map_err(virt_err)?;
+            self.supervise(spec.key.clone(), run, domain);
+            let detail = format!("domain {name} ({} MiB, {} vcpus) on {where_}", spec.memory_mib, spec.cpus);
+            Ok((uuid, detail))
+        })
+    }
+
+    fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
+        Box::pin(async move {
+            let conn = self.conn()?;
+            let (name, handle2) = (self.name(key), handle.to_owned());
+            let found = blocking(move || {
+                Ok(conn
+                    .lookup_domain_by_uuid_string(&handle2)
+                    .ok()
+                    .filter(|d| d.name().ok().as_deref() == Some(&name)))
+            })
+            .await?;
+            let Some(domain) = found else {
+                return Ok(Recovered::Gone { detail: " (domain no longer defined)".into() });
+            };
+            if !domain.is_active().unwrap_or(false) {
+                return Ok(Recovered::Gone { detail: " (domain shut off while the daemon was down)".into() });
+            }
+            lock(&self.runs).insert(key.to_owned(), run);
+            self.supervise(key.to_owned(), run, domain);
+            Ok(Recovered::Running {
+                handle: handle.to_owned(),
+                detail: "domain re-attached after daemon restart".into(),
+            })
+        })
+    }
+
+    fn stop<'a>(&'a self, key: &'a str, grace_ms: u64) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let conn = self.conn()?;
+            let name = self.name(key);
+            lock(&self.stopping).insert(key.to_owned());
+            let Ok(domain) = blocking(move || conn.lookup_domain_by_name(&name).map_err(virt_err)).await
+            else {
+                return Ok(());
+            };
+            let domain = Arc::new(domain);
+            let d = domain.clone();
+            // Ask the guest first (ACPI), then pull the plug after the grace period.
+            let _ = blocking(move || d.shutdown().map_err(virt_err)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(grace_ms);
+            loop {
+                let d = domain.clone();
+                if !blocking(move || Ok(d.is_active().unwrap_or(false))).await? {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let d = domain.clone();
+                    return blocking(move || d.destroy().map_err(virt_err)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let conn = self.conn()?;
+            lock(&self.stopping).insert(key.to_owned());
+            lock(&self.runs).remove(key);
+            let (name, pool) = (self.name(key), self.pool.clone());
+            blocking(move || {
+                if let Ok(d) = conn.lookup_domain_by_name(&name) {
+                    if d.is_active().unwrap_or(false) {
+                        d.destroy().map_err(virt_err)?;
+                    }
+                    d.undefine().map_err(virt_err)?;
+                }
+                if let Ok(p) = conn.lookup_storage_pool_by_name(&pool) {
+                    for fmt in ["qcow2", "raw"] {
+                        if let Ok(v) = p.lookup_storage_vol_by_name(&format!("{name}.{fmt}")) {
+                            v.delete(0).map_err(virt_err)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            let dir = self.root.join(dir_name(key));
+            if dir.exists() {
+                tokio::fs::remove_dir_all(dir).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            Ok(super::process::tail(&self.root.join(dir_name(key)).join("console.log"), max_bytes)?)
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Workload drivers (ARCHITECTURE §9). The peer core decides; a driver does.
+//!
+//! A driver starts, re-attaches to, stops and destroys workloads of one kind,
+//! and reports on its own, through the [`Exits`] channel, a workload that ends.
+
+pub mod docker;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+pub mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use atoll_crdt::Kind;
+use atoll_proto::InstanceSpec;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use docker::Docker;
+#[cfg(feature = "libvirt")]
+pub use libvirt::Libvirt;
+pub use process::Process;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("image: {0}")]
+    Image(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DriverError>> + Send + 'a>>;
+
+/// What a driver found about its runtime at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fingerprint {
+    pub kind: Kind,
+    pub available: bool,
+    pub version: String,
+    pub detail: String,
+}
+
+/// A workload that ended without being asked to.
+#[derive(Debug)]
+pub struct Exit {
+    pub key: String,
+    pub run: u64,
+    pub code: Option<i32>,
+    pub detail: String,
+}
+
+pub type Exits = mpsc::Sender<Exit>;
+
+/// Result of trying to re-attach after a daemon restart.
+#[derive(Debug)]
+pub enum Recovered {
+    Running { handle: String, detail: String },
+    Gone { detail: String },
+}
+
+pub trait Driver: Send + Sync + 'static {
+    fn fingerprint(&self) -> Fingerprint;
+    /// Starts a run from the image blob at `image`; returns a handle to persist.
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        run: u64,
+        image: PathBuf,
+    ) -> DriverFuture<'a, (String, String)>;
+    fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered>;
+    /// Stops gracefully, forcing after `grace_ms`. Stopping what is not running is fine.
+    fn stop<'a>(&'a self, key: &'a str, grace_ms: u64) -> DriverFuture<'a, ()>;
+    /// Stops and removes everything kept for the instance.
+    fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()>;
+    /// The last `max_bytes` of the instance's output.
+    fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>>;
+}
+
+/// The drivers of a site, by kind.
+#[derive(Default)]
+pub struct Drivers {
+    drivers: Vec<Box<dyn Driver>>,
+}
+
+impl Drivers {
+    pub fn add(&mut self, d: Box<dyn Driver>) {
+        self.drivers.push(d);
+    }
+
+    pub fn get(&self, kind: Kind) -> Option<&dyn Driver> {
+        self.drivers.iter().find(|d| d.fingerprint().kind == kind && d.fingerprint().available).map(|d| &**d)
+    }
+
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        self.drivers.iter().map(|d| d.fingerprint()).collect()
+    }
+
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.fingerprints().into_iter().filter(|f| f.available).map(|f| f.kind).collect()
+    }
+}
+
+/// A key (`project/name`) as a directory name.
+pub fn dir_name(key: &str) -> String {
+    key.replace('/', "__")
+}
+
+/// The driver of a kind this build or this host cannot run: it says why and
+/// refuses every operation. (Builds with every driver compiled in have no use for it.)
+#[cfg_attr(feature = "libvirt", allow(dead_code))]
+pub struct Absent {
+    pub kind: Kind,
+    pub why: String,
+}
+
+#[cfg_attr(feature = "libvirt", allow(dead_code))]
+impl Absent {
+    fn refuse<T: Send + 'static>(&self) -> DriverFuture<'_, T> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(DriverError::Runtime(why)) })
+    }
+}
+
+impl Driver for Absent {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint { kind: self.kind, available: false, version: String::new(), detail: self.why.clone() }
+    }
+    fn start<'a>(&'a self, _: &'a InstanceSpec, _: u64, _: PathBuf) -> DriverFuture<'a, (String, String)> {
+        self.refuse()
+    }
+    fn recover<'a>(&'a self, _: &'a str, _: u64, _: &'a str) -> DriverFuture<'a, Recovered> {
+        self.refuse()
+    }
+    fn stop<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, ()> {
+        self.refuse()
+    }
+    fn destroy<'a>(&'a self, _: &'a str) -> DriverFuture<'a, ()> {
+        self.refuse()
+    }
+    fn logs<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, Vec<u8>> {
+        self.refuse()
+    }
+}

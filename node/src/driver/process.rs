@@ -1,0 +1,346 @@
+//! The embedded default driver: an instance is a supervised child process.
+//!
+//! An image of format `process` is a tar archive holding `manifest.json`:
+//! `{"entrypoint": ["bin/app", "--flag"], "env": {"K": "V"}}`. A relative
+//! entrypoint is resolved inside the unpacked image. The child runs in its own
+//! process group (signals to the daemon do not reach it) with its output in
+//! `output.log`, so it survives a daemon restart and is re-attached by pid.
+//!
+//! Limits: memory as `RLIMIT_AS` (address space, the only per-process memory
+//! limit without cgroups), cpus as CPU affinity to that many cores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_crdt::Kind;
+use atoll_proto::InstanceSpec;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+
+/// Output kept per instance: the log is rotated to `output.log.1` past this size.
+const LOG_ROTATE_BYTES: u64 = 8 << 20;
+/// How often a re-attached process (not our child) is checked, and logs rotated.
+const POLL: Duration = Duration::from_secs(1);
+const MANIFEST_MAX: u64 = 64 << 10;
+
+#[derive(Deserialize)]
+struct Manifest {
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+struct Running {
+    pid: i32,
+    run: u64,
+    /// Set when we ask it to stop, so that its exit is not reported as a crash.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Becomes true once the process is gone.
+    gone: watch::Receiver<bool>,
+}
+
+pub struct Process {
+    root: PathBuf,
+    exits: Exits,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+impl Process {
+    pub fn new(root: PathBuf, exits: Exits) -> Self {
+        Process { root, exits, running: Arc::default() }
+    }
+
+    fn dir(&self, key: &str) -> PathBuf {
+        self.root.join(dir_name(key))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unpacks the image unless this digest is already unpacked there.
+    fn unpack(image: &Path, digest: &str, root: &Path) -> Result<Manifest, DriverError> {
+        let marker = root.join(".atoll-digest");
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(digest) {
+            if root.exists() {
+                std::fs::remove_dir_all(root)?;
+            }
+            std::fs::create_dir_all(root)?;
+            let file = std::fs::File::open(image)?;
+            let mut archive = tar::Archive::new(file);
+            archive.set_preserve_permissions(true);
+            // `unpack` refuses entries that would escape `root` (.., absolute paths).
+            archive.unpack(root).map_err(|e| DriverError::Image(format!("not a tar archive: {e}")))?;
+            std::fs::write(&marker, digest)?;
+        }
+        let mut text = String::new();
+        std::fs::File::open(root.join("manifest.json"))
+            .map_err(|_| DriverError::Image("the archive has no manifest.json".into()))?
+            .take(MANIFEST_MAX)
+            .read_to_string(&mut text)?;
+        let m: Manifest =
+            serde_json::from_str(&text).map_err(|e| DriverError::Image(format!("manifest.json: {e}")))?;
+        if m.entrypoint.is_empty() {
+            return Err(DriverError::Image("manifest.json has an empty entrypoint".into()));
+        }
+        Ok(m)
+    }
+
+    fn spawn(
+        spec: &InstanceSpec,
+        dir: &Path,
+        manifest: &Manifest,
+    ) -> Result<(tokio::process::Child, String), DriverError> {
+        let root = dir.join("root");
+        let program = {
+            let p = Path::new(&manifest.entrypoint[0]);
+            if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output.log"))?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&manifest.entrypoint[1..])
+            .args(&spec.args)
+            .current_dir(&root)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &root)
+            .env("ATOLL_INSTANCE", &spec.key)
+            .envs(&manifest.env)
+            .envs(&spec.env)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let memory = (spec.memory_mib as u64).saturating_mul(1 << 20);
+        let cores = available_cores();
+        let cpus = (spec.cpus as usize).min(cores);
+        // SAFETY: only async-signal-safe calls (setrlimit, sched_setaffinity) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: memory, rlim_max: memory };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                for c in 0..cpus {
+                    libc::CPU_SET(c, &mut set);
+                }
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| DriverError::Runtime(format!("cannot run {}: {e}", program.display())))?;
+        let mut detail = format!(
+            "pid {}; memory limit {} MiB (address space), {} of {} cores",
+            child.id().unwrap_or(0),
+            spec.memory_mib,
+            cpus,
+            cores
+        );
+        if (spec.cpus as usize) > cores {
+            detail.push_str(&format!(" (asked {}, the host has {cores})", spec.cpus));
+        }
+        Ok((child, detail))
+    }
+
+    /// Watches a run until it ends, rotating its log meanwhile.
+    fn supervise(&self, key: String, run: u64, pid: i32, child: Option<tokio::process::Child>) {
+        let (tx, rx) = watch::channel(false);
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.table().insert(key.clone(), Running { pid, run, stopping: stopping.clone(), gone: rx });
+        let exits = self.exits.clone();
+        let running = self.running.clone();
+        let log = self.dir(&key).join("output.log");
+        let start_time = proc_start_time(pid);
+        tokio::spawn(async move {
+            let (code, detail) = match child {
+                Some(mut child) => loop {
+                    rotate(&log);
+                    tokio::select! {
+                        status = child.wait() => match status {
+                            Ok(status) => {
+                                use std::os::unix::process::ExitStatusExt;
+                                let detail =
+                                    status.signal().map(|s| format!(" (killed by signal {s})")).unwrap_or_default();
+                                break (status.code(), detail);
+                            }
+                            Err(e) => break (None, format!(" (lost: {e})")),
+                        },
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                },
+                None => loop {
+                    rotate(&log);
+                    if proc_start_time(pid) != start_time || start_time.is_none() {
+                        break (None, String::new());
+                    }
+                    tokio::time::sleep(POLL).await;
+                },
+            };
+            let _ = tx.send(true);
+            {
+                let mut table = running.lock().unwrap_or_else(|p| p.into_inner());
+                if table.get(&key).is_some_and(|r| r.run == run) {
+                    table.remove(&key);
+                }
+            }
+            if !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = exits.send(Exit { key, run, code, detail }).await;
+            }
+        });
+    }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Field 22 of /proc/PID/stat: distinguishes a process from a later one with the same pid.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let state = rest.split(' ').next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+fn rotate(log: &Path) {
+    let Ok(meta) = std::fs::metadata(log) else { return };
+    if meta.len() <= LOG_ROTATE_BYTES {
+        return;
+    }
+    // The child writes with O_APPEND, so truncating in place is safe: it carries on at the new end.
+    if std::fs::copy(log, log.with_extension("log.1")).is_ok() {
+        let _ = std::fs::OpenOptions::new().write(true).open(log).and_then(|f| f.set_len(0));
+    }
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+}
+
+pub(super) fn tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut out = Vec::new();
+    f.take(max).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+impl Driver for Process {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            kind: Kind::Process,
+            available: true,
+            version: env!("CARGO_PKG_VERSION").into(),
+            detail: "supervised child processes; memory via RLIMIT_AS, cpus via affinity".into(),
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a InstanceSpec,
+        run: u64,
+        image: PathBuf,
+    ) -> DriverFuture<'a, (String, String)> {
+        Box::pin(async move {
+            let dir = self.dir(&spec.key);
+            std::fs::create_dir_all(&dir)?;
+            let (digest, root) = (spec.image_digest.clone(), dir.join("root"));
+            let manifest = tokio::task::spawn_blocking(move || Self::unpack(&image, &digest, &root))
+                .await
+                .map_err(|e| DriverError::Runtime(e.to_string()))??;
+            let (child, detail) = Self::spawn(spec, &dir, &manifest)?;
+            let pid = child
+                .id()
+                .map(|p| p as i32)
+                .ok_or_else(|| DriverError::Runtime("the child exited at once".into()))?;
+            let handle = format!("pid:{pid}:{}", proc_start_time(pid).unwrap_or(0));
+            self.supervise(spec.key.clone(), run, pid, Some(child));
+            Ok((handle, detail))
+        })
+    }
+
+    fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
+        Box::pin(async move {
+            let parsed = handle.strip_prefix("pid:").and_then(|r| r.split_once(':'));
+            let Some((pid, start)) =
+                parsed.and_then(|(p, s)| Some((p.parse::<i32>().ok()?, s.parse::<u64>().ok()?)))
+            else {
+                return Ok(Recovered::Gone { detail: format!("unreadable handle {handle:?}") });
+            };
+            if proc_start_time(pid) == Some(start) {
+                self.supervise(key.to_owned(), run, pid, None);
+                Ok(Recovered::Running {
+                    handle: handle.to_owned(),
+                    detail: format!("pid {pid}; re-attached after daemon restart"),
+                })
+            } else {
+                Ok(Recovered::Gone { detail: " while the daemon was down".into() })
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, key: &'a str, grace_ms: u64) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            let entry = {
+                let table = self.table();
+                table.get(key).map(|r| {
+                    r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+                    (r.pid, r.gone.clone())
+                })
+            };
+            let Some((pid, mut gone)) = entry else {
+                return Ok(());
+            };
+            signal_group(pid, libc::SIGTERM);
+            let graceful =
+                tokio::time::timeout(Duration::from_millis(grace_ms), gone.wait_for(|g| *g)).await.is_ok();
+            if !graceful {
+                signal_group(pid, libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(10), gone.wait_for(|g| *g)).await.is_ok();
+            }
+            Ok(())
+        })
+    }
+
+    fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            self.stop(key, 5_000).await?;
+            let dir = self.dir(key);
+            if dir.exists() {
+                tokio::fs::remove_dir_all(&dir).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let dir = self.dir(key);
+            let mut out = tail(&dir.join("output.log.1"), max_bytes)?;
+            let current = tail(&dir.join("output.log"), max_bytes)?;
+            out.extend_from_slice(&current);
+            let skip = out.len().saturating_sub(max_bytes as usize);
+            Ok(out.split_off(skip))
+        })
+    }
+}

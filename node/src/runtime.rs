@@ -1,0 +1,291 @@
+//! The daemon's event loop: one task owns the peer core and carries out its
+//! effects with sled, the drivers and tokio timers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atoll_crdt::Millis;
+use atoll_proto::{
+    ApiError, ApiResult, Command, DriverCmd, DriverEvent, Input, Outbox, Peer, ReqId, StoreWrite,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::driver::{Drivers, Exit, Recovered};
+use crate::store::Store;
+
+/// Inputs queued for the loop; senders wait when it is full.
+pub const QUEUE: usize = 1024;
+/// Longest an API caller waits for the peer (a driver may take a while to stop).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub enum Msg {
+    Api { token: Option<String>, cmd: Command, reply: oneshot::Sender<ApiResult> },
+    Input(Input),
+}
+
+/// A cheap handle for talking to the loop.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Client {
+    pub async fn call(&self, token: Option<String>, cmd: Command) -> ApiResult {
+        let (reply, rx) = oneshot::channel();
+        let busy = || ApiError::Busy("the site is shutting down or overloaded; retry".into());
+        self.tx.send(Msg::Api { token, cmd, reply }).await.map_err(|_| busy())?;
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(busy()),
+            Err(_) => Err(ApiError::Busy("the operation is still in progress; check its state later".into())),
+        }
+    }
+}
+
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+pub struct Runtime {
+    peer: Peer,
+    store: Arc<dyn Store>,
+    drivers: Arc<Drivers>,
+    images_dir: PathBuf,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    pending: HashMap<ReqId, oneshot::Sender<ApiResult>>,
+    next_req: ReqId,
+}
+
+impl Runtime {
+    pub fn new(
+        peer: Peer,
+        store: Arc<dyn Store>,
+        drivers: Arc<Drivers>,
+        images_dir: PathBuf,
+    ) -> (Self, Client) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let client = Client { tx: tx.clone() };
+        (Runtime { peer, store, drivers, images_dir, tx, rx, pending: HashMap::new(), next_req: 1 }, client)
+    }
+
+    /// Forwards workload exits reported by drivers into the loop.
+    pub fn forward_exits(&self, mut exits: mpsc::Receiver<Exit>) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = exits.recv().await {
+                let event = DriverEvent::Exited { code: e.code, detail: e.detail };
+                if tx.send(Msg::Input(Input::Driver { key: e.key, run: e.run, event })).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Feeds host figures to the peer every few seconds (volatile state).
+    pub fn sample_metrics(&self, data_dir: PathBuf) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::metrics::EVERY);
+            loop {
+                tick.tick().await;
+                let dir = data_dir.clone();
+                let Ok(m) =
+                    tokio::task::spawn_blocking(move || crate::metrics::sample(&dir, now_millis())).await
+                else {
+                    continue;
+                };
+                if tx.send(Msg::Input(Input::Metrics(m))).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Boots the peer, then serves inputs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ApiError> {
+        let mut fx = Outbox::default();
+        self.peer.boot(now_millis(), &mut fx)?;
+        self.carry_out(fx);
+        loop {
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.step(msg),
+                    None => break,
+                },
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!("final flush failed: {e}");
+        }
+        tracing::info!("event loop stopped; workloads keep running and are re-attached at the next start");
+        Ok(())
+    }
+
+    fn step(&mut self, msg: Msg) {
+        let input = match msg {
+            Msg::Api { token, cmd, reply } => {
+                let req = self.next_req;
+                self.next_req += 1;
+                self.pending.insert(req, reply);
+                Input::Api { req, token, cmd }
+            }
+            Msg::Input(input) => input,
+        };
+        let mut fx = Outbox::default();
+        self.peer.handle(now_millis(), input, &mut fx);
+        self.carry_out(fx);
+    }
+
+    fn carry_out(&mut self, fx: Outbox) {
+        // Writes first and flushed once: nothing is acknowledged or acted on
+        // before the state that explains it is durable.
+        let mut failure = None;
+        if !fx.writes.is_empty() {
+            let result = tokio::task::block_in_place(|| {
+                for w in &fx.writes {
+                    self.write(w)?;
+                }
+                self.store.flush()
+            });
+            if let Err(e) = result {
+                tracing::error!("storage failure, not acknowledging: {e}");
+                failure = Some(ApiError::Internal(format!("storage failure: {e}")));
+            }
+        }
+        for (req, result) in fx.replies {
+            if let Some(reply) = self.pending.remove(&req) {
+                let _ = reply.send(match &failure {
+                    Some(e) => Err(e.clone()),
+                    None => result,
+                });
+            }
+        }
+        if failure.is_some() {
+            return;
+        }
+        // The core sends only to peers the shell reported as connected, and this
+        // daemon has no peer network yet, so there is nothing here.
+        for (to, _) in fx.sends {
+            tracing::warn!(%to, "no peer network: message dropped");
+        }
+        for cmd in fx.drivers {
+            self.drive(cmd);
+        }
+        for (timer, after) in fx.timers {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                let _ = tx.send(Msg::Input(Input::Timer(timer))).await;
+            });
+        }
+    }
+
+    fn write(&self, w: &StoreWrite) -> Result<(), crate::store::StoreError> {
+        match w {
+            StoreWrite::Append { doc, bytes } => self.store.append_doc(doc, bytes),
+            StoreWrite::Snapshot { doc, bytes } => self.store.replace_doc(doc, bytes),
+            StoreWrite::DeleteBlob { digest, chunks } => {
+                if let Some(d) = digest {
+                    self.store.delete_blob(d)?;
+                    let _ = std::fs::remove_file(self.images_dir.join(blob_file(d)));
+                }
+                self.store.delete_chunks(chunks)
+            }
+        }
+    }
+
+    fn drive(&self, cmd: DriverCmd) {
+        let drivers = self.drivers.clone();
+        let store = self.store.clone();
+        let images = self.images_dir.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let key = cmd.key().to_owned();
+            let run = cmd.run();
+            let event = execute(&drivers, store, images, cmd).await;
+            tracing::debug!(%key, run, ?event, "driver reported");
+            let _ = tx.send(Msg::Input(Input::Driver { key, run, event })).await;
+        });
+    }
+}
+
+async fn execute(drivers: &Drivers, store: Arc<dyn Store>, images: PathBuf, cmd: DriverCmd) -> DriverEvent {
+    let kind = match &cmd {
+        DriverCmd::Start { spec, .. } => spec.kind,
+        DriverCmd::Recover { kind, .. } | DriverCmd::Stop { kind, .. } | DriverCmd::Destroy { kind, .. } => {
+            *kind
+        }
+    };
+    let Some(driver) = drivers.get(kind) else {
+        return DriverEvent::Failed { reason: format!("no {kind} driver is available on this site") };
+    };
+    let failed = |e: crate::driver::DriverError| DriverEvent::Failed { reason: e.to_string() };
+    match cmd {
+        DriverCmd::Start { spec, run } => {
+            let digest = spec.image_digest.clone();
+            let blob = tokio::task::spawn_blocking(move || materialize(&*store, &images, &digest)).await;
+            let path = match blob {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return DriverEvent::Failed { reason: e },
+                Err(e) => return DriverEvent::Failed { reason: e.to_string() },
+            };
+            match driver.start(&spec, run, path).await {
+                Ok((handle, detail)) => DriverEvent::Started { handle, detail },
+                Err(e) => failed(e),
+            }
+        }
+        DriverCmd::Recover { key, run, handle, .. } => match driver.recover(&key, run, &handle).await {
+            Ok(Recovered::Running { handle, detail }) => DriverEvent::Started { handle, detail },
+            Ok(Recovered::Gone { detail }) => DriverEvent::Exited { code: None, detail },
+            Err(e) => failed(e),
+        },
+        DriverCmd::Stop { key, grace_ms, .. } => match driver.stop(&key, grace_ms).await {
+            Ok(()) => DriverEvent::Stopped,
+            Err(e) => failed(e),
+        },
+        DriverCmd::Destroy { key, .. } => match driver.destroy(&key).await {
+            Ok(()) => DriverEvent::Destroyed,
+            Err(e) => failed(e),
+        },
+    }
+}
+
+pub fn blob_file(digest: &str) -> String {
+    digest.replace(':', "-")
+}
+
+/// Writes an image blob to a file from its verified chunks (once; later runs reuse it).
+pub fn materialize(store: &dyn Store, dir: &std::path::Path, digest: &str) -> Result<PathBuf, String> {
+    let path = dir.join(blob_file(digest));
+    if path.exists() {
+        return Ok(path);
+    }
+    let chunks = store
+        .blob(digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("image blob {digest} is not stored on this site"))?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("partial");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    let mut whole = Sha256::new();
+    for c in &chunks {
+        let bytes = store
+            .get_chunk(c)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("chunk {c} of {digest} is missing"))?;
+        whole.update(&bytes);
+        std::io::Write::write_all(&mut file, &bytes).map_err(|e| e.to_string())?;
+    }
+    file.sync_all().map_err(|e| e.to_string())?;
+    if format!("sha256:{}", hex::encode(whole.finalize())) != digest {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("image blob {digest} does not match its digest"));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    Ok(path)
+}

@@ -1,0 +1,226 @@
+//! Durable storage behind a small trait: document logs and content-addressed
+//! image chunks. The sled implementation is the only one today; the trait keeps
+//! sled's API out of the rest of the daemon.
+
+use std::path::Path;
+
+use atoll_proto::DocId;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What the daemon keeps on disk. Every write is durable once [`Store::flush`] returns.
+pub trait Store: Send + Sync + 'static {
+    /// A document's saved bytes: its last snapshot followed by every append since.
+    fn load_doc(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError>;
+    fn append_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Atomically replaces a document's log by one snapshot.
+    fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Every document with a log.
+    fn docs(&self) -> Result<Vec<DocId>, StoreError>;
+    /// Stores a chunk under its sha256 (hex); returns false if it was already there.
+    fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<bool, StoreError>;
+    fn get_chunk(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn delete_chunks(&self, hashes: &[String]) -> Result<(), StoreError>;
+    /// The chunk list of a whole blob, by its digest.
+    fn put_blob(&self, digest: &str, chunks: &[String]) -> Result<(), StoreError>;
+    fn blob(&self, digest: &str) -> Result<Option<Vec<String>>, StoreError>;
+    fn delete_blob(&self, digest: &str) -> Result<(), StoreError>;
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+pub struct Sled {
+    db: sled::Db,
+    docs: sled::Tree,
+    chunks: sled::Tree,
+    blobs: sled::Tree,
+}
+
+/// sled's default page cache is 1 GiB; an edge site has better uses for memory.
+const CACHE_BYTES: u64 = 64 << 20;
+
+impl Sled {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
+        Ok(Sled {
+            docs: db.open_tree("docs")?,
+            chunks: db.open_tree("chunks")?,
+            blobs: db.open_tree("blobs")?,
+            db,
+        })
+    }
+
+    fn prefix(doc: &DocId) -> Vec<u8> {
+        let mut p = doc.to_string().into_bytes();
+        p.push(0);
+        p
+    }
+
+    fn next_key(&self, doc: &DocId) -> Result<Vec<u8>, StoreError> {
+        let prefix = Self::prefix(doc);
+        let seq = match self.docs.scan_prefix(&prefix).next_back() {
+            Some(entry) => {
+                let (k, _) = entry?;
+                let tail: [u8; 8] = k[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("bad log key for {doc}")))?;
+                u64::from_be_bytes(tail) + 1
+            }
+            None => 0,
+        };
+        let mut key = prefix;
+        key.extend_from_slice(&seq.to_be_bytes());
+        Ok(key)
+    }
+}
+
+impl Store for Sled {
+    fn load_doc(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mut any = false;
+        for entry in self.docs.scan_prefix(Self::prefix(doc)) {
+            let (_, v) = entry?;
+            out.extend_from_slice(&v);
+            any = true;
+        }
+        Ok(any.then_some(out))
+    }
+
+    fn append_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        // Only the event loop writes documents, so read-then-insert does not race.
+        let key = self.next_key(doc)?;
+        self.docs.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        let prefix = Self::prefix(doc);
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for entry in self.docs.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            batch.remove(k.clone());
+            last = Some(k);
+        }
+        // The snapshot takes the place of the newest entry so keys keep growing.
+        let key = last.map(|k| k.to_vec()).unwrap_or_else(|| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&0u64.to_be_bytes());
+            k
+        });
+        batch.insert(key, bytes);
+        self.docs.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn docs(&self) -> Result<Vec<DocId>, StoreError> {
+        let mut out: Vec<DocId> = Vec::new();
+        for entry in self.docs.iter() {
+            let (k, _) = entry?;
+            let name = k.split(|b| *b == 0).next().unwrap_or_default();
+            let name = std::str::from_utf8(name).map_err(|_| StoreError::Corrupt("document name".into()))?;
+            let id = match name.strip_prefix("site/") {
+                None if name == "realm" => DocId::Realm,
+                Some(site) => DocId::Site(
+                    atoll_crdt::SiteId::new(site).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                ),
+                None => return Err(StoreError::Corrupt(format!("unknown document {name:?}"))),
+            };
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.chunks.compare_and_swap(hash, None as Option<&[u8]>, Some(bytes))?.is_ok())
+    }
+
+    fn get_chunk(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(v) = self.chunks.get(hash)? else { return Ok(None) };
+        // Verify on read: a flipped bit on disk must not reach a workload.
+        if hex::encode(Sha256::digest(&v)) != hash {
+            return Err(StoreError::Corrupt(format!("chunk {hash} does not match its hash")));
+        }
+        Ok(Some(v.to_vec()))
+    }
+
+    fn delete_chunks(&self, hashes: &[String]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for h in hashes {
+            batch.remove(h.as_bytes());
+        }
+        self.chunks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn put_blob(&self, digest: &str, chunks: &[String]) -> Result<(), StoreError> {
+        self.blobs.insert(digest, chunks.join(",").into_bytes())?;
+        Ok(())
+    }
+
+    fn blob(&self, digest: &str) -> Result<Option<Vec<String>>, StoreError> {
+        Ok(self.blobs.get(digest)?.map(|v| {
+            String::from_utf8_lossy(&v).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        }))
+    }
+
+    fn delete_blob(&self, digest: &str) -> Result<(), StoreError> {
+        self.blobs.remove(digest)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_log_appends_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sled::open(dir.path()).unwrap();
+        let doc = DocId::Realm;
+        assert!(store.load_doc(&doc).unwrap().is_none());
+        store.append_doc(&doc, b"ab").unwrap();
+        store.append_doc(&doc, b"cd").unwrap();
+        // Another document with a prefix-sharing name stays apart.
+        let other = DocId::Site(atoll_crdt::SiteId::new("realm").unwrap());
+        store.append_doc(&other, b"zz").unwrap();
+        assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"abcd");
+        store.replace_doc(&doc, b"ABCD").unwrap();
+        store.append_doc(&doc, b"e").unwrap();
+        assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
+        store.flush().unwrap();
+        drop(store);
+        let store = Sled::open(dir.path()).unwrap();
+        assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
+        assert_eq!(store.load_doc(&other).unwrap().unwrap(), b"zz");
+        assert_eq!(store.docs().unwrap(), vec![DocId::Realm, other]);
+    }
+
+    #[test]
+    fn chunks_are_content_addressed_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sled::open(dir.path()).unwrap();
+        let hash = hex::encode(Sha256::digest(b"hello"));
+        assert!(store.put_chunk(&hash, b"hello").unwrap());
+        assert!(!store.put_chunk(&hash, b"hello").unwrap());
+        assert_eq!(store.get_chunk(&hash).unwrap().unwrap(), b"hello");
+        store.put_chunk(&"0".repeat(64), b"lies").unwrap();
+        assert!(matches!(store.get_chunk(&"0".repeat(64)), Err(StoreError::Corrupt(_))));
+        store.delete_chunks(std::slice::from_ref(&hash)).unwrap();
+        assert!(store.get_chunk(&hash).unwrap().is_none());
+    }
+}

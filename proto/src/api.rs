@@ -1,0 +1,311 @@
+//! Commands accepted by a peer, and their replies. These are the JSON bodies of
+//! the REST API under `/v1` too.
+
+use std::collections::BTreeMap;
+
+use atoll_crdt::{
+    Account, Descriptor, EscrowError, Image, ImageFormat, Instance, Kind, Project, Resources, RestartPolicy,
+    Role, RoleBinding, SiteId, Visibility,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewUser {
+    pub name: String,
+    pub password: String,
+    #[serde(default)]
+    pub realm_admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewProject {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The project's initial quota total, credited to the site that creates it.
+    #[serde(default = "default_quota")]
+    pub quota: Resources,
+}
+
+pub fn default_quota() -> Resources {
+    Resources::new(10, 20, 20 * 1024)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Grant {
+    pub user: String,
+    pub project: String,
+    pub role: Role,
+    #[serde(default)]
+    pub sites: Option<Vec<SiteId>>,
+}
+
+/// An image whose blob the caller has already stored and verified.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewImage {
+    pub name: String,
+    pub project: String,
+    pub format: ImageFormat,
+    pub visibility: Visibility,
+    pub digest: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewInstance {
+    pub name: String,
+    pub project: String,
+    /// `name` of an image of the project, or `project/name` of a public image.
+    pub image: String,
+    #[serde(default = "one")]
+    pub cpus: i64,
+    #[serde(default = "default_memory")]
+    pub memory_mib: i64,
+    #[serde(default)]
+    pub disk_mib: i64,
+    #[serde(default = "default_restart")]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `[IP:]HOST:CONTAINER[/tcp|/udp]`, containers only.
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+fn one() -> i64 {
+    1
+}
+fn default_memory() -> i64 {
+    256
+}
+fn default_restart() -> RestartPolicy {
+    RestartPolicy::Never
+}
+
+/// What a caller may ask of a peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Login {
+        user: String,
+        password: String,
+    },
+    Whoami,
+    CreateUser(NewUser),
+    ListUsers,
+    CreateProject(NewProject),
+    ListProjects,
+    GrantRole(Grant),
+    ListRoles,
+    SetQuota {
+        project: String,
+        total: Resources,
+    },
+    ShowQuota {
+        project: String,
+    },
+    /// Moves quota rights this site holds to other sites (escrow rebalancing):
+    /// `amount` to each.
+    GiveQuota {
+        project: String,
+        to: Vec<SiteId>,
+        amount: Resources,
+    },
+    /// Checks that the caller holds `role` in `project` on this site (used before
+    /// accepting an upload, whose bytes never enter the peer core).
+    Authorize {
+        project: String,
+        role: Role,
+    },
+    RegisterImage(NewImage),
+    ListImages,
+    ShowImage {
+        project: String,
+        name: String,
+    },
+    RemoveImage {
+        project: String,
+        name: String,
+    },
+    CreateInstance(NewInstance),
+    ListInstances,
+    ShowInstance {
+        project: String,
+        name: String,
+    },
+    StartInstance {
+        project: String,
+        name: String,
+    },
+    StopInstance {
+        project: String,
+        name: String,
+    },
+    DeleteInstance {
+        project: String,
+        name: String,
+    },
+    ShowSite,
+}
+
+impl Command {
+    /// Commands that need no token.
+    pub fn is_public(&self) -> bool {
+        matches!(self, Command::Login { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub token: String,
+    pub user: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserView {
+    pub name: String,
+    pub realm_admin: bool,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaView {
+    pub project: String,
+    pub total: Resources,
+    /// This site's escrow account for the project.
+    pub site: SiteId,
+    pub account: Account,
+    pub available_here: Resources,
+}
+
+/// Changing figures of a site, sampled by the shell. Volatile: kept in memory,
+/// never in a document's history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    pub at: u64,
+    /// 1-minute load average.
+    pub load: f64,
+    pub free_memory_mib: i64,
+    pub free_disk_mib: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteView {
+    pub descriptor: Descriptor,
+    pub instances: usize,
+    pub running: usize,
+    pub images: usize,
+    /// Resources held by this site's instances, all projects together.
+    pub allocated: Resources,
+    /// The latest host figures, if sampled yet.
+    pub live: Option<HostMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Whoami {
+    pub user: String,
+    pub realm_admin: bool,
+    pub site: SiteId,
+    pub roles: Vec<RoleBinding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Token(TokenView),
+    Whoami(Whoami),
+    User(UserView),
+    Users(Vec<UserView>),
+    Project(Project),
+    Projects(Vec<Project>),
+    Role(RoleBinding),
+    Roles(Vec<RoleBinding>),
+    Quota(QuotaView),
+    Image(Image),
+    Images(Vec<Image>),
+    Instance(Instance),
+    Instances(Vec<Instance>),
+    Site(SiteView),
+    Authorized { user: String },
+    Removed { removed: String },
+}
+
+/// Errors a caller sees, each with an HTTP status and a stable code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("site {site} cannot run {kind} instances: {why}")]
+    Unsupported { site: SiteId, kind: Kind, why: String },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::Unauthenticated(_) => 401,
+            ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::Invalid(_) | ApiError::Unsupported { .. } => 400,
+            ApiError::TooLarge(_) => 413,
+            ApiError::Busy(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Invalid(_) => "invalid",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::Unsupported { .. } => "unsupported_kind",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Busy(_) => "busy",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<atoll_crdt::DocError> for ApiError {
+    fn from(e: atoll_crdt::DocError) -> Self {
+        match e {
+            atoll_crdt::DocError::InvalidName(_) => ApiError::Invalid(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EscrowError> for ApiError {
+    fn from(e: EscrowError) -> Self {
+        match e {
+            EscrowError::Exhausted { .. } => ApiError::QuotaExceeded(e.to_string()),
+            EscrowError::Negative(_) => ApiError::Invalid(e.to_string()),
+        }
+    }
+}
+
+pub type ApiResult = Result<Reply, ApiError>;

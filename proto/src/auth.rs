@@ -1,0 +1,177 @@
+//! Passwords, tokens and access checks.
+//!
+//! A token is `base64url(claims JSON) "." base64url(ed25519 signature)`, signed by
+//! the issuing site. Any site verifies it offline against the issuer's public key
+//! in the realm membership, so logins keep working through a partition.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use atoll_crdt::{Realm, Role, RoleBinding, SiteId, User};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::api::ApiError;
+
+/// Longest token accepted, so that a huge header costs nothing to reject.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub user: String,
+    pub site: SiteId,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+pub fn hash_password(password: &str, rng: &mut (impl RngCore + CryptoRng)) -> Result<String, ApiError> {
+    let salt = SaltString::generate(rng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("password hashing: {e}")))
+}
+
+pub fn password_matches(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+pub fn issue(key: &SigningKey, claims: &Claims) -> String {
+    let body = serde_json::to_vec(claims).unwrap_or_default();
+    let sig = key.sign(&body);
+    format!("{}.{}", B64.encode(&body), B64.encode(sig.to_bytes()))
+}
+
+/// Verifies a token against the realm; returns the user it names.
+pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), ApiError> {
+    let bad = |why: &str| ApiError::Unauthenticated(format!("invalid token: {why}; log in again"));
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(bad("too long"));
+    }
+    let (body_b64, sig_b64) = token.split_once('.').ok_or_else(|| bad("malformed"))?;
+    let body = B64.decode(body_b64).map_err(|_| bad("malformed"))?;
+    let sig: [u8; 64] =
+        B64.decode(sig_b64).ok().and_then(|s| s.try_into().ok()).ok_or_else(|| bad("malformed signature"))?;
+    let claims: Claims = serde_json::from_slice(&body).map_err(|_| bad("malformed claims"))?;
+    let member = realm.member(&claims.site)?.ok_or_else(|| bad("issued by a site that is not a member"))?;
+    let key = decode_key(&member.public_key).ok_or_else(|| bad("issuer key unreadable"))?;
+    key.verify(&body, &Signature::from_bytes(&sig)).map_err(|_| bad("signature does not verify"))?;
+    if claims.expires_at <= now {
+        return Err(ApiError::Unauthenticated("token expired; log in again".into()));
+    }
+    let user = realm.user(&claims.user)?.ok_or_else(|| bad("user no longer exists"))?;
+    Ok((claims, user))
+}
+
+pub fn encode_key(key: &VerifyingKey) -> String {
+    hex::encode(key.as_bytes())
+}
+
+pub fn decode_key(hex_key: &str) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// The role `user` holds in `project` on `site`, if any. Realm admins hold admin everywhere.
+pub fn role_of(realm: &Realm, user: &User, project: &str, site: &SiteId) -> Result<Option<Role>, ApiError> {
+    if user.realm_admin {
+        return Ok(Some(Role::Admin));
+    }
+    Ok(realm.role(&user.name, project)?.filter(|b| applies(b, site)).map(|b| b.role))
+}
+
+fn applies(binding: &RoleBinding, site: &SiteId) -> bool {
+    binding.sites.as_ref().is_none_or(|sites| sites.contains(site))
+}
+
+/// Fails unless `user` holds at least `need` in `project` on `site`.
+pub fn require(realm: &Realm, user: &User, project: &str, need: Role, site: &SiteId) -> Result<(), ApiError> {
+    match role_of(realm, user, project, site)? {
+        Some(r) if r >= need => Ok(()),
+        Some(r) => Err(ApiError::Forbidden(format!(
+            "user {} is {:?} in project {project}; this needs {:?}",
+            user.name, r, need
+        ))),
+        None => Err(ApiError::Forbidden(format!(
+            "user {} has no role in project {project} on site {site}",
+            user.name
+        ))),
+    }
+}
+
+pub fn require_realm_admin(user: &User) -> Result<(), ApiError> {
+    if user.realm_admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("user {} is not a realm admin", user.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_crdt::Member;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn realm_with(site: &SiteId, key: &SigningKey) -> Realm {
+        let mut realm = Realm::create(site, 0).unwrap();
+        realm
+            .doc
+            .put(&Member {
+                site: site.clone(),
+                public_key: encode_key(&key.verifying_key()),
+                region: "r".into(),
+                operator: "o".into(),
+                joined_at: 0,
+            })
+            .unwrap();
+        realm
+            .doc
+            .put(&User {
+                name: "ann".into(),
+                password_hash: String::new(),
+                realm_admin: false,
+                created_at: 0,
+            })
+            .unwrap();
+        realm.doc.commit(0);
+        realm
+    }
+
+    #[test]
+    fn tokens_verify_offline_and_expire() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let key = SigningKey::generate(&mut rng);
+        let site = SiteId::new("a").unwrap();
+        let realm = realm_with(&site, &key);
+        let claims = Claims { user: "ann".into(), site: site.clone(), issued_at: 0, expires_at: 100 };
+        let token = issue(&key, &claims);
+        assert_eq!(verify(&realm, &token, 50).unwrap().0, claims);
+        assert!(matches!(verify(&realm, &token, 100), Err(ApiError::Unauthenticated(_))));
+        // A token signed by a key that is not the member's.
+        let other = SigningKey::generate(&mut rng);
+        assert!(verify(&realm, &issue(&other, &claims), 50).is_err());
+        // Tampered claims.
+        let (_, sig) = token.split_once('.').unwrap();
+        let forged = Claims { user: "root".into(), ..claims };
+        let body = B64.encode(serde_json::to_vec(&forged).unwrap());
+        assert!(verify(&realm, &format!("{body}.{sig}"), 50).is_err());
+        for junk in ["", ".", "a.b", "x".repeat(5000).as_str()] {
+            assert!(verify(&realm, junk, 50).is_err());
+        }
+    }
+
+    #[test]
+    fn passwords() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let h = hash_password("s3cret", &mut rng).unwrap();
+        assert!(password_matches("s3cret", &h));
+        assert!(!password_matches("s3cret!", &h));
+        assert!(!password_matches("s3cret", "not a hash"));
+    }
+}

@@ -1,0 +1,25 @@
+//! Atoll's API types and the sans-IO peer core.
+//!
+//! [`Peer::handle`] consumes one [`Input`] at a time and asks for side effects
+//! through [`Effects`]: persist a write, start a workload, arm a timer, answer a
+//! request. It never touches a clock, a socket, a thread or OS randomness, so the
+//! daemon (`node/`) and a simulator can run the very same logic.
+
+pub mod api;
+pub mod auth;
+pub mod driver;
+pub mod lifecycle;
+mod manage;
+pub mod peer;
+pub mod sync;
+pub mod wire;
+
+pub use api::{ApiError, ApiResult, Command, Reply};
+pub use driver::{DriverCmd, DriverEvent, InstanceSpec};
+pub use peer::{DocId, Effects, Input, Outbox, Peer, PeerConfig, ReqId, StoreWrite, TimerId};
+pub use wire::{PeerMsg, WireError};
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_sync;

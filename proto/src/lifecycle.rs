@@ -1,0 +1,461 @@
+//! Instances: admission, the driver conversation, restart policy and recovery.
+//!
+//! Desired state is what the user asked; observed state is what the driver last
+//! reported. The peer moves one towards the other and records both in the site
+//! document, so that a restarted daemon knows what to resume.
+
+use atoll_crdt::{Desired, Instance, Kind, Millis, Observed, RestartPolicy, Role, User};
+
+use crate::api::{ApiError, ApiResult, NewInstance, Reply};
+use crate::auth;
+use crate::driver::{DriverCmd, DriverEvent, InstanceSpec};
+use crate::manage::check_name;
+use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
+
+/// Grace period a workload gets to stop before it is killed.
+pub const STOP_GRACE_MS: u64 = 10_000;
+/// Restart backoff: 1 s doubling up to a minute.
+const BACKOFF_BASE_MS: u64 = 1_000;
+const BACKOFF_MAX_MS: u64 = 60_000;
+/// A run that lasted this long resets the backoff.
+const STABLE_RUN_MS: u64 = 60_000;
+/// Per-instance limits on what users may ask.
+const MAX_CPUS: i64 = 1024;
+const MAX_MEMORY_MIB: i64 = 1 << 22;
+const MAX_ARGS: usize = 256;
+const MAX_ENV: usize = 256;
+const MAX_PORTS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verb {
+    Start,
+    Stop,
+    Delete,
+}
+
+pub(crate) fn backoff(restarts: u64) -> Millis {
+    BACKOFF_BASE_MS.saturating_mul(1 << restarts.min(6)).min(BACKOFF_MAX_MS)
+}
+
+pub(crate) fn should_restart(policy: RestartPolicy, code: Option<i32>, failed: bool) -> bool {
+    match policy {
+        RestartPolicy::Always => true,
+        // An unknown exit code (re-attached workload) counts as a failure.
+        RestartPolicy::OnFailure => failed || code != Some(0),
+        RestartPolicy::Never => false,
+    }
+}
+
+impl Peer {
+    fn find_instance(
+        &self,
+        caller: &User,
+        project: &str,
+        name: &str,
+        need: Role,
+    ) -> Result<Instance, ApiError> {
+        auth::require(&self.realm, caller, project, need, &self.site)?;
+        self.own
+            .instance(project, name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no instance {project}/{name} on site {}", self.site)))
+    }
+
+    fn validate(&self, n: &NewInstance) -> Result<(), ApiError> {
+        check_name("instance", &n.name)?;
+        if !(1..=MAX_CPUS).contains(&n.cpus) {
+            return Err(ApiError::Invalid(format!("cpus must be 1 to {MAX_CPUS}")));
+        }
+        if !(1..=MAX_MEMORY_MIB).contains(&n.memory_mib) {
+            return Err(ApiError::Invalid(format!("memory must be 1 to {MAX_MEMORY_MIB} MiB")));
+        }
+        if !(0..=MAX_MEMORY_MIB * 16).contains(&n.disk_mib) {
+            return Err(ApiError::Invalid("disk size out of range".into()));
+        }
+        for p in &n.ports {
+            parse_port(p).map_err(ApiError::Invalid)?;
+        }
+        if n.args.len() > MAX_ARGS || n.env.len() > MAX_ENV || n.ports.len() > MAX_PORTS {
+            return Err(ApiError::Invalid(format!(
+                "at most {MAX_ARGS} arguments, {MAX_ENV} variables and {MAX_PORTS} ports"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create_instance(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        caller: &User,
+        n: NewInstance,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        match self.admit_instance(now, caller, n) {
+            Ok(inst) => {
+                let key = inst_key(&inst);
+                self.start_run(now, inst, fx);
+                self.wait_on(&key, req)
+            }
+            Err(e) => Outcome::Now(Err(e)),
+        }
+    }
+
+    fn admit_instance(&mut self, now: Millis, caller: &User, n: NewInstance) -> Result<Instance, ApiError> {
+        self.validate(&n)?;
+        if self.realm.project(&n.project)?.is_none() {
+            return Err(ApiError::NotFound(format!("no project {}", n.project)));
+        }
+        auth::require(&self.realm, caller, &n.project, Role::Member, &self.site)?;
+        let (img_project, img_name) = n.image.split_once('/').unwrap_or((&n.project, &n.image));
+        let image = self
+            .realm
+            .image(img_project, img_name)?
+            .filter(|i| i.project == n.project || i.visibility == atoll_crdt::Visibility::Public)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no image {img_project}/{img_name} usable by project {}",
+                    n.project
+                ))
+            })?;
+        let kind = image.format.kind();
+        if !n.ports.is_empty() && kind != Kind::Container {
+            return Err(ApiError::Invalid(format!(
+                "ports are published for containers only, not {kind} instances"
+            )));
+        }
+        if !self.descriptor.kinds.contains(&kind) {
+            let why = match self.descriptor.drivers.iter().find(|d| d.kind == kind) {
+                Some(d) => format!("its {kind} driver is unavailable: {}", d.detail),
+                None => format!("no {kind} driver is available here"),
+            };
+            return Err(ApiError::Unsupported { site: self.site.clone(), kind, why });
+        }
+        if self.own.replica(&image.digest)?.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "image {img_project}/{img_name} is not held on site {}",
+                self.site
+            )));
+        }
+        if self.own.instance(&n.project, &n.name)?.is_some() {
+            return Err(ApiError::Conflict(format!("instance {}/{} already exists", n.project, n.name)));
+        }
+        let inst = Instance {
+            name: n.name,
+            project: n.project,
+            site: self.site.clone(),
+            image: format!("{}/{}", image.project, image.name),
+            image_digest: image.digest,
+            kind,
+            cpus: n.cpus,
+            memory_mib: n.memory_mib,
+            disk_mib: n.disk_mib,
+            restart: n.restart,
+            args: n.args,
+            env: n.env,
+            ports: n.ports,
+            desired: Desired::Running,
+            observed: Observed::Pending,
+            reason: "admitted".into(),
+            observed_at: now,
+            handle: None,
+            restarts: 0,
+            created_by: caller.name.clone(),
+            created_at: now,
+        };
+        #[cfg(not(feature = "unchecked-escrow"))]
+        self.account(&inst.project)?.admit(&inst.project, inst.resources())?;
+        self.own.doc.put(&inst)?;
+        Ok(inst)
+    }
+
+    fn wait_on(&mut self, key: &str, req: ReqId) -> Outcome {
+        let waiters = self.waiters.entry(key.to_owned()).or_default();
+        if waiters.len() >= crate::peer::MAX_WAITERS {
+            return Outcome::Now(Err(ApiError::Busy(format!("too many requests waiting on {key}; retry"))));
+        }
+        waiters.push(req);
+        Outcome::Later
+    }
+
+    fn answer_waiters(&mut self, key: &str, result: &ApiResult) {
+        for req in self.waiters.remove(key).unwrap_or_default() {
+            self.replies.push((req, result.clone()));
+        }
+    }
+
+    /// Hands an instance to its driver as a new run.
+    fn start_run(&mut self, now: Millis, mut inst: Instance, fx: &mut impl Effects) {
+        let key = inst_key(&inst);
+        let run = self.next_run(&key);
+        let format = match self.realm.doc.get::<atoll_crdt::Image>(&inst.image) {
+            Ok(Some(image)) => image.format,
+            _ => {
+                let why = format!("image {} is gone from the catalog", inst.image);
+                self.observe(now, &mut inst, Observed::Failed, why);
+                return;
+            }
+        };
+        self.observe(now, &mut inst, Observed::Starting, "starting".into());
+        let spec = InstanceSpec {
+            key,
+            kind: inst.kind,
+            image_digest: inst.image_digest.clone(),
+            format,
+            args: inst.args.clone(),
+            env: inst.env.clone(),
+            ports: inst.ports.clone(),
+            cpus: inst.cpus,
+            memory_mib: inst.memory_mib,
+            disk_mib: inst.disk_mib,
+        };
+        fx.driver(DriverCmd::Start { spec, run });
+    }
+
+    fn next_run(&mut self, key: &str) -> u64 {
+        let g = self.runs.entry(key.to_owned()).or_insert(0);
+        *g += 1;
+        *g
+    }
+
+    fn run_of(&mut self, key: &str) -> u64 {
+        *self.runs.entry(key.to_owned()).or_insert(0)
+    }
+
+    fn observe(&mut self, now: Millis, inst: &mut Instance, state: Observed, reason: String) {
+        inst.observed = state;
+        inst.reason = reason;
+        inst.observed_at = now;
+        if let Err(e) = self.own.doc.put(&*inst) {
+            // Only a corrupt document fails here; the next write will report it too.
+            inst.reason = format!("{} (not recorded: {e})", inst.reason);
+        }
+    }
+
+    /// Start, stop or delete an existing instance; the reply waits for the driver.
+    pub(crate) fn act(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        caller: &User,
+        (project, name): (&str, &str),
+        verb: Verb,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        let mut inst = match self.find_instance(caller, project, name, Role::Member) {
+            Ok(i) => i,
+            Err(e) => return Outcome::Now(Err(e)),
+        };
+        if inst.desired == Desired::Deleted && verb != Verb::Delete {
+            return Outcome::Now(Err(ApiError::Conflict(format!(
+                "instance {project}/{name} is being deleted"
+            ))));
+        }
+        let key = inst_key(&inst);
+        let run = self.run_of(&key);
+        let busy = matches!(inst.observed, Observed::Starting | Observed::Stopping);
+        match verb {
+            Verb::Start if inst.desired == Desired::Running && inst.observed == Observed::Running => {
+                Outcome::Now(Ok(Reply::Instance(inst)))
+            }
+            Verb::Start if busy => self.wait_on(&key, req),
+            Verb::Start => {
+                inst.desired = Desired::Running;
+                inst.restarts = 0;
+                self.start_run(now, inst, fx);
+                self.wait_on(&key, req)
+            }
+            Verb::Stop => {
+                inst.desired = Desired::Stopped;
+                if busy || inst.observed == Observed::Running {
+                    self.observe(now, &mut inst, Observed::Stopping, "stop requested".into());
+                    fx.driver(DriverCmd::Stop {
+                        key: key.clone(),
+                        kind: inst.kind,
+                        run,
+                        grace_ms: STOP_GRACE_MS,
+                    });
+                    self.wait_on(&key, req)
+                } else {
+                    // Not running: record the wish (a pending restart timer will see it).
+                    self.observe(now, &mut inst, Observed::Stopped, "stopped".into());
+                    Outcome::Now(Ok(Reply::Instance(inst)))
+                }
+            }
+            Verb::Delete => {
+                inst.desired = Desired::Deleted;
+                self.observe(now, &mut inst, Observed::Stopping, "delete requested".into());
+                fx.driver(DriverCmd::Destroy { key: key.clone(), kind: inst.kind, run });
+                self.wait_on(&key, req)
+            }
+        }
+    }
+
+    pub(crate) fn list_instances(&self, caller: &User) -> ApiResult {
+        let mut out = Vec::new();
+        for inst in self.own.instances()? {
+            if auth::role_of(&self.realm, caller, &inst.project, &self.site)?.is_some() {
+                out.push(inst);
+            }
+        }
+        Ok(Reply::Instances(out))
+    }
+
+    pub(crate) fn show_instance(&self, caller: &User, project: &str, name: &str) -> ApiResult {
+        self.find_instance(caller, project, name, Role::Reader).map(Reply::Instance)
+    }
+
+    pub(crate) fn on_driver(
+        &mut self,
+        now: Millis,
+        key: &str,
+        run: u64,
+        event: DriverEvent,
+        fx: &mut impl Effects,
+    ) {
+        if self.runs.get(key) != Some(&run) {
+            return; // an older run's news
+        }
+        let Some((project, name)) = key.split_once('/') else { return };
+        let Ok(Some(mut inst)) = self.own.instance(project, name) else { return };
+        match event {
+            DriverEvent::Started { handle, detail } => {
+                if inst.desired == Desired::Running {
+                    inst.handle = Some(handle);
+                    self.observe(now, &mut inst, Observed::Running, detail);
+                }
+            }
+            DriverEvent::Exited { code, detail } => {
+                inst.handle = None;
+                let what = match code {
+                    Some(c) => format!("exited with code {c}"),
+                    None => "exited (code unknown)".to_owned(),
+                };
+                self.after_end(now, &mut inst, Observed::Exited, format!("{what}{detail}"), code, false, fx);
+            }
+            DriverEvent::Failed { reason } => {
+                inst.handle = None;
+                self.after_end(now, &mut inst, Observed::Failed, reason, None, true, fx);
+            }
+            DriverEvent::Stopped => {
+                inst.handle = None;
+                self.observe(now, &mut inst, Observed::Stopped, "stopped".into());
+            }
+            DriverEvent::Destroyed => {
+                if inst.desired == Desired::Deleted {
+                    if let Err(e) = self.own.doc.delete::<Instance>(key) {
+                        self.answer_waiters(key, &Err(e.into()));
+                        return;
+                    }
+                    self.runs.remove(key);
+                    self.answer_waiters(key, &Ok(Reply::Removed { removed: key.to_owned() }));
+                    return;
+                }
+            }
+        }
+        self.answer_waiters(key, &Ok(Reply::Instance(inst)));
+    }
+
+    /// A run ended by itself: apply the restart policy.
+    #[allow(clippy::too_many_arguments)]
+    fn after_end(
+        &mut self,
+        now: Millis,
+        inst: &mut Instance,
+        state: Observed,
+        what: String,
+        code: Option<i32>,
+        failed: bool,
+        fx: &mut impl Effects,
+    ) {
+        if inst.desired != Desired::Running || !should_restart(inst.restart, code, failed) {
+            self.observe(now, inst, state, what);
+            return;
+        }
+        if inst.observed == Observed::Running && now.saturating_sub(inst.observed_at) >= STABLE_RUN_MS {
+            inst.restarts = 0;
+        }
+        let delay = backoff(inst.restarts);
+        inst.restarts += 1;
+        let key = inst_key(inst);
+        let run = self.run_of(&key);
+        self.observe(
+            now,
+            inst,
+            state,
+            format!("{what}; restarting in {} s ({:?})", delay / 1000, inst.restart),
+        );
+        fx.schedule(TimerId::Restart { key, run }, delay);
+    }
+
+    pub(crate) fn on_restart_timer(&mut self, now: Millis, key: &str, run: u64, fx: &mut impl Effects) {
+        if self.runs.get(key) != Some(&run) {
+            return;
+        }
+        let Some((project, name)) = key.split_once('/') else { return };
+        if let Ok(Some(inst)) = self.own.instance(project, name)
+            && inst.desired == Desired::Running
+            && matches!(inst.observed, Observed::Exited | Observed::Failed)
+        {
+            self.start_run(now, inst, fx);
+        }
+    }
+
+    /// After a daemon restart: re-attach to what runs, finish what was in flight,
+    /// and start what the restart policy says must run.
+    pub(crate) fn resume_all(&mut self, now: Millis, fx: &mut impl Effects) -> Result<(), ApiError> {
+        for mut inst in self.own.instances()? {
+            let key = inst_key(&inst);
+            let run = self.next_run(&key);
+            match (inst.desired, inst.observed, inst.handle.clone()) {
+                (Desired::Deleted, _, _) => fx.driver(DriverCmd::Destroy { key, kind: inst.kind, run }),
+                (Desired::Running, Observed::Running | Observed::Starting, Some(handle)) => {
+                    fx.driver(DriverCmd::Recover { key, kind: inst.kind, run, handle })
+                }
+                (Desired::Running, Observed::Pending | Observed::Starting | Observed::Running, None) => {
+                    self.start_run(now, inst, fx)
+                }
+                (Desired::Running, Observed::Exited | Observed::Failed, _)
+                    if inst.restart == RestartPolicy::Always =>
+                {
+                    inst.restarts = 0;
+                    self.start_run(now, inst, fx)
+                }
+                (Desired::Stopped, Observed::Stopping | Observed::Running | Observed::Starting, _) => {
+                    fx.driver(DriverCmd::Stop { key, kind: inst.kind, run, grace_ms: STOP_GRACE_MS })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn inst_key(inst: &Instance) -> String {
+    format!("{}/{}", inst.project, inst.name)
+}
+
+/// A published port: `[IP:]HOST:CONTAINER[/tcp|/udp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub ip: Option<String>,
+    pub host: u16,
+    pub container: u16,
+    pub proto: String,
+}
+
+pub fn parse_port(s: &str) -> Result<Port, String> {
+    let bad = || format!("bad port {s:?}: expected [IP:]HOST:CONTAINER[/tcp|/udp]");
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((spec, p @ ("tcp" | "udp"))) => (spec, p),
+        Some(_) => return Err(bad()),
+        None => (s, "tcp"),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [h, c] => (None, h, c),
+        [ip, h, c] if ip.parse::<std::net::IpAddr>().is_ok() => (Some(ip.to_string()), h, c),
+        _ => return Err(bad()),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    Ok(Port { ip, host: port(host)?, container: port(container)?, proto: proto.into() })
+}

@@ -1,0 +1,354 @@
+//! Commands on users, projects, roles, quotas, images and the site.
+
+use atoll_crdt::escrow::quota_change;
+use atoll_crdt::{
+    Account, Image, Millis, Observed, Project, QuotaGrant, Replica, Resources, Role, RoleBinding, SiteId,
+    Transfer, User, Visibility, is_name,
+};
+
+use crate::api::{
+    ApiError, ApiResult, Grant, NewImage, NewProject, NewUser, QuotaView, Reply, SiteView, TokenView,
+    UserView, Whoami,
+};
+use crate::auth::{self, Claims};
+use crate::peer::{Peer, StoreWrite};
+
+/// Most sites one give names.
+pub const MAX_GIVE_TO: usize = 10_000;
+
+/// Largest image the catalog accepts: 64 GiB.
+pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
+
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if is_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!(
+            "invalid {what} name {name:?}: use 1-63 lowercase letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn user_view(u: &User) -> UserView {
+    UserView { name: u.name.clone(), realm_admin: u.realm_admin, created_at: u.created_at }
+}
+
+impl Peer {
+    pub(crate) fn login(&mut self, now: Millis, name: &str, password: &str) -> ApiResult {
+        let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
+        let user = self.realm.user(name)?.ok_or_else(wrong)?;
+        if !auth::password_matches(password, &user.password_hash) {
+            return Err(wrong());
+        }
+        let claims = Claims {
+            user: user.name.clone(),
+            site: self.site.clone(),
+            issued_at: now,
+            expires_at: now + self.token_ttl,
+        };
+        Ok(Reply::Token(TokenView {
+            token: auth::issue(&self.key, &claims),
+            user: user.name,
+            expires_at: claims.expires_at,
+        }))
+    }
+
+    pub(crate) fn whoami(&self, user: &User) -> ApiResult {
+        let roles =
+            self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.user == user.name).collect();
+        Ok(Reply::Whoami(Whoami {
+            user: user.name.clone(),
+            realm_admin: user.realm_admin,
+            site: self.site.clone(),
+            roles,
+        }))
+    }
+
+    pub(crate) fn create_user(&mut self, now: Millis, caller: &User, n: NewUser) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        check_name("user", &n.name)?;
+        if !(8..=1024).contains(&n.password.len()) {
+            return Err(ApiError::Invalid("password must be 8 to 1024 bytes long".into()));
+        }
+        if self.realm.user(&n.name)?.is_some() {
+            return Err(ApiError::Conflict(format!("user {} already exists", n.name)));
+        }
+        let password_hash = auth::hash_password(&n.password, &mut self.rng)?;
+        let user = User { name: n.name, password_hash, realm_admin: n.realm_admin, created_at: now };
+        self.realm.doc.put(&user)?;
+        Ok(Reply::User(user_view(&user)))
+    }
+
+    pub(crate) fn list_users(&self, caller: &User) -> ApiResult {
+        let users = self.realm.doc.list::<User>()?;
+        Ok(Reply::Users(
+            users.iter().filter(|u| caller.realm_admin || u.name == caller.name).map(user_view).collect(),
+        ))
+    }
+
+    pub(crate) fn create_project(&mut self, now: Millis, caller: &User, n: NewProject) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        check_name("project", &n.name)?;
+        if !n.quota.is_non_negative() {
+            return Err(ApiError::Invalid(format!("quota values must not be negative (got {})", n.quota)));
+        }
+        if self.realm.project(&n.name)?.is_some() {
+            return Err(ApiError::Conflict(format!("project {} already exists", n.name)));
+        }
+        let project = Project { name: n.name.clone(), description: n.description, created_at: now };
+        self.realm.doc.put(&project)?;
+        let seq = self.realm.next_grant_seq(&n.name, &self.site)?;
+        self.realm.doc.put(&QuotaGrant {
+            project: n.name,
+            site: self.site.clone(),
+            seq,
+            delta: n.quota,
+            at: now,
+        })?;
+        Ok(Reply::Project(project))
+    }
+
+    pub(crate) fn list_projects(&self, caller: &User) -> ApiResult {
+        let mut out = Vec::new();
+        for p in self.realm.doc.list::<Project>()? {
+            if auth::role_of(&self.realm, caller, &p.name, &self.site)?.is_some() {
+                out.push(p);
+            }
+        }
+        Ok(Reply::Projects(out))
+    }
+
+    pub(crate) fn grant_role(&mut self, caller: &User, g: Grant) -> ApiResult {
+        self.project_exists(&g.project)?;
+        auth::require(&self.realm, caller, &g.project, Role::Admin, &self.site)?;
+        if self.realm.user(&g.user)?.is_none() {
+            return Err(ApiError::NotFound(format!("no user {}", g.user)));
+        }
+        if let Some(sites) = &g.sites {
+            if sites.is_empty() {
+                return Err(ApiError::Invalid("--sites needs at least one site".into()));
+            }
+            for s in sites {
+                if self.realm.member(s)?.is_none() {
+                    return Err(ApiError::NotFound(format!("no site {s} in this realm")));
+                }
+            }
+        }
+        let binding = RoleBinding { user: g.user, project: g.project, role: g.role, sites: g.sites };
+        self.realm.doc.put(&binding)?;
+        Ok(Reply::Role(binding))
+    }
+
+    pub(crate) fn list_roles(&self, caller: &User) -> ApiResult {
+        let mut out = Vec::new();
+        for b in self.realm.doc.list::<RoleBinding>()? {
+            let admin = auth::role_of(&self.realm, caller, &b.project, &self.site)? == Some(Role::Admin);
+            if admin || b.user == caller.name {
+                out.push(b);
+            }
+        }
+        Ok(Reply::Roles(out))
+    }
+
+    fn project_exists(&self, project: &str) -> Result<(), ApiError> {
+        match self.realm.project(project)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::NotFound(format!("no project {project}"))),
+        }
+    }
+
+    pub(crate) fn account(&self, project: &str) -> Result<Account, ApiError> {
+        // Replicas not filled by sync yet say nothing; counting them as zero only under-admits.
+        let ready = self
+            .others
+            .values()
+            .filter(|d| d.doc.has_collection(<atoll_crdt::Transfer as atoll_crdt::Entity>::COLLECTION));
+        Ok(Account::read(&self.realm, &self.own, ready, project)?)
+    }
+
+    pub(crate) fn set_quota(
+        &mut self,
+        now: Millis,
+        caller: &User,
+        project: &str,
+        total: Resources,
+    ) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        self.project_exists(project)?;
+        let current = self.realm.quota_total(project)?;
+        let delta = quota_change(project, current, total, &self.account(project)?)?;
+        if delta != Resources::ZERO {
+            let seq = self.realm.next_grant_seq(project, &self.site)?;
+            self.realm.doc.put(&QuotaGrant {
+                project: project.into(),
+                site: self.site.clone(),
+                seq,
+                delta,
+                at: now,
+            })?;
+        }
+        self.quota_view(project)
+    }
+
+    pub(crate) fn give_quota(
+        &mut self,
+        now: Millis,
+        caller: &User,
+        project: &str,
+        to: &[SiteId],
+        amount: Resources,
+    ) -> ApiResult {
+        auth::require(&self.realm, caller, project, Role::Admin, &self.site)?;
+        self.project_exists(project)?;
+        if to.is_empty() || to.len() > MAX_GIVE_TO {
+            return Err(ApiError::Invalid(format!("give to 1 to {MAX_GIVE_TO} sites at once")));
+        }
+        for s in to {
+            if s == &self.site || self.realm.member(s)?.is_none() {
+                return Err(ApiError::Invalid(format!("{s} is not another member site")));
+            }
+        }
+        if !amount.is_non_negative() || amount == Resources::ZERO {
+            return Err(ApiError::Invalid(format!("nothing to give: {amount}")));
+        }
+        let n = to.len() as i64;
+        let all = Resources::new(amount.instances * n, amount.cpus * n, amount.memory_mib * n);
+        self.account(project)?.admit(project, all)?;
+        let first = self.own.next_transfer_seq(project)?;
+        for (seq, s) in (first..).zip(to) {
+            let t = Transfer {
+                project: project.into(),
+                from: self.site.clone(),
+                to: s.clone(),
+                seq,
+                amount,
+                at: now,
+            };
+            self.own.doc.put(&t)?;
+            if let Some(r) = self.custody.recipients.as_mut() {
+                r.insert(s.clone());
+            }
+        }
+        self.quota_view(project)
+    }
+
+    pub(crate) fn show_quota(&self, caller: &User, project: &str) -> ApiResult {
+        self.project_exists(project)?;
+        auth::require(&self.realm, caller, project, Role::Reader, &self.site)?;
+        self.quota_view(project)
+    }
+
+    fn quota_view(&self, project: &str) -> ApiResult {
+        let account = self.account(project)?;
+        Ok(Reply::Quota(QuotaView {
+            project: project.into(),
+            total: self.realm.quota_total(project)?,
+            site: self.site.clone(),
+            available_here: account.available(),
+            account,
+        }))
+    }
+
+    pub(crate) fn register_image(&mut self, now: Millis, caller: &User, n: NewImage) -> ApiResult {
+        check_name("image", &n.name)?;
+        self.project_exists(&n.project)?;
+        auth::require(&self.realm, caller, &n.project, Role::Member, &self.site)?;
+        if n.size > MAX_IMAGE_SIZE {
+            return Err(ApiError::Invalid(format!(
+                "image of {} bytes is over the {MAX_IMAGE_SIZE}-byte limit",
+                n.size
+            )));
+        }
+        let expected_chunks = n.size.div_ceil(n.chunk_size.max(1));
+        let well_formed = n.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex)
+            && n.chunk_size > 0
+            && n.chunks.len() as u64 == expected_chunks
+            && n.chunks.iter().all(|c| is_sha256_hex(c));
+        if !well_formed {
+            return Err(ApiError::Invalid("image digest or chunk list is malformed".into()));
+        }
+        if self.realm.image(&n.project, &n.name)?.is_some() {
+            return Err(ApiError::Conflict(format!("image {}/{} already exists", n.project, n.name)));
+        }
+        let image = Image {
+            name: n.name,
+            project: n.project,
+            digest: n.digest,
+            size: n.size,
+            format: n.format,
+            chunk_size: n.chunk_size,
+            chunks: n.chunks,
+            visibility: n.visibility,
+            created_by: caller.name.clone(),
+            created_at: now,
+        };
+        self.realm.doc.put(&image)?;
+        self.own.doc.put(&Replica { digest: image.digest.clone(), size: image.size, at: now })?;
+        Ok(Reply::Image(image))
+    }
+
+    fn can_read_image(&self, caller: &User, image: &Image) -> Result<bool, ApiError> {
+        Ok(image.visibility == Visibility::Public
+            || auth::role_of(&self.realm, caller, &image.project, &self.site)?.is_some())
+    }
+
+    pub(crate) fn list_images(&self, caller: &User) -> ApiResult {
+        let mut out = Vec::new();
+        for image in self.realm.doc.list::<Image>()? {
+            if self.can_read_image(caller, &image)? {
+                out.push(image);
+            }
+        }
+        Ok(Reply::Images(out))
+    }
+
+    pub(crate) fn show_image(&self, caller: &User, project: &str, name: &str) -> ApiResult {
+        match self.realm.image(project, name)? {
+            Some(image) if self.can_read_image(caller, &image)? => Ok(Reply::Image(image)),
+            _ => Err(ApiError::NotFound(format!("no image {project}/{name} visible to {}", caller.name))),
+        }
+    }
+
+    pub(crate) fn remove_image(&mut self, caller: &User, project: &str, name: &str) -> ApiResult {
+        auth::require(&self.realm, caller, project, Role::Member, &self.site)?;
+        let image = self
+            .realm
+            .image(project, name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no image {project}/{name}")))?;
+        let key = format!("{project}/{name}");
+        if let Some(user) = self.own.instances()?.iter().find(|i| i.image == key) {
+            return Err(ApiError::Conflict(format!(
+                "image {key} is used by instance {}/{}; delete it first",
+                user.project, user.name
+            )));
+        }
+        self.realm.doc.delete::<Image>(&key)?;
+        let others: Vec<Image> = self.realm.doc.list::<Image>()?;
+        let digest_unused = !others.iter().any(|i| i.digest == image.digest);
+        if digest_unused {
+            self.own.doc.delete::<Replica>(&image.digest)?;
+        }
+        // Chunks are shared between images with common content: keep those still used.
+        let unused: Vec<String> =
+            image.chunks.iter().filter(|c| !others.iter().any(|o| o.chunks.contains(c))).cloned().collect();
+        self.deferred
+            .push(StoreWrite::DeleteBlob { digest: digest_unused.then_some(image.digest), chunks: unused });
+        Ok(Reply::Removed { removed: key })
+    }
+
+    pub(crate) fn show_site(&self) -> ApiResult {
+        let instances = self.own.instances()?;
+        Ok(Reply::Site(SiteView {
+            descriptor: self.descriptor.clone(),
+            instances: instances.len(),
+            running: instances.iter().filter(|i| i.observed == Observed::Running).count(),
+            images: self.own.doc.list::<Replica>()?.len(),
+            allocated: instances.iter().fold(Resources::ZERO, |acc, i| acc.plus(i.resources())),
+            live: self.metrics.clone(),
+        }))
+    }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

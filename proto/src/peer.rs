@@ -1,0 +1,496 @@
+//! The peer state machine: inputs in, effects out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use atoll_crdt::{
+    Descriptor, DocError, Member, Millis, Project, QuotaGrant, Realm, Role, RoleBinding, SiteDoc, SiteId,
+    SyncState, User,
+};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, ApiResult, Command, HostMetrics, Reply, default_quota};
+use crate::auth;
+use crate::driver::{DriverCmd, DriverEvent};
+use crate::lifecycle::Verb;
+use crate::wire::PeerMsg;
+
+/// Identifies an API request so that its reply can be routed back.
+pub type ReqId = u64;
+
+/// After this many incremental appends a document is saved whole instead,
+/// which bounds both the store and the time to load it.
+pub const COMPACT_EVERY: u32 = 256;
+
+/// Most callers that may wait on one instance's operation at once.
+pub const MAX_WAITERS: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DocId {
+    Realm,
+    Site(SiteId),
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocId::Realm => f.write_str("realm"),
+            DocId::Site(s) => write!(f, "site/{s}"),
+        }
+    }
+}
+
+/// A write the shell must make durable before it delivers the replies that follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreWrite {
+    /// Changes to append to a document's log.
+    Append { doc: DocId, bytes: Vec<u8> },
+    /// A whole document replacing its log.
+    Snapshot { doc: DocId, bytes: Vec<u8> },
+    /// An image's blob is gone: drop its index (when no other image has the same
+    /// digest) and the chunks no other image references.
+    DeleteBlob { digest: Option<String>, chunks: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TimerId {
+    /// Restart an instance (restart policy, after a backoff).
+    Restart { key: String, run: u64 },
+    /// Anti-entropy round with a few random peers.
+    Repair,
+}
+
+#[derive(Debug, Clone)]
+pub enum Input {
+    Api {
+        req: ReqId,
+        token: Option<String>,
+        cmd: Command,
+    },
+    Driver {
+        key: String,
+        run: u64,
+        event: DriverEvent,
+    },
+    Timer(TimerId),
+    /// Fresh host figures (volatile).
+    Metrics(HostMetrics),
+    /// The shell has a connection to a member site.
+    Connected(SiteId),
+    Disconnected(SiteId),
+    /// A decoded message from a connected member.
+    Message {
+        from: SiteId,
+        msg: PeerMsg,
+    },
+}
+
+/// Side effects, carried out by the shell in the order they are asked for.
+pub trait Effects {
+    fn persist(&mut self, write: StoreWrite);
+    fn driver(&mut self, cmd: DriverCmd);
+    fn schedule(&mut self, timer: TimerId, after: Millis);
+    fn reply(&mut self, req: ReqId, result: ApiResult);
+    fn send(&mut self, to: &SiteId, msg: PeerMsg);
+}
+
+/// Effects collected in order, for shells that carry them out after `handle`
+/// returns (the daemon's event loop, the simulator).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub writes: Vec<StoreWrite>,
+    pub drivers: Vec<DriverCmd>,
+    pub timers: Vec<(TimerId, Millis)>,
+    pub replies: Vec<(ReqId, ApiResult)>,
+    pub sends: Vec<(SiteId, PeerMsg)>,
+}
+
+impl Effects for Outbox {
+    fn persist(&mut self, write: StoreWrite) {
+        self.writes.push(write);
+    }
+    fn driver(&mut self, cmd: DriverCmd) {
+        self.drivers.push(cmd);
+    }
+    fn schedule(&mut self, timer: TimerId, after: Millis) {
+        self.timers.push((timer, after));
+    }
+    fn reply(&mut self, req: ReqId, result: ApiResult) {
+        self.replies.push((req, result));
+    }
+    fn send(&mut self, to: &SiteId, msg: PeerMsg) {
+        self.sends.push((to.clone(), msg));
+    }
+}
+
+pub struct PeerConfig {
+    pub key: SigningKey,
+    /// Seeds the peer's RNG (password salts); the shell draws it from the OS.
+    pub seed: [u8; 32],
+    /// This site's stable facts; `site` is its id.
+    pub descriptor: Descriptor,
+    pub token_ttl: Millis,
+}
+
+/// Who keeps which site document, cached until membership or transfers change.
+#[derive(Default)]
+pub(crate) struct Custody {
+    /// The realm changed since `list` was read.
+    pub stale: bool,
+    pub list: Vec<Member>,
+    pub of: BTreeMap<SiteId, Vec<SiteId>>,
+    /// Sites we gave rights to; read from our document once, then kept up to date.
+    pub recipients: Option<BTreeSet<SiteId>>,
+}
+
+#[allow(clippy::large_enum_variant)] // short-lived return value
+pub(crate) enum Outcome {
+    Now(ApiResult),
+    /// The reply comes later (when the driver reports).
+    Later,
+}
+
+pub struct Peer {
+    pub(crate) site: SiteId,
+    pub(crate) key: SigningKey,
+    pub(crate) rng: ChaCha20Rng,
+    pub(crate) descriptor: Descriptor,
+    pub(crate) token_ttl: Millis,
+    pub(crate) realm: Realm,
+    pub(crate) own: SiteDoc,
+    /// Replicas of other sites' documents.
+    pub(crate) others: BTreeMap<SiteId, SiteDoc>,
+    /// Sync progress per (peer, document).
+    pub(crate) sync: BTreeMap<(SiteId, DocId), SyncState>,
+    pub(crate) connected: BTreeSet<SiteId>,
+    pub(crate) custody: Custody,
+    appends: BTreeMap<DocId, u32>,
+    /// Documents that exist only in memory so far (a new realm).
+    unsaved: bool,
+    /// Current run number of each instance; driver events of older runs are stale.
+    pub(crate) runs: BTreeMap<String, u64>,
+    /// Requests waiting for an instance operation to finish.
+    pub(crate) waiters: BTreeMap<String, Vec<ReqId>>,
+    /// Writes to make after this input's document changes are durable
+    /// (deleting a blob before its catalog entry is gone would break a reader).
+    pub(crate) deferred: Vec<StoreWrite>,
+    /// Documents persisted by this input, to announce to peers.
+    changed: Vec<DocId>,
+    /// The latest host figures; volatile, never persisted.
+    pub(crate) metrics: Option<HostMetrics>,
+    /// Replies held until this input's writes are persisted.
+    pub(crate) replies: Vec<(ReqId, ApiResult)>,
+}
+
+impl Peer {
+    /// A new realm whose first site is this one, with user `admin` (password
+    /// given by the shell) and project `default`.
+    pub fn genesis(cfg: PeerConfig, now: Millis, admin_password: &str) -> Result<Peer, ApiError> {
+        let site = cfg.descriptor.site.clone();
+        let realm = Realm::create(&site, now)?;
+        let own = SiteDoc::create(&site, now)?;
+        let mut peer = Peer::assemble(cfg, realm, own);
+        peer.unsaved = true;
+        let hash = auth::hash_password(admin_password, &mut peer.rng)?;
+        let d = &peer.descriptor;
+        peer.realm.doc.put(&Member {
+            site: site.clone(),
+            public_key: d.public_key.clone(),
+            region: d.region.clone(),
+            operator: d.operator.clone(),
+            joined_at: now,
+        })?;
+        peer.realm.doc.put(&User {
+            name: "admin".into(),
+            password_hash: hash,
+            realm_admin: true,
+            created_at: now,
+        })?;
+        peer.realm.doc.put(&Project {
+            name: "default".into(),
+            description: "created with the realm".into(),
+            created_at: now,
+        })?;
+        peer.realm.doc.put(&RoleBinding {
+            user: "admin".into(),
+            project: "default".into(),
+            role: Role::Admin,
+            sites: None,
+        })?;
+        peer.realm.doc.put(&QuotaGrant {
+            project: "default".into(),
+            site: site.clone(),
+            seq: 0,
+            delta: default_quota(),
+            at: now,
+        })?;
+        peer.realm.doc.commit(now);
+        Ok(peer)
+    }
+
+    /// A new site in an existing realm, from a copy of the realm document: it
+    /// creates its own document and enters its membership record. (How the copy
+    /// and the right to join are obtained is the shell's business.)
+    pub fn join(cfg: PeerConfig, now: Millis, realm: &[u8]) -> Result<Peer, ApiError> {
+        let site = cfg.descriptor.site.clone();
+        let realm = Realm::load(realm, &site)?;
+        let own = SiteDoc::create(&site, now)?;
+        let mut peer = Peer::assemble(cfg, realm, own);
+        peer.unsaved = true;
+        let d = &peer.descriptor;
+        let member = Member {
+            site: site.clone(),
+            public_key: d.public_key.clone(),
+            region: d.region.clone(),
+            operator: d.operator.clone(),
+            joined_at: now,
+        };
+        peer.realm.doc.put(&member)?;
+        peer.realm.doc.commit(now);
+        Ok(peer)
+    }
+
+    /// Enters a member in the realm (an admin-side act: the shell has checked the
+    /// right to join, e.g. an invitation signed by a realm admin).
+    pub fn enroll(&mut self, now: Millis, member: &Member, fx: &mut impl Effects) -> Result<(), ApiError> {
+        self.realm.doc.put(member)?;
+        self.flush(now, fx);
+        Ok(())
+    }
+
+    /// A peer from its saved documents: the realm, its own, and its replicas of others'.
+    pub fn restore(
+        cfg: PeerConfig,
+        realm: &[u8],
+        own: &[u8],
+        others: &[(SiteId, Vec<u8>)],
+    ) -> Result<Peer, DocError> {
+        let site = cfg.descriptor.site.clone();
+        let realm = Realm::load(realm, &site)?;
+        let own = SiteDoc::load(own, &site, &site)?;
+        let mut peer = Peer::assemble(cfg, realm, own);
+        for (owner, bytes) in others {
+            // A replica saved before its first sync completed may be empty.
+            let doc = atoll_crdt::Doc::load_any(bytes, site.as_str().as_bytes())?;
+            peer.others.insert(owner.clone(), SiteDoc { site: owner.clone(), doc });
+        }
+        Ok(peer)
+    }
+
+    fn assemble(cfg: PeerConfig, realm: Realm, own: SiteDoc) -> Peer {
+        Peer {
+            site: cfg.descriptor.site.clone(),
+            key: cfg.key,
+            rng: ChaCha20Rng::from_seed(cfg.seed),
+            descriptor: cfg.descriptor,
+            token_ttl: cfg.token_ttl,
+            realm,
+            own,
+            others: BTreeMap::new(),
+            sync: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            custody: Custody { stale: true, ..Custody::default() },
+            appends: BTreeMap::new(),
+            unsaved: false,
+            runs: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            deferred: Vec::new(),
+            replies: Vec::new(),
+            metrics: None,
+            changed: Vec::new(),
+        }
+    }
+
+    pub fn site(&self) -> &SiteId {
+        &self.site
+    }
+
+    /// This site's replica of the realm (read-only; for shells and the simulator's checks).
+    pub fn realm(&self) -> &Realm {
+        &self.realm
+    }
+
+    /// The realm document's saved bytes (what a joining site starts from).
+    pub fn realm_bytes(&mut self) -> Vec<u8> {
+        self.realm.doc.save()
+    }
+
+    /// This site's own document.
+    pub fn own(&self) -> &SiteDoc {
+        &self.own
+    }
+
+    /// The heads digest of every document this site holds, in document order.
+    pub fn digests(&mut self) -> Vec<(DocId, [u8; 32])> {
+        let mut docs = match self.digest_msg() {
+            PeerMsg::Digest { docs } => docs,
+            PeerMsg::Sync { .. } => Vec::new(),
+        };
+        docs.sort();
+        docs
+    }
+
+    /// The heads digest of one document, if held.
+    pub fn digest_of(&mut self, id: &DocId) -> Option<[u8; 32]> {
+        self.doc_mut(id).map(|d| d.digest())
+    }
+
+    /// Called once after construction: saves a new realm, publishes the site
+    /// descriptor, and resumes every instance as its desired state says.
+    pub fn boot(&mut self, now: Millis, fx: &mut impl Effects) -> Result<(), ApiError> {
+        if self.unsaved {
+            self.unsaved = false;
+            fx.persist(StoreWrite::Snapshot { doc: DocId::Realm, bytes: self.realm.doc.save() });
+            fx.persist(StoreWrite::Snapshot {
+                doc: DocId::Site(self.site.clone()),
+                bytes: self.own.doc.save(),
+            });
+        }
+        if self.own.descriptor()?.as_ref() != Some(&self.descriptor) {
+            self.own.doc.put(&self.descriptor)?;
+        }
+        self.flush(now, fx);
+        fx.schedule(TimerId::Repair, crate::sync::REPAIR_EVERY);
+        self.resume_all(now, fx)
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input, fx: &mut impl Effects) {
+        match input {
+            Input::Api { req, token, cmd } => {
+                if let Outcome::Now(result) = self.api(now, req, token, cmd, fx) {
+                    if result.is_err() {
+                        self.realm.doc.rollback();
+                        self.own.doc.rollback();
+                    }
+                    self.replies.push((req, result));
+                }
+            }
+            Input::Driver { key, run, event } => self.on_driver(now, &key, run, event, fx),
+            Input::Timer(TimerId::Restart { key, run }) => self.on_restart_timer(now, &key, run, fx),
+            Input::Metrics(m) => self.metrics = Some(m),
+            Input::Timer(TimerId::Repair) => self.on_repair(fx),
+            Input::Connected(site) => self.on_connected(site, fx),
+            Input::Disconnected(site) => self.on_disconnected(&site),
+            Input::Message { from, msg } => self.on_message(from, msg, fx),
+        }
+        // Persist before replying: an acknowledged write is durable.
+        self.flush(now, fx);
+        for write in self.deferred.drain(..) {
+            fx.persist(write);
+        }
+        for (req, result) in self.replies.drain(..) {
+            fx.reply(req, result);
+        }
+        let changed = std::mem::take(&mut self.changed);
+        self.announce(&changed, fx);
+    }
+
+    fn api(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        token: Option<String>,
+        cmd: Command,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        let user = if cmd.is_public() {
+            None
+        } else {
+            let Some(token) = token else {
+                return Outcome::Now(Err(ApiError::Unauthenticated(
+                    "no token: log in first (atoll login)".into(),
+                )));
+            };
+            match auth::verify(&self.realm, &token, now) {
+                Ok((_, user)) => Some(user),
+                Err(e) => return Outcome::Now(Err(e)),
+            }
+        };
+        match (cmd, user) {
+            (Command::Login { user, password }, _) => Outcome::Now(self.login(now, &user, &password)),
+            (cmd, Some(user)) => self.dispatch(now, req, &user, cmd, fx),
+            (_, None) => Outcome::Now(Err(ApiError::Unauthenticated("no token".into()))),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        user: &User,
+        cmd: Command,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        use Command::*;
+        let result = match cmd {
+            Login { .. } => unreachable_login(),
+            Whoami => self.whoami(user),
+            CreateUser(n) => self.create_user(now, user, n),
+            ListUsers => self.list_users(user),
+            CreateProject(n) => self.create_project(now, user, n),
+            ListProjects => self.list_projects(user),
+            GrantRole(g) => self.grant_role(user, g),
+            ListRoles => self.list_roles(user),
+            SetQuota { project, total } => self.set_quota(now, user, &project, total),
+            ShowQuota { project } => self.show_quota(user, &project),
+            GiveQuota { project, to, amount } => self.give_quota(now, user, &project, &to, amount),
+            Authorize { project, role } => auth::require(&self.realm, user, &project, role, &self.site)
+                .map(|()| Reply::Authorized { user: user.name.clone() }),
+            RegisterImage(n) => self.register_image(now, user, n),
+            ListImages => self.list_images(user),
+            ShowImage { project, name } => self.show_image(user, &project, &name),
+            RemoveImage { project, name } => self.remove_image(user, &project, &name),
+            CreateInstance(n) => return self.create_instance(now, req, user, n, fx),
+            ListInstances => self.list_instances(user),
+            ShowInstance { project, name } => self.show_instance(user, &project, &name),
+            StartInstance { project, name } => {
+                return self.act(now, req, user, (&project, &name), Verb::Start, fx);
+            }
+            StopInstance { project, name } => {
+                return self.act(now, req, user, (&project, &name), Verb::Stop, fx);
+            }
+            DeleteInstance { project, name } => {
+                return self.act(now, req, user, (&project, &name), Verb::Delete, fx);
+            }
+            ShowSite => self.show_site(),
+        };
+        Outcome::Now(result)
+    }
+
+    /// Commits pending writes and hands the bytes of every new change (local, or
+    /// received from a peer) to the shell.
+    pub(crate) fn flush(&mut self, now: Millis, fx: &mut impl Effects) {
+        let site = DocId::Site(self.site.clone());
+        let docs = [(DocId::Realm, &mut self.realm.doc), (site, &mut self.own.doc)]
+            .into_iter()
+            .chain(self.others.iter_mut().map(|(s, d)| (DocId::Site(s.clone()), &mut d.doc)));
+        for (id, doc) in docs {
+            doc.commit(now);
+            let bytes = doc.save_incremental();
+            if bytes.is_empty() {
+                continue;
+            }
+            if id == DocId::Realm {
+                self.custody.stale = true;
+            }
+            self.changed.push(id.clone());
+            let n = self.appends.entry(id.clone()).or_insert(0);
+            *n += 1;
+            if *n >= COMPACT_EVERY {
+                *n = 0;
+                fx.persist(StoreWrite::Snapshot { doc: id, bytes: doc.save() });
+            } else {
+                fx.persist(StoreWrite::Append { doc: id, bytes });
+            }
+        }
+    }
+}
+
+/// Login is dispatched before authentication; reaching `dispatch` with it is a bug
+/// we answer with an error rather than a panic.
+fn unreachable_login() -> ApiResult {
+    Err(ApiError::Internal("login reached the authenticated dispatcher".into()))
+}

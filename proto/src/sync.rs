@@ -1,0 +1,266 @@
+//! Anti-entropy between peers (ARCHITECTURE §5), sans IO.
+//!
+//! On connect, and every [`REPAIR_EVERY`] with a few random peers, a peer sends
+//! the digest of the heads of every document it holds; only documents whose
+//! digests differ run the automerge sync protocol. Local changes are announced
+//! to every connected peer as sync messages once they are persisted. Sync
+//! progress is kept per (peer, document) and dropped on disconnect.
+
+use atoll_crdt::{Doc, Millis, SiteDoc, SiteId};
+use rand_core::RngCore;
+
+use crate::peer::{DocId, Effects, Peer, TimerId};
+use crate::wire::PeerMsg;
+
+/// Period of the repair round.
+pub const REPAIR_EVERY: Millis = 30_000;
+/// Peers contacted per repair round.
+pub const REPAIR_FANOUT: usize = 3;
+
+impl Peer {
+    pub(crate) fn doc_mut(&mut self, id: &DocId) -> Option<&mut Doc> {
+        match id {
+            DocId::Realm => Some(&mut self.realm.doc),
+            DocId::Site(s) if s == &self.site => Some(&mut self.own.doc),
+            DocId::Site(s) => self.others.get_mut(s).map(|d| &mut d.doc),
+        }
+    }
+
+    fn doc_ids(&self) -> Vec<DocId> {
+        let mut ids = vec![DocId::Realm, DocId::Site(self.site.clone())];
+        ids.extend(self.others.keys().cloned().map(DocId::Site));
+        ids
+    }
+
+    pub(crate) fn digest_msg(&mut self) -> PeerMsg {
+        self.digest_for(None)
+    }
+
+    /// The digest of the documents we share with `peer` (all we hold, for None).
+    fn digest_for(&mut self, peer: Option<&SiteId>) -> PeerMsg {
+        let ids: Vec<DocId> =
+            self.doc_ids().into_iter().filter(|id| peer.is_none_or(|p| self.shares(p, id))).collect();
+        let docs = ids.into_iter().filter_map(|id| Some((id.clone(), self.doc_mut(&id)?.digest()))).collect();
+        PeerMsg::Digest { docs }
+    }
+
+    /// Refreshes the member list and custody sets after membership changed.
+    /// Members are only ever added, so their count tells (counting walks the
+    /// map's keys, far cheaper than decoding every member after each realm change).
+    fn refresh_custody(&mut self) {
+        if !self.custody.stale {
+            return;
+        }
+        self.custody.stale = false;
+        let count = self.realm.doc.count::<atoll_crdt::Member>();
+        if count != self.custody.list.len() {
+            self.custody.list = self.realm.doc.list().unwrap_or_default();
+            self.custody.of.clear();
+        }
+    }
+
+    pub(crate) fn custodians_of(&mut self, owner: &SiteId) -> Vec<SiteId> {
+        self.refresh_custody();
+        if let Some(c) = self.custody.of.get(owner) {
+            return c.clone();
+        }
+        let c = custodians(&self.custody.list, owner);
+        self.custody.of.insert(owner.clone(), c.clone());
+        c
+    }
+
+    /// Whether we gave `peer` quota rights: it needs our document to count them.
+    fn is_recipient(&mut self, peer: &SiteId) -> bool {
+        if self.custody.recipients.is_none() {
+            let to =
+                self.own.doc.list::<atoll_crdt::Transfer>().unwrap_or_default().into_iter().map(|t| t.to);
+            self.custody.recipients = Some(to.collect());
+        }
+        self.custody.recipients.as_ref().is_some_and(|r| r.contains(peer))
+    }
+
+    /// Whether `peer` should hold (and so be offered) document `id`: the realm
+    /// goes to everyone; a site document to its owner, its custodians, and the
+    /// sites its owner gave rights to.
+    pub(crate) fn shares(&mut self, peer: &SiteId, id: &DocId) -> bool {
+        match id {
+            DocId::Realm => true,
+            DocId::Site(s) if s == &self.site => {
+                self.custodians_of(s).contains(peer) || self.is_recipient(peer)
+            }
+            DocId::Site(s) => s == peer || self.custodians_of(s).contains(peer),
+        }
+    }
+
+    pub(crate) fn on_connected(&mut self, peer: SiteId, fx: &mut impl Effects) {
+        if peer == self.site {
+            return;
+        }
+        self.connected.insert(peer.clone());
+        let digest = self.digest_for(Some(&peer));
+        fx.send(&peer, digest);
+    }
+
+    pub(crate) fn on_disconnected(&mut self, peer: &SiteId) {
+        self.connected.remove(peer);
+        self.sync.retain(|(p, _), _| p != peer);
+    }
+
+    pub(crate) fn on_repair(&mut self, fx: &mut impl Effects) {
+        let mut peers: Vec<SiteId> = self.connected.iter().cloned().collect();
+        // A partial Fisher-Yates shuffle with the peer's seeded RNG.
+        for i in 0..peers.len().min(REPAIR_FANOUT) {
+            let j = i + (self.rng.next_u64() as usize) % (peers.len() - i);
+            peers.swap(i, j);
+        }
+        peers.truncate(REPAIR_FANOUT);
+        for p in peers {
+            let digest = self.digest_for(Some(&p));
+            fx.send(&p, digest);
+        }
+        fx.schedule(TimerId::Repair, REPAIR_EVERY);
+    }
+
+    /// A replica for a document a peer offers: the realm, our own document, and
+    /// a member's document when we are its custodian or its owner offers it.
+    fn ensure_doc(&mut self, from: &SiteId, id: &DocId) -> bool {
+        match id {
+            DocId::Realm => true,
+            DocId::Site(s) if s == &self.site => true,
+            DocId::Site(s) => {
+                if self.others.contains_key(s) {
+                    return true;
+                }
+                if !matches!(self.realm.member(s), Ok(Some(_))) {
+                    return false;
+                }
+                let site = self.site.clone();
+                if s != from && !self.custodians_of(s).contains(&site) {
+                    return false;
+                }
+                self.others.insert(s.clone(), SiteDoc::empty(s, &self.site));
+                true
+            }
+        }
+    }
+
+    fn sync_to(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) {
+        let key = (peer.clone(), id.clone());
+        let mut state = self.sync.remove(&key).unwrap_or_default();
+        if let Some(msg) = self.doc_mut(id).and_then(|d| d.sync_out(&mut state)) {
+            fx.send(peer, PeerMsg::Sync { doc: id.clone(), msg });
+        }
+        self.sync.insert(key, state);
+    }
+
+    pub(crate) fn on_message(&mut self, from: SiteId, msg: PeerMsg, fx: &mut impl Effects) {
+        if !self.connected.contains(&from) {
+            return; // the shell connects members only; anything else is noise
+        }
+        match msg {
+            PeerMsg::Digest { docs } => {
+                let mut differing = Vec::new();
+                for (id, theirs) in &docs {
+                    if self.ensure_doc(&from, id) && self.doc_mut(id).map(|d| d.digest()) != Some(*theirs) {
+                        differing.push(id.clone());
+                    }
+                }
+                // Documents they should hold but did not name.
+                for id in self.doc_ids() {
+                    if !docs.iter().any(|(d, _)| d == &id) && self.shares(&from, &id) {
+                        differing.push(id);
+                    }
+                }
+                for id in differing {
+                    self.sync_to(&from, &id, fx);
+                }
+            }
+            PeerMsg::Sync { doc, msg } => {
+                if !self.ensure_doc(&from, &doc) {
+                    return;
+                }
+                let key = (from.clone(), doc.clone());
+                let mut state = self.sync.remove(&key).unwrap_or_default();
+                let applied = self.doc_mut(&doc).map(|d| d.sync_in(&mut state, &msg));
+                self.sync.insert(key, state);
+                match applied {
+                    Some(Ok(())) => self.sync_to(&from, &doc, fx),
+                    // A malformed message: drop its sync progress and start over next round.
+                    Some(Err(_)) | None => {
+                        self.sync.remove(&(from, doc));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offers changed documents to every connected peer.
+    pub(crate) fn announce(&mut self, changed: &[DocId], fx: &mut impl Effects) {
+        let peers: Vec<SiteId> = self.connected.iter().cloned().collect();
+        for id in changed {
+            for p in &peers {
+                if self.shares(p, id) {
+                    self.sync_to(p, id, fx);
+                }
+            }
+        }
+    }
+}
+
+/// How many custodians keep each site document besides its owner.
+pub const CUSTODIANS: usize = 3;
+
+/// The custodians of `owner`'s document: members of its region first, then the
+/// others, each group ordered by a hash of (owner, member) so that every site
+/// computes the same set and the load spreads evenly.
+pub fn custodians(members: &[atoll_crdt::Member], owner: &SiteId) -> Vec<SiteId> {
+    use sha2::Digest;
+    let region = members.iter().find(|m| &m.site == owner).map(|m| m.region.as_str()).unwrap_or("");
+    let mut ranked: Vec<(bool, [u8; 32], &SiteId)> = members
+        .iter()
+        .filter(|m| &m.site != owner)
+        .map(|m| {
+            let mut h = sha2::Sha256::new();
+            h.update(owner.as_str());
+            h.update([0]);
+            h.update(m.site.as_str());
+            (m.region != region, h.finalize().into(), &m.site)
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().take(CUSTODIANS).map(|(_, _, s)| s.clone()).collect()
+}
+
+#[cfg(test)]
+mod custody_tests {
+    use super::*;
+    use atoll_crdt::Member;
+
+    fn member(name: &str, region: &str) -> Member {
+        Member {
+            site: SiteId::new(name).unwrap(),
+            public_key: String::new(),
+            region: region.into(),
+            operator: String::new(),
+            joined_at: 0,
+        }
+    }
+
+    #[test]
+    fn custodians_are_deterministic_regional_and_exclude_the_owner() {
+        let members: Vec<Member> =
+            (0..20).map(|i| member(&format!("s{i}"), if i % 2 == 0 { "eu" } else { "us" })).collect();
+        let owner = SiteId::new("s4").unwrap();
+        let c = custodians(&members, &owner);
+        assert_eq!(c.len(), CUSTODIANS);
+        assert!(!c.contains(&owner));
+        assert!(
+            c.iter().all(|s| s.as_str()[1..].parse::<u32>().unwrap() % 2 == 0),
+            "same region first: {c:?}"
+        );
+        let mut shuffled = members.clone();
+        shuffled.reverse();
+        assert_eq!(custodians(&shuffled, &owner), c);
+        assert_eq!(custodians(&members[..2], &SiteId::new("s0").unwrap()).len(), 1);
+    }
+}

@@ -1,0 +1,503 @@
+//! The peer driven by hand: inputs in, recorded effects checked.
+
+use std::collections::BTreeMap;
+
+use atoll_crdt::{
+    Descriptor, Desired, ImageFormat, Kind, Observed, Resources, RestartPolicy, Role, SiteId, Visibility,
+};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::api::{Grant, NewImage, NewInstance, NewProject, NewUser};
+use crate::*;
+
+#[derive(Debug)]
+enum Fx {
+    Persist(StoreWrite),
+    Driver(DriverCmd),
+    Schedule(TimerId, u64),
+    Reply(ReqId, ApiResult),
+    /// A lone site must never send: it has no peer.
+    Send(SiteId),
+}
+
+#[derive(Default)]
+struct Recorder(Vec<Fx>);
+
+impl Effects for Recorder {
+    fn persist(&mut self, w: StoreWrite) {
+        self.0.push(Fx::Persist(w));
+    }
+    fn driver(&mut self, c: DriverCmd) {
+        self.0.push(Fx::Driver(c));
+    }
+    fn schedule(&mut self, t: TimerId, after: u64) {
+        self.0.push(Fx::Schedule(t, after));
+    }
+    fn reply(&mut self, r: ReqId, res: ApiResult) {
+        self.0.push(Fx::Reply(r, res));
+    }
+    fn send(&mut self, to: &SiteId, msg: PeerMsg) {
+        let _ = msg;
+        self.0.push(Fx::Send(to.clone()));
+    }
+}
+
+/// A peer plus what it persisted, replayable into a restarted peer.
+struct Harness {
+    peer: Peer,
+    fx: Recorder,
+    store: BTreeMap<String, Vec<u8>>,
+    now: u64,
+    req: u64,
+}
+
+fn config() -> PeerConfig {
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(7));
+    let descriptor = Descriptor {
+        site: SiteId::new("edge-1").unwrap(),
+        operator: "op".into(),
+        region: "eu".into(),
+        labels: Default::default(),
+        public_key: auth::encode_key(&key.verifying_key()),
+        kinds: vec![Kind::Process],
+        drivers: vec![atoll_crdt::DriverInfo {
+            kind: Kind::Container,
+            available: false,
+            version: String::new(),
+            detail: "engine not reachable".into(),
+        }],
+        arch: "x86_64".into(),
+        capacity: Resources::new(100, 8, 8192),
+        disk_mib: 10_000,
+        version: "test".into(),
+    };
+    PeerConfig { key, seed: [1; 32], descriptor, token_ttl: 3_600_000 }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let peer = Peer::genesis(config(), 1_000, "admin-password").unwrap();
+        let mut h = Harness { peer, fx: Recorder::default(), store: BTreeMap::new(), now: 1_000, req: 0 };
+        let mut fx = Recorder::default();
+        h.peer.boot(h.now, &mut fx).unwrap();
+        h.absorb(fx);
+        h
+    }
+
+    /// Applies persisted writes to the fake store, keeping the other effects.
+    fn absorb(&mut self, fx: Recorder) {
+        for e in fx.0 {
+            match e {
+                Fx::Persist(StoreWrite::Snapshot { doc, bytes }) => {
+                    self.store.insert(doc.to_string(), bytes);
+                }
+                Fx::Persist(StoreWrite::Append { doc, bytes }) => {
+                    self.store.entry(doc.to_string()).or_default().extend(bytes);
+                }
+                Fx::Send(to) => panic!("a lone site sent a message to {to}"),
+                other => self.fx.0.push(other),
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        self.now += 10;
+        let mut fx = Recorder::default();
+        self.peer.handle(self.now, input, &mut fx);
+        self.absorb(fx);
+    }
+
+    fn call(&mut self, token: Option<&str>, cmd: Command) -> ApiResult {
+        self.req += 1;
+        let req = self.req;
+        self.input(Input::Api { req, token: token.map(str::to_owned), cmd });
+        self.take_reply(req).expect("reply")
+    }
+
+    /// A call whose reply waits for the driver.
+    fn call_later(&mut self, token: &str, cmd: Command) -> ReqId {
+        self.req += 1;
+        let req = self.req;
+        self.input(Input::Api { req, token: Some(token.to_owned()), cmd });
+        assert!(self.take_reply(req).is_none(), "reply came before the driver reported");
+        req
+    }
+
+    fn take_reply(&mut self, req: ReqId) -> Option<ApiResult> {
+        let i = self.fx.0.iter().position(|e| matches!(e, Fx::Reply(r, _) if *r == req))?;
+        match self.fx.0.remove(i) {
+            Fx::Reply(_, res) => Some(res),
+            _ => None,
+        }
+    }
+
+    fn take_driver(&mut self) -> Option<DriverCmd> {
+        let i = self.fx.0.iter().position(|e| matches!(e, Fx::Driver(_)))?;
+        match self.fx.0.remove(i) {
+            Fx::Driver(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn login(&mut self, user: &str, password: &str) -> String {
+        match self.call(None, Command::Login { user: user.into(), password: password.into() }) {
+            Ok(Reply::Token(t)) => t.token,
+            other => panic!("login failed: {other:?}"),
+        }
+    }
+
+    fn driver_says(&mut self, cmd: &DriverCmd, event: DriverEvent) {
+        self.input(Input::Driver { key: cmd.key().to_owned(), run: cmd.run(), event });
+    }
+
+    fn upload(&mut self, token: &str, project: &str, name: &str) {
+        let image = NewImage {
+            name: name.into(),
+            project: project.into(),
+            format: ImageFormat::Process,
+            visibility: Visibility::Private,
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 10,
+            chunk_size: 1 << 20,
+            chunks: vec!["b".repeat(64)],
+        };
+        self.call(Some(token), Command::RegisterImage(image)).unwrap();
+    }
+
+    fn restarted(&self) -> Harness {
+        let peer = Peer::restore(config(), &self.store["realm"], &self.store["site/edge-1"], &[]).unwrap();
+        let mut h =
+            Harness { peer, fx: Recorder::default(), store: self.store.clone(), now: self.now, req: 100 };
+        let mut fx = Recorder::default();
+        h.peer.boot(h.now, &mut fx).unwrap();
+        h.absorb(fx);
+        h
+    }
+}
+
+fn new_instance(name: &str, restart: RestartPolicy) -> NewInstance {
+    NewInstance {
+        name: name.into(),
+        project: "default".into(),
+        image: "app".into(),
+        cpus: 1,
+        memory_mib: 64,
+        disk_mib: 0,
+        restart,
+        args: vec![],
+        env: Default::default(),
+        ports: vec![],
+    }
+}
+
+#[test]
+fn ports_parse() {
+    use crate::lifecycle::parse_port;
+    let p = parse_port("127.0.0.1:8080:80/udp").unwrap();
+    assert_eq!(
+        (p.ip.as_deref(), p.host, p.container, p.proto.as_str()),
+        (Some("127.0.0.1"), 8080, 80, "udp")
+    );
+    assert_eq!(parse_port("8080:80").unwrap().proto, "tcp");
+    for bad in ["80", "0:80", "x:8080:80", "8080:80/sctp", "a:b", "70000:80"] {
+        assert!(parse_port(bad).is_err(), "{bad}");
+    }
+}
+
+fn instance(res: ApiResult) -> atoll_crdt::Instance {
+    match res {
+        Ok(Reply::Instance(i)) => i,
+        other => panic!("expected an instance, got {other:?}"),
+    }
+}
+
+#[test]
+fn login_and_bad_tokens() {
+    let mut h = Harness::new();
+    let err = h.call(None, Command::Login { user: "admin".into(), password: "nope".into() }).unwrap_err();
+    assert_eq!(err.status(), 401);
+    assert_eq!(h.call(None, Command::Whoami).unwrap_err().status(), 401);
+    assert_eq!(h.call(Some("garbage"), Command::Whoami).unwrap_err().status(), 401);
+    let token = h.login("admin", "admin-password");
+    assert!(matches!(h.call(Some(&token), Command::Whoami), Ok(Reply::Whoami(w)) if w.realm_admin));
+}
+
+#[test]
+fn instance_lifecycle_replies_after_durable_writes() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    h.upload(&token, "default", "app");
+    let req = h.call_later(&token, Command::CreateInstance(new_instance("web", RestartPolicy::Never)));
+    let start = h.take_driver().expect("start command");
+    assert!(matches!(&start, DriverCmd::Start { spec, .. } if spec.key == "default/web"));
+    // The driver reports; the persist of the new state comes before the reply.
+    let mut fx = Recorder::default();
+    h.peer.handle(
+        h.now + 1,
+        Input::Driver {
+            key: "default/web".into(),
+            run: start.run(),
+            event: DriverEvent::Started { handle: "pid:1".into(), detail: "running".into() },
+        },
+        &mut fx,
+    );
+    let persist_at = fx.0.iter().position(|e| matches!(e, Fx::Persist(_))).unwrap();
+    let reply_at = fx.0.iter().position(|e| matches!(e, Fx::Reply(r, _) if *r == req)).unwrap();
+    assert!(persist_at < reply_at);
+    h.absorb(fx);
+    let inst = instance(h.take_reply(req).unwrap());
+    assert_eq!(inst.observed, Observed::Running);
+
+    let stop = h.call_later(&token, Command::StopInstance { project: "default".into(), name: "web".into() });
+    let cmd = h.take_driver().unwrap();
+    h.driver_says(&cmd, DriverEvent::Stopped);
+    assert_eq!(instance(h.take_reply(stop).unwrap()).observed, Observed::Stopped);
+
+    let del = h.call_later(&token, Command::DeleteInstance { project: "default".into(), name: "web".into() });
+    let cmd = h.take_driver().unwrap();
+    assert!(matches!(cmd, DriverCmd::Destroy { .. }));
+    h.driver_says(&cmd, DriverEvent::Destroyed);
+    assert!(matches!(h.take_reply(del), Some(Ok(Reply::Removed { .. }))));
+    let err = h
+        .call(Some(&token), Command::ShowInstance { project: "default".into(), name: "web".into() })
+        .unwrap_err();
+    assert_eq!(err.status(), 404);
+}
+
+#[test]
+fn other_projects_cannot_see_or_touch() {
+    let mut h = Harness::new();
+    let admin = h.login("admin", "admin-password");
+    h.upload(&admin, "default", "app");
+    let req = h.call_later(&admin, Command::CreateInstance(new_instance("web", RestartPolicy::Never)));
+    let start = h.take_driver().unwrap();
+    h.driver_says(&start, DriverEvent::Started { handle: "h".into(), detail: String::new() });
+    h.take_reply(req).unwrap().unwrap();
+
+    h.call(
+        Some(&admin),
+        Command::CreateProject(NewProject {
+            name: "other".into(),
+            description: String::new(),
+            quota: Resources::new(1, 1, 128),
+        }),
+    )
+    .unwrap();
+    h.call(
+        Some(&admin),
+        Command::CreateUser(NewUser {
+            name: "bob".into(),
+            password: "bob-password".into(),
+            realm_admin: false,
+        }),
+    )
+    .unwrap();
+    h.call(
+        Some(&admin),
+        Command::GrantRole(Grant {
+            user: "bob".into(),
+            project: "other".into(),
+            role: Role::Member,
+            sites: None,
+        }),
+    )
+    .unwrap();
+    let bob = h.login("bob", "bob-password");
+    assert!(matches!(h.call(Some(&bob), Command::ListInstances), Ok(Reply::Instances(v)) if v.is_empty()));
+    assert!(matches!(h.call(Some(&bob), Command::ListImages), Ok(Reply::Images(v)) if v.is_empty()));
+    for cmd in [
+        Command::ShowInstance { project: "default".into(), name: "web".into() },
+        Command::StopInstance { project: "default".into(), name: "web".into() },
+        Command::DeleteInstance { project: "default".into(), name: "web".into() },
+    ] {
+        assert_eq!(h.call(Some(&bob), cmd).unwrap_err().status(), 403);
+    }
+    assert_eq!(
+        h.call(
+            Some(&bob),
+            Command::CreateUser(NewUser {
+                name: "eve".into(),
+                password: "12345678".into(),
+                realm_admin: true
+            })
+        )
+        .unwrap_err()
+        .status(),
+        403
+    );
+    assert!(h.take_driver().is_none(), "nothing reached the driver");
+}
+
+#[test]
+fn quota_is_enforced_and_freed() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    h.upload(&token, "default", "app");
+    h.call(Some(&token), Command::SetQuota { project: "default".into(), total: Resources::new(1, 4, 1024) })
+        .unwrap();
+    let req = h.call_later(&token, Command::CreateInstance(new_instance("a", RestartPolicy::Never)));
+    let start = h.take_driver().unwrap();
+    h.driver_says(&start, DriverEvent::Started { handle: "h".into(), detail: String::new() });
+    h.take_reply(req).unwrap().unwrap();
+    let err =
+        h.call(Some(&token), Command::CreateInstance(new_instance("b", RestartPolicy::Never))).unwrap_err();
+    assert_eq!(err.code(), "quota_exceeded");
+    assert!(err.to_string().contains("local quota share exhausted"));
+    // Lowering below what is in use is refused.
+    let err = h
+        .call(
+            Some(&token),
+            Command::SetQuota { project: "default".into(), total: Resources::new(0, 4, 1024) },
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "quota_exceeded");
+    let del = h.call_later(&token, Command::DeleteInstance { project: "default".into(), name: "a".into() });
+    let cmd = h.take_driver().unwrap();
+    h.driver_says(&cmd, DriverEvent::Destroyed);
+    h.take_reply(del).unwrap().unwrap();
+    h.call_later(&token, Command::CreateInstance(new_instance("b", RestartPolicy::Never)));
+}
+
+#[test]
+fn restart_policy_and_stale_events() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    h.upload(&token, "default", "app");
+    let req = h.call_later(&token, Command::CreateInstance(new_instance("job", RestartPolicy::OnFailure)));
+    let first = h.take_driver().unwrap();
+    h.driver_says(&first, DriverEvent::Started { handle: "h1".into(), detail: String::new() });
+    h.take_reply(req).unwrap().unwrap();
+    h.driver_says(&first, DriverEvent::Exited { code: Some(3), detail: String::new() });
+    let timer = h.fx.0.iter().find_map(|e| match e {
+        Fx::Schedule(t @ TimerId::Restart { .. }, after) => Some((t.clone(), *after)),
+        _ => None,
+    });
+    let (timer, after) = timer.expect("restart scheduled");
+    assert_eq!(after, 1_000);
+    h.input(Input::Timer(timer));
+    let second = h.take_driver().expect("restarted");
+    assert!(second.run() > first.run());
+    // News of the first run no longer counts.
+    h.driver_says(&first, DriverEvent::Exited { code: Some(9), detail: String::new() });
+    h.driver_says(&second, DriverEvent::Started { handle: "h2".into(), detail: String::new() });
+    h.driver_says(&second, DriverEvent::Exited { code: Some(0), detail: String::new() });
+    let inst = instance(
+        h.call(Some(&token), Command::ShowInstance { project: "default".into(), name: "job".into() }),
+    );
+    assert_eq!(inst.observed, Observed::Exited);
+    assert_eq!(inst.desired, Desired::Running);
+    assert!(h.take_driver().is_none(), "exit code 0 is not restarted under on-failure");
+}
+
+#[test]
+fn restart_resumes_from_persisted_state() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    h.upload(&token, "default", "app");
+    for (name, policy) in [("keep", RestartPolicy::Always), ("pending", RestartPolicy::Never)] {
+        h.call_later(&token, Command::CreateInstance(new_instance(name, policy)));
+    }
+    let keep = h.take_driver().unwrap();
+    h.driver_says(&keep, DriverEvent::Started { handle: "pid:42".into(), detail: String::new() });
+    // "pending" was accepted and persisted but never reported by the driver.
+    let mut r = h.restarted();
+    let mut cmds: Vec<DriverCmd> = std::iter::from_fn(|| r.take_driver()).collect();
+    cmds.sort_by(|a, b| a.key().cmp(b.key()));
+    assert!(
+        matches!(&cmds[0], DriverCmd::Recover { key, handle, .. } if key == "default/keep" && handle == "pid:42")
+    );
+    assert!(matches!(&cmds[1], DriverCmd::Start { spec, .. } if spec.key == "default/pending"));
+    // The token issued before the restart still verifies (offline, by key).
+    assert!(r.call(Some(&token), Command::ListImages).is_ok());
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    let mut bad = new_instance("web", RestartPolicy::Never);
+    assert_eq!(h.call(Some(&token), Command::CreateInstance(bad.clone())).unwrap_err().status(), 404);
+    bad.name = "Bad Name".into();
+    assert_eq!(h.call(Some(&token), Command::CreateInstance(bad.clone())).unwrap_err().status(), 400);
+    bad.name = "web".into();
+    bad.cpus = 0;
+    assert_eq!(h.call(Some(&token), Command::CreateInstance(bad)).unwrap_err().status(), 400);
+    let short = NewUser { name: "x".into(), password: "short".into(), realm_admin: false };
+    assert_eq!(h.call(Some(&token), Command::CreateUser(short)).unwrap_err().status(), 400);
+    h.upload(&token, "default", "app");
+    let mut container = new_instance("c", RestartPolicy::Never);
+    let image = NewImage {
+        name: "ctr".into(),
+        project: "default".into(),
+        format: ImageFormat::DockerArchive,
+        visibility: Visibility::Private,
+        digest: format!("sha256:{}", "c".repeat(64)),
+        size: 1,
+        chunk_size: 1 << 20,
+        chunks: vec!["d".repeat(64)],
+    };
+    h.call(Some(&token), Command::RegisterImage(image)).unwrap();
+    container.image = "ctr".into();
+    let err = h.call(Some(&token), Command::CreateInstance(container)).unwrap_err();
+    assert_eq!(err.code(), "unsupported_kind");
+    assert!(err.to_string().contains("edge-1") && err.to_string().contains("container"));
+    assert!(err.to_string().contains("engine not reachable"), "{err}");
+}
+
+#[test]
+fn site_scoped_roles_apply_only_on_their_sites() {
+    let mut h = Harness::new();
+    let admin = h.login("admin", "admin-password");
+    // A second member site, so that a binding can name a site other than this one.
+    h.peer
+        .realm
+        .doc
+        .put(&atoll_crdt::Member {
+            site: SiteId::new("edge-2").unwrap(),
+            public_key: String::new(),
+            region: "eu".into(),
+            operator: "op".into(),
+            joined_at: 0,
+        })
+        .unwrap();
+    h.call(
+        Some(&admin),
+        Command::CreateUser(NewUser {
+            name: "carol".into(),
+            password: "carol-password".into(),
+            realm_admin: false,
+        }),
+    )
+    .unwrap();
+    let elsewhere = Grant {
+        user: "carol".into(),
+        project: "default".into(),
+        role: Role::Member,
+        sites: Some(vec![SiteId::new("edge-2").unwrap()]),
+    };
+    h.call(Some(&admin), Command::GrantRole(elsewhere)).unwrap();
+    let carol = h.login("carol", "carol-password");
+    let err = h.call(Some(&carol), Command::ShowQuota { project: "default".into() }).unwrap_err();
+    assert!(err.to_string().contains("on site edge-1"), "{err}");
+    let here = Grant {
+        user: "carol".into(),
+        project: "default".into(),
+        role: Role::Reader,
+        sites: Some(vec![SiteId::new("edge-1").unwrap()]),
+    };
+    h.call(Some(&admin), Command::GrantRole(here)).unwrap();
+    assert!(h.call(Some(&carol), Command::ShowQuota { project: "default".into() }).is_ok());
+    // Reader may look but not act.
+    let err =
+        h.call(Some(&carol), Command::CreateInstance(new_instance("x", RestartPolicy::Never))).unwrap_err();
+    assert_eq!(err.status(), 403);
+    let unknown = Grant {
+        user: "carol".into(),
+        project: "default".into(),
+        role: Role::Reader,
+        sites: Some(vec![SiteId::new("nowhere").unwrap()]),
+    };
+    assert_eq!(h.call(Some(&admin), Command::GrantRole(unknown)).unwrap_err().status(), 404);
+}

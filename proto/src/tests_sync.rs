@@ -1,0 +1,221 @@
+//! Several peers over an in-test network: every message goes through the real
+//! wire encoding; links can be cut and healed.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use atoll_crdt::{Descriptor, Kind, Resources, SiteId};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::api::{NewProject, NewUser};
+use crate::*;
+
+type Out = Outbox;
+
+fn cfg(i: usize) -> PeerConfig {
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(i as u64));
+    let descriptor = Descriptor {
+        site: SiteId::new(&format!("s{i}")).unwrap(),
+        operator: "op".into(),
+        region: "r".into(),
+        labels: Default::default(),
+        public_key: auth::encode_key(&key.verifying_key()),
+        kinds: vec![Kind::Process],
+        drivers: vec![],
+        arch: "x86_64".into(),
+        capacity: Resources::new(10, 4, 4096),
+        disk_mib: 1000,
+        version: "test".into(),
+    };
+    PeerConfig { key, seed: [i as u8; 32], descriptor, token_ttl: 3_600_000 }
+}
+
+struct Net {
+    peers: Vec<Peer>,
+    queue: VecDeque<(usize, usize, Vec<u8>)>,
+    cut: BTreeSet<(usize, usize)>,
+    now: u64,
+    bytes: usize,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let mut first = Peer::genesis(cfg(0), 0, "admin-password").unwrap();
+        let realm = first.realm.doc.save();
+        let mut peers = vec![first];
+        for i in 1..n {
+            peers.push(Peer::join(cfg(i), 0, &realm).unwrap());
+        }
+        let mut net = Net { peers, queue: VecDeque::new(), cut: BTreeSet::new(), now: 1, bytes: 0 };
+        for i in 0..n {
+            let mut out = Out::default();
+            net.peers[i].boot(0, &mut out).unwrap();
+            net.absorb(i, out);
+        }
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    net.input(a, Input::Connected(net.site(b)));
+                }
+            }
+        }
+        net
+    }
+
+    fn site(&self, i: usize) -> SiteId {
+        self.peers[i].site().clone()
+    }
+
+    fn index(&self, s: &SiteId) -> usize {
+        self.peers.iter().position(|p| p.site() == s).unwrap()
+    }
+
+    fn absorb(&mut self, from: usize, out: Out) -> Vec<(ReqId, ApiResult)> {
+        for (to, msg) in out.sends {
+            let bytes = msg.encode();
+            self.bytes += bytes.len();
+            let to = self.index(&to);
+            self.queue.push_back((from, to, bytes));
+        }
+        out.replies
+    }
+
+    fn input(&mut self, i: usize, input: Input) -> Vec<(ReqId, ApiResult)> {
+        self.now += 1;
+        let mut out = Out::default();
+        self.peers[i].handle(self.now, input, &mut out);
+        self.absorb(i, out)
+    }
+
+    /// Delivers until no message is in flight (messages over a cut link are lost).
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            let Some((from, to, bytes)) = self.queue.pop_front() else { return };
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            let msg = PeerMsg::decode(&bytes).unwrap();
+            let site = self.site(from);
+            self.input(to, Input::Message { from: site, msg });
+        }
+        panic!("the network never went quiet");
+    }
+
+    fn partition(&mut self, island: usize) {
+        for j in 0..self.peers.len() {
+            if j != island {
+                self.cut.insert((island, j));
+                self.cut.insert((j, island));
+                let (a, b) = (self.site(island), self.site(j));
+                self.input(island, Input::Disconnected(b));
+                self.input(j, Input::Disconnected(a));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        let cut = std::mem::take(&mut self.cut);
+        for (a, b) in cut {
+            let s = self.site(b);
+            self.input(a, Input::Connected(s));
+        }
+        self.settle();
+    }
+
+    fn call(&mut self, i: usize, token: Option<&str>, cmd: Command) -> ApiResult {
+        let replies = self.input(i, Input::Api { req: 7, token: token.map(str::to_owned), cmd });
+        replies.into_iter().find(|(r, _)| *r == 7).map(|(_, res)| res).expect("reply")
+    }
+
+    fn login(&mut self, i: usize, user: &str, password: &str) -> String {
+        match self.call(i, None, Command::Login { user: user.into(), password: password.into() }) {
+            Ok(Reply::Token(t)) => t.token,
+            other => panic!("login at {i}: {other:?}"),
+        }
+    }
+
+    fn assert_converged(&mut self) {
+        let ids: Vec<DocId> = std::iter::once(DocId::Realm)
+            .chain((0..self.peers.len()).map(|i| DocId::Site(self.site(i))))
+            .collect();
+        for id in &ids {
+            let digests: BTreeSet<[u8; 32]> =
+                self.peers.iter_mut().filter_map(|p| p.doc_mut(id).map(|d| d.digest())).collect();
+            assert_eq!(digests.len(), 1, "{id} differs between sites");
+        }
+    }
+}
+
+#[test]
+fn sites_replicate_the_realm_and_each_others_documents() {
+    let mut net = Net::new(3);
+    net.settle();
+    net.assert_converged();
+    // Every site knows every member, so a token issued by one verifies on all.
+    let admin = net.login(0, "admin", "admin-password");
+    let user = NewUser { name: "ann".into(), password: "ann-password".into(), realm_admin: false };
+    net.call(0, Some(&admin), Command::CreateUser(user)).unwrap();
+    net.settle();
+    let ann = net.login(2, "ann", "ann-password");
+    assert!(net.call(1, Some(&ann), Command::Whoami).is_ok(), "a token of s2 verifies on s1");
+    net.assert_converged();
+    assert!(net.bytes > 0);
+}
+
+#[test]
+fn a_partitioned_site_keeps_working_and_merges_when_healed() {
+    let mut net = Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.partition(2);
+    // Both sides write while apart.
+    let p = |name: &str| {
+        Command::CreateProject(NewProject {
+            name: name.into(),
+            description: String::new(),
+            quota: Resources::new(1, 1, 64),
+        })
+    };
+    net.call(0, Some(&admin), p("left")).unwrap();
+    net.call(2, Some(&admin), p("right")).unwrap();
+    net.settle();
+    let listed = |net: &mut Net, i: usize| match net.call(i, Some(&admin), Command::ListProjects) {
+        Ok(Reply::Projects(ps)) => ps.into_iter().map(|p| p.name).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert!(!listed(&mut net, 0).contains(&"right".to_owned()));
+    net.heal();
+    for i in 0..3 {
+        let names = listed(&mut net, i);
+        assert!(
+            names.contains(&"left".to_owned()) && names.contains(&"right".to_owned()),
+            "site {i}: {names:?}"
+        );
+    }
+    net.assert_converged();
+}
+
+#[test]
+fn garbage_from_a_peer_is_dropped() {
+    let mut net = Net::new(2);
+    net.settle();
+    let from = net.site(1);
+    net.input(
+        0,
+        Input::Message { from: from.clone(), msg: PeerMsg::Sync { doc: DocId::Realm, msg: vec![0xff; 64] } },
+    );
+    let stranger = SiteId::new("stranger").unwrap();
+    net.input(0, Input::Message { from: stranger.clone(), msg: PeerMsg::Digest { docs: vec![] } });
+    // A document of a site that is not a member is not taken.
+    net.input(
+        0,
+        Input::Message {
+            from,
+            msg: PeerMsg::Sync { doc: DocId::Site(stranger.clone()), msg: vec![1, 2, 3] },
+        },
+    );
+    assert!(!net.peers[0].others.contains_key(&stranger));
+    net.settle();
+    net.assert_converged();
+}

@@ -1,0 +1,154 @@
+//! What must hold after (and during) every run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use atoll_crdt::{Millis, Resources};
+use atoll_proto::DocId;
+use serde::Serialize;
+
+use crate::engine::Site;
+use crate::scenario::{ProjectSpec, Scenario};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Convergence {
+    pub heal_at_ms: Millis,
+    /// Simulated time from the heal until every live site held the same realm.
+    pub converged_after_ms: Option<Millis>,
+}
+
+#[derive(Default)]
+pub struct Checks {
+    pub violations: Vec<(Millis, String)>,
+    /// Instance creations acknowledged to the caller: (site, key).
+    pub acked: Vec<(usize, String)>,
+    pub convergence: Vec<Convergence>,
+    pub converged: Option<bool>,
+    /// Last known consumption of every site (crashed sites keep consuming).
+    consumed: BTreeMap<(usize, String), Resources>,
+}
+
+impl Checks {
+    pub fn violation(&mut self, now: Millis, what: String) {
+        if self.violations.len() < 100 {
+            self.violations.push((now, what));
+        }
+    }
+
+    pub fn heal_at(&mut self, now: Millis) {
+        self.convergence.push(Convergence { heal_at_ms: now, converged_after_ms: None });
+    }
+
+    /// The share of live sites whose every replica is up to date: the realm as
+    /// most sites hold it, each site document as its owner holds it.
+    pub fn probe(&mut self, now: Millis, sites: &mut [Site]) -> (Millis, f64) {
+        let mut realms: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        let mut owners: BTreeMap<DocId, [u8; 32]> = BTreeMap::new();
+        let mut held = Vec::new();
+        for s in sites.iter_mut() {
+            let id = DocId::Site(s.id.clone());
+            if let Some(p) = s.peer.as_mut() {
+                let docs = p.digests();
+                for (doc, d) in &docs {
+                    if doc == &DocId::Realm {
+                        *realms.entry(*d).or_default() += 1;
+                    } else if doc == &id {
+                        owners.insert(doc.clone(), *d);
+                    }
+                }
+                held.push(docs);
+            }
+        }
+        let realm = realms.iter().max_by_key(|(_, n)| **n).map(|(d, _)| *d);
+        let alive = held.len();
+        let agree = held
+            .iter()
+            .filter(|docs| {
+                docs.iter().all(|(doc, d)| match doc {
+                    DocId::Realm => Some(*d) == realm,
+                    other => owners.get(other).is_none_or(|o| o == d),
+                })
+            })
+            .count();
+        let share = if alive == 0 { 0.0 } else { agree as f64 / alive as f64 };
+        if agree == alive {
+            for c in self.convergence.iter_mut().filter(|c| c.converged_after_ms.is_none()) {
+                c.converged_after_ms = Some(now.saturating_sub(c.heal_at_ms));
+            }
+        }
+        (now, share)
+    }
+
+    /// Whether every live site holds every document in the same state.
+    pub fn all_equal(&self, sites: &mut [Site]) -> bool {
+        let mut by_doc: BTreeMap<DocId, BTreeSet<[u8; 32]>> = BTreeMap::new();
+        let mut alive = 0;
+        for s in sites.iter_mut() {
+            if let Some(p) = s.peer.as_mut() {
+                alive += 1;
+                for (id, d) in p.digests() {
+                    by_doc.entry(id).or_default().insert(d);
+                }
+            }
+        }
+        alive == 0 || by_doc.values().all(|ds| ds.len() == 1)
+    }
+
+    /// No project's consumption, summed over all sites, exceeds its total.
+    pub fn quota(&mut self, now: Millis, sites: &[Site], projects: &[ProjectSpec]) {
+        for p in projects {
+            let mut grants = BTreeMap::new();
+            for (i, s) in sites.iter().enumerate() {
+                let Some(peer) = &s.peer else { continue };
+                for g in peer.realm().grants(&p.name).unwrap_or_default() {
+                    grants.insert((g.site.clone(), g.seq), g.delta);
+                }
+                let c = peer.own().consumed(&p.name).unwrap_or_default();
+                self.consumed.insert((i, p.name.clone()), c);
+            }
+            let total = grants.values().fold(Resources::ZERO, |a, d| a.plus(*d));
+            let used = self
+                .consumed
+                .iter()
+                .filter(|((_, proj), _)| proj == &p.name)
+                .fold(Resources::ZERO, |a, (_, c)| a.plus(*c));
+            if !total.covers(used) {
+                self.violation(now, format!("project {} overspent: {used} used of {total}", p.name));
+            }
+        }
+    }
+
+    /// End of run: documents equal everywhere, acknowledged creations present.
+    pub fn finish(&mut self, now: Millis, sites: &mut [Site], sc: &Scenario) {
+        self.quota(now, sites, &sc.projects);
+        let mut by_doc: BTreeMap<DocId, BTreeSet<[u8; 32]>> = BTreeMap::new();
+        for s in sites.iter_mut() {
+            if let Some(p) = s.peer.as_mut() {
+                for (id, d) in p.digests() {
+                    by_doc.entry(id).or_default().insert(d);
+                }
+            }
+        }
+        let differing: Vec<String> = by_doc
+            .iter()
+            .filter(|(_, ds)| ds.len() > 1)
+            .map(|(id, ds)| format!("{id} ({} versions)", ds.len()))
+            .collect();
+        self.converged = Some(differing.is_empty());
+        if sc.expect.converged.unwrap_or(true) && !differing.is_empty() {
+            let shown: Vec<&str> = differing.iter().take(5).map(String::as_str).collect();
+            self.violation(
+                now,
+                format!("not converged: {} document(s) differ: {}", differing.len(), shown.join(", ")),
+            );
+        }
+        let acked = std::mem::take(&mut self.acked);
+        for (site, key) in &acked {
+            let Some(peer) = &sites[*site].peer else { continue };
+            let (project, name) = key.split_once('/').unwrap_or(("", key));
+            if !matches!(peer.own().instance(project, name), Ok(Some(_))) {
+                self.violation(now, format!("acknowledged instance {key} is gone from s{site}"));
+            }
+        }
+        self.acked = acked;
+    }
+}

@@ -1,0 +1,693 @@
+//! The discrete-event engine: a heap of (time, seq, event), sites running the
+//! real `Peer`, links with latency, jitter, loss and bandwidth, partitions,
+//! crashes and restarts from persisted state, and a scripted driver.
+//! Everything random comes from one seeded RNG; nothing reads the OS clock.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+use atoll_crdt::{Descriptor, Kind, Member, Millis, Resources, SiteId};
+use atoll_proto::api::{NewImage, NewInstance, NewProject};
+use atoll_proto::{
+    ApiResult, Command, DriverCmd, DriverEvent, Input, Outbox, Peer, PeerConfig, PeerMsg, Reply, ReqId,
+    StoreWrite, TimerId, auth,
+};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use crate::checks::Checks;
+use crate::scenario::{Scenario, Step};
+
+const ADMIN_PASSWORD: &str = "sim-admin-password";
+/// Full mesh up to this many sites; beyond, each site links to a few others.
+const MESH_UP_TO: usize = 32;
+const OVERLAY_DEGREE: usize = 8;
+/// When setup runs (the sites have met by then).
+const SETUP_MS: Millis = 500;
+/// Give up settling after this much simulated time past the end.
+const SETTLE_MS: Millis = 300_000;
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        from: usize,
+        to: usize,
+        epoch: u64,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        site: usize,
+        epoch: u64,
+        timer: TimerId,
+    },
+    Driver {
+        site: usize,
+        epoch: u64,
+        key: String,
+        run: u64,
+        event: DriverEvent,
+    },
+    Step(usize),
+    Probe,
+    /// Setup calls, once the sites have met: 0 login, projects, shares; 1 images.
+    Setup(u8),
+}
+
+struct Queued {
+    at: Millis,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+pub(crate) struct Site {
+    pub peer: Option<Peer>,
+    pub id: SiteId,
+    pub region: usize,
+    /// What the site persisted: document id -> saved bytes.
+    pub store: BTreeMap<String, Vec<u8>>,
+    pub epoch: u64,
+    key_seed: u64,
+    /// Scripted driver: instance keys currently running.
+    pub running: BTreeSet<String>,
+    pub neighbours: Vec<usize>,
+}
+
+/// Requests waiting for their reply: what they were.
+enum Pending {
+    Create { site: usize, key: String },
+    Other,
+}
+
+pub struct Sim {
+    pub sc: Scenario,
+    pub now: Millis,
+    seq: u64,
+    heap: BinaryHeap<Reverse<Queued>>,
+    pub(crate) sites: Vec<Site>,
+    /// Directed links that drop messages.
+    pub cut: BTreeSet<(usize, usize)>,
+    rng: ChaCha20Rng,
+    trace: Sha256,
+    token: String,
+    next_req: ReqId,
+    pending: HashMap<ReqId, Pending>,
+    link_free: HashMap<(usize, usize), Millis>,
+    pub stats: crate::report::Stats,
+    pub checks: Checks,
+    index: HashMap<SiteId, usize>,
+}
+
+fn config(i: usize, key_seed: u64, region: &str) -> PeerConfig {
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(key_seed));
+    let descriptor = Descriptor {
+        site: SiteId::new(&format!("s{i}")).expect("valid site name"),
+        operator: "sim".into(),
+        region: region.into(),
+        labels: Default::default(),
+        public_key: auth::encode_key(&key.verifying_key()),
+        kinds: vec![Kind::Process, Kind::Container, Kind::Vm],
+        drivers: vec![],
+        arch: "sim".into(),
+        capacity: Resources::new(1000, 64, 256 * 1024),
+        disk_mib: 1 << 20,
+        version: "sim".into(),
+    };
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&key_seed.to_le_bytes());
+    PeerConfig { key, seed, descriptor, token_ttl: 1 << 40 }
+}
+
+impl Sim {
+    pub fn new(sc: Scenario) -> Sim {
+        let mut rng = ChaCha20Rng::seed_from_u64(sc.seed);
+        let n = sc.sites.count;
+        let mut sites = Vec::with_capacity(n);
+        let key_seeds: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
+        let configs: Vec<PeerConfig> =
+            (0..n).map(|i| config(i, key_seeds[i], &sc.sites.regions[i % sc.sites.regions.len()])).collect();
+        let members: Vec<Member> = configs
+            .iter()
+            .map(|c| Member {
+                site: c.descriptor.site.clone(),
+                public_key: c.descriptor.public_key.clone(),
+                region: c.descriptor.region.clone(),
+                operator: c.descriptor.operator.clone(),
+                joined_at: 0,
+            })
+            .collect();
+        // The operator enrolls every site at genesis: one realm change, not n.
+        let mut realm_bytes = Vec::new();
+        for (i, cfg) in configs.into_iter().enumerate() {
+            let region = i % sc.sites.regions.len();
+            let key_seed = key_seeds[i];
+            let peer = if i == 0 {
+                let mut p = Peer::genesis(cfg, 0, ADMIN_PASSWORD).expect("genesis");
+                let mut sink = Outbox::default();
+                for m in &members[1..] {
+                    p.enroll(0, m, &mut sink).expect("enroll");
+                }
+                realm_bytes = p.realm_bytes();
+                p
+            } else {
+                Peer::join(cfg, 0, &realm_bytes).expect("join")
+            };
+            sites.push(Site {
+                id: peer.site().clone(),
+                peer: Some(peer),
+                region,
+                store: BTreeMap::new(),
+                epoch: 0,
+                key_seed,
+                running: BTreeSet::new(),
+                neighbours: Vec::new(),
+            });
+        }
+        let index: HashMap<SiteId, usize> =
+            sites.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        let custody: Vec<Vec<usize>> = members
+            .iter()
+            .map(|m| atoll_proto::sync::custodians(&members, &m.site).iter().map(|c| index[c]).collect())
+            .collect();
+        let mut sim = Sim {
+            sc,
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            sites,
+            cut: BTreeSet::new(),
+            rng,
+            trace: Sha256::new(),
+            token: String::new(),
+            next_req: 1,
+            pending: HashMap::new(),
+            link_free: HashMap::new(),
+            stats: Default::default(),
+            checks: Checks::default(),
+            index,
+        };
+        sim.build_overlay(&custody);
+        sim
+    }
+
+    /// Who talks to whom: everyone up to MESH_UP_TO sites; above, a ring plus
+    /// random chords, plus the links a real site would dial: to its document's
+    /// custodians, and from site 0 (which hands out quota shares) to all.
+    fn build_overlay(&mut self, custody: &[Vec<usize>]) {
+        let n = self.sites.len();
+        let mut links: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        if n <= MESH_UP_TO {
+            for (a, l) in links.iter_mut().enumerate() {
+                l.extend((0..n).filter(|b| *b != a));
+            }
+        } else {
+            // A ring (connectivity) plus random chords (short paths).
+            for a in 0..n {
+                for d in [1, 2] {
+                    let b = (a + d) % n;
+                    links[a].insert(b);
+                    links[b].insert(a);
+                }
+                while links[a].len() < OVERLAY_DEGREE {
+                    let b = (self.rng.next_u64() % n as u64) as usize;
+                    if b != a {
+                        links[a].insert(b);
+                        links[b].insert(a);
+                    }
+                }
+                for &c in &custody[a] {
+                    links[a].insert(c);
+                    links[c].insert(a);
+                }
+                if a != 0 {
+                    links[0].insert(a);
+                    links[a].insert(0);
+                }
+            }
+        }
+        for (s, l) in self.sites.iter_mut().zip(links) {
+            s.neighbours = l.into_iter().collect();
+        }
+    }
+
+    fn push(&mut self, at: Millis, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Reverse(Queued { at, seq: self.seq, ev }));
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        self.sites[i].peer.is_some()
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.alive(a) && self.alive(b) && !self.cut.contains(&(a, b)) && !self.cut.contains(&(b, a))
+    }
+
+    /// Feeds one input to a site and carries out its effects.
+    fn input(&mut self, i: usize, input: Input) {
+        let Some(peer) = self.sites[i].peer.as_mut() else { return };
+        let mut fx = Outbox::default();
+        peer.handle(self.now, input, &mut fx);
+        self.carry_out(i, fx);
+    }
+
+    fn carry_out(&mut self, i: usize, fx: Outbox) {
+        let epoch = self.sites[i].epoch;
+        for w in fx.writes {
+            let store = &mut self.sites[i].store;
+            match w {
+                StoreWrite::Append { doc, bytes } => store.entry(doc.to_string()).or_default().extend(bytes),
+                StoreWrite::Snapshot { doc, bytes } => {
+                    store.insert(doc.to_string(), bytes);
+                }
+                StoreWrite::DeleteBlob { .. } => {}
+            }
+        }
+        for (to, msg) in fx.sends {
+            let Some(&j) = self.index.get(&to) else { continue };
+            let bytes = msg.encode();
+            self.stats.messages += 1;
+            self.stats.bytes += bytes.len() as u64;
+            if !self.linked(i, j) || self.chance(self.sc.network.loss) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            let at = self.arrival(i, j, bytes.len());
+            let to_epoch = self.sites[j].epoch;
+            self.push(at, Ev::Deliver { from: i, to: j, epoch: to_epoch, bytes });
+        }
+        for (timer, after) in fx.timers {
+            self.push(self.now + after, Ev::Timer { site: i, epoch, timer });
+        }
+        for cmd in fx.drivers {
+            self.script(i, epoch, cmd);
+        }
+        for (req, result) in fx.replies {
+            self.on_reply(req, result);
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    fn arrival(&mut self, a: usize, b: usize, len: usize) -> Millis {
+        let net = &self.sc.network;
+        let base = if self.sites[a].region == self.sites[b].region { net.intra_ms } else { net.inter_ms };
+        let jitter = if net.jitter_ms > 0 { self.rng.next_u64() % (net.jitter_ms + 1) } else { 0 };
+        let mut depart = self.now;
+        if net.bytes_per_ms > 0 {
+            // Messages on one link queue behind each other.
+            let free = self.link_free.get(&(a, b)).copied().unwrap_or(0).max(self.now);
+            depart = free + (len as u64).div_ceil(net.bytes_per_ms);
+            self.link_free.insert((a, b), depart);
+        }
+        depart + base + jitter
+    }
+
+    /// The scripted driver: seeded delays, and a check that nothing runs twice.
+    fn script(&mut self, site: usize, epoch: u64, cmd: DriverCmd) {
+        let delay = 20 + self.rng.next_u64() % 200;
+        let (key, run) = (cmd.key().to_owned(), cmd.run());
+        let event = match cmd {
+            DriverCmd::Start { .. } => {
+                if !self.sites[site].running.insert(key.clone()) {
+                    self.checks
+                        .violation(self.now, format!("instance {key} started on s{site} while running"));
+                }
+                DriverEvent::Started { handle: format!("sim:{run}"), detail: "scripted".into() }
+            }
+            DriverCmd::Recover { .. } => {
+                if self.sites[site].running.contains(&key) {
+                    DriverEvent::Started { handle: format!("sim:{run}"), detail: "re-attached".into() }
+                } else {
+                    DriverEvent::Exited { code: None, detail: String::new() }
+                }
+            }
+            DriverCmd::Stop { .. } => {
+                self.sites[site].running.remove(&key);
+                DriverEvent::Stopped
+            }
+            DriverCmd::Destroy { .. } => {
+                self.sites[site].running.remove(&key);
+                DriverEvent::Destroyed
+            }
+        };
+        self.push(self.now + delay, Ev::Driver { site, epoch, key, run, event });
+    }
+
+    fn call(&mut self, site: usize, cmd: Command, what: Pending) {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.pending.insert(req, what);
+        let token = (!self.token.is_empty()).then(|| self.token.clone());
+        self.input(site, Input::Api { req, token, cmd });
+    }
+
+    fn on_reply(&mut self, req: ReqId, result: ApiResult) {
+        match (self.pending.remove(&req), result) {
+            (Some(Pending::Create { site, key }), Ok(Reply::Instance(_))) => {
+                self.stats.created += 1;
+                self.checks.acked.push((site, key));
+            }
+            (Some(Pending::Create { .. }), Err(e)) if e.code() == "quota_exceeded" => self.stats.refused += 1,
+            (Some(Pending::Create { key, .. }), Err(e)) => {
+                self.checks.violation(self.now, format!("create {key} failed unexpectedly: {e}"));
+            }
+            (_, Ok(Reply::Token(t))) => self.token = t.token,
+            (_, Err(e)) => self.checks.violation(self.now, format!("setup call failed: {e}")),
+            _ => {}
+        }
+    }
+
+    /// Boots every site, connects the overlay, and runs the setup calls.
+    fn start(&mut self) {
+        for i in 0..self.sites.len() {
+            let mut fx = Outbox::default();
+            if let Some(p) = self.sites[i].peer.as_mut() {
+                p.boot(0, &mut fx).expect("boot");
+            }
+            self.carry_out(i, fx);
+        }
+        for i in 0..self.sites.len() {
+            for j in self.sites[i].neighbours.clone() {
+                let id = self.sites[j].id.clone();
+                self.input(i, Input::Connected(id));
+            }
+        }
+        self.push(SETUP_MS, Ev::Setup(0));
+        self.push(2 * SETUP_MS + 500, Ev::Setup(1));
+        let times: Vec<Millis> = self.sc.timeline.iter().map(|s| (s.at * 1000.0) as Millis).collect();
+        for (k, at) in times.into_iter().enumerate() {
+            self.push(at, Ev::Step(k));
+        }
+        self.push(1000, Ev::Probe);
+    }
+
+    fn setup(&mut self, phase: u8) {
+        if phase == 1 {
+            self.register_images();
+            return;
+        }
+        self.call(
+            0,
+            Command::Login { user: "admin".into(), password: ADMIN_PASSWORD.into() },
+            Pending::Other,
+        );
+        for p in self.sc.projects.clone() {
+            let quota = Resources::new(p.instances, p.cpus, p.memory_mib);
+            let cmd = Command::CreateProject(NewProject {
+                name: p.name.clone(),
+                description: String::new(),
+                quota,
+            });
+            self.call(0, cmd, Pending::Other);
+            if p.share_instances > 0 && p.instances > 0 {
+                let per = |x: i64| x * p.share_instances / p.instances;
+                let amount = Resources::new(p.share_instances, per(p.cpus), per(p.memory_mib));
+                let to: Vec<SiteId> = self.sites[1..].iter().map(|s| s.id.clone()).collect();
+                if !to.is_empty() {
+                    self.call(0, Command::GiveQuota { project: p.name.clone(), to, amount }, Pending::Other);
+                }
+            }
+        }
+    }
+
+    /// An image held by each site that creates instances; the simulator keeps no blobs.
+    fn register_images(&mut self) {
+        let creators: BTreeSet<usize> =
+            self.sc.timeline.iter().filter_map(|s| s.create.as_ref().map(|c| c.site)).collect();
+        for i in creators {
+            for p in self.sc.projects.clone() {
+                let image = NewImage {
+                    name: format!("img-s{i}"),
+                    project: p.name,
+                    format: atoll_crdt::ImageFormat::Process,
+                    visibility: atoll_crdt::Visibility::Private,
+                    digest: format!("sha256:{}", hex::encode(Sha256::digest(format!("s{i}")))),
+                    size: 1,
+                    chunk_size: 1 << 20,
+                    chunks: vec![hex::encode(Sha256::digest(format!("s{i}")))],
+                };
+                self.call(i, Command::RegisterImage(image), Pending::Other);
+            }
+        }
+    }
+
+    fn apply_step(&mut self, k: usize) {
+        let step: Step = self.sc.timeline[k].clone();
+        if let Some(groups) = &step.partition {
+            let mut cut = BTreeSet::new();
+            let group_of = |s: usize| groups.iter().position(|g| g.contains(&s));
+            for a in 0..self.sites.len() {
+                for b in 0..self.sites.len() {
+                    if a != b && group_of(a) != group_of(b) {
+                        cut.insert((a, b));
+                    }
+                }
+            }
+            self.set_cut(cut);
+        }
+        if let Some((from, to)) = &step.one_way {
+            let mut cut = self.cut.clone();
+            for a in from {
+                for b in to {
+                    cut.insert((*a, *b));
+                }
+            }
+            self.set_cut(cut);
+        }
+        if step.heal == Some(true) {
+            self.set_cut(BTreeSet::new());
+            self.checks.heal_at(self.now);
+        }
+        if let Some(i) = step.crash {
+            self.crash(i);
+        }
+        if let Some(i) = step.restart {
+            self.restart(i);
+        }
+        if let Some(c) = &step.create {
+            for n in 0..c.count {
+                let name = format!("i{}-{k}-{n}", c.site);
+                let cmd = Command::CreateInstance(NewInstance {
+                    name: name.clone(),
+                    project: c.project.clone(),
+                    image: format!("img-s{}", c.site),
+                    cpus: c.cpus,
+                    memory_mib: c.memory_mib,
+                    disk_mib: 0,
+                    restart: atoll_crdt::RestartPolicy::Always,
+                    args: vec![],
+                    env: Default::default(),
+                    ports: vec![],
+                });
+                let key = format!("{}/{name}", c.project);
+                self.call(c.site, cmd, Pending::Create { site: c.site, key });
+            }
+        }
+        self.checks.quota(self.now, &self.sites, &self.sc.projects);
+    }
+
+    /// Replaces the cut set, telling peers which links went down or came up.
+    fn set_cut(&mut self, cut: BTreeSet<(usize, usize)>) {
+        let before: Vec<(usize, usize)> =
+            self.overlay_pairs().into_iter().filter(|(a, b)| self.linked(*a, *b)).collect();
+        self.cut = cut;
+        for (a, b) in self.overlay_pairs() {
+            let (was, is) = (before.contains(&(a, b)), self.linked(a, b));
+            let other = self.sites[b].id.clone();
+            if was && !is {
+                self.input(a, Input::Disconnected(other));
+            } else if !was && is {
+                self.input(a, Input::Connected(other));
+            }
+        }
+    }
+
+    fn overlay_pairs(&self) -> Vec<(usize, usize)> {
+        self.sites.iter().enumerate().flat_map(|(a, s)| s.neighbours.iter().map(move |b| (a, *b))).collect()
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.sites[i].peer.take().is_none() {
+            return;
+        }
+        self.sites[i].epoch += 1;
+        let id = self.sites[i].id.clone();
+        for j in self.sites[i].neighbours.clone() {
+            self.input(j, Input::Disconnected(id.clone()));
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.alive(i) {
+            return;
+        }
+        let s = &self.sites[i];
+        let cfg = config(i, s.key_seed, &self.sc.sites.regions[s.region]);
+        let realm = s.store.get("realm").cloned().unwrap_or_default();
+        let own = s.store.get(&format!("site/{}", s.id)).cloned().unwrap_or_default();
+        let others: Vec<(SiteId, Vec<u8>)> = s
+            .store
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("site/").filter(|o| *o != s.id.as_str()).map(|o| (SiteId::new(o).ok(), v))
+            })
+            .filter_map(|(o, v)| Some((o?, v.clone())))
+            .collect();
+        let mut peer = match Peer::restore(cfg, &realm, &own, &others) {
+            Ok(p) => p,
+            Err(e) => {
+                self.checks.violation(self.now, format!("s{i} cannot restart from its persisted state: {e}"));
+                return;
+            }
+        };
+        let mut fx = Outbox::default();
+        if let Err(e) = peer.boot(self.now, &mut fx) {
+            self.checks.violation(self.now, format!("s{i} does not boot: {e}"));
+        }
+        self.sites[i].peer = Some(peer);
+        self.carry_out(i, fx);
+        let id = self.sites[i].id.clone();
+        for j in self.sites[i].neighbours.clone() {
+            if self.linked(i, j) {
+                let other = self.sites[j].id.clone();
+                self.input(i, Input::Connected(other));
+                self.input(j, Input::Connected(id.clone()));
+            }
+        }
+    }
+
+    fn record(&mut self, q: &Queued) {
+        let (kind, site, len) = match &q.ev {
+            Ev::Deliver { from, to, bytes, .. } => {
+                (1u8, (*from as u64) << 32 | *to as u64, bytes.len() as u64)
+            }
+            Ev::Timer { site, .. } => (2, *site as u64, 0),
+            Ev::Driver { site, run, .. } => (3, *site as u64, *run),
+            Ev::Step(k) => (4, *k as u64, 0),
+            Ev::Probe => (5, 0, 0),
+            Ev::Setup(phase) => (6, *phase as u64, 0),
+        };
+        self.trace.update(q.at.to_le_bytes());
+        self.trace.update(q.seq.to_le_bytes());
+        self.trace.update([kind]);
+        self.trace.update(site.to_le_bytes());
+        self.trace.update(len.to_le_bytes());
+    }
+
+    fn process(&mut self, q: Queued) {
+        self.now = q.at;
+        self.record(&q);
+        match q.ev {
+            Ev::Deliver { from, to, epoch, bytes } => {
+                if self.sites[to].epoch != epoch || !self.linked(from, to) {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                match PeerMsg::decode(&bytes) {
+                    Ok(msg) => {
+                        let id = self.sites[from].id.clone();
+                        self.input(to, Input::Message { from: id, msg });
+                    }
+                    Err(e) => self.checks.violation(self.now, format!("undecodable message: {e}")),
+                }
+            }
+            Ev::Timer { site, epoch, timer } => {
+                if self.sites[site].epoch == epoch {
+                    self.input(site, Input::Timer(timer));
+                }
+            }
+            Ev::Driver { site, epoch, key, run, event } => {
+                if self.sites[site].epoch == epoch {
+                    self.input(site, Input::Driver { key, run, event });
+                }
+            }
+            Ev::Step(k) => self.apply_step(k),
+            Ev::Setup(phase) => self.setup(phase),
+            Ev::Probe => {
+                let sample = self.checks.probe(self.now, &mut self.sites);
+                self.stats.samples.push(sample);
+                if self.now + 1000 <= (self.sc.duration * 1000.0) as Millis {
+                    self.push(self.now + 1000, Ev::Probe);
+                }
+            }
+        }
+    }
+
+    /// Runs the scenario, then lets the network settle (only repair timers left),
+    /// then checks convergence and acknowledged writes.
+    pub fn run(&mut self) {
+        self.start();
+        let end = (self.sc.duration * 1000.0) as Millis;
+        while let Some(Reverse(q)) = self.heap.pop() {
+            if q.at > end {
+                self.heap.push(Reverse(q));
+                break;
+            }
+            self.process(q);
+        }
+        // Settle: keep delivering and repairing, a second at a time, until every
+        // document is equal everywhere (or SETTLE_MS passes).
+        let mut horizon = end;
+        while horizon < end + SETTLE_MS && !self.checks.all_equal(&mut self.sites) {
+            horizon += 1000;
+            while let Some(Reverse(q)) = self.heap.pop() {
+                if q.at > horizon {
+                    self.heap.push(Reverse(q));
+                    break;
+                }
+                self.process(q);
+            }
+            self.now = self.now.max(horizon);
+        }
+        self.stats.settled_at = self.now;
+        self.checks.finish(self.now, &mut self.sites, &self.sc);
+        let expect = self.sc.expect.clone();
+        if let Some(min) = expect.min_created
+            && self.stats.created < min
+        {
+            self.checks.violation(
+                self.now,
+                format!("expected at least {min} creations, got {}", self.stats.created),
+            );
+        }
+        if let Some(min) = expect.min_refused
+            && self.stats.refused < min
+        {
+            self.checks.violation(
+                self.now,
+                format!("expected at least {min} quota refusals, got {}", self.stats.refused),
+            );
+        }
+    }
+
+    pub fn trace_hash(&self) -> String {
+        hex::encode(self.trace.clone().finalize())
+    }
+
+    /// Bytes each site persisted: (sum over sites, largest site).
+    pub fn persisted(&self) -> (usize, usize) {
+        let sizes = self.sites.iter().map(|s| s.store.values().map(Vec::len).sum::<usize>());
+        sizes.fold((0, 0), |(t, m), n| (t + n, m.max(n)))
+    }
+}

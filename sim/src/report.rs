@@ -1,0 +1,236 @@
+//! What a run reports: a readable timeline, figures, `--json`, and an SVG plot
+//! of convergence over time.
+
+use atoll_crdt::Millis;
+use serde::Serialize;
+
+use crate::checks::Convergence;
+use crate::engine::Sim;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub created: usize,
+    pub refused: usize,
+    /// (time, share of live sites agreeing on the realm), once a second.
+    pub samples: Vec<(Millis, f64)>,
+    pub settled_at: Millis,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    #[serde(skip)]
+    pub description: String,
+    pub seed: u64,
+    pub sites: usize,
+    pub simulated_s: f64,
+    pub wall_s: f64,
+    pub simulated_per_wall: f64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub created: usize,
+    pub refused: usize,
+    pub convergence: Vec<Convergence>,
+    pub converged: bool,
+    pub persisted_total_bytes: usize,
+    pub persisted_max_site_bytes: usize,
+    pub peak_rss_kib: u64,
+    pub trace_hash: String,
+    pub violations: Vec<String>,
+    #[serde(skip)]
+    pub samples: Vec<(Millis, f64)>,
+    #[serde(skip)]
+    pub steps: Vec<String>,
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Report {
+    pub fn new(sim: &Sim, wall_s: f64) -> Report {
+        let (total, max) = sim.persisted();
+        let simulated_s = sim.stats.settled_at as f64 / 1000.0;
+        let steps = sim
+            .sc
+            .timeline
+            .iter()
+            .map(|s| {
+                let what = if let Some(g) = &s.partition {
+                    format!("partition {g:?}")
+                } else if let Some((a, b)) = &s.one_way {
+                    format!("one-way cut {a:?} -> {b:?}")
+                } else if s.heal == Some(true) {
+                    "heal".into()
+                } else if let Some(i) = s.crash {
+                    format!("crash s{i}")
+                } else if let Some(i) = s.restart {
+                    format!("restart s{i}")
+                } else if let Some(c) = &s.create {
+                    format!("create {} x{} at s{}", c.project, c.count, c.site)
+                } else {
+                    "nothing".into()
+                };
+                format!("{:>8.1}s  {what}", s.at)
+            })
+            .collect();
+        Report {
+            scenario: sim.sc.name.clone(),
+            description: sim.sc.description.trim().to_owned(),
+            seed: sim.sc.seed,
+            sites: sim.sc.sites.count,
+            simulated_s,
+            wall_s,
+            simulated_per_wall: if wall_s > 0.0 { simulated_s / wall_s } else { 0.0 },
+            messages: sim.stats.messages,
+            bytes: sim.stats.bytes,
+            dropped: sim.stats.dropped,
+            created: sim.stats.created,
+            refused: sim.stats.refused,
+            convergence: sim.checks.convergence.clone(),
+            converged: sim.checks.converged.unwrap_or(false),
+            persisted_total_bytes: total,
+            persisted_max_site_bytes: max,
+            peak_rss_kib: peak_rss_kib(),
+            trace_hash: sim.trace_hash(),
+            violations: sim
+                .checks
+                .violations
+                .iter()
+                .map(|(t, v)| format!("{:.3}s: {v}", *t as f64 / 1000.0))
+                .collect(),
+            samples: sim.stats.samples.clone(),
+            steps,
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "scenario {} (seed {}, {} sites)\n{}\n\ntimeline\n{}\n",
+            self.scenario,
+            self.seed,
+            self.sites,
+            self.description,
+            self.steps.join("\n")
+        );
+        out.push_str("\nrealm agreement over time (share of live sites on the common realm)\n");
+        out.push_str(&sparkline(&self.samples));
+        out.push_str(&format!(
+            "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
+             messages {} ({} bytes, {} dropped by the network)\n\
+             instances created {}, refused for quota {}\n\
+             persisted state: {} bytes over all sites, {} bytes at the largest\n\
+             peak memory {} MiB\n",
+            self.simulated_s,
+            self.wall_s,
+            self.simulated_per_wall,
+            self.messages,
+            self.bytes,
+            self.dropped,
+            self.created,
+            self.refused,
+            self.persisted_total_bytes,
+            self.persisted_max_site_bytes,
+            self.peak_rss_kib / 1024,
+        ));
+        for c in &self.convergence {
+            match c.converged_after_ms {
+                Some(ms) => out.push_str(&format!(
+                    "heal at {:.1} s: realm converged after {:.1} s\n",
+                    c.heal_at_ms as f64 / 1e3,
+                    ms as f64 / 1e3
+                )),
+                None => out.push_str(&format!(
+                    "heal at {:.1} s: did not converge before the end\n",
+                    c.heal_at_ms as f64 / 1e3
+                )),
+            }
+        }
+        out.push_str(&format!("trace {}\n", self.trace_hash));
+        if self.passed() {
+            out.push_str("checks: all passed (converged, no overspend, no lost acknowledged write, nothing run twice)\n");
+        } else {
+            out.push_str(&format!("checks: {} FAILED (seed {})\n", self.violations.len(), self.seed));
+            for v in &self.violations {
+                out.push_str(&format!("  {v}\n"));
+            }
+        }
+        out
+    }
+
+    pub fn svg(&self) -> String {
+        let (w, h, pad) = (640.0, 240.0, 40.0);
+        let end = self.samples.last().map(|s| s.0).unwrap_or(1).max(1) as f64;
+        let points: Vec<String> = self
+            .samples
+            .iter()
+            .map(|(t, v)| {
+                format!(
+                    "{:.1},{:.1}",
+                    pad + (*t as f64 / end) * (w - 2.0 * pad),
+                    h - pad - v * (h - 2.0 * pad)
+                )
+            })
+            .collect();
+        let heals: String = self
+            .convergence
+            .iter()
+            .map(|c| {
+                let x = pad + (c.heal_at_ms as f64 / end) * (w - 2.0 * pad);
+                format!("<line x1='{x:.1}' y1='{pad}' x2='{x:.1}' y2='{:.1}' stroke='#c33' stroke-dasharray='4'/>", h - pad)
+            })
+            .collect();
+        format!(
+            "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\
+             <rect width='100%' height='100%' fill='white'/>\
+             <text x='{pad}' y='20'>{}: share of live sites agreeing on the realm (dashed: heal)</text>\
+             <line x1='{pad}' y1='{:.1}' x2='{:.1}' y2='{:.1}' stroke='black'/>\
+             <line x1='{pad}' y1='{pad}' x2='{pad}' y2='{:.1}' stroke='black'/>\
+             <text x='4' y='{:.1}'>1.0</text><text x='4' y='{:.1}'>0.0</text>\
+             <text x='{:.1}' y='{:.1}'>{:.0} s</text>{heals}\
+             <polyline fill='none' stroke='#26a' stroke-width='2' points='{}'/></svg>\n",
+            self.scenario,
+            h - pad,
+            w - pad,
+            h - pad,
+            h - pad,
+            pad + 4.0,
+            h - pad,
+            w - pad - 30.0,
+            h - pad + 16.0,
+            end / 1000.0,
+            points.join(" "),
+        )
+    }
+}
+
+/// One character per sample: how many of the live sites agree.
+fn sparkline(samples: &[(Millis, f64)]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let step = samples.len().div_ceil(100).max(1);
+    let line: String = samples
+        .chunks(step)
+        .map(|c| {
+            let v = c.iter().map(|s| s.1).fold(1.0f64, f64::min);
+            BARS[((v * 7.0).round() as usize).min(7)]
+        })
+        .collect();
+    format!(
+        "{line}\n0 s{:>width$}",
+        format!("{:.0} s", samples.last().map_or(0, |s| s.0) as f64 / 1e3),
+        width = line.chars().count().saturating_sub(3)
+    )
+}

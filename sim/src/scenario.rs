@@ -1,0 +1,174 @@
+//! Scenario files (TOML): the sites, the projects, a timeline of operations and
+//! network events, and what must hold at the end. See docs/scenarios.md.
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("scenario: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Simulated seconds to run.
+    pub duration: f64,
+    pub sites: Sites,
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub projects: Vec<ProjectSpec>,
+    #[serde(default)]
+    pub timeline: Vec<Step>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sites {
+    pub count: usize,
+    /// Regions assigned round-robin.
+    #[serde(default = "one_region")]
+    pub regions: Vec<String>,
+}
+
+fn one_region() -> Vec<String> {
+    vec!["default".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// One-way latency within a region and between regions, milliseconds.
+    pub intra_ms: u64,
+    pub inter_ms: u64,
+    pub jitter_ms: u64,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Link bandwidth in bytes per millisecond (0: unlimited).
+    pub bytes_per_ms: u64,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { intra_ms: 2, inter_ms: 40, jitter_ms: 2, loss: 0.0, bytes_per_ms: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSpec {
+    pub name: String,
+    pub instances: i64,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    /// Rights site 0 gives each other site at the start, as instances.
+    #[serde(default)]
+    pub share_instances: i64,
+}
+
+/// One timeline entry: exactly one of the optional actions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Simulated seconds from the start.
+    pub at: f64,
+    /// Groups of sites that can talk within, not across.
+    pub partition: Option<Vec<Vec<usize>>>,
+    /// Cut messages from the first list of sites to the second only.
+    pub one_way: Option<(Vec<usize>, Vec<usize>)>,
+    pub heal: Option<bool>,
+    pub crash: Option<usize>,
+    pub restart: Option<usize>,
+    pub create: Option<Create>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Create {
+    pub site: usize,
+    pub project: String,
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default = "one_i")]
+    pub cpus: i64,
+    #[serde(default = "mem")]
+    pub memory_mib: i64,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_i() -> i64 {
+    1
+}
+fn mem() -> i64 {
+    64
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Every document equal on every site at the end (default true).
+    pub converged: Option<bool>,
+    /// At least this many instance creations acknowledged in all.
+    pub min_created: Option<usize>,
+    /// At least this many creations refused for lack of quota.
+    pub min_refused: Option<usize>,
+}
+
+impl Scenario {
+    pub fn load(path: &str) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read(path.into(), e))?;
+        let s: Scenario = toml::from_str(&text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let n = self.sites.count;
+        let bad = |m: String| Err(ScenarioError::Invalid(m));
+        if n == 0 || n > 20_000 {
+            return bad(format!("sites.count must be 1 to 20000, not {n}"));
+        }
+        if self.sites.regions.is_empty() {
+            return bad("sites.regions is empty".into());
+        }
+        if !(0.0..=1.0).contains(&self.network.loss) {
+            return bad("network.loss must be within 0..=1".into());
+        }
+        for s in &self.timeline {
+            let sites: Vec<usize> = [s.crash, s.restart, s.create.as_ref().map(|c| c.site)]
+                .into_iter()
+                .flatten()
+                .chain(s.partition.iter().flatten().flatten().copied())
+                .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
+                .collect();
+            if let Some(x) = sites.iter().find(|x| **x >= n) {
+                return bad(format!("step at {} s names site {x}, but there are {n}", s.at));
+            }
+            if s.at < 2.0 || s.at > self.duration {
+                return bad(format!(
+                    "step at {} s is outside 2..{} s (setup runs in the first 2 s)",
+                    s.at, self.duration
+                ));
+            }
+        }
+        Ok(())
+    }
+}

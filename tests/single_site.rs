@@ -1,0 +1,75 @@
+//! A new user's walk through one site, with the real daemon and the real CLI.
+
+use atoll_e2e::*;
+
+const HELLO: &str = "echo \"hello from $ATOLL_INSTANCE: $1\"\nwhile true; do echo tick; sleep 1; done\n";
+
+#[test]
+fn admin_runs_a_workload_and_other_projects_cannot_touch_it() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "edge-1");
+    d.login_admin();
+    let tag = d.tag();
+
+    let image = process_image(root.path(), "hello", HELLO);
+    let out = d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "hello"]);
+    assert!(out.contains("Added image default/hello"), "{out}");
+    let images = d.cli().json(&["image", "list"]);
+    assert_eq!(images[0]["name"], "hello");
+    assert_eq!(images[0]["format"], "process");
+
+    let out = d.cli().ok(&["instance", "create", "web", "--image", "hello", "--memory", "64", "--", &tag]);
+    assert!(out.contains("running"), "{out}");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || d
+            .cli()
+            .ok(&["instance", "logs", "web"])
+            .contains("tick")),
+        "the workload's output never showed up"
+    );
+    let logs = d.cli().ok(&["instance", "logs", "web"]);
+    assert!(logs.contains("hello from default/web"), "{logs}");
+
+    let out = d.cli().ok(&["instance", "stop", "web"]);
+    assert!(out.contains("stopped"), "{out}");
+    let listed = d.cli().json(&["instance", "list"]);
+    assert_eq!(listed[0]["observed"], "stopped");
+    assert!(d.cli().ok(&["instance", "start", "web"]).contains("running"));
+
+    // A member of another project sees nothing and can touch nothing.
+    d.cli().ok(&["project", "create", "other", "--instances", "2"]);
+    d.cli().env("ATOLL_NEW_PASSWORD", "bob-password").ok(&["user", "create", "bob"]);
+    d.cli().ok(&["role", "grant", "bob", "other", "member"]);
+    let bob_home = tempfile::tempdir().unwrap();
+    let bob = || d.cli().home(bob_home.path());
+    bob().env("ATOLL_PASSWORD", "bob-password").ok(&["login", "--user", "bob"]);
+    assert_eq!(bob().json(&["instance", "list"]).as_array().unwrap().len(), 0);
+    assert_eq!(bob().json(&["image", "list"]).as_array().unwrap().len(), 0);
+    for verb in ["show", "stop", "delete", "logs"] {
+        let err = bob().fails(&["instance", verb, "default/web"]);
+        assert!(err.contains("no role in project default"), "{verb}: {err}");
+    }
+    let err = bob().fails(&["instance", "create", "x", "--image", "default/hello", "--project", "other"]);
+    assert!(err.contains("no image default/hello usable by project other"), "{err}");
+    // The instance still runs, untouched.
+    assert_eq!(d.cli().json(&["instance", "show", "web"])["observed"], "running");
+
+    let out = d.cli().ok(&["instance", "delete", "web"]);
+    assert!(out.contains("Deleted web"), "{out}");
+    assert!(d.cli().json(&["instance", "list"]).as_array().unwrap().is_empty());
+    d.cli().ok(&["image", "rm", "hello"]);
+    assert!(d.cli().json(&["image", "list"]).as_array().unwrap().is_empty());
+}
+
+#[test]
+fn openapi_document_is_served_and_lists_the_routes() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "edge-1");
+    let r = http(&d.addr(), "GET", "/v1/openapi.json", None, b"");
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in ["/v1/login", "/v1/images", "/v1/instances/{project}/{name}/logs", "/v1/quotas/{project}"] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+}

@@ -1,0 +1,324 @@
+//! Helpers for end-to-end tests: real `atoll` daemons on loopback, the real CLI,
+//! and a tiny HTTP client for requests the CLI would never send.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `atoll` binary of the same build profile: next to a test's `deps/`
+/// directory, or next to a bench binary.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let here = exe.parent().expect("target dir");
+    let candidates = [here.join("atoll"), here.parent().unwrap_or(here).join("atoll")];
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "no atoll binary near {}: the end-to-end tests are test targets of the atoll package, which builds it",
+            exe.display()
+        )
+    })
+}
+
+pub struct Daemon {
+    pub data: PathBuf,
+    pub site: String,
+    pub endpoint: String,
+    pub password: String,
+    child: Option<Child>,
+    /// Holds the CLI's config dir (saved tokens).
+    pub home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Starts a daemon on a free loopback port with a fresh data dir under `root`.
+    pub fn start(root: &Path, site: &str) -> Daemon {
+        Daemon::start_with(root, site, &[])
+    }
+
+    /// Same, with extra environment for the daemon (e.g. `DOCKER_HOST`).
+    pub fn start_with(root: &Path, site: &str, env: &[(&str, &str)]) -> Daemon {
+        let data = root.join(site);
+        let mut d = Daemon {
+            data,
+            site: site.into(),
+            endpoint: String::new(),
+            password: String::new(),
+            child: None,
+            home: tempfile::tempdir().unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        d.boot();
+        d.password = std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file");
+        d
+    }
+
+    /// (Re)starts the process on the same data dir and waits until it serves.
+    pub fn boot(&mut self) {
+        // A restart keeps the address, as an operator's would.
+        let api = if self.endpoint.is_empty() { "127.0.0.1:0".to_owned() } else { self.addr() };
+        let mut child = Command::new(binary())
+            .args(["daemon", "--site", &self.site, "--api", &api, "--data-dir"])
+            .arg(&self.data)
+            .env("ATOLL_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn daemon");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("serving the API on ").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        self.endpoint =
+            rx.recv_timeout(Duration::from_secs(60)).expect("daemon did not start serving within 60 s");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn cli(&self) -> Cli<'_> {
+        Cli { daemon: self, env: vec![], stdin: None }
+    }
+
+    /// Logs the CLI in as admin (token saved under this daemon's `home`).
+    pub fn login_admin(&self) {
+        self.cli().env("ATOLL_PASSWORD", &self.password.clone()).ok(&["login"]);
+    }
+
+    /// Pass this as an instance argument so that `Drop` can find and end the workload.
+    pub fn tag(&self) -> String {
+        format!("tag={}", self.data.display())
+    }
+
+    pub fn addr(&self) -> String {
+        self.endpoint.trim_start_matches("http://").to_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Workloads outlive the daemon by design; tests clean theirs up.
+        let _ = Command::new("pkill").args(["-f", &self.tag()]).status();
+    }
+}
+
+pub struct Cli<'a> {
+    daemon: &'a Daemon,
+    env: Vec<(String, String)>,
+    stdin: Option<String>,
+}
+
+impl Cli<'_> {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Uses another config dir (another user's saved token).
+    pub fn home(self, dir: &Path) -> Self {
+        let d = dir.display().to_string();
+        self.env("XDG_CONFIG_HOME", &d)
+    }
+
+    pub fn stdin(mut self, s: &str) -> Self {
+        self.stdin = Some(s.into());
+        self
+    }
+
+    pub fn run(self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env("ATOLL_ENDPOINT", &self.daemon.endpoint)
+            .env("XDG_CONFIG_HOME", self.daemon.home.path())
+            .env_remove("ATOLL_TOKEN")
+            .env_remove("ATOLL_PROJECT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn cli");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = &self.stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "atoll {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and asserts failure with a message; returns stderr.
+    pub fn fails(self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "atoll {args:?} should have failed, printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(stderr.starts_with("error: "), "no clear message: {stderr}");
+        stderr
+    }
+
+    pub fn json(self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+}
+
+/// A process image: a tar with `manifest.json` and a shell script.
+pub fn process_image(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.tar"));
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let manifest = br#"{"entrypoint": ["/bin/sh", "run.sh"]}"#;
+    for (file, body, mode) in [("manifest.json", &manifest[..], 0o644), ("run.sh", script.as_bytes(), 0o755)]
+    {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        b.append_data(&mut h, file, body).unwrap();
+    }
+    b.finish().unwrap();
+    path
+}
+
+pub struct HttpReply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; status 0 when the server is gone.
+pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> HttpReply {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return HttpReply { status: 0, body: String::new() };
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return HttpReply { status: 0, body: String::new() };
+    }
+    // The server may answer (and close) before reading a refused body.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked replies: keep only the JSON between the size lines.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if text.to_lowercase().contains("transfer-encoding: chunked") => {
+            body[a..=b].to_owned()
+        }
+        _ => body,
+    };
+    HttpReply { status, body }
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The admin token the CLI saved for this daemon.
+pub fn saved_token(d: &Daemon) -> String {
+    let text = std::fs::read_to_string(d.home.path().join("atoll/credentials.json")).expect("credentials");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v[&d.endpoint].as_str().unwrap().to_owned()
+}
+
+/// Why Docker tests cannot run here, if they cannot.
+pub fn docker_missing() -> Option<String> {
+    match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("docker engine not reachable: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Some(format!("no docker client: {e}")),
+    }
+}
+
+/// The busybox test image, built once per test process by `tests/images/busybox.sh`
+/// (tests run in parallel and must not race on the engine's tag). None, with the
+/// reason printed, only where busybox-static is missing; any other failure fails.
+pub fn busybox_archive(_dir: &Path) -> Option<PathBuf> {
+    static ARCHIVE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ARCHIVE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("atoll-test-image-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = dir.join("busybox.tar");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/busybox.sh");
+            let tag = format!("atoll-test/busybox:{}", std::process::id());
+            let o = Command::new("bash").arg(&script).arg(&out).arg(&tag).output().expect("run busybox.sh");
+            match o.status.code() {
+                Some(0) => Some(out),
+                Some(2) => {
+                    eprintln!("SKIPPED: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    None
+                }
+                _ => panic!("building the test image failed: {}", String::from_utf8_lossy(&o.stderr)),
+            }
+        })
+        .clone()
+}
+
+/// `docker inspect -f FORMAT NAME`, trimmed; None when there is no such object.
+pub fn docker_inspect(name: &str, format: &str) -> Option<String> {
+    let o = Command::new("docker").args(["inspect", "-f", format, name]).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}

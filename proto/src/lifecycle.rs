@@ -317,6 +317,13 @@ impl Peer {
         }
         let Some((project, name)) = key.split_once('/') else { return };
         let Ok(Some(mut inst)) = self.own.instance(project, name) else { return };
+        if self.adopting.remove(key)
+            && matches!(event, DriverEvent::Exited { .. } | DriverEvent::Failed { .. })
+            && inst.desired == Desired::Running
+        {
+            // Nothing to adopt: the start never happened, so make it now.
+            return self.start_run(now, inst, fx);
+        }
         match event {
             DriverEvent::Started { handle, detail } => {
                 if inst.desired == Desired::Running {
@@ -411,9 +418,14 @@ impl Peer {
                 (Desired::Running, Observed::Running | Observed::Starting, Some(handle)) => {
                     fx.driver(DriverCmd::Recover { key, kind: inst.kind, run, handle })
                 }
-                (Desired::Running, Observed::Pending | Observed::Starting | Observed::Running, None) => {
-                    self.start_run(now, inst, fx)
+                // A start was asked but its handle never recorded (the daemon
+                // stopped in between): the workload may run, so look it up by
+                // key before starting another.
+                (Desired::Running, Observed::Starting, None) => {
+                    self.adopting.insert(key.clone());
+                    fx.driver(DriverCmd::Recover { key, kind: inst.kind, run, handle: String::new() })
                 }
+                (Desired::Running, Observed::Pending | Observed::Running, None) => self.start_run(now, inst, fx),
                 (Desired::Running, Observed::Exited | Observed::Failed, _)
                     if inst.restart == RestartPolicy::Always =>
                 {

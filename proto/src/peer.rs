@@ -174,6 +174,8 @@ pub struct Peer {
     pub(crate) runs: BTreeMap<String, u64>,
     /// Requests waiting for an instance operation to finish.
     pub(crate) waiters: BTreeMap<String, Vec<ReqId>>,
+    /// Instances being looked up by key after a start whose handle was lost.
+    pub(crate) adopting: BTreeSet<String>,
     /// Writes to make after this input's document changes are durable
     /// (deleting a blob before its catalog entry is gone would break a reader).
     pub(crate) deferred: Vec<StoreWrite>,
@@ -297,6 +299,7 @@ impl Peer {
             unsaved: false,
             runs: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            adopting: BTreeSet::new(),
             deferred: Vec::new(),
             replies: Vec::new(),
             metrics: None,

@@ -408,7 +408,17 @@ fn restart_resumes_from_persisted_state() {
     assert!(
         matches!(&cmds[0], DriverCmd::Recover { key, handle, .. } if key == "default/keep" && handle == "pid:42")
     );
-    assert!(matches!(&cmds[1], DriverCmd::Start { spec, .. } if spec.key == "default/pending"));
+    // Its start may have happened before the daemon stopped: look it up by key
+    // first, and start it only if nothing is found.
+    assert!(
+        matches!(&cmds[1], DriverCmd::Recover { key, handle, .. } if key == "default/pending" && handle.is_empty())
+    );
+    let mut adopted = h.restarted();
+    let lookup = std::iter::from_fn(|| adopted.take_driver()).find(|c| c.key() == "default/pending").unwrap();
+    adopted.driver_says(&lookup, DriverEvent::Started { handle: "pid:43".into(), detail: String::new() });
+    assert!(adopted.take_driver().is_none(), "an adopted workload is not started again");
+    r.driver_says(&cmds[1], DriverEvent::Exited { code: None, detail: String::new() });
+    assert!(matches!(r.take_driver(), Some(DriverCmd::Start { spec, .. }) if spec.key == "default/pending"));
     // The token issued before the restart still verifies (offline, by key).
     assert!(r.call(Some(&token), Command::ListImages).is_ok());
 }

@@ -309,6 +309,9 @@ impl Driver for Docker {
 
     fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
         Box::pin(async move {
+            // No handle recorded (a start cut short): the container's name is the key's.
+            let name = self.name(key);
+            let handle = if handle.is_empty() { name.as_str() } else { handle };
             let info = match self
                 .client()?
                 .inspect_container(handle, None::<bollard::query_parameters::InspectContainerOptions>)

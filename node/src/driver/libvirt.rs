@@ -280,8 +280,13 @@ impl Driver for Libvirt {
             let conn = self.conn()?;
             let (name, handle2) = (self.name(key), handle.to_owned());
             let found = blocking(move || {
-                Ok(conn
-                    .lookup_domain_by_uuid_string(&handle2)
+                // No handle recorded (a start cut short): look the domain up by name.
+                let found = if handle2.is_empty() {
+                    conn.lookup_domain_by_name(&name)
+                } else {
+                    conn.lookup_domain_by_uuid_string(&handle2)
+                };
+                Ok(found
                     .ok()
                     .filter(|d| d.name().ok().as_deref() == Some(&name)))
             })

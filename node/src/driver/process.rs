@@ -27,6 +27,8 @@ const LOG_ROTATE_BYTES: u64 = 8 << 20;
 /// How often a re-attached process (not our child) is checked, and logs rotated.
 const POLL: Duration = Duration::from_secs(1);
 const MANIFEST_MAX: u64 = 64 << 10;
+/// The run's handle, written at start.
+const HANDLE_FILE: &str = "handle";
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -274,6 +276,9 @@ impl Driver for Process {
                 .map(|p| p as i32)
                 .ok_or_else(|| DriverError::Runtime("the child exited at once".into()))?;
             let handle = format!("pid:{pid}:{}", proc_start_time(pid).unwrap_or(0));
+            // Kept beside the run so that a daemon stopped before it recorded
+            // the handle can still find the process.
+            std::fs::write(dir.join(HANDLE_FILE), &handle)?;
             self.supervise(spec.key.clone(), run, pid, Some(child));
             Ok((handle, detail))
         })
@@ -281,6 +286,13 @@ impl Driver for Process {
 
     fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
         Box::pin(async move {
+            let saved;
+            let handle = if handle.is_empty() {
+                saved = std::fs::read_to_string(self.dir(key).join(HANDLE_FILE)).unwrap_or_default();
+                saved.as_str()
+            } else {
+                handle
+            };
             let parsed = handle.strip_prefix("pid:").and_then(|r| r.split_once(':'));
             let Some((pid, start)) =
                 parsed.and_then(|(p, s)| Some((p.parse::<i32>().ok()?, s.parse::<u64>().ok()?)))

@@ -1,0 +1,145 @@
+//! `atoll dev`: a local atoll of N sites on loopback, each its own daemon
+//! process on embedded defaults. The first site founds the realm; the others
+//! join it by invitation, exactly as remote sites would.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atoll_proto::api::TokenView;
+use tokio::process::{Child, Command};
+
+use crate::cli::client::Api;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Flags {
+    /// Number of sites.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub sites: u16,
+    /// Where the sites keep their state (default: atoll-dev under the user's data dir).
+    /// Sites found there are started again as they were.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API port of site-1; site-k listens on the k-1th port after it.
+    #[arg(long, default_value_t = 7480)]
+    pub api_port: u16,
+    /// Peer port (QUIC and TCP) of site-1, the same way.
+    #[arg(long, default_value_t = 7580)]
+    pub peer_port: u16,
+}
+
+struct Site {
+    name: String,
+    endpoint: String,
+    child: Child,
+}
+
+pub async fn run(f: Flags) -> anyhow::Result<()> {
+    let root = f.data_dir.clone().unwrap_or_else(|| crate::config::default_data_dir().with_file_name("atoll-dev"));
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let mut sites: Vec<Site> = Vec::new();
+    let result = start_all(&f, &root, &mut sites).await;
+    if let Err(e) = result {
+        stop_all(&mut sites).await;
+        return Err(e);
+    }
+    let password = std::fs::read_to_string(root.join("site-1/admin-password")).unwrap_or_default();
+    println!();
+    println!("A {}-site atoll runs on loopback (state in {}):", sites.len(), root.display());
+    for s in &sites {
+        println!("  {:<8} {}", s.name, s.endpoint);
+    }
+    println!();
+    println!("Log in on any site:  ATOLL_PASSWORD={} atoll --endpoint {} login", password.trim(), sites[0].endpoint);
+    println!("List the sites:      atoll --endpoint {} site list", sites[0].endpoint);
+    println!("Ctrl-C stops them all.");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        (i, status) = first_exit(&mut sites) => {
+            eprintln!("error: {} exited ({status}); stopping the others", sites[i].name);
+        }
+    }
+    stop_all(&mut sites).await;
+    Ok(())
+}
+
+async fn start_all(f: &Flags, root: &Path, sites: &mut Vec<Site>) -> anyhow::Result<()> {
+    for k in 0..f.sites {
+        let name = format!("site-{}", k + 1);
+        let data = root.join(&name);
+        let api = format!("127.0.0.1:{}", f.api_port + k);
+        let port = f.peer_port + k;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["daemon", "--site", &name, "--api", &api])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &format!("/ip4/127.0.0.1/udp/{port}/quic-v1")])
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(root.join(format!("{name}.log")))?))
+            .kill_on_drop(true);
+        let founded = data.join("db").exists();
+        if k > 0 && !founded {
+            let token = invite(&sites[0], root, &name).await?;
+            cmd.args(["--join", &token]);
+        }
+        let endpoint = format!("http://{api}");
+        let child = cmd.spawn().context("cannot start a site daemon")?;
+        sites.push(Site { name: name.clone(), endpoint: endpoint.clone(), child });
+        wait_serving(sites.last_mut().expect("just pushed"), root).await?;
+        println!("{name}: serving on {endpoint}");
+    }
+    Ok(())
+}
+
+/// An invitation for `name`, asked of the first site as its admin.
+async fn invite(first: &Site, root: &Path, name: &str) -> anyhow::Result<String> {
+    let password = std::fs::read_to_string(root.join("site-1/admin-password"))
+        .context("site-1 has no admin-password file; remove the dev data dir to start afresh")?;
+    let anon = Api::new(&first.endpoint, None)?;
+    let login: TokenView =
+        anon.post("/v1/login", &serde_json::json!({"user": "admin", "password": password.trim()})).await?;
+    let admin = Api::new(&first.endpoint, Some(login.token))?;
+    let reply: serde_json::Value = admin.post("/v1/sites/invitations", &serde_json::json!({"name": name})).await?;
+    reply["token"].as_str().map(str::to_owned).context("the invitation reply has no token")
+}
+
+async fn wait_serving(site: &mut Site, root: &Path) -> anyhow::Result<()> {
+    let api = Api::new(&site.endpoint, None)?;
+    for _ in 0..300 {
+        if let Ok(Some(status)) = site.child.try_wait() {
+            bail!("{} exited ({status}); see {}", site.name, root.join(format!("{}.log", site.name)).display());
+        }
+        if api.get::<serde_json::Value>("/v1/openapi.json").await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} did not start serving within 30 s", site.name)
+}
+
+async fn first_exit(sites: &mut [Site]) -> (usize, std::process::ExitStatus) {
+    loop {
+        for (i, s) in sites.iter_mut().enumerate() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return (i, status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn stop_all(sites: &mut [Site]) {
+    for s in sites.iter() {
+        if let Some(pid) = s.child.id() {
+            // SIGTERM: each daemon shuts down gracefully.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+    }
+    for s in sites.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(20), s.child.wait()).await.is_err() {
+            let _ = s.child.kill().await;
+        }
+    }
+}

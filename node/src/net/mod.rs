@@ -1,0 +1,494 @@
+//! The peer network: a libp2p swarm over QUIC, with TCP+noise+yamux as the
+//! fallback, that carries the peer core's messages between members only.
+//!
+//! Protocols: `/atoll/sync/1` (request-response; one `PeerMsg` per request,
+//! an empty acknowledgement back), `/atoll/join/1` (request-response; an
+//! invitation in, the realm document out), gossipsub topic `atoll/summary/1`
+//! (each site's summary, ephemeral), identify and ping. A connection from a
+//! peer whose key is not a member's may only present an invitation, within
+//! [`STRANGER_GRACE`]; a peer that sends anything malformed is blocked.
+
+mod codec;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use atoll_crdt::{Member, Realm, SiteId};
+use atoll_proto::api::SiteView;
+use atoll_proto::membership::JoinRequest;
+use atoll_proto::{ApiError, Input, PeerMsg, wire};
+use futures_util::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self as rr, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, ping};
+use serde::Serialize;
+
+pub use codec::Frames;
+
+/// How long a non-member may stay connected to present an invitation.
+pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait between two dials of an unreachable member.
+const MAX_REDIAL: Duration = Duration::from_secs(30);
+const SUMMARY_TOPIC: &str = "atoll/summary/1";
+/// Requests in flight per connection and protocol.
+const MAX_STREAMS: usize = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("bad peer address {0:?}: {1}")]
+    Address(String, String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(Multiaddr, String),
+    #[error("peer network setup: {0}")]
+    Setup(String),
+    #[error("{0}")]
+    Join(String),
+}
+
+/// Where the swarm listens and whom it calls first.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub listen: Vec<Multiaddr>,
+    /// Addresses published to other members instead of the listen addresses.
+    pub advertise: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+/// Application bytes and messages through the network (payloads, without
+/// QUIC/TLS/noise framing), for `GET /v1/network` and the benchmarks.
+#[derive(Debug, Default, Serialize)]
+pub struct Traffic {
+    pub sent_msgs: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub recv_msgs: AtomicU64,
+    pub recv_bytes: AtomicU64,
+    pub refused_peers: AtomicU64,
+}
+
+impl Traffic {
+    fn sent(&self, bytes: usize) {
+        self.sent_msgs.fetch_add(1, Ordering::Relaxed);
+        self.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+    fn recv(&self, bytes: usize) {
+        self.recv_msgs.fetch_add(1, Ordering::Relaxed);
+        self.recv_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: rr::Behaviour<Frames>,
+    join: rr::Behaviour<Frames>,
+    gossip: gossipsub::Behaviour,
+}
+
+/// What the event loop has to act on after a network event.
+pub enum Event {
+    Input(Input),
+    Join { request: JoinRequest, channel: ResponseChannel<Vec<u8>> },
+    /// Our listen addresses changed: publish them in our membership record.
+    Addrs(Vec<String>),
+}
+
+struct Known {
+    site: SiteId,
+    addrs: Vec<Multiaddr>,
+    next_dial: Instant,
+    backoff: Duration,
+}
+
+pub struct Net {
+    swarm: Swarm<Behaviour>,
+    /// Members by peer id; refreshed when the realm's membership changes.
+    members: HashMap<PeerId, Known>,
+    peer_of: HashMap<SiteId, PeerId>,
+    /// Members with at least one open connection.
+    connected: HashSet<PeerId>,
+    /// Connected non-members and when they came.
+    strangers: HashMap<PeerId, Instant>,
+    listening: Vec<Multiaddr>,
+    settings: Settings,
+    topic: gossipsub::IdentTopic,
+    pub traffic: Arc<Traffic>,
+}
+
+/// The libp2p identity of a site: its own ed25519 key.
+pub fn keypair(key: &ed25519_dalek::SigningKey) -> identity::Keypair {
+    let mut secret = key.to_bytes();
+    identity::Keypair::ed25519_from_bytes(&mut secret).expect("a 32-byte ed25519 secret is always valid")
+}
+
+/// The peer id of a member, from the hex public key in its record.
+pub fn peer_id(public_key_hex: &str) -> Option<PeerId> {
+    let bytes = hex::decode(public_key_hex).ok()?;
+    let key = identity::ed25519::PublicKey::try_from_bytes(&bytes).ok()?;
+    Some(identity::PublicKey::from(key).to_peer_id())
+}
+
+impl Net {
+    pub fn new(key: &ed25519_dalek::SigningKey, settings: Settings) -> Result<Net, NetError> {
+        let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+        let keys = keypair(key);
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(keys)
+            .with_tokio()
+            .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+            .map_err(|e| setup(&e))?
+            .with_quic()
+            .with_behaviour(|k| {
+                let gossip_cfg = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .max_transmit_size(wire::MAX_GOSSIP)
+                    .heartbeat_interval(Duration::from_secs(1))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let gossip =
+                    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), gossip_cfg)?;
+                let rr_cfg =
+                    rr::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(MAX_STREAMS);
+                Ok(Behaviour {
+                    blocked: Default::default(),
+                    identify: identify::Behaviour::new(identify::Config::new("/atoll/1".into(), k.public())),
+                    ping: ping::Behaviour::default(),
+                    sync: rr::Behaviour::with_codec(
+                        Frames { max: wire::MAX_MESSAGE },
+                        [(StreamProtocol::new("/atoll/sync/1"), ProtocolSupport::Full)],
+                        rr_cfg.clone(),
+                    ),
+                    join: rr::Behaviour::with_codec(
+                        Frames { max: wire::MAX_MESSAGE },
+                        [(StreamProtocol::new("/atoll/join/1"), ProtocolSupport::Full)],
+                        rr_cfg,
+                    ),
+                    gossip,
+                })
+            })
+            .map_err(|e| setup(&e))?
+            // Members stay connected: sync state is per connection.
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        let topic = gossipsub::IdentTopic::new(SUMMARY_TOPIC);
+        let mut net = Net {
+            swarm,
+            members: HashMap::new(),
+            peer_of: HashMap::new(),
+            connected: HashSet::new(),
+            strangers: HashMap::new(),
+            listening: Vec::new(),
+            settings,
+            topic,
+            traffic: Arc::default(),
+        };
+        net.swarm.behaviour_mut().gossip.subscribe(&net.topic).map_err(|e| setup(&e))?;
+        for addr in net.settings.listen.clone() {
+            net.swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen(addr, e.to_string()))?;
+        }
+        for addr in net.settings.bootstrap.clone() {
+            if let Err(e) = net.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        Ok(net)
+    }
+
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Re-reads membership from the realm; returns `Connected` inputs for peers
+    /// that just became members while connected (a site that joined through us).
+    pub fn refresh(&mut self, realm: &Realm, me: &SiteId) -> Vec<Input> {
+        let members: Vec<Member> = realm.doc.list().unwrap_or_default();
+        let mut next = HashMap::new();
+        for m in members.into_iter().filter(|m| &m.site != me) {
+            let Some(peer) = peer_id(&m.public_key) else { continue };
+            let addrs: Vec<Multiaddr> = m.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for a in &addrs {
+                self.swarm.add_peer_address(peer, a.clone());
+            }
+            let known = match self.members.remove(&peer) {
+                Some(k) => Known { addrs, ..k },
+                None => Known {
+                    site: m.site,
+                    addrs,
+                    next_dial: Instant::now(),
+                    backoff: Duration::from_secs(1),
+                },
+            };
+            next.insert(peer, known);
+        }
+        self.members = next;
+        self.peer_of = self.members.iter().map(|(p, k)| (k.site.clone(), *p)).collect();
+        let welcomed: Vec<PeerId> =
+            self.strangers.keys().filter(|p| self.members.contains_key(p)).copied().collect();
+        welcomed
+            .into_iter()
+            .filter_map(|p| {
+                self.strangers.remove(&p);
+                self.connected.insert(p);
+                Some(Input::Connected(self.members.get(&p)?.site.clone()))
+            })
+            .collect()
+    }
+
+    /// Housekeeping, once a second: dials members we miss, with backoff, and
+    /// closes connections of strangers whose grace ran out.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> =
+            self.strangers.iter().filter(|(_, t)| now.duration_since(**t) > STRANGER_GRACE).map(|(p, _)| *p).collect();
+        for p in expired {
+            self.strangers.remove(&p);
+            self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %p, "closing connection of a non-member");
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        for (peer, k) in self.members.iter_mut() {
+            if self.connected.contains(peer) || k.next_dial > now || k.addrs.is_empty() {
+                continue;
+            }
+            k.next_dial = now + k.backoff;
+            k.backoff = (k.backoff * 2).min(MAX_REDIAL);
+            let opts = DialOpts::peer_id(*peer).addresses(k.addrs.clone()).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(site = %k.site, "dial: {e}");
+            }
+        }
+    }
+
+    pub fn send(&mut self, to: &SiteId, msg: &PeerMsg) {
+        let Some(peer) = self.peer_of.get(to).copied().filter(|p| self.connected.contains(p)) else {
+            tracing::debug!(%to, "not connected; the next repair round catches up");
+            return;
+        };
+        let bytes = msg.encode();
+        self.traffic.sent(bytes.len());
+        self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+    }
+
+    pub fn publish(&mut self, view: &SiteView) {
+        let bytes = wire::encode(view);
+        if self.connected.is_empty() {
+            return;
+        }
+        self.traffic.sent(bytes.len());
+        if let Err(e) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), bytes) {
+            tracing::debug!("summary not published: {e}");
+        }
+    }
+
+    pub fn answer_join(&mut self, channel: ResponseChannel<Vec<u8>>, reply: Result<Vec<u8>, ApiError>) {
+        let bytes = wire::encode(&reply);
+        self.traffic.sent(bytes.len());
+        let _ = self.swarm.behaviour_mut().join.send_response(channel, bytes);
+    }
+
+    /// Waits for the next network event the loop must act on.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            let ev = self.swarm.select_next_some().await;
+            if let Some(out) = self.on_swarm(ev) {
+                return out;
+            }
+        }
+    }
+
+    fn site_of(&self, peer: &PeerId) -> Option<SiteId> {
+        self.members.get(peer).map(|k| k.site.clone())
+    }
+
+    /// Blocks a peer that broke the protocol; it is refused from now on.
+    fn punish(&mut self, peer: PeerId, why: &str) {
+        tracing::warn!(%peer, site = ?self.site_of(&peer), "blocking peer: {why}");
+        self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<Event> {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "peer network listening");
+                self.listening.push(address);
+                Some(Event::Addrs(self.published()))
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|a| a != &address);
+                Some(Event::Addrs(self.published()))
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                let Some(k) = self.members.get_mut(&peer_id) else {
+                    self.strangers.entry(peer_id).or_insert_with(Instant::now);
+                    return None;
+                };
+                k.backoff = Duration::from_secs(1);
+                let site = k.site.clone();
+                if num_established.get() == 1 && self.connected.insert(peer_id) {
+                    tracing::info!(%site, "member connected");
+                    return Some(Event::Input(Input::Connected(site)));
+                }
+                None
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.strangers.remove(&peer_id);
+                if self.connected.remove(&peer_id) {
+                    let site = self.site_of(&peer_id)?;
+                    tracing::info!(%site, "member disconnected");
+                    return Some(Event::Input(Input::Disconnected(site)));
+                }
+                None
+            }
+            SwarmEvent::Behaviour(b) => self.on_behaviour(b),
+            _ => None,
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) -> Option<Event> {
+        match ev {
+            BehaviourEvent::Sync(rr::Event::Message {
+                peer,
+                message: rr::Message::Request { request, channel, .. },
+                ..
+            }) => {
+                self.traffic.recv(request.len());
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
+                let Some(from) = self.site_of(&peer).filter(|_| self.connected.contains(&peer)) else {
+                    self.punish(peer, "sync traffic from a non-member");
+                    return None;
+                };
+                match PeerMsg::decode(&request) {
+                    Ok(msg) => Some(Event::Input(Input::Message { from, msg })),
+                    Err(e) => {
+                        self.punish(peer, &format!("undecodable sync message: {e}"));
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Join(rr::Event::Message {
+                peer,
+                message: rr::Message::Request { request, channel, .. },
+                ..
+            }) => {
+                self.traffic.recv(request.len());
+                match wire::decode::<JoinRequest>(&request, wire::MAX_JOIN_REQUEST) {
+                    Ok(request) => Some(Event::Join { request, channel }),
+                    Err(e) => {
+                        self.punish(peer, &format!("undecodable join request: {e}"));
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, .. }) => {
+                self.traffic.recv(message.data.len());
+                let from = message.source.and_then(|p| self.site_of(&p));
+                let Some(from) = from else {
+                    // Gossip relayed for a non-member: not ours to judge the relay by.
+                    tracing::debug!(relay = %propagation_source, "summary from a non-member ignored");
+                    return None;
+                };
+                match wire::decode::<SiteView>(&message.data, wire::MAX_GOSSIP) {
+                    Ok(view) => Some(Event::Input(Input::Summary { from, view: Box::new(view) })),
+                    Err(e) => {
+                        self.punish(propagation_source, &format!("undecodable summary: {e}"));
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if self.members.contains_key(&peer_id) {
+                    for a in info.listen_addrs {
+                        self.swarm.add_peer_address(peer_id, a);
+                    }
+                }
+                None
+            }
+            BehaviourEvent::Sync(rr::Event::OutboundFailure { peer, error, .. }) => {
+                tracing::debug!(%peer, "sync message not delivered: {error}");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Our addresses as other members should dial them.
+    fn published(&self) -> Vec<String> {
+        let me = self.local_peer_id();
+        let base = if self.settings.advertise.is_empty() { &self.listening } else { &self.settings.advertise };
+        base.iter()
+            .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())))
+            .map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a).to_string())
+            .take(atoll_proto::membership::MAX_ADDRS)
+            .collect()
+    }
+
+    /// The joining side: presents an invitation to the member(s) it names and
+    /// returns the realm document they answer with.
+    pub async fn join(&mut self, invitation: &str, mut member: Member) -> Result<Vec<u8>, NetError> {
+        let inv = atoll_proto::membership::Invitation::read(invitation).map_err(|e| NetError::Join(e.to_string()))?;
+        // Our record carries our addresses, so learn them first.
+        let listening = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(listening);
+        while self.listening.len() < self.settings.listen.len() {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => {
+                    if let SwarmEvent::NewListenAddr { address, .. } = ev {
+                        self.listening.push(address);
+                    }
+                }
+                _ = &mut listening => break,
+            }
+        }
+        member.addrs = self.published();
+        let mut target = None;
+        for a in &inv.addrs {
+            let addr: Multiaddr = a.parse().map_err(|e| NetError::Address(a.clone(), format!("{e}")))?;
+            if let Some(Protocol::P2p(p)) = addr.iter().last() {
+                self.swarm.add_peer_address(p, addr.clone());
+                target = Some(p);
+            }
+        }
+        let target = target.ok_or_else(|| NetError::Join("the invitation names no reachable peer".into()))?;
+        let req = JoinRequest { invitation: invitation.trim().to_owned(), member };
+        let id = self.swarm.behaviour_mut().join.send_request(&target, wire::encode(&req));
+        let deadline = tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            let ev = tokio::select! {
+                ev = self.swarm.select_next_some() => ev,
+                _ = &mut deadline => return Err(NetError::Join(format!("no answer from {} within {:?}", inv.issuer, REQUEST_TIMEOUT))),
+            };
+            match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::Message {
+                    message: rr::Message::Response { request_id, response },
+                    ..
+                })) if request_id == id => {
+                    let reply: Result<Vec<u8>, ApiError> = wire::decode(&response, wire::MAX_MESSAGE)
+                        .map_err(|e| NetError::Join(format!("unreadable answer: {e}")))?;
+                    return reply.map_err(|e| NetError::Join(e.to_string()));
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::OutboundFailure { request_id, error, .. }))
+                    if request_id == id =>
+                {
+                    return Err(NetError::Join(format!("cannot reach {}: {error}", inv.issuer)));
+                }
+                other => {
+                    // Keep our listen addresses: the membership record needs them.
+                    if let SwarmEvent::NewListenAddr { address, .. } = other {
+                        self.listening.push(address);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Our listen addresses for a membership record (after `join` has run).
+    pub fn addresses(&self) -> Vec<String> {
+        self.published()
+    }
+}

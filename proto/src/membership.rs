@@ -1,0 +1,201 @@
+//! Joining a realm, and what every site knows of the others.
+//!
+//! A realm admin asks any site for an invitation: a sealed, expiring,
+//! single-use token naming the issuing site and where it listens. The joining
+//! site presents it with its membership record to any member; that member
+//! checks the seal against the issuer's key in the realm, enrols the newcomer
+//! and answers with the realm document. Transport shells accept sync traffic
+//! only from members; the invitation is the one way in.
+
+use std::collections::BTreeMap;
+
+use atoll_crdt::{Member, Millis, SiteId};
+use rand_core::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, ApiResult, Reply, SiteRow, SiteView};
+use crate::auth;
+use crate::peer::{Effects, Peer};
+
+/// Text that starts every invitation token.
+pub const INVITE_PREFIX: &str = "atoll-invite.";
+/// Longest invitation accepted.
+pub const MAX_INVITATION: usize = 4096;
+/// Most listen addresses a member may publish.
+pub const MAX_ADDRS: usize = 16;
+/// Default and longest lifetime of an invitation.
+pub const INVITE_TTL: Millis = 3_600_000;
+pub const MAX_INVITE_TTL: Millis = 7 * 24 * 3_600_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invitation {
+    /// The site that sealed it, on behalf of `admin`.
+    pub issuer: SiteId,
+    pub admin: String,
+    /// The one site name it admits, if set.
+    pub name: Option<SiteId>,
+    pub expires_at: Millis,
+    /// Recorded in the member it admitted, so that it admits one site only.
+    pub nonce: String,
+    /// Where the issuer listens (transport addresses, opaque to the core).
+    pub addrs: Vec<String>,
+}
+
+impl Invitation {
+    /// Reads a token's contents without checking its seal (a joining site has no
+    /// realm to check it against; the member it presents it to does).
+    pub fn read(token: &str) -> Result<Invitation, ApiError> {
+        let sealed = token
+            .trim()
+            .strip_prefix(INVITE_PREFIX)
+            .ok_or_else(|| ApiError::Invalid("not an invitation (it starts with atoll-invite.)".into()))?;
+        if sealed.len() > MAX_INVITATION {
+            return Err(ApiError::Invalid("invitation too long".into()));
+        }
+        auth::open::<Invitation>(sealed).map(|(inv, ..)| inv).map_err(|why| ApiError::Invalid(why.into()))
+    }
+}
+
+/// What a joining site sends to a member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub invitation: String,
+    pub member: Member,
+}
+
+impl Peer {
+    /// Seals an invitation (realm admins only; checked by the caller of this).
+    pub(crate) fn invite(&mut self, now: Millis, admin: &str, name: Option<SiteId>, ttl: Millis) -> ApiResult {
+        if ttl == 0 || ttl > MAX_INVITE_TTL {
+            return Err(ApiError::Invalid(format!("ttl must be between 1 ms and {MAX_INVITE_TTL} ms")));
+        }
+        if let Some(n) = &name
+            && self.realm.member(n)?.is_some()
+        {
+            return Err(ApiError::Conflict(format!("site {n} is already a member")));
+        }
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let addrs = self.realm.member(&self.site)?.map(|m| m.addrs).unwrap_or_default();
+        if addrs.is_empty() {
+            return Err(ApiError::Unsupported {
+                what: "invitations".into(),
+                why: "this site does not listen for peers (no peer network)".into(),
+            });
+        }
+        let inv = Invitation {
+            issuer: self.site.clone(),
+            admin: admin.to_owned(),
+            name,
+            expires_at: now + ttl,
+            nonce: hex::encode(nonce),
+            addrs,
+        };
+        let token = format!("{INVITE_PREFIX}{}", auth::seal(&self.key, &inv));
+        Ok(Reply::Invitation { token, expires_at: inv.expires_at })
+    }
+
+    /// Checks a join request and enrols the newcomer; returns the realm
+    /// document's bytes for it to start from. A repeated request from the same
+    /// site and key (a retry) succeeds again; any other reuse is refused.
+    pub fn accept_join(
+        &mut self,
+        now: Millis,
+        req: &JoinRequest,
+        fx: &mut impl Effects,
+    ) -> Result<Vec<u8>, ApiError> {
+        let refused = |why: String| ApiError::Forbidden(format!("join refused: {why}"));
+        let sealed = req
+            .invitation
+            .strip_prefix(INVITE_PREFIX)
+            .filter(|s| s.len() <= MAX_INVITATION)
+            .ok_or_else(|| refused("not an invitation".into()))?;
+        let (inv, body, sig) = auth::open::<Invitation>(sealed).map_err(|why| refused(why.into()))?;
+        let issuer = self.realm.member(&inv.issuer)?.ok_or_else(|| refused("unknown issuer".into()))?;
+        auth::check_seal(&issuer.public_key, &body, &sig).map_err(|why| refused(why.into()))?;
+        if inv.expires_at <= now {
+            return Err(refused("the invitation has expired; ask for a new one".into()));
+        }
+        let m = &req.member;
+        if inv.name.as_ref().is_some_and(|n| n != &m.site) {
+            return Err(refused(format!("the invitation is for another site name, not {}", m.site)));
+        }
+        if auth::decode_key(&m.public_key).is_none() {
+            return Err(refused("the member's public key is not an ed25519 key".into()));
+        }
+        if m.addrs.len() > MAX_ADDRS {
+            return Err(refused(format!("more than {MAX_ADDRS} addresses")));
+        }
+        let members: Vec<Member> = self.realm.doc.list()?;
+        if let Some(same) = members.iter().find(|x| x.site == m.site) {
+            if same.public_key == m.public_key && same.invitation.as_deref() == Some(inv.nonce.as_str()) {
+                return Ok(self.realm.doc.save());
+            }
+            return Err(refused(format!("site name {} is taken", m.site)));
+        }
+        if let Some(user) = members.iter().find(|x| x.invitation.as_deref() == Some(inv.nonce.as_str())) {
+            return Err(refused(format!("the invitation was already used by site {}", user.site)));
+        }
+        let member = Member { joined_at: now, invitation: Some(inv.nonce), ..m.clone() };
+        self.enroll(now, &member, fx)?;
+        Ok(self.realm.doc.save())
+    }
+
+    /// Records where this site listens, so that invitations and other members
+    /// can reach it. Written only when the addresses change.
+    pub fn set_addrs(&mut self, now: Millis, mut addrs: Vec<String>, fx: &mut impl Effects) -> Result<(), ApiError> {
+        addrs.truncate(MAX_ADDRS);
+        let Some(mut me) = self.realm.member(&self.site)? else {
+            return Ok(());
+        };
+        if me.addrs == addrs {
+            return Ok(());
+        }
+        me.addrs = addrs;
+        self.enroll(now, &me, fx)
+    }
+
+    /// This site's summary, gossiped to every peer as ephemeral data.
+    pub fn summary(&self) -> Result<SiteView, ApiError> {
+        match self.show_site()? {
+            Reply::Site(view) => Ok(view),
+            _ => Err(ApiError::Internal("site summary".into())),
+        }
+    }
+
+    pub(crate) fn on_summary(&mut self, now: Millis, from: SiteId, view: SiteView) {
+        // Only members' summaries are kept: the set stays as small as the realm.
+        if view.descriptor.site != from || !self.is_member(&from) {
+            return;
+        }
+        self.seen.insert(from.clone(), now);
+        self.summaries.insert(from, view);
+    }
+
+    pub(crate) fn is_member(&self, site: &SiteId) -> bool {
+        self.realm.member(site).ok().flatten().is_some()
+    }
+
+    /// Every member, with what this site knows of it right now.
+    pub(crate) fn list_sites(&self, now: Millis) -> ApiResult {
+        let members: Vec<Member> = self.realm.doc.list()?;
+        let mut own = Some(self.summary()?);
+        let rows = members
+            .into_iter()
+            .map(|m| {
+                let me = m.site == self.site;
+                let summary = if me { own.take() } else { self.summaries.get(&m.site).cloned() };
+                SiteRow {
+                    reachable: me || self.connected.contains(&m.site),
+                    last_seen: if me { Some(now) } else { self.seen.get(&m.site).copied() },
+                    member: m,
+                    summary,
+                }
+            })
+            .collect();
+        Ok(Reply::Sites(rows))
+    }
+}
+
+/// Last-seen times and summaries of other sites (volatile, never persisted).
+pub(crate) type Seen = BTreeMap<SiteId, Millis>;

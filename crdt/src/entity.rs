@@ -104,6 +104,12 @@ pub struct Member {
     pub region: String,
     pub operator: String,
     pub joined_at: Millis,
+    /// Where the site listens for peers (transport addresses, opaque here).
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// The nonce of the invitation it joined with (none for the founding site).
+    #[serde(default)]
+    pub invitation: Option<String>,
 }
 
 impl Entity for Member {

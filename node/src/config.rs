@@ -8,6 +8,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub const DEFAULT_API: &str = "127.0.0.1:7480";
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/7481/quic-v1", "/ip4/0.0.0.0/tcp/7481"];
+
+fn multiaddrs(list: &[String]) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                anyhow::anyhow!("bad peer address {a:?}: {e} (e.g. /ip4/10.0.0.5/udp/7481/quic-v1)")
+            })
+        })
+        .collect()
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +35,14 @@ pub struct File {
     pub max_instances: Option<i64>,
     pub libvirt_uri: Option<String>,
     pub libvirt_pool: Option<String>,
+    /// Peer network listen addresses (multiaddrs).
+    pub listen: Option<Vec<String>>,
+    /// Addresses other members should dial, when not the listen addresses (NAT).
+    #[serde(default)]
+    pub advertise: Vec<String>,
+    /// Peers to call at start (multiaddrs, optionally ending in /p2p/PEER-ID).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
 }
 
 /// Flags that override the file.
@@ -47,6 +66,16 @@ pub struct Flags {
     /// libvirt storage pool that receives VM disks.
     #[arg(long, env = "ATOLL_LIBVIRT_POOL")]
     pub libvirt_pool: Option<String>,
+    /// Peer network listen address (multiaddr; repeatable). Default: QUIC and TCP on port 7481.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Peer to call at start (multiaddr; repeatable).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Join an existing realm with an invitation from `atoll site invite`
+    /// (ignored once this site is a member).
+    #[arg(long, env = "ATOLL_JOIN", hide_env_values = true)]
+    pub join: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +91,8 @@ pub struct Settings {
     pub max_instances: i64,
     pub libvirt_uri: String,
     pub libvirt_pool: String,
+    pub net: crate::net::Settings,
+    pub join: Option<String>,
 }
 
 impl Settings {
@@ -80,7 +111,20 @@ impl Settings {
                 "site name {site:?} is invalid: use 1-63 lowercase letters, digits, '-', '_' or '.'"
             );
         }
+        let listen = if flags.listen.is_empty() {
+            file.listen.unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect())
+        } else {
+            flags.listen.clone()
+        };
+        let bootstrap = if flags.bootstrap.is_empty() { file.bootstrap } else { flags.bootstrap.clone() };
+        let net = crate::net::Settings {
+            listen: multiaddrs(&listen)?,
+            advertise: multiaddrs(&file.advertise)?,
+            bootstrap: multiaddrs(&bootstrap)?,
+        };
         Ok(Settings {
+            net,
+            join: flags.join.clone(),
             site,
             data_dir: flags.data_dir.clone().or(file.data_dir).unwrap_or_else(default_data_dir),
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("valid default")),
@@ -112,7 +156,7 @@ fn default_site() -> String {
     if atoll_crdt::is_name(&clean) { clean } else { "site-1".into() }
 }
 
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return Path::new(&d).join("atoll");
     }

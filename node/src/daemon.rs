@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use atoll_crdt::{Descriptor, DriverInfo, Resources, SiteId};
+use atoll_crdt::{Descriptor, DriverInfo, Member, Resources, SiteId};
 use atoll_proto::{DocId, Peer, PeerConfig, auth};
 use ed25519_dalek::SigningKey;
 use rand::Rng;
@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::api::{AppState, router};
 use crate::config::Settings;
 use crate::driver::{Docker, Driver, Drivers, Exits, Process};
+use crate::net::Net;
 use crate::runtime::{Runtime, now_millis};
 use crate::store::{Sled, Store};
 
@@ -66,6 +67,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         disk_mib: crate::metrics::disk_mib(data).0,
         version: env!("CARGO_PKG_VERSION").into(),
     };
+    let mut net = Net::new(&key, s.net.clone())?;
+    tracing::info!(peer = %net.local_peer_id(), "peer network up");
+    let member = Member {
+        site: site.clone(),
+        public_key: descriptor.public_key.clone(),
+        region: descriptor.region.clone(),
+        operator: descriptor.operator.clone(),
+        joined_at: 0,
+        addrs: Vec::new(),
+        invitation: None,
+    };
     let cfg = PeerConfig { key, seed: rand::thread_rng().r#gen(), descriptor, token_ttl: s.token_ttl_ms };
     let realm = store.load_doc(&DocId::Realm)?;
     let own = store.load_doc(&DocId::Site(site.clone()))?;
@@ -81,6 +93,14 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             }
             Peer::restore(cfg, &realm, &own, &others).context("the stored state does not load")?
         }
+        (None, None) if s.join.is_some() => {
+            let token = s.join.as_deref().unwrap_or_default();
+            println!("Joining the realm through the invitation's issuer...");
+            let realm = net.join(token, member).await.context("cannot join the realm")?;
+            let peer = Peer::join(cfg, now_millis(), &realm)?;
+            println!("Site {} joined the realm.", s.site);
+            peer
+        }
         (None, None) => {
             let password = new_password();
             let peer = Peer::genesis(cfg, now_millis(), &password)?;
@@ -92,8 +112,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("the data dir {} holds half a site; move it away to start afresh", data.display()),
     };
+    if s.join.is_some() && peer.realm().member(&site)?.is_some_and(|m| m.invitation.is_none()) {
+        tracing::warn!("--join ignored: this site founded its own realm and stays in it");
+    }
 
-    let (runtime, client) = Runtime::new(peer, store.clone(), drivers.clone(), data.join("images"));
+    let traffic = net.traffic.clone();
+    let (runtime, client) =
+        Runtime::new(peer, store.clone(), drivers.clone(), data.join("images"), Some(net));
     runtime.forward_exits(exits_rx);
     runtime.sample_metrics(data.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -108,6 +133,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         store,
         drivers,
         max_upload: s.max_upload,
+        traffic,
         uploads: Arc::new(tokio::sync::Mutex::new(())),
     };
     tokio::spawn(async move {

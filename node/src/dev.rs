@@ -36,7 +36,8 @@ struct Site {
 }
 
 pub async fn run(f: Flags) -> anyhow::Result<()> {
-    let root = f.data_dir.clone().unwrap_or_else(|| crate::config::default_data_dir().with_file_name("atoll-dev"));
+    let root =
+        f.data_dir.clone().unwrap_or_else(|| crate::config::default_data_dir().with_file_name("atoll-dev"));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let mut sites: Vec<Site> = Vec::new();
     let result = start_all(&f, &root, &mut sites).await;
@@ -51,7 +52,11 @@ pub async fn run(f: Flags) -> anyhow::Result<()> {
         println!("  {:<8} {}", s.name, s.endpoint);
     }
     println!();
-    println!("Log in on any site:  ATOLL_PASSWORD={} atoll --endpoint {} login", password.trim(), sites[0].endpoint);
+    println!(
+        "Log in on any site:  ATOLL_PASSWORD={} atoll --endpoint {} login",
+        password.trim(),
+        sites[0].endpoint
+    );
     println!("List the sites:      atoll --endpoint {} site list", sites[0].endpoint);
     println!("Ctrl-C stops them all.");
     tokio::select! {
@@ -101,7 +106,8 @@ async fn invite(first: &Site, root: &Path, name: &str) -> anyhow::Result<String>
     let login: TokenView =
         anon.post("/v1/login", &serde_json::json!({"user": "admin", "password": password.trim()})).await?;
     let admin = Api::new(&first.endpoint, Some(login.token))?;
-    let reply: serde_json::Value = admin.post("/v1/sites/invitations", &serde_json::json!({"name": name})).await?;
+    let reply: serde_json::Value =
+        admin.post("/v1/sites/invitations", &serde_json::json!({"name": name})).await?;
     reply["token"].as_str().map(str::to_owned).context("the invitation reply has no token")
 }
 
@@ -109,9 +115,13 @@ async fn wait_serving(site: &mut Site, root: &Path) -> anyhow::Result<()> {
     let api = Api::new(&site.endpoint, None)?;
     for _ in 0..300 {
         if let Ok(Some(status)) = site.child.try_wait() {
-            bail!("{} exited ({status}); see {}", site.name, root.join(format!("{}.log", site.name)).display());
+            bail!(
+                "{} exited ({status}); see {}",
+                site.name,
+                root.join(format!("{}.log", site.name)).display()
+            );
         }
-        if api.get::<serde_json::Value>("/v1/openapi.json").await.is_ok() {
+        if api.get::<serde_json::Value>("/v1/health").await.is_ok() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

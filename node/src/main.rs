@@ -4,8 +4,10 @@ mod api;
 mod cli;
 mod config;
 mod daemon;
+mod dev;
 mod driver;
 mod metrics;
+mod net;
 mod runtime;
 mod store;
 
@@ -27,6 +29,8 @@ struct Cli {
 enum Top {
     /// Run this site's peer daemon.
     Daemon(config::Flags),
+    /// Run a local atoll of several sites on loopback (default 3), until Ctrl-C.
+    Dev(dev::Flags),
     #[command(flatten)]
     Client(cli::Cmd),
 }
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
                 let settings = config::Settings::resolve(&flags)?;
                 daemon::run(settings).await
             }
+            Top::Dev(flags) => dev::run(flags).await,
             Top::Client(cmd) => cli::run(args.global, cmd).await,
         }
     });

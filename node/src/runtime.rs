@@ -14,12 +14,17 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Drivers, Exit, Recovered};
+use crate::net::{self, Net};
 use crate::store::Store;
 
 /// Inputs queued for the loop; senders wait when it is full.
 pub const QUEUE: usize = 1024;
 /// Longest an API caller waits for the peer (a driver may take a while to stop).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Network housekeeping period (dials, strangers, membership refresh).
+const NET_TICK: Duration = Duration::from_secs(1);
+/// How often this site's summary is gossiped.
+const SUMMARY_EVERY: u32 = 5;
 
 pub enum Msg {
     Api { token: Option<String>, cmd: Command, reply: oneshot::Sender<ApiResult> },
@@ -58,6 +63,10 @@ pub struct Runtime {
     rx: mpsc::Receiver<Msg>,
     pending: HashMap<ReqId, oneshot::Sender<ApiResult>>,
     next_req: ReqId,
+    net: Option<Net>,
+    /// The realm digest the network's member list was last built from.
+    members_from: Option<[u8; 32]>,
+    ticks: u32,
 }
 
 impl Runtime {
@@ -66,10 +75,24 @@ impl Runtime {
         store: Arc<dyn Store>,
         drivers: Arc<Drivers>,
         images_dir: PathBuf,
+        net: Option<Net>,
     ) -> (Self, Client) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let client = Client { tx: tx.clone() };
-        (Runtime { peer, store, drivers, images_dir, tx, rx, pending: HashMap::new(), next_req: 1 }, client)
+        let runtime = Runtime {
+            peer,
+            store,
+            drivers,
+            images_dir,
+            tx,
+            rx,
+            pending: HashMap::new(),
+            next_req: 1,
+            net,
+            members_from: None,
+            ticks: 0,
+        };
+        (runtime, client)
     }
 
     /// Forwards workload exits reported by drivers into the loop.
@@ -110,12 +133,19 @@ impl Runtime {
         let mut fx = Outbox::default();
         self.peer.boot(now_millis(), &mut fx)?;
         self.carry_out(fx);
+        if let Some(addrs) = self.net.as_ref().map(Net::addresses) {
+            self.on_net(net::Event::Addrs(addrs));
+        }
+        self.refresh_members();
+        let mut tick = tokio::time::interval(NET_TICK);
         loop {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.step(msg),
                     None => break,
                 },
+                ev = next_net_event(&mut self.net) => self.on_net(ev),
+                _ = tick.tick() => self.on_tick(),
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
@@ -136,12 +166,76 @@ impl Runtime {
             }
             Msg::Input(input) => input,
         };
+        self.input(input);
+    }
+
+    fn input(&mut self, input: Input) {
         let mut fx = Outbox::default();
         self.peer.handle(now_millis(), input, &mut fx);
         self.carry_out(fx);
     }
 
-    fn carry_out(&mut self, fx: Outbox) {
+    fn on_net(&mut self, ev: net::Event) {
+        match ev {
+            net::Event::Input(input) => self.input(input),
+            net::Event::Join { request, channel } => {
+                let mut fx = Outbox::default();
+                let mut reply = self.peer.accept_join(now_millis(), &request, &mut fx);
+                if !self.carry_out(fx) && reply.is_ok() {
+                    reply = Err(ApiError::Internal("storage failure while enrolling".into()));
+                }
+                match &reply {
+                    Ok(_) => tracing::info!(site = %request.member.site, "site joined the realm"),
+                    Err(e) => tracing::warn!(site = %request.member.site, "join refused: {e}"),
+                }
+                if let Some(net) = self.net.as_mut() {
+                    net.answer_join(channel, reply);
+                }
+                self.refresh_members();
+            }
+            net::Event::Addrs(addrs) => {
+                let mut fx = Outbox::default();
+                if let Err(e) = self.peer.set_addrs(now_millis(), addrs, &mut fx) {
+                    tracing::warn!("cannot publish our peer addresses: {e}");
+                }
+                self.carry_out(fx);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.net.is_none() {
+            return;
+        }
+        self.refresh_members();
+        self.ticks = self.ticks.wrapping_add(1);
+        let summary = (self.ticks % SUMMARY_EVERY == 1).then(|| self.peer.summary());
+        if let Some(net) = self.net.as_mut() {
+            net.tick();
+            match summary {
+                Some(Ok(view)) => net.publish(&view),
+                Some(Err(e)) => tracing::warn!("cannot summarise this site: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Rebuilds the network's member list when the realm changed.
+    fn refresh_members(&mut self) {
+        let digest = self.peer.digest_of(&atoll_proto::DocId::Realm);
+        let Some(net) = self.net.as_mut() else { return };
+        if digest.is_none() || digest == self.members_from {
+            return;
+        }
+        self.members_from = digest;
+        let inputs = net.refresh(self.peer.realm(), self.peer.site());
+        for input in inputs {
+            self.input(input);
+        }
+    }
+
+    /// Carries out a step's effects; false when its writes could not be made durable.
+    fn carry_out(&mut self, fx: Outbox) -> bool {
         // Writes first and flushed once: nothing is acknowledged or acted on
         // before the state that explains it is durable.
         let mut failure = None;
@@ -166,12 +260,12 @@ impl Runtime {
             }
         }
         if failure.is_some() {
-            return;
+            return false;
         }
-        // The core sends only to peers the shell reported as connected, and this
-        // daemon has no peer network yet, so there is nothing here.
-        for (to, _) in fx.sends {
-            tracing::warn!(%to, "no peer network: message dropped");
+        if let Some(net) = self.net.as_mut() {
+            for (to, msg) in &fx.sends {
+                net.send(to, msg);
+            }
         }
         for cmd in fx.drivers {
             self.drive(cmd);
@@ -183,6 +277,7 @@ impl Runtime {
                 let _ = tx.send(Msg::Input(Input::Timer(timer))).await;
             });
         }
+        true
     }
 
     fn write(&self, w: &StoreWrite) -> Result<(), crate::store::StoreError> {
@@ -211,6 +306,13 @@ impl Runtime {
             tracing::debug!(%key, run, ?event, "driver reported");
             let _ = tx.send(Msg::Input(Input::Driver { key, run, event })).await;
         });
+    }
+}
+
+async fn next_net_event(net: &mut Option<Net>) -> net::Event {
+    match net {
+        Some(n) => n.next().await,
+        None => std::future::pending().await,
     }
 }
 

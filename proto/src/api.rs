@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use atoll_crdt::{
-    Account, Descriptor, EscrowError, Image, ImageFormat, Instance, Kind, Project, Resources, RestartPolicy,
-    Role, RoleBinding, SiteId, Visibility,
+    Account, Descriptor, EscrowError, Image, ImageFormat, Instance, Kind, Member, Project, Resources,
+    RestartPolicy, Role, RoleBinding, SiteId, Visibility,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,16 @@ pub enum Command {
         name: String,
     },
     ShowSite,
+    /// Every member site, with reachability, last-seen time and live figures.
+    ListSites,
+    /// An invitation for a new site (realm admins).
+    InviteSite {
+        #[serde(default)]
+        name: Option<SiteId>,
+        /// Lifetime in seconds (default one hour).
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+    },
 }
 
 impl Command {
@@ -206,6 +216,18 @@ pub struct SiteView {
     pub live: Option<HostMetrics>,
 }
 
+/// One member site as seen from the serving site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRow {
+    pub member: Member,
+    /// Whether the serving site has a connection to it now.
+    pub reachable: bool,
+    /// When the serving site last heard from it (ms since the epoch).
+    pub last_seen: Option<u64>,
+    /// Its latest gossiped summary: capabilities, capacity and live figures.
+    pub summary: Option<SiteView>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Whoami {
     pub user: String,
@@ -231,6 +253,8 @@ pub enum Reply {
     Instance(Instance),
     Instances(Vec<Instance>),
     Site(SiteView),
+    Sites(Vec<SiteRow>),
+    Invitation { token: String, expires_at: u64 },
     Authorized { user: String },
     Removed { removed: String },
 }

@@ -11,6 +11,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
@@ -41,9 +42,31 @@ pub fn password_matches(password: &str, phc: &str) -> bool {
 }
 
 pub fn issue(key: &SigningKey, claims: &Claims) -> String {
-    let body = serde_json::to_vec(claims).unwrap_or_default();
+    seal(key, claims)
+}
+
+/// `base64url(JSON) "." base64url(signature)`: the form of tokens and invitations.
+pub fn seal<T: Serialize>(key: &SigningKey, value: &T) -> String {
+    let body = serde_json::to_vec(value).unwrap_or_default();
     let sig = key.sign(&body);
     format!("{}.{}", B64.encode(&body), B64.encode(sig.to_bytes()))
+}
+
+/// Reads a sealed value without checking its signature; returns the signed
+/// bytes and the signature for [`check_seal`].
+pub fn open<T: DeserializeOwned>(sealed: &str) -> Result<(T, Vec<u8>, [u8; 64]), &'static str> {
+    let (body_b64, sig_b64) = sealed.split_once('.').ok_or("malformed")?;
+    let body = B64.decode(body_b64).map_err(|_| "malformed")?;
+    let sig: [u8; 64] =
+        B64.decode(sig_b64).ok().and_then(|s| s.try_into().ok()).ok_or("malformed signature")?;
+    let value = serde_json::from_slice(&body).map_err(|_| "malformed contents")?;
+    Ok((value, body, sig))
+}
+
+/// Checks a seal against a member's hex public key.
+pub fn check_seal(public_key_hex: &str, body: &[u8], sig: &[u8; 64]) -> Result<(), &'static str> {
+    let key = decode_key(public_key_hex).ok_or("issuer key unreadable")?;
+    key.verify(body, &Signature::from_bytes(sig)).map_err(|_| "signature does not verify")
 }
 
 /// Verifies a token against the realm; returns the user it names.
@@ -52,14 +75,9 @@ pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), Ap
     if token.len() > MAX_TOKEN_LEN {
         return Err(bad("too long"));
     }
-    let (body_b64, sig_b64) = token.split_once('.').ok_or_else(|| bad("malformed"))?;
-    let body = B64.decode(body_b64).map_err(|_| bad("malformed"))?;
-    let sig: [u8; 64] =
-        B64.decode(sig_b64).ok().and_then(|s| s.try_into().ok()).ok_or_else(|| bad("malformed signature"))?;
-    let claims: Claims = serde_json::from_slice(&body).map_err(|_| bad("malformed claims"))?;
+    let (claims, body, sig) = open::<Claims>(token).map_err(bad)?;
     let member = realm.member(&claims.site)?.ok_or_else(|| bad("issued by a site that is not a member"))?;
-    let key = decode_key(&member.public_key).ok_or_else(|| bad("issuer key unreadable"))?;
-    key.verify(&body, &Signature::from_bytes(&sig)).map_err(|_| bad("signature does not verify"))?;
+    check_seal(&member.public_key, &body, &sig).map_err(bad)?;
     if claims.expires_at <= now {
         return Err(ApiError::Unauthenticated("token expired; log in again".into()));
     }
@@ -128,6 +146,8 @@ mod tests {
                 region: "r".into(),
                 operator: "o".into(),
                 joined_at: 0,
+                addrs: Vec::new(),
+                invitation: None,
             })
             .unwrap();
         realm

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod driver;
 pub mod lifecycle;
 mod manage;
+pub mod membership;
 pub mod peer;
 pub mod sync;
 pub mod wire;

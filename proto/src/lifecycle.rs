@@ -425,7 +425,9 @@ impl Peer {
                     self.adopting.insert(key.clone());
                     fx.driver(DriverCmd::Recover { key, kind: inst.kind, run, handle: String::new() })
                 }
-                (Desired::Running, Observed::Pending | Observed::Running, None) => self.start_run(now, inst, fx),
+                (Desired::Running, Observed::Pending | Observed::Running, None) => {
+                    self.start_run(now, inst, fx)
+                }
                 (Desired::Running, Observed::Exited | Observed::Failed, _)
                     if inst.restart == RestartPolicy::Always =>
                 {

@@ -65,7 +65,13 @@ pub struct JoinRequest {
 
 impl Peer {
     /// Seals an invitation (realm admins only; checked by the caller of this).
-    pub(crate) fn invite(&mut self, now: Millis, admin: &str, name: Option<SiteId>, ttl: Millis) -> ApiResult {
+    pub(crate) fn invite(
+        &mut self,
+        now: Millis,
+        admin: &str,
+        name: Option<SiteId>,
+        ttl: Millis,
+    ) -> ApiResult {
         if ttl == 0 || ttl > MAX_INVITE_TTL {
             return Err(ApiError::Invalid(format!("ttl must be between 1 ms and {MAX_INVITE_TTL} ms")));
         }
@@ -78,10 +84,9 @@ impl Peer {
         self.rng.fill_bytes(&mut nonce);
         let addrs = self.realm.member(&self.site)?.map(|m| m.addrs).unwrap_or_default();
         if addrs.is_empty() {
-            return Err(ApiError::Unsupported {
-                what: "invitations".into(),
-                why: "this site does not listen for peers (no peer network)".into(),
-            });
+            return Err(ApiError::Conflict(
+                "this site publishes no peer address yet, so no one could join through it".into(),
+            ));
         }
         let inv = Invitation {
             issuer: self.site.clone(),
@@ -143,7 +148,12 @@ impl Peer {
 
     /// Records where this site listens, so that invitations and other members
     /// can reach it. Written only when the addresses change.
-    pub fn set_addrs(&mut self, now: Millis, mut addrs: Vec<String>, fx: &mut impl Effects) -> Result<(), ApiError> {
+    pub fn set_addrs(
+        &mut self,
+        now: Millis,
+        mut addrs: Vec<String>,
+        fx: &mut impl Effects,
+    ) -> Result<(), ApiError> {
         addrs.truncate(MAX_ADDRS);
         let Some(mut me) = self.realm.member(&self.site)? else {
             return Ok(());

@@ -81,6 +81,11 @@ pub enum Input {
     /// The shell has a connection to a member site.
     Connected(SiteId),
     Disconnected(SiteId),
+    /// A member's gossiped summary (ephemeral).
+    Summary {
+        from: SiteId,
+        view: Box<crate::api::SiteView>,
+    },
     /// A decoded message from a connected member.
     Message {
         from: SiteId,
@@ -183,6 +188,9 @@ pub struct Peer {
     changed: Vec<DocId>,
     /// The latest host figures; volatile, never persisted.
     pub(crate) metrics: Option<HostMetrics>,
+    /// When each member was last heard from, and its latest summary (volatile).
+    pub(crate) seen: crate::membership::Seen,
+    pub(crate) summaries: BTreeMap<SiteId, crate::api::SiteView>,
     /// Replies held until this input's writes are persisted.
     pub(crate) replies: Vec<(ReqId, ApiResult)>,
 }
@@ -204,6 +212,8 @@ impl Peer {
             region: d.region.clone(),
             operator: d.operator.clone(),
             joined_at: now,
+            addrs: Vec::new(),
+            invitation: None,
         })?;
         peer.realm.doc.put(&User {
             name: "admin".into(),
@@ -249,8 +259,20 @@ impl Peer {
             region: d.region.clone(),
             operator: d.operator.clone(),
             joined_at: now,
+            addrs: Vec::new(),
+            invitation: None,
         };
-        peer.realm.doc.put(&member)?;
+        // The member that admitted us already entered our record (with the
+        // invitation it consumed); a different key under our name is a clash.
+        match peer.realm.member(&site)? {
+            Some(m) if m.public_key == member.public_key => {}
+            Some(_) => {
+                return Err(ApiError::Conflict(format!(
+                    "site name {site} belongs to another key in this realm"
+                )));
+            }
+            None => peer.realm.doc.put(&member)?,
+        }
         peer.realm.doc.commit(now);
         Ok(peer)
     }
@@ -303,6 +325,8 @@ impl Peer {
             deferred: Vec::new(),
             replies: Vec::new(),
             metrics: None,
+            seen: BTreeMap::new(),
+            summaries: BTreeMap::new(),
             changed: Vec::new(),
         }
     }
@@ -375,9 +399,16 @@ impl Peer {
             Input::Timer(TimerId::Restart { key, run }) => self.on_restart_timer(now, &key, run, fx),
             Input::Metrics(m) => self.metrics = Some(m),
             Input::Timer(TimerId::Repair) => self.on_repair(fx),
-            Input::Connected(site) => self.on_connected(site, fx),
+            Input::Connected(site) => {
+                self.seen.insert(site.clone(), now);
+                self.on_connected(site, fx)
+            }
             Input::Disconnected(site) => self.on_disconnected(&site),
-            Input::Message { from, msg } => self.on_message(from, msg, fx),
+            Input::Message { from, msg } => {
+                self.seen.insert(from.clone(), now);
+                self.on_message(from, msg, fx)
+            }
+            Input::Summary { from, view } => self.on_summary(now, from, *view),
         }
         // Persist before replying: an acknowledged write is durable.
         self.flush(now, fx);
@@ -459,6 +490,11 @@ impl Peer {
                 return self.act(now, req, user, (&project, &name), Verb::Delete, fx);
             }
             ShowSite => self.show_site(),
+            ListSites => self.list_sites(now),
+            InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
+                let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
+                self.invite(now, &user.name, name, ttl)
+            }),
         };
         Outcome::Now(result)
     }

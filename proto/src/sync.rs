@@ -243,6 +243,8 @@ mod custody_tests {
             region: region.into(),
             operator: String::new(),
             joined_at: 0,
+            addrs: Vec::new(),
+            invitation: None,
         }
     }
 

@@ -470,6 +470,8 @@ fn site_scoped_roles_apply_only_on_their_sites() {
             region: "eu".into(),
             operator: "op".into(),
             joined_at: 0,
+            addrs: Vec::new(),
+            invitation: None,
         })
         .unwrap();
     h.call(

@@ -1,6 +1,7 @@
 //! Messages between peers, and their encoding (postcard). Every decode is
 //! bounded: a message over [`MAX_MESSAGE`] bytes is refused before parsing.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::peer::DocId;
@@ -11,6 +12,10 @@ pub const VERSION: u16 = 1;
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Most documents named in one digest.
 pub const MAX_DIGEST: usize = 4096;
+/// Largest gossiped summary.
+pub const MAX_GOSSIP: usize = 64 << 10;
+/// Largest join request (an invitation and a membership record).
+pub const MAX_JOIN_REQUEST: usize = 16 << 10;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -21,9 +26,9 @@ pub enum PeerMsg {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Envelope {
+struct Envelope<T> {
     version: u16,
-    msg: PeerMsg,
+    msg: T,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -38,25 +43,36 @@ pub enum WireError {
     TooMany(usize),
 }
 
+/// Encodes any message between peers (sync, gossip, join) in the versioned envelope.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(&Envelope { version: VERSION, msg }).unwrap_or_default()
+}
+
+/// Decodes a message of at most `max` bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireError> {
+    if bytes.len() > max {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let env: Envelope<T> = postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if env.version != VERSION {
+        return Err(WireError::Version(env.version));
+    }
+    Ok(env.msg)
+}
+
 impl PeerMsg {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(&Envelope { version: VERSION, msg: self.clone() }).unwrap_or_default()
+        encode(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
-        if bytes.len() > MAX_MESSAGE {
-            return Err(WireError::TooLarge(bytes.len()));
-        }
-        let env: Envelope = postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
-        if env.version != VERSION {
-            return Err(WireError::Version(env.version));
-        }
-        if let PeerMsg::Digest { docs } = &env.msg
+        let msg = decode(bytes, MAX_MESSAGE)?;
+        if let PeerMsg::Digest { docs } = &msg
             && docs.len() > MAX_DIGEST
         {
             return Err(WireError::TooMany(docs.len()));
         }
-        Ok(env.msg)
+        Ok(msg)
     }
 }
 
@@ -75,6 +91,7 @@ mod tests {
     fn refuses_oversized_and_foreign_versions() {
         assert!(matches!(PeerMsg::decode(&vec![0; MAX_MESSAGE + 1]), Err(WireError::TooLarge(_))));
         let env = Envelope { version: 99, msg: PeerMsg::Digest { docs: vec![] } };
+        assert!(matches!(decode::<u8>(&encode(&7u8), 0), Err(WireError::TooLarge(_))));
         assert_eq!(PeerMsg::decode(&postcard::to_stdvec(&env).unwrap()), Err(WireError::Version(99)));
     }
 
@@ -83,6 +100,9 @@ mod tests {
         #[test]
         fn decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = PeerMsg::decode(&bytes);
+            let _ = decode::<crate::membership::JoinRequest>(&bytes, MAX_JOIN_REQUEST);
+            let _ = decode::<crate::api::SiteView>(&bytes, MAX_GOSSIP);
+            let _ = decode::<Result<Vec<u8>, crate::ApiError>>(&bytes, MAX_MESSAGE);
         }
 
         /// Every message decodes to itself.

@@ -152,6 +152,8 @@ impl Sim {
                 region: c.descriptor.region.clone(),
                 operator: c.descriptor.operator.clone(),
                 joined_at: 0,
+                addrs: Vec::new(),
+                invitation: None,
             })
             .collect();
         // The operator enrolls every site at genesis: one realm change, not n.

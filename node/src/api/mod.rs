@@ -32,6 +32,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub drivers: Arc<Drivers>,
     pub max_upload: u64,
+    /// Peer network payload counters.
+    pub traffic: Arc<crate::net::Traffic>,
     /// One upload at a time: chunk clean-up after a failed upload must not race another.
     pub uploads: Arc<tokio::sync::Mutex<()>>,
 }
@@ -332,7 +334,41 @@ pub fn routes() -> Vec<Route> {
             "The tail of an instance's output (text)",
             get(logs),
         ),
+        route(
+            "get",
+            "/v1/sites",
+            "Every member site: reachability, last seen, capabilities and live figures",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListSites).await },
+            ),
+        ),
+        route(
+            "post",
+            "/v1/sites/invitations",
+            "An invitation for a new site to join the realm (realm admins)",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<InviteBody>, JsonRejection>| async move {
+                    let b = body(b)?;
+                    call(&s, &h, Command::InviteSite { name: b.name, ttl_secs: b.ttl_secs }).await
+                },
+            ),
+        ),
+        route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)),
     ]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    #[serde(default)]
+    name: Option<atoll_crdt::SiteId>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+async fn network(State(s): State<AppState>, h: HeaderMap) -> Result<Json<serde_json::Value>, Failure> {
+    s.client.call(bearer(&h), Command::Whoami).await?;
+    Ok(Json(serde_json::to_value(&*s.traffic).unwrap_or_default()))
 }
 
 async fn logs(

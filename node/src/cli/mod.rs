@@ -1,7 +1,8 @@
 //! The `atoll` command line: a client of any site's `/v1` API.
 
-mod client;
+pub mod client;
 pub mod output;
+mod site;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,6 +70,17 @@ pub enum Cmd {
 pub enum SiteCmd {
     /// The serving site's descriptor and counts.
     Show,
+    /// Every site of the realm: reachability, last seen, capabilities, live figures.
+    List,
+    /// Print an invitation for a new site (realm admins).
+    Invite {
+        /// The only site name the invitation admits.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds (default 3600).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +327,8 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Site(SiteCmd::List) => site::list(&g, &api).await?,
+        Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,
         Cmd::Image(c) => image(&g, &api, c).await?,
         Cmd::Instance(c) => instance(&g, &api, c).await?,
         Cmd::User(UserCmd::Create { name, realm_admin }) => {

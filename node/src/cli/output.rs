@@ -38,13 +38,20 @@ pub fn print<T: Serialize>(
 }
 
 pub fn ago(then_ms: u64) -> String {
-    let now = crate::runtime::now_millis();
-    let s = now.saturating_sub(then_ms) / 1000;
+    format!("{} ago", span(crate::runtime::now_millis().saturating_sub(then_ms) / 1000))
+}
+
+/// Time left until `then_ms`.
+pub fn until(then_ms: u64) -> String {
+    span(then_ms.saturating_sub(crate::runtime::now_millis()) / 1000)
+}
+
+fn span(s: u64) -> String {
     match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 

@@ -286,9 +286,7 @@ impl Driver for Libvirt {
                 } else {
                     conn.lookup_domain_by_uuid_string(&handle2)
                 };
-                Ok(found
-                    .ok()
-                    .filter(|d| d.name().ok().as_deref() == Some(&name)))
+                Ok(found.ok().filter(|d| d.name().ok().as_deref() == Some(&name)))
             })
             .await?;
             let Some(domain) = found else {

@@ -23,7 +23,9 @@ use futures_util::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self as rr, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, ping};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, ping,
+};
 use serde::Serialize;
 
 pub use codec::Frames;
@@ -93,7 +95,10 @@ struct Behaviour {
 /// What the event loop has to act on after a network event.
 pub enum Event {
     Input(Input),
-    Join { request: JoinRequest, channel: ResponseChannel<Vec<u8>> },
+    Join {
+        request: JoinRequest,
+        channel: ResponseChannel<Vec<u8>>,
+    },
     /// Our listen addresses changed: publish them in our membership record.
     Addrs(Vec<String>),
 }
@@ -151,8 +156,9 @@ impl Net {
                     .map_err(|e| e.to_string())?;
                 let gossip =
                     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), gossip_cfg)?;
-                let rr_cfg =
-                    rr::Config::default().with_request_timeout(REQUEST_TIMEOUT).with_max_concurrent_streams(MAX_STREAMS);
+                let rr_cfg = rr::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_STREAMS);
                 Ok(Behaviour {
                     blocked: Default::default(),
                     identify: identify::Behaviour::new(identify::Config::new("/atoll/1".into(), k.public())),
@@ -215,12 +221,9 @@ impl Net {
             }
             let known = match self.members.remove(&peer) {
                 Some(k) => Known { addrs, ..k },
-                None => Known {
-                    site: m.site,
-                    addrs,
-                    next_dial: Instant::now(),
-                    backoff: Duration::from_secs(1),
-                },
+                None => {
+                    Known { site: m.site, addrs, next_dial: Instant::now(), backoff: Duration::from_secs(1) }
+                }
             };
             next.insert(peer, known);
         }
@@ -233,7 +236,9 @@ impl Net {
             .filter_map(|p| {
                 self.strangers.remove(&p);
                 self.connected.insert(p);
-                Some(Input::Connected(self.members.get(&p)?.site.clone()))
+                let site = self.members.get(&p)?.site.clone();
+                tracing::info!(%site, "member connected");
+                Some(Input::Connected(site))
             })
             .collect()
     }
@@ -242,8 +247,12 @@ impl Net {
     /// closes connections of strangers whose grace ran out.
     pub fn tick(&mut self) {
         let now = Instant::now();
-        let expired: Vec<PeerId> =
-            self.strangers.iter().filter(|(_, t)| now.duration_since(**t) > STRANGER_GRACE).map(|(p, _)| *p).collect();
+        let expired: Vec<PeerId> = self
+            .strangers
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > STRANGER_GRACE)
+            .map(|(p, _)| *p)
+            .collect();
         for p in expired {
             self.strangers.remove(&p);
             self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +368,10 @@ impl Net {
                 self.traffic.recv(request.len());
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                 let Some(from) = self.site_of(&peer).filter(|_| self.connected.contains(&peer)) else {
-                    self.punish(peer, "sync traffic from a non-member");
+                    // Not a member as far as our realm replica knows: it may have
+                    // joined through another site a moment ago. Dropped; once its
+                    // record reaches us it is welcomed and synced, else its grace ends.
+                    tracing::debug!(%peer, "sync message from a non-member dropped");
                     return None;
                 };
                 match PeerMsg::decode(&request) {
@@ -419,7 +431,8 @@ impl Net {
     /// Our addresses as other members should dial them.
     fn published(&self) -> Vec<String> {
         let me = self.local_peer_id();
-        let base = if self.settings.advertise.is_empty() { &self.listening } else { &self.settings.advertise };
+        let base =
+            if self.settings.advertise.is_empty() { &self.listening } else { &self.settings.advertise };
         base.iter()
             .filter(|a| !a.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())))
             .map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a).to_string())
@@ -430,16 +443,15 @@ impl Net {
     /// The joining side: presents an invitation to the member(s) it names and
     /// returns the realm document they answer with.
     pub async fn join(&mut self, invitation: &str, mut member: Member) -> Result<Vec<u8>, NetError> {
-        let inv = atoll_proto::membership::Invitation::read(invitation).map_err(|e| NetError::Join(e.to_string()))?;
+        let inv = atoll_proto::membership::Invitation::read(invitation)
+            .map_err(|e| NetError::Join(e.to_string()))?;
         // Our record carries our addresses, so learn them first.
         let listening = tokio::time::sleep(Duration::from_secs(3));
         tokio::pin!(listening);
         while self.listening.len() < self.settings.listen.len() {
             tokio::select! {
                 ev = self.swarm.select_next_some() => {
-                    if let SwarmEvent::NewListenAddr { address, .. } = ev {
-                        self.listening.push(address);
-                    }
+                    let _ = self.on_swarm(ev);
                 }
                 _ = &mut listening => break,
             }
@@ -472,16 +484,17 @@ impl Net {
                         .map_err(|e| NetError::Join(format!("unreadable answer: {e}")))?;
                     return reply.map_err(|e| NetError::Join(e.to_string()));
                 }
-                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::OutboundFailure { request_id, error, .. }))
-                    if request_id == id =>
-                {
+                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                })) if request_id == id => {
                     return Err(NetError::Join(format!("cannot reach {}: {error}", inv.issuer)));
                 }
+                // Connections and addresses still count: the issuer becomes a
+                // connected member once our realm replica names it.
                 other => {
-                    // Keep our listen addresses: the membership record needs them.
-                    if let SwarmEvent::NewListenAddr { address, .. } = other {
-                        self.listening.push(address);
-                    }
+                    let _ = self.on_swarm(other);
                 }
             }
         }

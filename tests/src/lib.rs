@@ -31,6 +31,7 @@ pub struct Daemon {
     /// Holds the CLI's config dir (saved tokens).
     pub home: tempfile::TempDir,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -41,6 +42,23 @@ impl Daemon {
 
     /// Same, with extra environment for the daemon (e.g. `DOCKER_HOST`).
     pub fn start_with(root: &Path, site: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_args(root, site, env, &[], None)
+    }
+
+    /// A site that joins a realm with `invitation`; `admin_password` is the realm admin's.
+    pub fn join(root: &Path, site: &str, invitation: &str, admin_password: &str) -> Daemon {
+        Daemon::start_args(root, site, &[], &["--join", invitation], Some(admin_password))
+    }
+
+    /// A daemon with extra flags; the admin password is read from its data dir
+    /// unless given (a site that joined has none of its own).
+    pub fn start_args(
+        root: &Path,
+        site: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        admin_password: Option<&str>,
+    ) -> Daemon {
         let data = root.join(site);
         let mut d = Daemon {
             data,
@@ -50,9 +68,13 @@ impl Daemon {
             child: None,
             home: tempfile::tempdir().unwrap(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.boot();
-        d.password = std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file");
+        d.password = match admin_password {
+            Some(p) => p.to_owned(),
+            None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
+        };
         d
     }
 
@@ -63,6 +85,9 @@ impl Daemon {
         let mut child = Command::new(binary())
             .args(["daemon", "--site", &self.site, "--api", &api, "--data-dir"])
             .arg(&self.data)
+            // Peers on loopback, on ports the system picks: tests run side by side.
+            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(&self.args)
             .env("ATOLL_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
@@ -113,6 +138,14 @@ impl Daemon {
     /// Pass this as an instance argument so that `Drop` can find and end the workload.
     pub fn tag(&self) -> String {
         format!("tag={}", self.data.display())
+    }
+
+    /// The token `login_admin` saved for this daemon's endpoint.
+    pub fn token(&self) -> String {
+        let path = self.home.path().join("atoll/credentials.json");
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("logged in")).expect("credentials");
+        saved[&self.endpoint].as_str().expect("a token for this endpoint").to_owned()
     }
 
     pub fn addr(&self) -> String {

@@ -68,6 +68,8 @@ pub struct Traffic {
     pub sent_bytes: AtomicU64,
     pub recv_msgs: AtomicU64,
     pub recv_bytes: AtomicU64,
+    /// Connections of non-members that ended without a join, and peers blocked
+    /// for breaking the protocol.
     pub refused_peers: AtomicU64,
 }
 
@@ -254,8 +256,6 @@ impl Net {
             .map(|(p, _)| *p)
             .collect();
         for p in expired {
-            self.strangers.remove(&p);
-            self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %p, "closing connection of a non-member");
             let _ = self.swarm.disconnect_peer_id(p);
         }
@@ -318,6 +318,7 @@ impl Net {
         tracing::warn!(%peer, site = ?self.site_of(&peer), "blocking peer: {why}");
         self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) -> Option<Event> {
@@ -345,7 +346,11 @@ impl Net {
                 None
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                self.strangers.remove(&peer_id);
+                // A non-member's connection ended without it joining (either
+                // side may close first: each treats the other as a stranger).
+                if self.strangers.remove(&peer_id).is_some() {
+                    self.traffic.refused_peers.fetch_add(1, Ordering::Relaxed);
+                }
                 if self.connected.remove(&peer_id) {
                     let site = self.site_of(&peer_id)?;
                     tracing::info!(%site, "member disconnected");

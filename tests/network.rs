@@ -1,0 +1,107 @@
+//! Three real daemons on loopback forming one realm: joins by invitation,
+//! replication of the realm, catching up after a crash, and refusal of
+//! peers that are not members.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use atoll_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn invite(d: &Daemon, name: &str) -> String {
+    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
+}
+
+fn rows(d: &Daemon) -> Vec<serde_json::Value> {
+    d.cli().json(&["site", "list"]).as_array().cloned().unwrap_or_default()
+}
+
+fn all_reachable(d: &Daemon, n: usize) -> bool {
+    let rows = rows(d);
+    rows.len() == n && rows.iter().all(|r| r["reachable"] == true && !r["summary"].is_null())
+}
+
+#[test]
+fn sites_join_replicate_catch_up_and_refuse_strangers() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::start(root.path(), "site-a");
+    a.login_admin();
+    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    let for_c = invite(&a, "site-c");
+    let mut c = Daemon::join(root.path(), "site-c", &for_c, &a.password);
+    b.login_admin();
+    c.login_admin();
+    for d in [&a, &b, &c] {
+        assert!(
+            eventually(WAIT, || all_reachable(d, 3)),
+            "{} does not see three reachable sites with summaries: {:?}",
+            d.site,
+            rows(d)
+        );
+    }
+
+    // A user created on A logs in on C (tokens verify offline on any site).
+    a.cli().env("ATOLL_NEW_PASSWORD", "carol-password").ok(&["user", "create", "carol"]);
+    let carol = tempfile::tempdir().unwrap();
+    assert!(
+        eventually(WAIT, || {
+            c.cli()
+                .home(carol.path())
+                .env("ATOLL_PASSWORD", "carol-password")
+                .run(&["login", "-u", "carol"])
+                .status
+                .success()
+        }),
+        "the user created on site-a never reached site-c"
+    );
+
+    // C misses writes while it is down, and catches up when it is back.
+    c.kill9();
+    a.cli().ok(&["project", "create", "while-away"]);
+    b.cli().env("ATOLL_NEW_PASSWORD", "dave-password").ok(&["user", "create", "dave"]);
+    c.boot();
+    assert!(
+        eventually(WAIT, || {
+            let projects = c.cli().json(&["project", "list"]).to_string();
+            let users = c.cli().json(&["user", "list"]).to_string();
+            projects.contains("while-away") && users.contains("dave")
+        }),
+        "site-c did not catch up after its restart"
+    );
+
+    // An invitation admits one site: a second site presenting it is refused,
+    // and the daemon says so and stops.
+    let out = Command::new(binary())
+        .args(["daemon", "--site", "site-x", "--api", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("site-x"))
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--join", &for_c])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a reused invitation was accepted");
+    assert!(stderr.contains("join refused"), "no clear refusal: {stderr}");
+
+    // A peer of another realm that dials A is refused: A closes its
+    // connection once the grace for presenting an invitation runs out, and
+    // neither side lists the other.
+    let a_addr = rows(&a)
+        .iter()
+        .find(|r| r["member"]["site"] == "site-a")
+        .and_then(|r| r["member"]["addrs"][0].as_str().map(str::to_owned))
+        .expect("site-a publishes an address");
+    let refused_by_a = || {
+        let net = http(&a.addr(), "GET", "/v1/network", Some(&a.token()), b"");
+        net.json()["refused_peers"].as_u64().expect("counter")
+    };
+    let before = refused_by_a();
+    let outsider = Daemon::start_args(root.path(), "outsider", &[], &["--bootstrap", &a_addr], None);
+    outsider.login_admin();
+    let refused = || refused_by_a() > before;
+    assert!(eventually(WAIT, refused), "site-a never refused the outsider");
+    assert_eq!(rows(&a).len(), 3);
+    assert_eq!(rows(&outsider).len(), 1);
+    assert!(rows(&outsider)[0]["member"]["site"] == "outsider");
+}

@@ -23,4 +23,6 @@ pub use wire::{PeerMsg, WireError};
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_membership;
+#[cfg(test)]
 mod tests_sync;

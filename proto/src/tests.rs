@@ -53,7 +53,7 @@ struct Harness {
     req: u64,
 }
 
-fn config() -> PeerConfig {
+pub(crate) fn config() -> PeerConfig {
     let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(7));
     let descriptor = Descriptor {
         site: SiteId::new("edge-1").unwrap(),

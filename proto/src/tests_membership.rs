@@ -1,0 +1,110 @@
+//! Invitations and joins: who gets in, and who does not.
+
+use atoll_crdt::{Member, SiteId};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::api::{NewUser, Reply, SiteRow};
+use crate::membership::JoinRequest;
+use crate::tests::config;
+use crate::{ApiError, ApiResult, Command, Input, Outbox, Peer, auth};
+
+const T0: u64 = 1_000_000;
+
+fn call(p: &mut Peer, now: u64, token: Option<&str>, cmd: Command) -> ApiResult {
+    let mut fx = Outbox::default();
+    p.handle(now, Input::Api { req: 1, token: token.map(str::to_owned), cmd }, &mut fx);
+    fx.replies.pop().expect("a reply").1
+}
+
+fn founder() -> (Peer, String) {
+    let mut p = Peer::genesis(config(), T0, "admin-password").unwrap();
+    p.boot(T0, &mut Outbox::default()).unwrap();
+    p.set_addrs(T0, vec!["/ip4/127.0.0.1/udp/7481/quic-v1/p2p/x".into()], &mut Outbox::default()).unwrap();
+    let login = Command::Login { user: "admin".into(), password: "admin-password".into() };
+    let Ok(Reply::Token(t)) = call(&mut p, T0, None, login) else { panic!("admin login") };
+    (p, t.token)
+}
+
+fn invite(p: &mut Peer, token: &str, name: Option<&str>) -> String {
+    let name = name.map(|n| SiteId::new(n).unwrap());
+    match call(p, T0, Some(token), Command::InviteSite { name, ttl_secs: Some(60) }) {
+        Ok(Reply::Invitation { token, .. }) => token,
+        other => panic!("no invitation: {other:?}"),
+    }
+}
+
+fn newcomer(name: &str, seed: u64) -> Member {
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(seed));
+    Member {
+        site: SiteId::new(name).unwrap(),
+        public_key: auth::encode_key(&key.verifying_key()),
+        region: "eu".into(),
+        operator: "op".into(),
+        joined_at: 0,
+        addrs: vec![],
+        invitation: None,
+    }
+}
+
+fn join(p: &mut Peer, now: u64, invitation: &str, member: &Member) -> Result<Vec<u8>, ApiError> {
+    let req = JoinRequest { invitation: invitation.to_owned(), member: member.clone() };
+    p.accept_join(now, &req, &mut Outbox::default())
+}
+
+#[test]
+fn an_invitation_admits_one_site_once() {
+    let (mut a, admin) = founder();
+    let inv = invite(&mut a, &admin, Some("edge-2"));
+    let b = newcomer("edge-2", 2);
+    let realm = join(&mut a, T0 + 1, &inv, &b).unwrap();
+    // A retry by the same site (its answer was lost) is answered again.
+    assert!(join(&mut a, T0 + 2, &inv, &b).is_ok());
+    // The newcomer starts from the realm it got, its record intact.
+    let mut cfg = config();
+    cfg.key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
+    cfg.descriptor.site = b.site.clone();
+    cfg.descriptor.public_key = b.public_key.clone();
+    let joined = Peer::join(cfg, T0 + 3, &realm).unwrap();
+    let record = joined.realm().member(&b.site).unwrap().unwrap();
+    assert!(record.invitation.is_some(), "the consumed invitation stays recorded");
+    // Another site with the same invitation, or under a taken name, is refused.
+    let unnamed = invite(&mut a, &admin, None);
+    assert!(join(&mut a, T0 + 4, &unnamed, &newcomer("edge-3", 3)).is_ok());
+    let again = join(&mut a, T0 + 5, &unnamed, &newcomer("edge-4", 4)).unwrap_err();
+    assert!(again.to_string().contains("already used"), "{again}");
+    let fresh = invite(&mut a, &admin, None);
+    let taken = join(&mut a, T0 + 6, &fresh, &newcomer("edge-2", 5)).unwrap_err();
+    assert!(taken.to_string().contains("taken"), "{taken}");
+    let Ok(Reply::Sites(rows)) = call(&mut a, T0 + 7, Some(&admin), Command::ListSites) else { panic!() };
+    let rows: Vec<SiteRow> = rows;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().filter(|r| r.reachable).count() == 1, "only the serving site is reachable here");
+}
+
+#[test]
+fn forged_expired_misnamed_and_unauthorised_invitations_are_refused() {
+    let (mut a, admin) = founder();
+    let inv = invite(&mut a, &admin, Some("edge-2"));
+    let b = newcomer("edge-2", 2);
+    let refused = |r: Result<Vec<u8>, ApiError>| matches!(r, Err(ApiError::Forbidden(m)) if m.starts_with("join refused"));
+    assert!(refused(join(&mut a, T0 + 61_000, &inv, &b)), "expired");
+    assert!(refused(join(&mut a, T0 + 1, &inv, &newcomer("edge-9", 9))), "another name");
+    // Sealed by a key that is not the issuer's.
+    let (_, sealed) = inv.split_once('.').unwrap();
+    let (body, _) = sealed.split_once('.').unwrap();
+    let other = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(99));
+    let forged = format!("atoll-invite.{body}.{}", auth::seal(&other, &"x").split_once('.').unwrap().1);
+    assert!(refused(join(&mut a, T0 + 1, &forged, &b)), "forged");
+    for junk in ["", "atoll-invite.", "atoll-invite.a.b", "nonsense"] {
+        assert!(refused(join(&mut a, T0 + 1, junk, &b)), "{junk:?}");
+    }
+    // Only realm admins invite.
+    let bob = NewUser { name: "bob".into(), password: "bob-password".into(), realm_admin: false };
+    call(&mut a, T0, Some(&admin), Command::CreateUser(bob)).unwrap();
+    let login = Command::Login { user: "bob".into(), password: "bob-password".into() };
+    let Ok(Reply::Token(t)) = call(&mut a, T0, None, login) else { panic!() };
+    let no = call(&mut a, T0, Some(&t.token), Command::InviteSite { name: None, ttl_secs: None });
+    assert!(matches!(no, Err(ApiError::Forbidden(_))));
+}

@@ -93,7 +93,7 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
         .and_then(|r| r["member"]["addrs"][0].as_str().map(str::to_owned))
         .expect("site-a publishes an address");
     let refused_by_a = || {
-        let net = http(&a.addr(), "GET", "/v1/network", Some(&a.token()), b"");
+        let net = http(&a.addr(), "GET", "/v1/network", Some(&saved_token(&a)), b"");
         net.json()["refused_peers"].as_u64().expect("counter")
     };
     let before = refused_by_a();

@@ -140,14 +140,6 @@ impl Daemon {
         format!("tag={}", self.data.display())
     }
 
-    /// The token `login_admin` saved for this daemon's endpoint.
-    pub fn token(&self) -> String {
-        let path = self.home.path().join("atoll/credentials.json");
-        let saved: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).expect("logged in")).expect("credentials");
-        saved[&self.endpoint].as_str().expect("a token for this endpoint").to_owned()
-    }
-
     pub fn addr(&self) -> String {
         self.endpoint.trim_start_matches("http://").to_owned()
     }

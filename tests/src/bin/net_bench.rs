@@ -1,0 +1,85 @@
+//! Peer network figures for docs/benchmarks.md, with N real daemons on loopback
+//! joined by invitation: time for a write on one site to be visible on every
+//! other (p50/p99), payload bytes sent per replicated change, and idle traffic
+//! per site.
+//!
+//!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES]
+
+use std::time::{Duration, Instant};
+
+use atoll_e2e::{Daemon, eventually, http, saved_token};
+
+/// How long idle traffic is measured.
+const IDLE: Duration = Duration::from_secs(30);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sent_bytes(sites: &[Daemon], tokens: &[String]) -> u64 {
+    sites
+        .iter()
+        .zip(tokens)
+        .map(|(d, t)| {
+            http(&d.addr(), "GET", "/v1/network", Some(t), b"").json()["sent_bytes"].as_u64().unwrap_or(0)
+        })
+        .sum()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let writes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let root = tempfile::tempdir().unwrap();
+    let first = Daemon::start(root.path(), "site-1");
+    first.login_admin();
+    let mut sites = vec![first];
+    for k in 2..=n {
+        let name = format!("site-{k}");
+        let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
+        let d = Daemon::join(root.path(), &name, &inv, &sites[0].password.clone());
+        sites.push(d);
+    }
+    let admin = saved_token(&sites[0]);
+    // The admin's token verifies on every site (offline, by the issuer's key).
+    let tokens: Vec<String> = sites.iter().map(|_| admin.clone()).collect();
+    let everyone = || {
+        sites.iter().all(|d| {
+            let rows = http(&d.addr(), "GET", "/v1/sites", Some(&admin), b"").json();
+            rows.as_array().is_some_and(|r| r.len() == n && r.iter().all(|s| s["reachable"] == true))
+        })
+    };
+    assert!(eventually(Duration::from_secs(60), everyone), "the {n} sites did not all connect");
+
+    let before = sent_bytes(&sites, &tokens);
+    let mut lat = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let body = format!(r#"{{"name":"p{i}"}}"#);
+        let reply = http(&sites[0].addr(), "POST", "/v1/projects", Some(&admin), body.as_bytes());
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let written = Instant::now();
+        let path = format!("/v1/quotas/p{i}");
+        for d in &sites[1..] {
+            while http(&d.addr(), "GET", &path, Some(&admin), b"").status != 200 {
+                assert!(written.elapsed() < Duration::from_secs(30), "p{i} never reached {}", d.site);
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        lat.push(written.elapsed());
+    }
+    let per_change = (sent_bytes(&sites, &tokens) - before) as f64 / writes as f64;
+    lat.sort();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet = sent_bytes(&sites, &tokens);
+    std::thread::sleep(IDLE);
+    let idle = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64() / n as f64;
+    println!(
+        "sites={n} writes={writes} visible-everywhere p50={:.2} ms p99={:.2} ms max={:.2} ms; \
+         {per_change:.0} payload bytes sent per change (all sites); idle {idle:.0} B/s per site",
+        percentile(&lat, 0.5).as_secs_f64() * 1e3,
+        percentile(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3,
+    );
+}

@@ -144,6 +144,7 @@ async fn stop_all(sites: &mut [Site]) {
     for s in sites.iter() {
         if let Some(pid) = s.child.id() {
             // SIGTERM: each daemon shuts down gracefully.
+            // SAFETY: kill(2) on a pid of a child we spawned and have not reaped.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
     }

@@ -133,7 +133,8 @@ impl Runtime {
         let mut fx = Outbox::default();
         self.peer.boot(now_millis(), &mut fx)?;
         self.carry_out(fx);
-        if let Some(addrs) = self.net.as_ref().map(Net::addresses) {
+        // A site that just joined learnt its addresses before the loop ran.
+        if let Some(addrs) = self.net.as_ref().map(Net::addresses).filter(|a| !a.is_empty()) {
             self.on_net(net::Event::Addrs(addrs));
         }
         self.refresh_members();

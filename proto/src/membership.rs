@@ -7,8 +7,6 @@
 //! and answers with the realm document. Transport shells accept sync traffic
 //! only from members; the invitation is the one way in.
 
-use std::collections::BTreeMap;
-
 use atoll_crdt::{Member, Millis, SiteId};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
@@ -45,14 +43,19 @@ impl Invitation {
     /// Reads a token's contents without checking its seal (a joining site has no
     /// realm to check it against; the member it presents it to does).
     pub fn read(token: &str) -> Result<Invitation, ApiError> {
+        Invitation::open(token).map(|(inv, ..)| inv).map_err(|why| ApiError::Invalid(why.into()))
+    }
+
+    /// The invitation in a token, with the signed bytes and the signature.
+    fn open(token: &str) -> Result<(Invitation, Vec<u8>, [u8; 64]), &'static str> {
         let sealed = token
             .trim()
             .strip_prefix(INVITE_PREFIX)
-            .ok_or_else(|| ApiError::Invalid("not an invitation (it starts with atoll-invite.)".into()))?;
+            .ok_or("not an invitation (it starts with atoll-invite.)")?;
         if sealed.len() > MAX_INVITATION {
-            return Err(ApiError::Invalid("invitation too long".into()));
+            return Err("invitation too long");
         }
-        auth::open::<Invitation>(sealed).map(|(inv, ..)| inv).map_err(|why| ApiError::Invalid(why.into()))
+        auth::open(sealed)
     }
 }
 
@@ -73,7 +76,8 @@ impl Peer {
         ttl: Millis,
     ) -> ApiResult {
         if ttl == 0 || ttl > MAX_INVITE_TTL {
-            return Err(ApiError::Invalid(format!("ttl must be between 1 ms and {MAX_INVITE_TTL} ms")));
+            let most = MAX_INVITE_TTL / 1000;
+            return Err(ApiError::Invalid(format!("an invitation lives between 1 s and {most} s")));
         }
         if let Some(n) = &name
             && self.realm.member(n)?.is_some()
@@ -110,12 +114,7 @@ impl Peer {
         fx: &mut impl Effects,
     ) -> Result<Vec<u8>, ApiError> {
         let refused = |why: String| ApiError::Forbidden(format!("join refused: {why}"));
-        let sealed = req
-            .invitation
-            .strip_prefix(INVITE_PREFIX)
-            .filter(|s| s.len() <= MAX_INVITATION)
-            .ok_or_else(|| refused("not an invitation".into()))?;
-        let (inv, body, sig) = auth::open::<Invitation>(sealed).map_err(|why| refused(why.into()))?;
+        let (inv, body, sig) = Invitation::open(&req.invitation).map_err(|why| refused(why.into()))?;
         let issuer = self.realm.member(&inv.issuer)?.ok_or_else(|| refused("unknown issuer".into()))?;
         auth::check_seal(&issuer.public_key, &body, &sig).map_err(|why| refused(why.into()))?;
         if inv.expires_at <= now {
@@ -206,6 +205,3 @@ impl Peer {
         Ok(Reply::Sites(rows))
     }
 }
-
-/// Last-seen times and summaries of other sites (volatile, never persisted).
-pub(crate) type Seen = BTreeMap<SiteId, Millis>;

@@ -189,7 +189,7 @@ pub struct Peer {
     /// The latest host figures; volatile, never persisted.
     pub(crate) metrics: Option<HostMetrics>,
     /// When each member was last heard from, and its latest summary (volatile).
-    pub(crate) seen: crate::membership::Seen,
+    pub(crate) seen: BTreeMap<SiteId, Millis>,
     pub(crate) summaries: BTreeMap<SiteId, crate::api::SiteView>,
     /// Replies held until this input's writes are persisted.
     pub(crate) replies: Vec<(ReqId, ApiResult)>,

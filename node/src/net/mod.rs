@@ -283,10 +283,10 @@ impl Net {
     }
 
     pub fn publish(&mut self, view: &SiteView) {
-        let bytes = wire::encode(view);
         if self.connected.is_empty() {
             return;
         }
+        let bytes = wire::encode(view);
         self.traffic.sent(bytes.len());
         if let Err(e) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), bytes) {
             tracing::debug!("summary not published: {e}");

@@ -7,10 +7,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Entity, Millis};
 
-/// A site's stable identifier: its name in the realm, `[a-z0-9-]{1,32}`.
+/// A site's stable identifier: its name in the realm (see [`is_name`]). Checked
+/// when deserialized too, so no API body or peer message carries a bad one.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct SiteId(String);
+
+impl TryFrom<String> for SiteId {
+    type Error = crate::DocError;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        SiteId::new(&name)
+    }
+}
+
+impl From<SiteId> for String {
+    fn from(id: SiteId) -> String {
+        id.0
+    }
+}
 
 impl SiteId {
     /// Checks the syntax; names double as automerge actor ids and storage keys.
@@ -454,6 +468,14 @@ impl Entity for Descriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn site_ids_are_checked_when_read() {
+        let id: SiteId = serde_json::from_str("\"edge-1\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"edge-1\"");
+        assert!(serde_json::from_str::<SiteId>("\"Bad Name\"").is_err());
+        assert!(serde_json::from_str::<SiteId>("\"../x\"").is_err());
+    }
 
     #[test]
     fn names() {

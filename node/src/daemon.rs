@@ -170,7 +170,8 @@ async fn vm_driver(s: &Settings, _: Exits) -> anyhow::Result<Box<dyn Driver>> {
     Ok(Box::new(crate::driver::Absent { kind: atoll_crdt::Kind::Vm, why }))
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {

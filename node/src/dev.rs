@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use atoll_proto::api::TokenView;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::cli::client::Api;
@@ -60,7 +61,7 @@ pub async fn run(f: Flags) -> anyhow::Result<()> {
     println!("List the sites:      atoll --endpoint {} site list", sites[0].endpoint);
     println!("Ctrl-C stops them all.");
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = crate::daemon::shutdown_signal() => {}
         (i, status) = first_exit(&mut sites) => {
             eprintln!("error: {} exited ({status}); stopping the others", sites[i].name);
         }
@@ -81,7 +82,7 @@ async fn start_all(f: &Flags, root: &Path, sites: &mut Vec<Site>) -> anyhow::Res
             .arg(&data)
             .args(["--listen", &format!("/ip4/127.0.0.1/udp/{port}/quic-v1")])
             .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(root.join(format!("{name}.log")))?))
             .kill_on_drop(true);
         let founded = data.join("db").exists();
@@ -111,22 +112,29 @@ async fn invite(first: &Site, root: &Path, name: &str) -> anyhow::Result<String>
     reply["token"].as_str().map(str::to_owned).context("the invitation reply has no token")
 }
 
+/// Waits for the daemon's own "serving" line: a health check could be answered
+/// by another process already on that port.
 async fn wait_serving(site: &mut Site, root: &Path) -> anyhow::Result<()> {
-    let api = Api::new(&site.endpoint, None)?;
-    for _ in 0..300 {
-        if let Ok(Some(status)) = site.child.try_wait() {
-            bail!(
-                "{} exited ({status}); see {}",
-                site.name,
-                root.join(format!("{}.log", site.name)).display()
-            );
+    let log = root.join(format!("{}.log", site.name));
+    let stdout = site.child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let serving = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("serving the API on") {
+                return true;
+            }
         }
-        if api.get::<serde_json::Value>("/v1/health").await.is_ok() {
-            return Ok(());
+        false
+    };
+    match tokio::time::timeout(Duration::from_secs(60), serving).await {
+        Ok(true) => {
+            // Keep reading so that the daemon never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(false) => bail!("{} exited before serving; see {}", site.name, log.display()),
+        Err(_) => bail!("{} did not start serving within 60 s; see {}", site.name, log.display()),
     }
-    bail!("{} did not start serving within 30 s", site.name)
 }
 
 async fn first_exit(sites: &mut [Site]) -> (usize, std::process::ExitStatus) {

@@ -13,7 +13,13 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the data dir {0} is in use by another atoll process")]
+    Locked(String),
 }
+
+/// How long `open` waits for the database lock: a handle dropped a moment ago
+/// releases it when sled's flusher thread ends.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the daemon keeps on disk. Every write is durable once [`Store::flush`] returns.
 pub trait Store: Send + Sync + 'static {
@@ -47,7 +53,19 @@ const CACHE_BYTES: u64 = 64 << 20;
 
 impl Sled {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        let since = std::time::Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if since.elapsed() > LOCK_WAIT {
+                        return Err(StoreError::Locked(dir.display().to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         Ok(Sled {
             docs: db.open_tree("docs")?,
             chunks: db.open_tree("chunks")?,
@@ -205,6 +223,7 @@ mod tests {
         store.flush().unwrap();
         drop(store);
         let store = Sled::open(dir.path()).unwrap();
+        assert!(matches!(Sled::open(dir.path()), Err(StoreError::Locked(_))), "one process per data dir");
         assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
         assert_eq!(store.load_doc(&other).unwrap().unwrap(), b"zz");
         assert_eq!(store.docs().unwrap(), vec![DocId::Realm, other]);

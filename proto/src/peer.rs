@@ -354,7 +354,7 @@ impl Peer {
     pub fn digests(&mut self) -> Vec<(DocId, [u8; 32])> {
         let mut docs = match self.digest_msg() {
             PeerMsg::Digest { docs } => docs,
-            PeerMsg::Sync { .. } => Vec::new(),
+            PeerMsg::Sync { .. } | PeerMsg::Heads { .. } => Vec::new(),
         };
         docs.sort();
         docs
@@ -385,6 +385,8 @@ impl Peer {
     }
 
     pub fn handle(&mut self, now: Millis, input: Input, fx: &mut impl Effects) {
+        // Changes that came from a peer are relayed as heads, local ones pushed.
+        let mut relayed_from = None;
         match input {
             Input::Api { req, token, cmd } => {
                 if let Outcome::Now(result) = self.api(now, req, token, cmd, fx) {
@@ -406,6 +408,7 @@ impl Peer {
             Input::Disconnected(site) => self.on_disconnected(&site),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
+                relayed_from = Some(from.clone());
                 self.on_message(from, msg, fx)
             }
             Input::Summary { from, view } => self.on_summary(now, from, *view),
@@ -419,7 +422,7 @@ impl Peer {
             fx.reply(req, result);
         }
         let changed = std::mem::take(&mut self.changed);
-        self.announce(&changed, fx);
+        self.announce(&changed, relayed_from.as_ref(), fx);
     }
 
     fn api(

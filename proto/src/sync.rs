@@ -175,6 +175,16 @@ impl Peer {
                     self.sync_to(&from, &id, fx);
                 }
             }
+            PeerMsg::Heads { docs } => {
+                for (id, theirs) in docs {
+                    if self.ensure_doc(&from, &id) && self.doc_mut(&id).map(|d| d.digest()) != Some(theirs) {
+                        // A fresh sync state always opens with our heads, so the
+                        // exchange starts whatever the old state believed.
+                        self.sync.remove(&(from.clone(), id.clone()));
+                        self.sync_to(&from, &id, fx);
+                    }
+                }
+            }
             PeerMsg::Sync { doc, msg } => {
                 if !self.ensure_doc(&from, &doc) {
                     return;
@@ -195,13 +205,33 @@ impl Peer {
     }
 
     /// Offers changed documents to every connected peer.
-    pub(crate) fn announce(&mut self, changed: &[DocId], fx: &mut impl Effects) {
+    /// Tells connected peers about changed documents: local changes are pushed
+    /// as sync messages (one round trip to every peer); changes received from
+    /// `relayed_from` are announced to the others as heads only, which they
+    /// pull if they lack them (on a full mesh they usually came directly).
+    pub(crate) fn announce(
+        &mut self,
+        changed: &[DocId],
+        relayed_from: Option<&SiteId>,
+        fx: &mut impl Effects,
+    ) {
         let peers: Vec<SiteId> = self.connected.iter().cloned().collect();
-        for id in changed {
-            for p in &peers {
-                if self.shares(p, id) {
-                    self.sync_to(p, id, fx);
+        let Some(from) = relayed_from else {
+            for id in changed {
+                for p in &peers {
+                    if self.shares(p, id) {
+                        self.sync_to(p, id, fx);
+                    }
                 }
+            }
+            return;
+        };
+        for p in peers.iter().filter(|p| *p != from) {
+            let ids: Vec<DocId> = changed.iter().filter(|id| self.shares(p, id)).cloned().collect();
+            let docs: Vec<(DocId, [u8; 32])> =
+                ids.into_iter().filter_map(|id| Some((id.clone(), self.doc_mut(&id)?.digest()))).collect();
+            if !docs.is_empty() {
+                fx.send(p, PeerMsg::Heads { docs });
             }
         }
     }

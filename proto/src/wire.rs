@@ -23,6 +23,10 @@ pub enum PeerMsg {
     Digest { docs: Vec<(DocId, [u8; 32])> },
     /// One automerge sync protocol message for one document.
     Sync { doc: DocId, msg: Vec<u8> },
+    /// New heads of some documents, relayed after a change received from a
+    /// third peer: the receiver pulls those that differ (instead of every peer
+    /// pushing every change to every other).
+    Heads { docs: Vec<(DocId, [u8; 32])> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,7 +71,7 @@ impl PeerMsg {
 
     pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
         let msg = decode(bytes, MAX_MESSAGE)?;
-        if let PeerMsg::Digest { docs } = &msg
+        if let PeerMsg::Digest { docs } | PeerMsg::Heads { docs } = &msg
             && docs.len() > MAX_DIGEST
         {
             return Err(WireError::TooMany(docs.len()));
@@ -112,6 +116,8 @@ mod tests {
             prop_assert_eq!(PeerMsg::decode(&sync.encode()).unwrap(), sync);
             let digest = PeerMsg::Digest { docs: (0..n).map(|i| (DocId::Realm, [i as u8; 32])).collect() };
             prop_assert_eq!(PeerMsg::decode(&digest.encode()).unwrap(), digest);
+            let heads = PeerMsg::Heads { docs: (0..n).map(|i| (DocId::Realm, [i as u8; 32])).collect() };
+            prop_assert_eq!(PeerMsg::decode(&heads.encode()).unwrap(), heads);
         }
     }
 }

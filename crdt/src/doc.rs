@@ -210,6 +210,11 @@ impl Doc {
 
     /// Seals pending writes into one change stamped with `now` (seconds, as automerge wants).
     pub fn commit(&mut self, now: Millis) -> Option<ChangeHash> {
+        // automerge opens (and drops) a transaction even to commit nothing; the
+        // peer commits every document after every input, so check first.
+        if self.inner.pending_ops() == 0 {
+            return None;
+        }
         let secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
         self.inner.commit_with(CommitOptions::default().with_time(secs))
     }

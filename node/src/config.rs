@@ -43,6 +43,9 @@ pub struct File {
     /// Peers to call at start (multiaddrs, optionally ending in /p2p/PEER-ID).
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Find other members on the local network by mDNS (off by default).
+    #[serde(default)]
+    pub mdns: bool,
 }
 
 /// Flags that override the file.
@@ -76,6 +79,9 @@ pub struct Flags {
     /// (ignored once this site is a member).
     #[arg(long, env = "ATOLL_JOIN", hide_env_values = true)]
     pub join: Option<String>,
+    /// Find other members on the local network by mDNS.
+    #[arg(long)]
+    pub mdns: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +127,7 @@ impl Settings {
             listen: multiaddrs(&listen)?,
             advertise: multiaddrs(&file.advertise)?,
             bootstrap: multiaddrs(&bootstrap)?,
+            mdns: flags.mdns || file.mdns,
         };
         Ok(Settings {
             net,

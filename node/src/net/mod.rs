@@ -22,9 +22,9 @@ use atoll_proto::{ApiError, Input, PeerMsg, wire};
 use futures_util::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self as rr, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, mdns, ping,
 };
 use serde::Serialize;
 
@@ -58,6 +58,8 @@ pub struct Settings {
     /// Addresses published to other members instead of the listen addresses.
     pub advertise: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Find members on the local network by mDNS.
+    pub mdns: bool,
 }
 
 /// Application bytes and messages through the network (payloads, without
@@ -92,6 +94,7 @@ struct Behaviour {
     sync: rr::Behaviour<Frames>,
     join: rr::Behaviour<Frames>,
     gossip: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// What the event loop has to act on after a network event.
@@ -150,6 +153,11 @@ impl Net {
             .map_err(|e| setup(&e))?
             .with_quic()
             .with_behaviour(|k| {
+                let mdns = if settings.mdns {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), k.public().to_peer_id())?)
+                } else {
+                    None
+                };
                 let gossip_cfg = gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .max_transmit_size(wire::MAX_GOSSIP)
@@ -176,6 +184,7 @@ impl Net {
                         rr_cfg,
                     ),
                     gossip,
+                    mdns: Toggle::from(mdns),
                 })
             })
             .map_err(|e| setup(&e))?
@@ -416,6 +425,19 @@ impl Net {
                         None
                     }
                 }
+            }
+            // Only members are dialled: a stranger found on the LAN is none of ours.
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if let Some(k) = self.members.get_mut(&peer) {
+                        self.swarm.add_peer_address(peer, addr.clone());
+                        if !k.addrs.contains(&addr) {
+                            k.addrs.push(addr);
+                            k.next_dial = Instant::now();
+                        }
+                    }
+                }
+                None
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if self.members.contains_key(&peer_id) {

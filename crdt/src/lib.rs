@@ -12,12 +12,14 @@
 pub mod doc;
 pub mod entity;
 pub mod escrow;
+pub mod intent;
 pub mod realm;
 pub mod site;
 
 pub use doc::{Doc, DocError, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};
+pub use intent::{Holder, Intent, IntentOutcome, IntentState};
 pub use realm::Realm;
 pub use site::SiteDoc;
 

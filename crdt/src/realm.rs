@@ -3,6 +3,7 @@
 
 use crate::doc::{Doc, DocError};
 use crate::entity::{Image, Member, Project, QuotaGrant, Resources, RoleBinding, SiteId, User};
+use crate::intent::Holder;
 use crate::{Entity, Millis};
 
 const COLLECTIONS: &[&str] = &[
@@ -12,6 +13,7 @@ const COLLECTIONS: &[&str] = &[
     RoleBinding::COLLECTION,
     Image::COLLECTION,
     QuotaGrant::COLLECTION,
+    Holder::COLLECTION,
 ];
 
 /// The realm replica held by one site.
@@ -47,6 +49,11 @@ impl Realm {
 
     pub fn image(&self, project: &str, name: &str) -> Result<Option<Image>, DocError> {
         self.doc.get(&format!("{project}/{name}"))
+    }
+
+    /// The sites that hold the blob of `digest` in full.
+    pub fn holders(&self, digest: &str) -> Result<Vec<SiteId>, DocError> {
+        Ok(self.doc.list_prefix::<Holder>(&format!("{digest}/"))?.into_iter().map(|h| h.site).collect())
     }
 
     /// All grants of a project (every site's).

@@ -4,9 +4,16 @@ use crate::Entity;
 use crate::Millis;
 use crate::doc::{Doc, DocError};
 use crate::entity::{Descriptor, Instance, Replica, Resources, SiteId, Transfer};
+use crate::intent::{Intent, IntentOutcome};
 
-const COLLECTIONS: &[&str] =
-    &[Descriptor::COLLECTION, Instance::COLLECTION, Replica::COLLECTION, Transfer::COLLECTION];
+const COLLECTIONS: &[&str] = &[
+    Descriptor::COLLECTION,
+    Instance::COLLECTION,
+    Replica::COLLECTION,
+    Transfer::COLLECTION,
+    Intent::COLLECTION,
+    IntentOutcome::COLLECTION,
+];
 
 pub struct SiteDoc {
     pub site: SiteId,

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use atoll_crdt::{
-    Account, Descriptor, EscrowError, Image, ImageFormat, Instance, Kind, Member, Project, Resources,
-    RestartPolicy, Role, RoleBinding, SiteId, Visibility,
+    Account, Descriptor, EscrowError, Image, ImageFormat, Instance, IntentState, Kind, Member, Project,
+    Resources, RestartPolicy, Role, RoleBinding, SiteId, Visibility,
 };
 use serde::{Deserialize, Serialize};
 
@@ -149,6 +149,27 @@ pub enum Command {
         project: String,
         name: String,
     },
+    /// Fetches an image's blob from the sites that hold it, to this site.
+    CopyImage {
+        project: String,
+        name: String,
+    },
+    /// Carries out `then` on `site`: directly when it is this site, else as
+    /// an intent the target applies. Waits up to `wait_ms` for the outcome.
+    Remote {
+        site: SiteId,
+        #[serde(default = "default_wait")]
+        wait_ms: u64,
+        then: Box<Command>,
+    },
+    /// Intents issued by this site and intents it received.
+    ListIntents,
+    /// One intent; waits up to `wait_ms` for it to settle.
+    ShowIntent {
+        id: String,
+        #[serde(default)]
+        wait_ms: u64,
+    },
     ShowSite,
     /// Every member site, with reachability, last-seen time and live figures.
     ListSites,
@@ -160,6 +181,10 @@ pub enum Command {
         #[serde(default)]
         ttl_secs: Option<u64>,
     },
+}
+
+pub fn default_wait() -> u64 {
+    30_000
 }
 
 impl Command {
@@ -228,6 +253,29 @@ pub struct SiteRow {
     pub summary: Option<SiteView>,
 }
 
+/// A catalog entry and the sites holding its blob.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageView {
+    #[serde(flatten)]
+    pub image: Image,
+    pub holders: Vec<SiteId>,
+}
+
+/// A cross-site operation and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentView {
+    pub intent: String,
+    pub requester: SiteId,
+    pub target: SiteId,
+    pub user: String,
+    pub summary: String,
+    pub created_at: u64,
+    pub state: IntentState,
+    /// What the target answered (or why it refused), once settled.
+    pub detail: String,
+    pub settled_at: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Whoami {
     pub user: String,
@@ -248,12 +296,14 @@ pub enum Reply {
     Role(RoleBinding),
     Roles(Vec<RoleBinding>),
     Quota(QuotaView),
-    Image(Image),
-    Images(Vec<Image>),
+    Image(ImageView),
+    Images(Vec<ImageView>),
     Instance(Instance),
     Instances(Vec<Instance>),
     Site(SiteView),
     Sites(Vec<SiteRow>),
+    Intent(IntentView),
+    Intents(Vec<IntentView>),
     Invitation { token: String, expires_at: u64 },
     Authorized { user: String },
     Removed { removed: String },

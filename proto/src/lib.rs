@@ -8,6 +8,8 @@
 pub mod api;
 pub mod auth;
 pub mod driver;
+mod fetch;
+pub mod intents;
 pub mod lifecycle;
 mod manage;
 pub mod membership;
@@ -22,6 +24,8 @@ pub use wire::{PeerMsg, WireError};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_intents;
 #[cfg(test)]
 mod tests_membership;
 #[cfg(test)]

@@ -93,8 +93,10 @@ impl Peer {
         match self.admit_instance(now, caller, n) {
             Ok(inst) => {
                 let key = inst_key(&inst);
-                self.start_run(now, inst, fx);
-                self.wait_on(&key, req)
+                match self.start_run(now, inst, fx) {
+                    Some(ended) => Outcome::Now(Ok(Reply::Instance(ended))),
+                    None => self.wait_on(&key, req),
+                }
             }
             Err(e) => Outcome::Now(Err(e)),
         }
@@ -130,10 +132,10 @@ impl Peer {
             };
             return Err(ApiError::Unsupported { site: self.site.clone(), kind, why });
         }
-        if self.own.replica(&image.digest)?.is_none() {
+        // Held elsewhere only: admitted now, fetched before it starts.
+        if self.own.replica(&image.digest)?.is_none() && self.realm.holders(&image.digest)?.is_empty() {
             return Err(ApiError::Conflict(format!(
-                "image {img_project}/{img_name} is not held on site {}",
-                self.site
+                "image {img_project}/{img_name} is held by no site: upload it again"
             )));
         }
         if self.own.instance(&n.project, &n.name)?.is_some() {
@@ -177,24 +179,49 @@ impl Peer {
         Outcome::Later
     }
 
-    fn answer_waiters(&mut self, key: &str, result: &ApiResult) {
+    pub(crate) fn answer_waiters(&mut self, key: &str, result: &ApiResult) {
         for req in self.waiters.remove(key).unwrap_or_default() {
             self.replies.push((req, result.clone()));
         }
     }
 
-    /// Hands an instance to its driver as a new run.
-    fn start_run(&mut self, now: Millis, mut inst: Instance, fx: &mut impl Effects) {
+    /// Starts a run, answering the instance's waiters if it ends at once.
+    pub(crate) fn start_or_answer(&mut self, now: Millis, inst: Instance, fx: &mut impl Effects) {
+        let key = inst_key(&inst);
+        if let Some(ended) = self.start_run(now, inst, fx) {
+            self.answer_waiters(&key, &Ok(Reply::Instance(ended)));
+        }
+    }
+
+    /// Hands an instance to its driver as a new run, after fetching its image
+    /// if this site does not hold it. Returns the instance if that ended at
+    /// once (failed); None while a driver or a fetch is at work.
+    fn start_run(&mut self, now: Millis, mut inst: Instance, fx: &mut impl Effects) -> Option<Instance> {
         let key = inst_key(&inst);
         let run = self.next_run(&key);
-        let format = match self.realm.doc.get::<atoll_crdt::Image>(&inst.image) {
-            Ok(Some(image)) => image.format,
+        let image = match self.realm.doc.get::<atoll_crdt::Image>(&inst.image) {
+            Ok(Some(image)) => image,
             _ => {
                 let why = format!("image {} is gone from the catalog", inst.image);
                 self.observe(now, &mut inst, Observed::Failed, why);
-                return;
+                return Some(inst);
             }
         };
+        if !matches!(self.own.replica(&image.digest), Ok(Some(_))) {
+            match self.fetch_image(&image, fx) {
+                Ok(from) => {
+                    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+                    let why = format!("fetching image {} from {}", inst.image, from.join(", "));
+                    self.observe(now, &mut inst, Observed::Pending, why);
+                    return None;
+                }
+                Err(e) => {
+                    self.observe(now, &mut inst, Observed::Failed, e.to_string());
+                    return Some(inst);
+                }
+            }
+        }
+        let format = image.format;
         self.observe(now, &mut inst, Observed::Starting, "starting".into());
         let spec = InstanceSpec {
             key,
@@ -209,6 +236,7 @@ impl Peer {
             disk_mib: inst.disk_mib,
         };
         fx.driver(DriverCmd::Start { spec, run });
+        None
     }
 
     fn next_run(&mut self, key: &str) -> u64 {
@@ -221,7 +249,7 @@ impl Peer {
         *self.runs.entry(key.to_owned()).or_insert(0)
     }
 
-    fn observe(&mut self, now: Millis, inst: &mut Instance, state: Observed, reason: String) {
+    pub(crate) fn observe(&mut self, now: Millis, inst: &mut Instance, state: Observed, reason: String) {
         inst.observed = state;
         inst.reason = reason;
         inst.observed_at = now;
@@ -261,8 +289,10 @@ impl Peer {
             Verb::Start => {
                 inst.desired = Desired::Running;
                 inst.restarts = 0;
-                self.start_run(now, inst, fx);
-                self.wait_on(&key, req)
+                match self.start_run(now, inst, fx) {
+                    Some(ended) => Outcome::Now(Ok(Reply::Instance(ended))),
+                    None => self.wait_on(&key, req),
+                }
             }
             Verb::Stop => {
                 inst.desired = Desired::Stopped;
@@ -322,7 +352,7 @@ impl Peer {
             && inst.desired == Desired::Running
         {
             // Nothing to adopt: the start never happened, so make it now.
-            return self.start_run(now, inst, fx);
+            return self.start_or_answer(now, inst, fx);
         }
         match event {
             DriverEvent::Started { handle, detail } => {
@@ -403,7 +433,7 @@ impl Peer {
             && inst.desired == Desired::Running
             && matches!(inst.observed, Observed::Exited | Observed::Failed)
         {
-            self.start_run(now, inst, fx);
+            self.start_or_answer(now, inst, fx);
         }
     }
 
@@ -426,13 +456,13 @@ impl Peer {
                     fx.driver(DriverCmd::Recover { key, kind: inst.kind, run, handle: String::new() })
                 }
                 (Desired::Running, Observed::Pending | Observed::Running, None) => {
-                    self.start_run(now, inst, fx)
+                    self.start_or_answer(now, inst, fx)
                 }
                 (Desired::Running, Observed::Exited | Observed::Failed, _)
                     if inst.restart == RestartPolicy::Always =>
                 {
                     inst.restarts = 0;
-                    self.start_run(now, inst, fx)
+                    self.start_or_answer(now, inst, fx)
                 }
                 (Desired::Stopped, Observed::Stopping | Observed::Running | Observed::Starting, _) => {
                     fx.driver(DriverCmd::Stop { key, kind: inst.kind, run, grace_ms: STOP_GRACE_MS })

@@ -2,13 +2,13 @@
 
 use atoll_crdt::escrow::quota_change;
 use atoll_crdt::{
-    Account, Image, Millis, Observed, Project, QuotaGrant, Replica, Resources, Role, RoleBinding, SiteId,
-    Transfer, User, Visibility, is_name,
+    Account, Holder, Image, Millis, Observed, Project, QuotaGrant, Replica, Resources, Role, RoleBinding,
+    SiteId, Transfer, User, Visibility, is_name,
 };
 
 use crate::api::{
-    ApiError, ApiResult, Grant, NewImage, NewProject, NewUser, QuotaView, Reply, SiteView, TokenView,
-    UserView, Whoami,
+    ApiError, ApiResult, Grant, ImageView, NewImage, NewProject, NewUser, QuotaView, Reply, SiteView,
+    TokenView, UserView, Whoami,
 };
 use crate::auth::{self, Claims};
 use crate::peer::{Peer, StoreWrite};
@@ -283,8 +283,21 @@ impl Peer {
             created_at: now,
         };
         self.realm.doc.put(&image)?;
+        self.hold(now, &image)?;
+        self.image_view(image)
+    }
+
+    /// Records that this site holds an image's blob: in its own document, and
+    /// in the realm so that every site knows where to fetch it from.
+    pub(crate) fn hold(&mut self, now: Millis, image: &Image) -> Result<(), ApiError> {
         self.own.doc.put(&Replica { digest: image.digest.clone(), size: image.size, at: now })?;
-        Ok(Reply::Image(image))
+        self.realm.doc.put(&Holder { digest: image.digest.clone(), site: self.site.clone(), at: now })?;
+        Ok(())
+    }
+
+    fn image_view(&self, image: Image) -> ApiResult {
+        let holders = self.realm.holders(&image.digest)?;
+        Ok(Reply::Image(ImageView { image, holders }))
     }
 
     fn can_read_image(&self, caller: &User, image: &Image) -> Result<bool, ApiError> {
@@ -296,7 +309,8 @@ impl Peer {
         let mut out = Vec::new();
         for image in self.realm.doc.list::<Image>()? {
             if self.can_read_image(caller, &image)? {
-                out.push(image);
+                let holders = self.realm.holders(&image.digest)?;
+                out.push(ImageView { image, holders });
             }
         }
         Ok(Reply::Images(out))
@@ -304,7 +318,7 @@ impl Peer {
 
     pub(crate) fn show_image(&self, caller: &User, project: &str, name: &str) -> ApiResult {
         match self.realm.image(project, name)? {
-            Some(image) if self.can_read_image(caller, &image)? => Ok(Reply::Image(image)),
+            Some(image) if self.can_read_image(caller, &image)? => self.image_view(image),
             _ => Err(ApiError::NotFound(format!("no image {project}/{name} visible to {}", caller.name))),
         }
     }
@@ -327,6 +341,11 @@ impl Peer {
         let digest_unused = !others.iter().any(|i| i.digest == image.digest);
         if digest_unused {
             self.own.doc.delete::<Replica>(&image.digest)?;
+            // The catalog entry is gone for every site, and so is the record of
+            // who holds it; other sites' copies are not reclaimed yet (a known limit).
+            for site in self.realm.holders(&image.digest)? {
+                self.realm.doc.delete::<Holder>(&format!("{}/{site}", image.digest))?;
+            }
         }
         // Chunks are shared between images with common content: keep those still used.
         let unused: Vec<String> =

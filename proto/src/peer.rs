@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use atoll_crdt::{
-    Descriptor, DocError, Member, Millis, Project, QuotaGrant, Realm, Role, RoleBinding, SiteDoc, SiteId,
-    SyncState, User,
+    Descriptor, DocError, Image, Member, Millis, Project, QuotaGrant, Realm, Role, RoleBinding, SiteDoc,
+    SiteId, SyncState, User,
 };
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
@@ -61,6 +61,8 @@ pub enum TimerId {
     Restart { key: String, run: u64 },
     /// Anti-entropy round with a few random peers.
     Repair,
+    /// A caller's wait for an intent's outcome is over.
+    IntentWait { id: String, req: ReqId },
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,11 @@ pub enum Input {
         from: SiteId,
         msg: PeerMsg,
     },
+    /// The shell fetched (and verified) an image blob, or gave up.
+    Fetched {
+        digest: String,
+        result: Result<(), String>,
+    },
 }
 
 /// Side effects, carried out by the shell in the order they are asked for.
@@ -100,6 +107,8 @@ pub trait Effects {
     fn schedule(&mut self, timer: TimerId, after: Millis);
     fn reply(&mut self, req: ReqId, result: ApiResult);
     fn send(&mut self, to: &SiteId, msg: PeerMsg);
+    /// Fetch an image's blob from `holders` (any of them; several in parallel).
+    fn fetch(&mut self, image: Image, holders: Vec<SiteId>);
 }
 
 /// Effects collected in order, for shells that carry them out after `handle`
@@ -111,6 +120,7 @@ pub struct Outbox {
     pub timers: Vec<(TimerId, Millis)>,
     pub replies: Vec<(ReqId, ApiResult)>,
     pub sends: Vec<(SiteId, PeerMsg)>,
+    pub fetches: Vec<(Image, Vec<SiteId>)>,
 }
 
 impl Effects for Outbox {
@@ -128,6 +138,9 @@ impl Effects for Outbox {
     }
     fn send(&mut self, to: &SiteId, msg: PeerMsg) {
         self.sends.push((to.clone(), msg));
+    }
+    fn fetch(&mut self, image: Image, holders: Vec<SiteId>) {
+        self.fetches.push((image, holders));
     }
 }
 
@@ -149,6 +162,9 @@ pub(crate) struct Custody {
     pub of: BTreeMap<SiteId, Vec<SiteId>>,
     /// Sites we gave rights to; read from our document once, then kept up to date.
     pub recipients: Option<BTreeSet<SiteId>>,
+    /// Per site document: the sites its intents or outcomes concern, who must
+    /// receive it too. Dropped when the document changes.
+    pub links: BTreeMap<SiteId, BTreeSet<SiteId>>,
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived return value
@@ -193,6 +209,15 @@ pub struct Peer {
     pub(crate) summaries: BTreeMap<SiteId, crate::api::SiteView>,
     /// Replies held until this input's writes are persisted.
     pub(crate) replies: Vec<(ReqId, ApiResult)>,
+    /// Image blobs the shell is fetching, and callers waiting on them (with their user).
+    pub(crate) fetching: BTreeSet<String>,
+    pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
+    /// Callers waiting on intents issued here.
+    pub(crate) intent_waiters: BTreeMap<String, Vec<ReqId>>,
+    /// Intents received here whose application waits on a driver: our own
+    /// request id -> (intent, requester).
+    pub(crate) applying: BTreeMap<ReqId, (String, SiteId)>,
+    pub(crate) next_intent_req: ReqId,
 }
 
 impl Peer {
@@ -328,6 +353,11 @@ impl Peer {
             seen: BTreeMap::new(),
             summaries: BTreeMap::new(),
             changed: Vec::new(),
+            fetching: BTreeSet::new(),
+            fetch_waiters: BTreeMap::new(),
+            intent_waiters: BTreeMap::new(),
+            applying: BTreeMap::new(),
+            next_intent_req: crate::intents::INTENT_REQ,
         }
     }
 
@@ -381,7 +411,15 @@ impl Peer {
         }
         self.flush(now, fx);
         fx.schedule(TimerId::Repair, crate::sync::REPAIR_EVERY);
-        self.resume_all(now, fx)
+        self.resume_all(now, fx)?;
+        self.resume_intents(now, fx);
+        self.flush(now, fx);
+        self.settle_applied(now);
+        self.flush(now, fx);
+        for (req, result) in self.replies.drain(..) {
+            fx.reply(req, result);
+        }
+        Ok(())
     }
 
     pub fn handle(&mut self, now: Millis, input: Input, fx: &mut impl Effects) {
@@ -412,7 +450,25 @@ impl Peer {
                 self.on_message(from, msg, fx)
             }
             Input::Summary { from, view } => self.on_summary(now, from, *view),
+            Input::Timer(TimerId::IntentWait { id, req }) => self.on_intent_wait(&id, req),
+            Input::Fetched { digest, result } => self.on_fetched(now, &digest, result, fx),
         }
+        self.flush(now, fx);
+        // Other sites' documents that changed may carry intents for us, or
+        // outcomes of ours.
+        let others: Vec<SiteId> = self
+            .changed
+            .iter()
+            .filter_map(|id| match id {
+                DocId::Site(s) if s != &self.site => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        if !others.is_empty() {
+            self.apply_intents(now, &others, fx);
+            self.answer_intent_waiters(&others);
+        }
+        self.settle_applied(now);
         // Persist before replying: an acknowledged write is durable.
         self.flush(now, fx);
         for write in self.deferred.drain(..) {
@@ -421,7 +477,9 @@ impl Peer {
         for (req, result) in self.replies.drain(..) {
             fx.reply(req, result);
         }
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort();
+        changed.dedup();
         self.announce(&changed, relayed_from.as_ref(), fx);
     }
 
@@ -453,7 +511,7 @@ impl Peer {
         }
     }
 
-    fn dispatch(
+    pub(crate) fn dispatch(
         &mut self,
         now: Millis,
         req: ReqId,
@@ -492,6 +550,10 @@ impl Peer {
             DeleteInstance { project, name } => {
                 return self.act(now, req, user, (&project, &name), Verb::Delete, fx);
             }
+            CopyImage { project, name } => return self.copy_image(req, user, (&project, &name), fx),
+            Remote { site, wait_ms, then } => return self.remote(now, req, user, site, wait_ms, *then, fx),
+            ListIntents => self.list_intents(user),
+            ShowIntent { id, wait_ms } => return self.show_intent(req, user, id, wait_ms, fx),
             ShowSite => self.show_site(),
             ListSites => self.list_sites(now),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
@@ -515,8 +577,11 @@ impl Peer {
             if bytes.is_empty() {
                 continue;
             }
-            if id == DocId::Realm {
-                self.custody.stale = true;
+            match &id {
+                DocId::Realm => self.custody.stale = true,
+                DocId::Site(s) => {
+                    self.custody.links.remove(s);
+                }
             }
             self.changed.push(id.clone());
             let n = self.appends.entry(id.clone()).or_insert(0);

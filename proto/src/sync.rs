@@ -6,7 +6,7 @@
 //! to every connected peer as sync messages once they are persisted. Sync
 //! progress is kept per (peer, document) and dropped on disconnect.
 
-use atoll_crdt::{Doc, Millis, SiteDoc, SiteId};
+use atoll_crdt::{Doc, Intent, IntentOutcome, Millis, SiteDoc, SiteId};
 use rand_core::RngCore;
 
 use crate::peer::{DocId, Effects, Peer, TimerId};
@@ -86,10 +86,35 @@ impl Peer {
         match id {
             DocId::Realm => true,
             DocId::Site(s) if s == &self.site => {
-                self.custodians_of(s).contains(peer) || self.is_recipient(peer)
+                self.custodians_of(s).contains(peer) || self.is_recipient(peer) || self.linked(s, peer)
             }
-            DocId::Site(s) => s == peer || self.custodians_of(s).contains(peer),
+            DocId::Site(s) => s == peer || self.custodians_of(s).contains(peer) || self.linked(s, peer),
         }
+    }
+
+    /// Whether `owner`'s document holds an intent for `peer` or an outcome for
+    /// it: then `peer` must receive it, from the owner or anyone holding it.
+    fn linked(&mut self, owner: &SiteId, peer: &SiteId) -> bool {
+        if !self.custody.links.contains_key(owner) {
+            let doc = if owner == &self.site {
+                Some(&self.own.doc)
+            } else {
+                self.others.get(owner).map(|d| &d.doc)
+            };
+            let mut links = std::collections::BTreeSet::new();
+            if let Some(doc) = doc {
+                if doc.count::<Intent>() > 0 {
+                    links.extend(doc.list::<Intent>().unwrap_or_default().into_iter().map(|i| i.target));
+                }
+                if doc.count::<IntentOutcome>() > 0 {
+                    links.extend(
+                        doc.list::<IntentOutcome>().unwrap_or_default().into_iter().map(|o| o.requester),
+                    );
+                }
+            }
+            self.custody.links.insert(owner.clone(), links);
+        }
+        self.custody.links.get(owner).is_some_and(|l| l.contains(peer))
     }
 
     pub(crate) fn on_connected(&mut self, peer: SiteId, fx: &mut impl Effects) {
@@ -121,8 +146,9 @@ impl Peer {
         fx.schedule(TimerId::Repair, REPAIR_EVERY);
     }
 
-    /// A replica for a document a peer offers: the realm, our own document, and
-    /// a member's document when we are its custodian or its owner offers it.
+    /// A replica for a document a member offers: the realm, our own document,
+    /// and any member's document (peers offer what `shares` says we should
+    /// hold: as owner, custodian, party to an intent, or quota recipient).
     fn ensure_doc(&mut self, from: &SiteId, id: &DocId) -> bool {
         match id {
             DocId::Realm => true,
@@ -131,11 +157,7 @@ impl Peer {
                 if self.others.contains_key(s) {
                     return true;
                 }
-                if !matches!(self.realm.member(s), Ok(Some(_))) {
-                    return false;
-                }
-                let site = self.site.clone();
-                if s != from && !self.custodians_of(s).contains(&site) {
+                if !matches!(self.realm.member(s), Ok(Some(_))) || !self.is_member(from) {
                     return false;
                 }
                 self.others.insert(s.clone(), SiteDoc::empty(s, &self.site));
@@ -216,14 +238,21 @@ impl Peer {
         fx: &mut impl Effects,
     ) {
         let peers: Vec<SiteId> = self.connected.iter().cloned().collect();
-        let Some(from) = relayed_from else {
-            for id in changed {
-                for p in &peers {
-                    if self.shares(p, id) {
-                        self.sync_to(p, id, fx);
-                    }
+        // Only we write our own document: its changes are always local (an
+        // intent applied on a peer's message, say), so they are pushed.
+        let own = DocId::Site(self.site.clone());
+        let (local, changed): (Vec<DocId>, Vec<DocId>) = match relayed_from {
+            Some(_) => changed.iter().cloned().partition(|id| id == &own),
+            None => (changed.to_vec(), Vec::new()),
+        };
+        for id in &local {
+            for p in &peers {
+                if self.shares(p, id) {
+                    self.sync_to(p, id, fx);
                 }
             }
+        }
+        let Some(from) = relayed_from else {
             return;
         };
         for p in peers.iter().filter(|p| *p != from) {

@@ -20,6 +20,8 @@ enum Fx {
     Reply(ReqId, ApiResult),
     /// A lone site must never send: it has no peer.
     Send(SiteId),
+    /// Nor fetch: no other site holds anything.
+    Fetch,
 }
 
 #[derive(Default)]
@@ -41,6 +43,9 @@ impl Effects for Recorder {
     fn send(&mut self, to: &SiteId, msg: PeerMsg) {
         let _ = msg;
         self.0.push(Fx::Send(to.clone()));
+    }
+    fn fetch(&mut self, _: atoll_crdt::Image, _: Vec<SiteId>) {
+        self.0.push(Fx::Fetch);
     }
 }
 

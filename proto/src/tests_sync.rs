@@ -31,23 +31,38 @@ fn cfg(i: usize) -> PeerConfig {
     PeerConfig { key, seed: [i as u8; 32], descriptor, token_ttl: 3_600_000 }
 }
 
-struct Net {
-    peers: Vec<Peer>,
+pub(crate) struct Net {
+    pub peers: Vec<Peer>,
     queue: VecDeque<(usize, usize, Vec<u8>)>,
+    /// Driver commands, answered with success as the network settles.
+    drivers: VecDeque<(usize, DriverCmd)>,
+    /// Image fetches asked for, left to the test to complete.
+    pub fetches: Vec<(usize, atoll_crdt::Image, Vec<SiteId>)>,
+    /// Every reply given, in order.
+    pub replies: Vec<(ReqId, ApiResult)>,
     cut: BTreeSet<(usize, usize)>,
-    now: u64,
+    pub now: u64,
     bytes: usize,
 }
 
 impl Net {
-    fn new(n: usize) -> Net {
+    pub fn new(n: usize) -> Net {
         let mut first = Peer::genesis(cfg(0), 0, "admin-password").unwrap();
         let realm = first.realm.doc.save();
         let mut peers = vec![first];
         for i in 1..n {
             peers.push(Peer::join(cfg(i), 0, &realm).unwrap());
         }
-        let mut net = Net { peers, queue: VecDeque::new(), cut: BTreeSet::new(), now: 1, bytes: 0 };
+        let mut net = Net {
+            peers,
+            queue: VecDeque::new(),
+            drivers: VecDeque::new(),
+            fetches: Vec::new(),
+            replies: Vec::new(),
+            cut: BTreeSet::new(),
+            now: 1,
+            bytes: 0,
+        };
         for i in 0..n {
             let mut out = Out::default();
             net.peers[i].boot(0, &mut out).unwrap();
@@ -63,7 +78,7 @@ impl Net {
         net
     }
 
-    fn site(&self, i: usize) -> SiteId {
+    pub fn site(&self, i: usize) -> SiteId {
         self.peers[i].site().clone()
     }
 
@@ -78,19 +93,40 @@ impl Net {
             let to = self.index(&to);
             self.queue.push_back((from, to, bytes));
         }
+        self.drivers.extend(out.drivers.into_iter().map(|c| (from, c)));
+        self.fetches.extend(out.fetches.into_iter().map(|(image, holders)| (from, image, holders)));
+        self.replies.extend(out.replies.iter().cloned());
         out.replies
     }
 
-    fn input(&mut self, i: usize, input: Input) -> Vec<(ReqId, ApiResult)> {
+    /// The reply to `req`, given by any input so far.
+    pub fn reply(&self, req: ReqId) -> Option<ApiResult> {
+        self.replies.iter().rev().find(|(r, _)| *r == req).map(|(_, res)| res.clone())
+    }
+
+    pub fn input(&mut self, i: usize, input: Input) -> Vec<(ReqId, ApiResult)> {
         self.now += 1;
         let mut out = Out::default();
         self.peers[i].handle(self.now, input, &mut out);
         self.absorb(i, out)
     }
 
-    /// Delivers until no message is in flight (messages over a cut link are lost).
-    fn settle(&mut self) {
+    /// Delivers until no message is in flight (messages over a cut link are
+    /// lost) and every driver command has been answered with success.
+    pub fn settle(&mut self) {
         for _ in 0..100_000 {
+            if let Some((i, cmd)) = self.drivers.pop_front() {
+                let (key, run) = (cmd.key().to_owned(), cmd.run());
+                let event = match cmd {
+                    DriverCmd::Start { .. } | DriverCmd::Recover { .. } => {
+                        DriverEvent::Started { handle: format!("h-{key}"), detail: "running".into() }
+                    }
+                    DriverCmd::Stop { .. } => DriverEvent::Stopped,
+                    DriverCmd::Destroy { .. } => DriverEvent::Destroyed,
+                };
+                self.input(i, Input::Driver { key, run, event });
+                continue;
+            }
             let Some((from, to, bytes)) = self.queue.pop_front() else { return };
             if self.cut.contains(&(from, to)) {
                 continue;
@@ -102,7 +138,7 @@ impl Net {
         panic!("the network never went quiet");
     }
 
-    fn partition(&mut self, island: usize) {
+    pub fn partition(&mut self, island: usize) {
         for j in 0..self.peers.len() {
             if j != island {
                 self.cut.insert((island, j));
@@ -114,7 +150,7 @@ impl Net {
         }
     }
 
-    fn heal(&mut self) {
+    pub fn heal(&mut self) {
         let cut = std::mem::take(&mut self.cut);
         for (a, b) in cut {
             let s = self.site(b);
@@ -123,19 +159,26 @@ impl Net {
         self.settle();
     }
 
-    fn call(&mut self, i: usize, token: Option<&str>, cmd: Command) -> ApiResult {
+    /// Sends a command that may be answered later; returns its request id.
+    pub fn ask(&mut self, i: usize, token: &str, cmd: Command) -> ReqId {
+        let req = 1000 + self.now;
+        self.input(i, Input::Api { req, token: Some(token.to_owned()), cmd });
+        req
+    }
+
+    pub fn call(&mut self, i: usize, token: Option<&str>, cmd: Command) -> ApiResult {
         let replies = self.input(i, Input::Api { req: 7, token: token.map(str::to_owned), cmd });
         replies.into_iter().find(|(r, _)| *r == 7).map(|(_, res)| res).expect("reply")
     }
 
-    fn login(&mut self, i: usize, user: &str, password: &str) -> String {
+    pub fn login(&mut self, i: usize, user: &str, password: &str) -> String {
         match self.call(i, None, Command::Login { user: user.into(), password: password.into() }) {
             Ok(Reply::Token(t)) => t.token,
             other => panic!("login at {i}: {other:?}"),
         }
     }
 
-    fn assert_converged(&mut self) {
+    pub fn assert_converged(&mut self) {
         let ids: Vec<DocId> = std::iter::once(DocId::Realm)
             .chain((0..self.peers.len()).map(|i| DocId::Site(self.site(i))))
             .collect();

@@ -49,6 +49,13 @@ enum Ev {
         run: u64,
         event: DriverEvent,
     },
+    /// An image fetch the site asked for has finished (or failed).
+    Fetched {
+        site: usize,
+        epoch: u64,
+        digest: String,
+        result: Result<(), String>,
+    },
     Step(usize),
     Probe,
     /// Setup calls, once the sites have met: 0 login, projects, shares; 1 images.
@@ -301,6 +308,16 @@ impl Sim {
         }
         for cmd in fx.drivers {
             self.script(i, epoch, cmd);
+        }
+        for (image, holders) in fx.fetches {
+            // The blob crosses the link from the first holder reachable now;
+            // the simulator keeps no blobs, so only its time is modelled.
+            let from = holders.iter().filter_map(|h| self.index.get(h).copied()).find(|&j| self.linked(i, j));
+            let (at, result) = match from {
+                Some(j) => (self.arrival(j, i, image.size as usize), Ok(())),
+                None => (self.now + 1000, Err("no holder is reachable".to_owned())),
+            };
+            self.push(at, Ev::Fetched { site: i, epoch, digest: image.digest, result });
         }
         for (req, result) in fx.replies {
             self.on_reply(req, result);
@@ -586,6 +603,7 @@ impl Sim {
             }
             Ev::Timer { site, .. } => (2, *site as u64, 0),
             Ev::Driver { site, run, .. } => (3, *site as u64, *run),
+            Ev::Fetched { site, .. } => (7, *site as u64, 0),
             Ev::Step(k) => (4, *k as u64, 0),
             Ev::Probe => (5, 0, 0),
             Ev::Setup(phase) => (6, *phase as u64, 0),
@@ -622,6 +640,11 @@ impl Sim {
             Ev::Driver { site, epoch, key, run, event } => {
                 if self.sites[site].epoch == epoch {
                     self.input(site, Input::Driver { key, run, event });
+                }
+            }
+            Ev::Fetched { site, epoch, digest, result } => {
+                if self.sites[site].epoch == epoch {
+                    self.input(site, Input::Fetched { digest, result });
                 }
             }
             Ev::Step(k) => self.apply_step(k),

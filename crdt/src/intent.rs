@@ -1,0 +1,85 @@
+//! Cross-site operations (ARCHITECTURE §4): an operation addressed to another
+//! site is written as an [`Intent`] in the requester's document; the target
+//! applies it once and records an [`IntentOutcome`] in its own document. Both
+//! documents travel by ordinary anti-entropy, so intents also cross partitions
+//! store-and-forward.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Millis;
+use crate::doc::Entity;
+use crate::entity::SiteId;
+
+/// An operation one site asks another to carry out on a user's behalf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// `<requester>.<16 hex digits>`: unique in the realm.
+    pub id: String,
+    pub requester: SiteId,
+    pub target: SiteId,
+    /// The user the requester authenticated; the target checks their rights again.
+    pub user: String,
+    /// The API command to apply, as JSON (the peer core's type; this crate only
+    /// carries it).
+    pub command: String,
+    /// A one-line description for listings (`create default/web`).
+    pub summary: String,
+    pub created_at: Millis,
+}
+
+impl Entity for Intent {
+    const COLLECTION: &'static str = "intents";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntentState {
+    /// Not yet seen by the target (only ever shown, never stored).
+    Pending,
+    /// Accepted by the target, which is carrying it out.
+    Applying,
+    Done,
+    Failed,
+}
+
+impl IntentState {
+    pub fn is_final(self) -> bool {
+        matches!(self, IntentState::Done | IntentState::Failed)
+    }
+}
+
+/// What the target made of an intent; written once `Applying`, then final.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentOutcome {
+    pub id: String,
+    pub requester: SiteId,
+    pub state: IntentState,
+    /// The API reply (when done) or error (when failed), as JSON.
+    pub result: String,
+    pub at: Millis,
+}
+
+impl Entity for IntentOutcome {
+    const COLLECTION: &'static str = "outcomes";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// A site holds an image's blob in full and serves its chunks to others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub digest: String,
+    pub site: SiteId,
+    pub at: Millis,
+}
+
+impl Entity for Holder {
+    const COLLECTION: &'static str = "holders";
+    fn key(&self) -> String {
+        format!("{}/{}", self.digest, self.site)
+    }
+}

@@ -1,0 +1,166 @@
+//! Cross-site operations and image fetches between peers of the in-test network.
+
+use atoll_crdt::{ImageFormat, IntentState, Observed, Visibility};
+
+use crate::api::{NewImage, NewInstance};
+use crate::tests_sync::Net;
+use crate::*;
+
+fn image(name: &str) -> NewImage {
+    NewImage {
+        name: name.into(),
+        project: "default".into(),
+        format: ImageFormat::Process,
+        visibility: Visibility::Private,
+        digest: format!("sha256:{}", "a".repeat(64)),
+        size: 10,
+        chunk_size: 1 << 20,
+        chunks: vec!["b".repeat(64)],
+    }
+}
+
+fn new_instance(name: &str, image: &str) -> NewInstance {
+    serde_json::from_value(serde_json::json!({"name": name, "project": "default", "image": image})).unwrap()
+}
+
+fn remote(net: &Net, site: usize, wait_ms: u64, then: Command) -> Command {
+    Command::Remote { site: net.site(site), wait_ms, then: Box::new(then) }
+}
+
+fn instance_on(net: &Net, i: usize, name: &str) -> Option<atoll_crdt::Instance> {
+    net.peers[i].own().instance("default", name).unwrap()
+}
+
+/// A realm of `n` sites where s1 holds image `img` and the admin is logged in on s0.
+fn setup(n: usize) -> (Net, String) {
+    let mut net = Net::new(n);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(1, Some(&admin), Command::RegisterImage(image("img"))).unwrap();
+    // Quota rights for every site: the realm's first site holds them all.
+    let to = (1..n).map(|i| net.site(i)).collect();
+    let amount = atoll_crdt::Resources::new(2, 2, 1024);
+    net.call(0, Some(&admin), Command::GiveQuota { project: "default".into(), to, amount }).unwrap();
+    net.settle();
+    (net, admin)
+}
+
+#[test]
+fn an_instance_created_through_another_site_runs_there_once() {
+    let (mut net, admin) = setup(3);
+    let req =
+        net.ask(0, &admin, remote(&net, 1, 30_000, Command::CreateInstance(new_instance("web", "img"))));
+    assert!(net.reply(req).is_none(), "the requester waits for the outcome");
+    net.settle();
+    match net.reply(req) {
+        Some(Ok(Reply::Instance(i))) => {
+            assert_eq!(i.site, net.site(1));
+            assert_eq!(i.observed, Observed::Running);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(instance_on(&net, 1, "web").is_some());
+    assert!(instance_on(&net, 0, "web").is_none());
+    // Listed on both sides as done; applying again (as after a restart) changes nothing.
+    for i in [0, 1] {
+        let Ok(Reply::Intents(list)) = net.call(i, Some(&admin), Command::ListIntents) else { panic!() };
+        assert_eq!(list.len(), 1, "site {i}: {list:?}");
+        assert_eq!(list[0].state, IntentState::Done);
+    }
+    let mut out = Outbox::default();
+    net.peers[1].resume_intents(net.now, &mut out);
+    assert!(out.drivers.is_empty(), "an applied intent is never applied twice");
+    // Stop and delete through s2 (which never held the instance).
+    let token = net.login(2, "admin", "admin-password");
+    let stop = Command::StopInstance { project: "default".into(), name: "web".into() };
+    let req = net.ask(2, &token, remote(&net, 1, 30_000, stop));
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(i))) if i.observed == Observed::Stopped));
+    let delete = Command::DeleteInstance { project: "default".into(), name: "web".into() };
+    let req = net.ask(2, &token, remote(&net, 1, 30_000, delete));
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Removed { .. }))), "{:?}", net.reply(req));
+    assert!(instance_on(&net, 1, "web").is_none());
+    net.assert_converged();
+}
+
+#[test]
+fn an_intent_to_a_cut_off_site_is_pending_then_applied_after_the_heal() {
+    let (mut net, admin) = setup(3);
+    net.partition(1);
+    let req = net.ask(0, &admin, remote(&net, 1, 5_000, Command::CreateInstance(new_instance("db", "img"))));
+    net.settle();
+    assert!(net.reply(req).is_none());
+    // The caller's wait ends (the shell fires the timer).
+    let Some(id) = net.peers[0].intent_waiters.keys().next().cloned() else { panic!("no waiter") };
+    net.input(0, Input::Timer(TimerId::IntentWait { id: id.clone(), req }));
+    match net.reply(req) {
+        Some(Ok(Reply::Intent(v))) => assert_eq!(v.state, IntentState::Pending),
+        other => panic!("{other:?}"),
+    }
+    net.heal();
+    net.settle();
+    assert!(instance_on(&net, 1, "db").is_some(), "applied once the target is reached");
+    match net.call(0, Some(&admin), Command::ShowIntent { id, wait_ms: 0 }) {
+        Ok(Reply::Intent(v)) => assert_eq!(v.state, IntentState::Done, "{v:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_intent_reports_the_targets_reason() {
+    let (mut net, admin) = setup(2);
+    // The image is unknown: the target refuses, and the caller gets its error.
+    let req = net.ask(0, &admin, remote(&net, 1, 30_000, Command::CreateInstance(new_instance("x", "nope"))));
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Err(ApiError::NotFound(_)))), "{:?}", net.reply(req));
+    let Ok(Reply::Intents(list)) = net.call(0, Some(&admin), Command::ListIntents) else { panic!() };
+    assert_eq!(list[0].state, IntentState::Failed);
+    // Commands that cannot travel, and unknown sites, are refused at once.
+    let bad = net.call(0, Some(&admin), remote(&net, 1, 0, Command::ListUsers));
+    assert!(matches!(bad, Err(ApiError::Invalid(_))), "{bad:?}");
+    let nowhere = Command::Remote {
+        site: atoll_crdt::SiteId::new("nowhere").unwrap(),
+        wait_ms: 0,
+        then: Box::new(Command::CreateInstance(new_instance("y", "img"))),
+    };
+    assert!(matches!(net.call(0, Some(&admin), nowhere), Err(ApiError::NotFound(_))));
+}
+
+#[test]
+fn an_image_held_elsewhere_is_fetched_before_its_instance_starts() {
+    let (mut net, admin) = setup(3);
+    let token = net.login(2, "admin", "admin-password");
+    let req = net.ask(2, &token, Command::CreateInstance(new_instance("app", "img")));
+    net.settle();
+    assert!(net.reply(req).is_none());
+    let (site, image, holders) = net.fetches.pop().expect("a fetch is asked for");
+    assert_eq!((site, holders), (2, vec![net.site(1)]));
+    let inst = instance_on(&net, 2, "app").unwrap();
+    assert_eq!(inst.observed, Observed::Pending);
+    assert!(inst.reason.contains("fetching image"), "{}", inst.reason);
+    net.input(2, Input::Fetched { digest: image.digest.clone(), result: Ok(()) });
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(i))) if i.observed == Observed::Running));
+    // The catalog now names both holders, on every site.
+    match net.call(0, Some(&admin), Command::ShowImage { project: "default".into(), name: "img".into() }) {
+        Ok(Reply::Image(v)) => assert_eq!(v.holders, vec![net.site(1), net.site(2)]),
+        other => panic!("{other:?}"),
+    }
+    let _ = admin;
+}
+
+#[test]
+fn a_failed_fetch_fails_the_waiting_instance_and_copy() {
+    let (mut net, admin) = setup(2);
+    let req = net.ask(0, &admin, Command::CreateInstance(new_instance("app", "img")));
+    let copy = net.ask(0, &admin, Command::CopyImage { project: "default".into(), name: "img".into() });
+    assert_eq!(net.fetches.len(), 1, "one fetch for both");
+    let digest = net.fetches[0].1.digest.clone();
+    net.input(
+        0,
+        Input::Fetched { digest, result: Err("chunk 0 failed verification at every holder".into()) },
+    );
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(i))) if i.observed == Observed::Failed));
+    assert!(matches!(net.reply(copy), Some(Err(ApiError::Conflict(m))) if m.contains("verification")));
+}

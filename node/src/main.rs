@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod dev;
 mod driver;
+mod fetch;
 mod metrics;
 mod net;
 mod runtime;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::driver::{Drivers, Exit, Recovered};
+use crate::fetch::{Fetches, Finished};
 use crate::net::{self, Net};
 use crate::store::Store;
 
@@ -67,6 +68,9 @@ pub struct Runtime {
     /// The realm digest the network's member list was last built from.
     members_from: Option<[u8; 32]>,
     ticks: u32,
+    fetches: Fetches<libp2p::request_response::OutboundRequestId>,
+    /// Fetches that ended, to report to the peer after the current input.
+    fetched: Vec<Finished>,
 }
 
 impl Runtime {
@@ -91,6 +95,8 @@ impl Runtime {
             net,
             members_from: None,
             ticks: 0,
+            fetches: Fetches::default(),
+            fetched: Vec::new(),
         };
         (runtime, client)
     }
@@ -174,6 +180,39 @@ impl Runtime {
         let mut fx = Outbox::default();
         self.peer.handle(now_millis(), input, &mut fx);
         self.carry_out(fx);
+        // Fetches that ended while carrying out (nothing was missing, say).
+        while let Some((digest, result)) = self.fetched.pop() {
+            let mut fx = Outbox::default();
+            self.peer.handle(now_millis(), Input::Fetched { digest, result }, &mut fx);
+            self.carry_out(fx);
+        }
+    }
+
+    fn start_fetch(&mut self, image: atoll_crdt::Image, holders: Vec<atoll_crdt::SiteId>) {
+        let store = self.store.clone();
+        let done = tokio::task::block_in_place(|| self.fetches.start(&*store, image, holders));
+        self.fetched.extend(done);
+        if let Some(net) = self.net.as_mut() {
+            self.fetches.pump(net);
+        }
+    }
+
+    fn on_chunk(
+        &mut self,
+        request: libp2p::request_response::OutboundRequestId,
+        result: Result<Vec<u8>, String>,
+    ) {
+        let store = self.store.clone();
+        let done = tokio::task::block_in_place(|| self.fetches.on_chunk(&*store, request, result));
+        if let Some((digest, result)) = done {
+            if let Some((image, holders)) = self.fetches.next_queued() {
+                self.start_fetch(image, holders);
+            }
+            self.input(Input::Fetched { digest, result });
+        }
+        if let Some(net) = self.net.as_mut() {
+            self.fetches.pump(net);
+        }
     }
 
     fn on_net(&mut self, ev: net::Event) {
@@ -194,6 +233,18 @@ impl Runtime {
                 }
                 self.refresh_members();
             }
+            net::Event::ChunkWanted { hash, channel } => {
+                let store = self.store.clone();
+                let bytes = tokio::task::block_in_place(|| store.get_chunk(&hash));
+                let bytes = bytes.unwrap_or_else(|e| {
+                    tracing::error!("cannot read chunk {hash}: {e}");
+                    None
+                });
+                if let Some(net) = self.net.as_mut() {
+                    net.answer_chunk(channel, bytes.unwrap_or_default());
+                }
+            }
+            net::Event::Chunk { request, result } => self.on_chunk(request, result),
             net::Event::Addrs(addrs) => {
                 let mut fx = Outbox::default();
                 if let Err(e) = self.peer.set_addrs(now_millis(), addrs, &mut fx) {
@@ -211,7 +262,20 @@ impl Runtime {
         self.refresh_members();
         self.ticks = self.ticks.wrapping_add(1);
         let summary = (self.ticks % SUMMARY_EVERY == 1).then(|| self.peer.summary());
+        for (digest, result) in self.fetches.check_stalls() {
+            self.input(Input::Fetched { digest, result });
+        }
+        while let Some((image, holders)) = self.fetches.next_queued() {
+            self.start_fetch(image, holders);
+        }
+        for (digest, result) in std::mem::take(&mut self.fetched) {
+            self.input(Input::Fetched { digest, result });
+        }
         if let Some(net) = self.net.as_mut() {
+            self.fetches.pump(net);
+            if let Ok(mut p) = net.traffic.fetches.lock() {
+                *p = self.fetches.progress();
+            }
             net.tick();
             match summary {
                 Some(Ok(view)) => net.publish(&view),
@@ -270,6 +334,9 @@ impl Runtime {
         }
         for cmd in fx.drivers {
             self.drive(cmd);
+        }
+        for (image, holders) in fx.fetches {
+            self.start_fetch(image, holders);
         }
         for (timer, after) in fx.timers {
             let tx = self.tx.clone();

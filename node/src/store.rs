@@ -33,6 +33,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a chunk under its sha256 (hex); returns false if it was already there.
     fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<bool, StoreError>;
     fn get_chunk(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn has_chunk(&self, hash: &str) -> Result<bool, StoreError>;
     fn delete_chunks(&self, hashes: &[String]) -> Result<(), StoreError>;
     /// The chunk list of a whole blob, by its digest.
     fn put_blob(&self, digest: &str, chunks: &[String]) -> Result<(), StoreError>;
@@ -168,6 +169,10 @@ impl Store for Sled {
             return Err(StoreError::Corrupt(format!("chunk {hash} does not match its hash")));
         }
         Ok(Some(v.to_vec()))
+    }
+
+    fn has_chunk(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.chunks.contains_key(hash)?)
     }
 
     fn delete_chunks(&self, hashes: &[String]) -> Result<(), StoreError> {

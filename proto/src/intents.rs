@@ -22,6 +22,14 @@ pub const MAX_INTENT_WAITERS: usize = 1024;
 /// Request ids at and above this one are the peer's own, for applying intents.
 pub(crate) const INTENT_REQ: ReqId = 1 << 62;
 
+/// What a waiting caller gets once an intent settles: the operation's own
+/// reply (the caller of the operation) or the intent (`atoll intent show`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    Result,
+    View,
+}
+
 /// A settled outcome as stored: the replies a remote command can give, tagged
 /// (the API's `Reply` is untagged JSON and would not read back unambiguously).
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,7 +151,7 @@ impl Peer {
         if wait_ms == 0 || waiting >= MAX_INTENT_WAITERS {
             return Outcome::Now(Ok(Reply::Intent(view)));
         }
-        self.intent_waiters.entry(id.clone()).or_default().push(req);
+        self.intent_waiters.entry(id.clone()).or_default().push((req, Want::Result));
         fx.schedule(TimerId::IntentWait { id, req }, wait_ms.min(MAX_WAIT));
         Outcome::Later
     }
@@ -152,7 +160,7 @@ impl Peer {
     pub(crate) fn on_intent_wait(&mut self, id: &str, req: ReqId) {
         let Some(reqs) = self.intent_waiters.get_mut(id) else { return };
         let before = reqs.len();
-        reqs.retain(|r| *r != req);
+        reqs.retain(|(r, _)| *r != req);
         if reqs.len() == before {
             return;
         }
@@ -175,8 +183,12 @@ impl Peer {
             .collect();
         for id in ids {
             if let Some(result) = self.settled_result(&id) {
-                for req in self.intent_waiters.remove(&id).unwrap_or_default() {
-                    self.replies.push((req, result.clone()));
+                for (req, want) in self.intent_waiters.remove(&id).unwrap_or_default() {
+                    let reply = match want {
+                        Want::Result => result.clone(),
+                        Want::View => self.intent_view(&id).map(Reply::Intent),
+                    };
+                    self.replies.push((req, reply));
                 }
             }
         }
@@ -252,7 +264,7 @@ impl Peer {
                     if wait_ms == 0 || waiting >= MAX_INTENT_WAITERS {
                         return Outcome::Now(Ok(Reply::Intent(v)));
                     }
-                    self.intent_waiters.entry(id.clone()).or_default().push(req);
+                    self.intent_waiters.entry(id.clone()).or_default().push((req, Want::View));
                     fx.schedule(TimerId::IntentWait { id, req }, wait_ms.min(MAX_WAIT));
                     Outcome::Later
                 }

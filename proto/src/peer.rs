@@ -213,7 +213,7 @@ pub struct Peer {
     pub(crate) fetching: BTreeSet<String>,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
-    pub(crate) intent_waiters: BTreeMap<String, Vec<ReqId>>,
+    pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
     /// Intents received here whose application waits on a driver: our own
     /// request id -> (intent, requester).
     pub(crate) applying: BTreeMap<ReqId, (String, SiteId)>,

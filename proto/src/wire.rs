@@ -16,6 +16,19 @@ pub const MAX_DIGEST: usize = 4096;
 pub const MAX_GOSSIP: usize = 64 << 10;
 /// Largest join request (an invitation and a membership record).
 pub const MAX_JOIN_REQUEST: usize = 16 << 10;
+/// Largest image chunk served or fetched (uploads cut 4 MiB chunks).
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Largest chunk request.
+pub const MAX_CHUNK_REQUEST: usize = 256;
+
+/// Asks a holder for one chunk of an image blob. The answer is the chunk's
+/// bytes, or nothing when the holder does not have it; the asker verifies
+/// them against the hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    /// sha256 hex of the chunk.
+    pub hash: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -107,6 +120,7 @@ mod tests {
             let _ = decode::<crate::membership::JoinRequest>(&bytes, MAX_JOIN_REQUEST);
             let _ = decode::<crate::api::SiteView>(&bytes, MAX_GOSSIP);
             let _ = decode::<Result<Vec<u8>, crate::ApiError>>(&bytes, MAX_MESSAGE);
+            let _ = decode::<ChunkRequest>(&bytes, MAX_CHUNK_REQUEST);
         }
 
         /// Every message decodes to itself.

@@ -232,11 +232,28 @@ impl Cli<'_> {
 
 /// A process image: a tar with `manifest.json` and a shell script.
 pub fn process_image(dir: &Path, name: &str, script: &str) -> PathBuf {
+    padded_process_image(dir, name, script, 0)
+}
+
+/// A process image carrying `pad` bytes of incompressible filler, so that its
+/// blob spans several chunks.
+pub fn padded_process_image(dir: &Path, name: &str, script: &str, pad: usize) -> PathBuf {
+    use sha2::Digest;
     let path = dir.join(format!("{name}.tar"));
     let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
     let manifest = br#"{"entrypoint": ["/bin/sh", "run.sh"]}"#;
-    for (file, body, mode) in [("manifest.json", &manifest[..], 0o644), ("run.sh", script.as_bytes(), 0o755)]
-    {
+    let mut filler = Vec::with_capacity(pad + 32);
+    let mut block = sha2::Sha256::digest(name.as_bytes());
+    while filler.len() < pad {
+        filler.extend_from_slice(&block);
+        block = sha2::Sha256::digest(block);
+    }
+    filler.truncate(pad);
+    for (file, body, mode) in [
+        ("manifest.json", &manifest[..], 0o644),
+        ("run.sh", script.as_bytes(), 0o755),
+        ("filler", &filler[..], 0o644),
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(mode);

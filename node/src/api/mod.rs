@@ -55,7 +55,8 @@ impl IntoResponse for Failure {
     }
 }
 
-type Res = Result<Json<Reply>, Failure>;
+/// A reply; an intent still pending is `202 Accepted`.
+type Res = Result<(StatusCode, Json<Reply>), Failure>;
 
 fn bearer(h: &HeaderMap) -> Option<String> {
     let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -77,7 +78,43 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Failure> {
 }
 
 async fn call(s: &AppState, h: &HeaderMap, cmd: Command) -> Res {
-    Ok(Json(s.client.call(bearer(h), cmd).await?))
+    let reply = s.client.call(bearer(h), cmd).await?;
+    let status = match &reply {
+        Reply::Intent(v) if !v.state.is_final() => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(reply)))
+}
+
+/// `?site=S&wait=SECS` on operations that may target another site.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    site: Option<atoll_crdt::SiteId>,
+    /// Seconds to wait for the target's outcome (default 30).
+    wait: Option<u64>,
+}
+
+type TargetQuery = Result<Query<Target>, QueryRejection>;
+
+/// The command, sent to `site` when one is named.
+fn routed(q: TargetQuery, cmd: Command) -> Result<Command, Failure> {
+    let t = query(q)?;
+    Ok(match t.site {
+        Some(site) => Command::Remote {
+            site,
+            wait_ms: t.wait.map_or_else(atoll_proto::api::default_wait, |s| s.saturating_mul(1000)),
+            then: Box::new(cmd),
+        },
+        None => cmd,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wait {
+    #[serde(default)]
+    wait: u64,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +316,38 @@ pub fn routes() -> Vec<Route> {
             }),
         ),
         route(
+            "post",
+            "/v1/images/{project}/{name}/copy",
+            "Fetch an image's blob from its holders to this site, or to ?site=S",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
+                    call(&s, &h, routed(q, Command::CopyImage { project, name })?).await
+                },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/intents",
+            "Cross-site operations issued or received by this site",
+            get(
+                |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListIntents).await },
+            ),
+        ),
+        route(
+            "get",
+            "/v1/intents/{id}",
+            "One cross-site operation; ?wait=SECS waits for it to settle",
+            get(
+                |State(s): State<AppState>,
+                 h: HeaderMap,
+                 Path(id): Path<String>,
+                 q: Result<Query<Wait>, QueryRejection>| async move {
+                    let wait_ms = query(q)?.wait.saturating_mul(1000);
+                    call(&s, &h, Command::ShowIntent { id, wait_ms }).await
+                },
+            ),
+        ),
+        route(
             "get",
             "/v1/instances",
             "List the instances on this site visible to the caller",
@@ -291,8 +360,11 @@ pub fn routes() -> Vec<Route> {
             "/v1/instances",
             "Create and start an instance",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewInstance>, JsonRejection>| async move {
-                    call(&s, &h, Command::CreateInstance(body(b)?)).await
+                |State(s): State<AppState>,
+                 h: HeaderMap,
+                 q: TargetQuery,
+                 b: Result<Json<NewInstance>, JsonRejection>| async move {
+                    call(&s, &h, routed(q, Command::CreateInstance(body(b)?))?).await
                 },
             ),
         ),
@@ -308,25 +380,31 @@ pub fn routes() -> Vec<Route> {
             "delete",
             "/v1/instances/{project}/{name}",
             "Stop and delete an instance",
-            delete(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
-                call(&s, &h, Command::DeleteInstance { project, name }).await
-            }),
+            delete(
+                |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
+                    call(&s, &h, routed(q, Command::DeleteInstance { project, name })?).await
+                },
+            ),
         ),
         route(
             "post",
             "/v1/instances/{project}/{name}/start",
             "Start an instance",
-            post(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
-                call(&s, &h, Command::StartInstance { project, name }).await
-            }),
+            post(
+                |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
+                    call(&s, &h, routed(q, Command::StartInstance { project, name })?).await
+                },
+            ),
         ),
         route(
             "post",
             "/v1/instances/{project}/{name}/stop",
             "Stop an instance",
-            post(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
-                call(&s, &h, Command::StopInstance { project, name }).await
-            }),
+            post(
+                |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
+                    call(&s, &h, routed(q, Command::StopInstance { project, name })?).await
+                },
+            ),
         ),
         route(
             "get",

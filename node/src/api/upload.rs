@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -142,7 +142,7 @@ pub async fn upload(
         chunks: c.chunks.clone(),
     };
     match s.client.call(token, Command::RegisterImage(image)).await {
-        Ok(reply) => Ok(Json(reply)),
+        Ok(reply) => Ok((StatusCode::OK, Json(reply))),
         Err(e) => {
             c.abandon();
             if !had_blob {

@@ -6,6 +6,12 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// The reply of an operation sent to another site.
+pub enum Remote<T> {
+    Done(T),
+    Pending(atoll_proto::api::IntentView),
+}
+
 pub struct Api {
     pub base: String,
     token: Option<String>,
@@ -59,6 +65,41 @@ impl Api {
             Some(t) => r.bearer_auth(t),
             None => r,
         }
+    }
+
+    /// Sends an operation that may go to another site: its reply, or the
+    /// intent still pending there (HTTP 202).
+    pub async fn send_remote<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<Remote<T>> {
+        let v: (reqwest::StatusCode, serde_json::Value) = self.send_with_status(rb).await?;
+        if v.0 == reqwest::StatusCode::ACCEPTED {
+            return Ok(Remote::Pending(serde_json::from_value(v.1).context("unexpected intent reply")?));
+        }
+        Ok(Remote::Done(
+            serde_json::from_value(v.1).with_context(|| format!("unexpected reply from {}", self.base))?,
+        ))
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.req(method, path)
+    }
+
+    async fn send_with_status(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let resp = rb.send().await.map_err(|e| anyhow!("cannot reach atoll at {}: {e}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the reply")?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).with_context(|| format!("unexpected reply from {}", self.base))?,
+        ))
     }
 
     pub async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {

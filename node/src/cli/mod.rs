@@ -1,6 +1,7 @@
 //! The `atoll` command line: a client of any site's `/v1` API.
 
 pub mod client;
+mod intent;
 pub mod output;
 mod site;
 
@@ -12,13 +13,14 @@ use atoll_crdt::{
     Image, ImageFormat, Instance, Project, Resources, RestartPolicy, Role, RoleBinding, SiteId,
 };
 use atoll_proto::api::{
-    Grant, NewInstance, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
+    Grant, ImageView, NewInstance, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
 };
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use client::Api;
+use intent::{At, IntentCmd, settled};
 use output::{Format, ago, bytes, print};
 
 #[derive(Debug, Args)]
@@ -64,6 +66,9 @@ pub enum Cmd {
     Role(RoleCmd),
     #[command(subcommand)]
     Quota(QuotaCmd),
+    /// Operations sent to other sites, and their outcomes.
+    #[command(subcommand)]
+    Intent(IntentCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +109,16 @@ pub enum ImageCmd {
     Rm {
         name: String,
     },
+    /// Fetch an image to other sites from the sites that hold it.
+    Copy {
+        name: String,
+        /// Target sites (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Seconds to wait for each copy before reporting it pending.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +145,8 @@ pub enum InstanceCmd {
         /// Environment variable KEY=VALUE (repeatable).
         #[arg(long = "env", value_parser = parse_kv)]
         env: Vec<(String, String)>,
+        #[command(flatten)]
+        at: At,
         /// Arguments appended to the image's entrypoint.
         #[arg(last = true)]
         args: Vec<String>,
@@ -140,16 +157,24 @@ pub enum InstanceCmd {
     },
     Start {
         name: String,
+        #[command(flatten)]
+        at: At,
     },
     Stop {
         name: String,
+        #[command(flatten)]
+        at: At,
     },
     /// Stop, then start again.
     Restart {
         name: String,
+        #[command(flatten)]
+        at: At,
     },
     Delete {
         name: String,
+        #[command(flatten)]
+        at: At,
     },
     /// The tail of an instance's output.
     Logs {
@@ -331,6 +356,7 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,
         Cmd::Image(c) => image(&g, &api, c).await?,
         Cmd::Instance(c) => instance(&g, &api, c).await?,
+        Cmd::Intent(c) => intent::run(&g, &api, c).await?,
         Cmd::User(UserCmd::Create { name, realm_admin }) => {
             let password = read_secret(
                 "New password: ",
@@ -462,10 +488,13 @@ async fn image(g: &Global, api: &Api, c: ImageCmd) -> anyhow::Result<()> {
             println!("Added image {}/{} ({}, {})", img.project, img.name, bytes(img.size), img.digest);
         }
         ImageCmd::List => {
-            let imgs: Vec<Image> = api.get("/v1/images").await?;
-            print(g.output, &imgs, &["PROJECT", "NAME", "FORMAT", "SIZE", "VISIBILITY", "DIGEST"], || {
+            let imgs: Vec<ImageView> = api.get("/v1/images").await?;
+            let headers = ["PROJECT", "NAME", "FORMAT", "SIZE", "VISIBILITY", "DIGEST", "HELD ON"];
+            print(g.output, &imgs, &headers, || {
                 imgs.iter()
-                    .map(|i| {
+                    .map(|v| {
+                        let i = &v.image;
+                        let holders: Vec<&str> = v.holders.iter().map(|s| s.as_str()).collect();
                         vec![
                             i.project.clone(),
                             i.name.clone(),
@@ -473,6 +502,7 @@ async fn image(g: &Global, api: &Api, c: ImageCmd) -> anyhow::Result<()> {
                             bytes(i.size),
                             json_str(&i.visibility),
                             i.digest.chars().take(19).collect(),
+                            holders.join(","),
                         ]
                     })
                     .collect()
@@ -480,14 +510,48 @@ async fn image(g: &Global, api: &Api, c: ImageCmd) -> anyhow::Result<()> {
         }
         ImageCmd::Show { name } => {
             let (p, n) = split_ref(g, &name);
-            let i: Image = api.get(&format!("/v1/images/{p}/{n}")).await?;
+            let i: ImageView = api.get(&format!("/v1/images/{p}/{n}")).await?;
             show(g.output, &i)?;
         }
+        ImageCmd::Copy { name, to, wait } => copy_image(g, api, &name, &to, wait).await?,
         ImageCmd::Rm { name } => {
             let (p, n) = split_ref(g, &name);
             let _: serde_json::Value = api.delete(&format!("/v1/images/{p}/{n}")).await?;
             println!("Removed image {p}/{n}");
         }
+    }
+    Ok(())
+}
+
+/// Copies an image to several sites at once, with a spinner per site.
+async fn copy_image(g: &Global, api: &Api, name: &str, to: &[String], wait: u64) -> anyhow::Result<()> {
+    let (p, n) = split_ref(g, name);
+    let bars = indicatif::MultiProgress::new();
+    let copies = to.iter().map(|site| {
+        let pb = bars.add(ProgressBar::new_spinner());
+        pb.set_message(format!("copying {p}/{n} to {site}"));
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        let rb =
+            api.request(reqwest::Method::POST, &format!("/v1/images/{p}/{n}/copy?site={site}&wait={wait}"));
+        async move {
+            let r = api.send_remote::<ImageView>(rb).await;
+            pb.finish_and_clear();
+            (site, r)
+        }
+    });
+    let mut failed = Vec::new();
+    for (site, r) in futures_util::future::join_all(copies).await {
+        match r {
+            Ok(r) => {
+                if let Some(v) = settled(r) {
+                    println!("{site}: holds {p}/{n} ({})", bytes(v.image.size));
+                }
+            }
+            Err(e) => failed.push(format!("{site}: {e:#}")),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {} copies failed: {}", failed.len(), to.len(), failed.join("; "));
     }
     Ok(())
 }
@@ -543,7 +607,7 @@ async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
         println!("{}/{}: {} (desired {}){}", i.project, i.name, i.observed, json_str(&i.desired), reason(i));
     };
     match c {
-        InstanceCmd::Create { name, image, cpus, memory, disk, restart, ports, env, args } => {
+        InstanceCmd::Create { name, image, cpus, memory, disk, restart, ports, env, at, args } => {
             let body = NewInstance {
                 name,
                 project: g.project.clone(),
@@ -556,9 +620,11 @@ async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
                 env: env.into_iter().collect::<BTreeMap<_, _>>(),
                 ports,
             };
-            let i: Instance = api.post("/v1/instances", &body).await?;
-            report(&i);
-            fail_unless_up(&i)?;
+            let rb = api.request(reqwest::Method::POST, &format!("/v1/instances{}", at.query())).json(&body);
+            if let Some(i) = settled::<Instance>(api.send_remote(rb).await?) {
+                report(&i);
+                fail_unless_up(&i)?;
+            }
         }
         InstanceCmd::List => {
             let is: Vec<Instance> = api.get("/v1/instances").await?;
@@ -590,23 +656,30 @@ async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
             );
         }
         InstanceCmd::Show { name } => show(g.output, &api.get::<Instance>(&path(&name)).await?)?,
-        InstanceCmd::Start { name } => {
-            let i: Instance = api.post(&format!("{}/start", path(&name)), &()).await?;
-            report(&i);
-            fail_unless_up(&i)?;
+        InstanceCmd::Start { name, at } => {
+            if let Some(i) = act::<Instance>(api, &format!("{}/start", path(&name)), &at).await? {
+                report(&i);
+                fail_unless_up(&i)?;
+            }
         }
-        InstanceCmd::Stop { name } => {
-            report(&api.post::<_, Instance>(&format!("{}/stop", path(&name)), &()).await?)
+        InstanceCmd::Stop { name, at } => {
+            if let Some(i) = act::<Instance>(api, &format!("{}/stop", path(&name)), &at).await? {
+                report(&i);
+            }
         }
-        InstanceCmd::Restart { name } => {
-            let _: Instance = api.post(&format!("{}/stop", path(&name)), &()).await?;
-            let i: Instance = api.post(&format!("{}/start", path(&name)), &()).await?;
-            report(&i);
-            fail_unless_up(&i)?;
+        InstanceCmd::Restart { name, at } => {
+            if act::<Instance>(api, &format!("{}/stop", path(&name)), &at).await?.is_some()
+                && let Some(i) = act::<Instance>(api, &format!("{}/start", path(&name)), &at).await?
+            {
+                report(&i);
+                fail_unless_up(&i)?;
+            }
         }
-        InstanceCmd::Delete { name } => {
-            let _: serde_json::Value = api.delete(&path(&name)).await?;
-            println!("Deleted {}", split_ref(g, &name).1);
+        InstanceCmd::Delete { name, at } => {
+            let rb = api.request(reqwest::Method::DELETE, &format!("{}{}", path(&name), at.query()));
+            if settled::<serde_json::Value>(api.send_remote(rb).await?).is_some() {
+                println!("Deleted {}", split_ref(g, &name).1);
+            }
         }
         InstanceCmd::Logs { name, tail } => {
             let out = api.get_text(&format!("{}/logs?tail={tail}", path(&name))).await?;
@@ -615,6 +688,12 @@ async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// POSTs an instance action, on the site `at` names.
+async fn act<T: serde::de::DeserializeOwned>(api: &Api, path: &str, at: &At) -> anyhow::Result<Option<T>> {
+    let rb = api.request(reqwest::Method::POST, &format!("{path}{}", at.query())).json(&());
+    Ok(settled(api.send_remote(rb).await?))
 }
 
 fn reason(i: &Instance) -> String {

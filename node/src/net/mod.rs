@@ -3,7 +3,8 @@
 //!
 //! Protocols: `/atoll/sync/1` (request-response; one `PeerMsg` per request,
 //! an empty acknowledgement back), `/atoll/join/1` (request-response; an
-//! invitation in, the realm document out), gossipsub topic `atoll/summary/1`
+//! invitation in, the realm document out), `/atoll/chunk/1` (request-response;
+//! a chunk hash in, its bytes out), gossipsub topic `atoll/summary/1`
 //! (each site's summary, ephemeral), identify and ping. A connection from a
 //! peer whose key is not a member's may only present an invitation, within
 //! [`STRANGER_GRACE`]; a peer that sends anything malformed is blocked.
@@ -21,7 +22,7 @@ use atoll_proto::membership::JoinRequest;
 use atoll_proto::{ApiError, Input, PeerMsg, wire};
 use futures_util::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self as rr, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, mdns, ping,
@@ -73,6 +74,8 @@ pub struct Traffic {
     /// Connections of non-members that ended without a join, and peers blocked
     /// for breaking the protocol.
     pub refused_peers: AtomicU64,
+    /// Image fetches under way (refreshed every second).
+    pub fetches: std::sync::Mutex<Vec<crate::fetch::Progress>>,
 }
 
 impl Traffic {
@@ -93,6 +96,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     sync: rr::Behaviour<Frames>,
     join: rr::Behaviour<Frames>,
+    chunk: rr::Behaviour<Frames>,
     gossip: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -106,6 +110,16 @@ pub enum Event {
     },
     /// Our listen addresses changed: publish them in our membership record.
     Addrs(Vec<String>),
+    /// A member asks for an image chunk.
+    ChunkWanted {
+        hash: String,
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    /// The answer to one of our chunk requests (empty: not held there).
+    Chunk {
+        request: OutboundRequestId,
+        result: Result<Vec<u8>, String>,
+    },
 }
 
 struct Known {
@@ -128,6 +142,15 @@ pub struct Net {
     settings: Settings,
     topic: gossipsub::IdentTopic,
     pub traffic: Arc<Traffic>,
+}
+
+impl crate::fetch::Source<OutboundRequestId> for Net {
+    fn reaches(&self, site: &SiteId) -> bool {
+        Net::reaches(self, site)
+    }
+    fn request(&mut self, site: &SiteId, hash: &str) -> Option<OutboundRequestId> {
+        self.request_chunk(site, hash)
+    }
 }
 
 /// The libp2p identity of a site: its own ed25519 key.
@@ -181,6 +204,11 @@ impl Net {
                     join: rr::Behaviour::with_codec(
                         Frames { max: wire::MAX_MESSAGE },
                         [(StreamProtocol::new("/atoll/join/1"), ProtocolSupport::Full)],
+                        rr_cfg.clone(),
+                    ),
+                    chunk: rr::Behaviour::with_codec(
+                        Frames { max: wire::MAX_CHUNK },
+                        [(StreamProtocol::new("/atoll/chunk/1"), ProtocolSupport::Full)],
                         rr_cfg,
                     ),
                     gossip,
@@ -289,6 +317,25 @@ impl Net {
         let bytes = msg.encode();
         self.traffic.sent(bytes.len());
         self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+    }
+
+    /// Whether a member has an open connection now.
+    pub fn reaches(&self, site: &SiteId) -> bool {
+        self.peer_of.get(site).is_some_and(|p| self.connected.contains(p))
+    }
+
+    /// Asks a connected member for a chunk; None when it is not connected.
+    pub fn request_chunk(&mut self, from: &SiteId, hash: &str) -> Option<OutboundRequestId> {
+        let peer = self.peer_of.get(from).copied().filter(|p| self.connected.contains(p))?;
+        let bytes = wire::encode(&wire::ChunkRequest { hash: hash.to_owned() });
+        self.traffic.sent(bytes.len());
+        Some(self.swarm.behaviour_mut().chunk.send_request(&peer, bytes))
+    }
+
+    /// Answers a chunk request (empty bytes: not held here).
+    pub fn answer_chunk(&mut self, channel: ResponseChannel<Vec<u8>>, bytes: Vec<u8>) {
+        self.traffic.sent(bytes.len());
+        let _ = self.swarm.behaviour_mut().chunk.send_response(channel, bytes);
     }
 
     pub fn publish(&mut self, view: &SiteView) {
@@ -409,6 +456,34 @@ impl Net {
                         None
                     }
                 }
+            }
+            BehaviourEvent::Chunk(rr::Event::Message {
+                peer,
+                message: rr::Message::Request { request, channel, .. },
+                ..
+            }) => {
+                self.traffic.recv(request.len());
+                if self.site_of(&peer).is_none() || !self.connected.contains(&peer) {
+                    let _ = self.swarm.behaviour_mut().chunk.send_response(channel, Vec::new());
+                    return None;
+                }
+                match wire::decode::<wire::ChunkRequest>(&request, wire::MAX_CHUNK_REQUEST) {
+                    Ok(r) => Some(Event::ChunkWanted { hash: r.hash, channel }),
+                    Err(e) => {
+                        self.punish(peer, &format!("undecodable chunk request: {e}"));
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Chunk(rr::Event::Message {
+                message: rr::Message::Response { request_id, response },
+                ..
+            }) => {
+                self.traffic.recv(response.len());
+                Some(Event::Chunk { request: request_id, result: Ok(response) })
+            }
+            BehaviourEvent::Chunk(rr::Event::OutboundFailure { request_id, error, .. }) => {
+                Some(Event::Chunk { request: request_id, result: Err(error.to_string()) })
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, .. }) => {
                 self.traffic.recv(message.data.len());

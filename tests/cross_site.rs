@@ -1,0 +1,116 @@
+//! Cross-site operations between three real daemons on loopback: an image
+//! uploaded on A boots on C (its chunks fetched from A and verified), instance
+//! operations on B are issued through A's API, and an intent for a site that
+//! is down waits for it and is applied once it is back.
+
+use std::time::Duration;
+
+use atoll_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn invite(d: &Daemon, name: &str) -> String {
+    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
+}
+
+fn reachable(d: &Daemon, n: usize) -> bool {
+    let rows = d.cli().json(&["site", "list"]);
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
+}
+
+fn holders(d: &Daemon, image: &str) -> Vec<String> {
+    let v = d.cli().json(&["image", "show", image]);
+    v["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect()
+}
+
+fn instance(d: &Daemon, name: &str) -> Option<serde_json::Value> {
+    let list = d.cli().json(&["instance", "list"]);
+    list.as_array()?.iter().find(|i| i["name"] == name).cloned()
+}
+
+#[test]
+fn images_and_instance_operations_cross_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::start(root.path(), "site-a");
+    a.login_admin();
+    let mut b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    let c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    b.login_admin();
+    c.login_admin();
+    for d in [&a, &b, &c] {
+        assert!(eventually(WAIT, || reachable(d, 3)), "{} does not reach every site", d.site);
+    }
+    // Quota rights for B and C (the realm's first site holds them all).
+    a.cli().ok(&[
+        "quota",
+        "give",
+        "default",
+        "--to",
+        "site-b",
+        "--instances",
+        "3",
+        "--cpus",
+        "3",
+        "--memory",
+        "1024",
+    ]);
+    a.cli().ok(&[
+        "quota",
+        "give",
+        "default",
+        "--to",
+        "site-c",
+        "--instances",
+        "3",
+        "--cpus",
+        "3",
+        "--memory",
+        "1024",
+    ]);
+
+    // An image of three chunks, uploaded on A only.
+    let file = padded_process_image(root.path(), "sleeper", "sleep 600\n", 9 << 20);
+    a.cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "sleeper"]);
+    assert!(eventually(WAIT, || holders(&c, "sleeper") == ["site-a"]), "the catalog never reached site-c");
+
+    // Booting it on C fetches it from A first.
+    let out = c.cli().ok(&["instance", "create", "app", "--image", "sleeper"]);
+    assert!(out.contains("running"), "{out}");
+    assert_eq!(holders(&c, "sleeper"), ["site-a", "site-c"]);
+    assert_eq!(instance(&c, "app").unwrap()["observed"], "running");
+
+    // Through A's API, on B: B fetches from both holders, then runs it.
+    let out = a.cli().ok(&["instance", "create", "web", "--image", "sleeper", "--site", "site-b"]);
+    assert!(out.contains("running"), "{out}");
+    let on_b = instance(&b, "web").expect("the instance is on site-b");
+    assert_eq!(on_b["site"], "site-b");
+    assert!(instance(&a, "web").is_none(), "nothing runs on site-a");
+    let out = a.cli().ok(&["instance", "stop", "web", "--site", "site-b"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert_eq!(instance(&b, "web").unwrap()["observed"], "stopped");
+    a.cli().ok(&["instance", "delete", "web", "--site", "site-b"]);
+    assert!(instance(&b, "web").is_none());
+    let intents = a.cli().json(&["intent", "list"]);
+    let intents = intents.as_array().unwrap();
+    assert_eq!(intents.len(), 3, "{intents:?}");
+    assert!(intents.iter().all(|i| i["state"] == "done" && i["target"] == "site-b"), "{intents:?}");
+
+    // B is down: the intent waits, and is applied once B is back.
+    b.kill9();
+    let out =
+        a.cli().ok(&["instance", "create", "late", "--image", "sleeper", "--site", "site-b", "--wait", "2"]);
+    assert!(out.contains("pending"), "{out}");
+    let id = out.split_whitespace().nth(1).expect("an intent id").to_owned();
+    b.boot();
+    let shown = a.cli().json(&["intent", "show", &id, "--wait", "60"]);
+    assert_eq!(shown["state"], "done", "{shown}");
+    assert!(eventually(WAIT, || instance(&b, "late").is_some_and(|i| i["observed"] == "running")));
+
+    // Copies: to C (held already) and B (held already) answer at once; an
+    // unknown site is an error.
+    let out = a.cli().ok(&["image", "copy", "sleeper", "--to", "site-b,site-c"]);
+    assert!(out.contains("site-b: holds") && out.contains("site-c: holds"), "{out}");
+    let err = a.cli().fails(&["image", "copy", "sleeper", "--to", "nowhere"]);
+    assert!(err.contains("no site nowhere"), "{err}");
+}

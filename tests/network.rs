@@ -104,4 +104,19 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
     assert_eq!(rows(&a).len(), 3);
     assert_eq!(rows(&outsider).len(), 1);
     assert!(rows(&outsider)[0]["member"]["site"] == "outsider");
+
+    // A removed site is refused by every member, and learns it was removed:
+    // its own tokens stop verifying.
+    a.cli().ok(&["site", "remove", "site-c"]);
+    for d in [&a, &b] {
+        let gone = || rows(d).len() == 2 && rows(d).iter().all(|r| r["member"]["site"] != "site-c");
+        assert!(eventually(WAIT, gone), "{} still lists site-c", d.site);
+    }
+    let not_member = || {
+        let out = c.cli().run(&["project", "create", "from-removed"]);
+        String::from_utf8_lossy(&out.stderr).contains("not a member")
+    };
+    assert!(eventually(WAIT, not_member), "site-c still acts as a member");
+    let err = b.cli().fails(&["site", "remove", "site-b"]);
+    assert!(err.contains("cannot remove itself"), "{err}");
 }

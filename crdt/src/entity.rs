@@ -133,6 +133,25 @@ impl Entity for Member {
     }
 }
 
+/// A site removed from the realm: its key is refused from then on, and the
+/// invitation it joined with stays spent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub site: SiteId,
+    pub public_key: String,
+    pub invitation: Option<String>,
+    /// The realm admin who removed it.
+    pub by: String,
+    pub at: Millis,
+}
+
+impl Entity for Removal {
+    const COLLECTION: &'static str = "removals";
+    fn key(&self) -> String {
+        self.site.0.clone()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,

@@ -2,7 +2,7 @@
 //! quota grants. Every site holds a replica and any site may write it.
 
 use crate::doc::{Doc, DocError};
-use crate::entity::{Image, Member, Project, QuotaGrant, Resources, RoleBinding, SiteId, User};
+use crate::entity::{Image, Member, Project, QuotaGrant, Removal, Resources, RoleBinding, SiteId, User};
 use crate::intent::Holder;
 use crate::{Entity, Millis};
 
@@ -14,6 +14,7 @@ const COLLECTIONS: &[&str] = &[
     Image::COLLECTION,
     QuotaGrant::COLLECTION,
     Holder::COLLECTION,
+    Removal::COLLECTION,
 ];
 
 /// The realm replica held by one site.

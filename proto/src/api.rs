@@ -173,6 +173,10 @@ pub enum Command {
     ShowSite,
     /// Every member site, with reachability, last-seen time and live figures.
     ListSites,
+    /// Removes a site from the realm (realm admins).
+    RemoveSite {
+        site: SiteId,
+    },
     /// An invitation for a new site (realm admins).
     InviteSite {
         #[serde(default)]

@@ -7,7 +7,7 @@
 //! and answers with the realm document. Transport shells accept sync traffic
 //! only from members; the invitation is the one way in.
 
-use atoll_crdt::{Member, Millis, SiteId};
+use atoll_crdt::{Member, Millis, Removal, SiteId, User};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +130,13 @@ impl Peer {
         if m.addrs.len() > MAX_ADDRS {
             return Err(refused(format!("more than {MAX_ADDRS} addresses")));
         }
+        let removals: Vec<Removal> = self.realm.doc.list()?;
+        if let Some(r) = removals.iter().find(|r| r.public_key == m.public_key) {
+            return Err(refused(format!("this site's key was removed from the realm (as site {})", r.site)));
+        }
+        if let Some(r) = removals.iter().find(|r| r.invitation.as_deref() == Some(inv.nonce.as_str())) {
+            return Err(refused(format!("the invitation was already used by site {}", r.site)));
+        }
         let members: Vec<Member> = self.realm.doc.list()?;
         if let Some(same) = members.iter().find(|x| x.site == m.site) {
             if same.public_key == m.public_key && same.invitation.as_deref() == Some(inv.nonce.as_str()) {
@@ -162,6 +169,32 @@ impl Peer {
         }
         me.addrs = addrs;
         self.enroll(now, &me, fx)
+    }
+
+    /// `atoll site remove`: a realm admin takes a site out of the realm. Its
+    /// connections are refused from then on; what it hosted is no longer
+    /// managed by the realm.
+    pub(crate) fn remove_site(&mut self, now: Millis, caller: &User, site: &SiteId) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        if site == &self.site {
+            return Err(ApiError::Conflict(format!(
+                "site {site} serves this call and cannot remove itself; ask another site"
+            )));
+        }
+        let member = self
+            .realm
+            .member(site)?
+            .ok_or_else(|| ApiError::NotFound(format!("no site {site} in this realm")))?;
+        self.realm.doc.delete::<Member>(site.as_str())?;
+        self.realm.doc.put(&Removal {
+            site: site.clone(),
+            public_key: member.public_key,
+            invitation: member.invitation,
+            by: caller.name.clone(),
+            at: now,
+        })?;
+        self.summaries.remove(site);
+        Ok(Reply::Removed { removed: site.to_string() })
     }
 
     /// This site's summary, gossiped to every peer as ephemeral data.

@@ -159,6 +159,8 @@ pub(crate) struct Custody {
     /// The realm changed since `list` was read.
     pub stale: bool,
     pub list: Vec<Member>,
+    /// Members and removals counted when `list` was read.
+    pub counts: (usize, usize),
     pub of: BTreeMap<SiteId, Vec<SiteId>>,
     /// Sites we gave rights to; read from our document once, then kept up to date.
     pub recipients: Option<BTreeSet<SiteId>>,
@@ -556,6 +558,7 @@ impl Peer {
             ShowIntent { id, wait_ms } => return self.show_intent(req, user, id, wait_ms, fx),
             ShowSite => self.show_site(),
             ListSites => self.list_sites(now),
+            RemoveSite { site } => self.remove_site(now, user, &site),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
                 self.invite(now, &user.name, name, ttl)

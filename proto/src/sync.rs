@@ -45,15 +45,18 @@ impl Peer {
     }
 
     /// Refreshes the member list and custody sets after membership changed.
-    /// Members are only ever added, so their count tells (counting walks the
-    /// map's keys, far cheaper than decoding every member after each realm change).
+    /// Members are added, and removed for good (leaving a removal record), so
+    /// the two counts tell (counting walks the map's keys, far cheaper than
+    /// decoding every member after each realm change).
     fn refresh_custody(&mut self) {
         if !self.custody.stale {
             return;
         }
         self.custody.stale = false;
-        let count = self.realm.doc.count::<atoll_crdt::Member>();
-        if count != self.custody.list.len() {
+        let counts =
+            (self.realm.doc.count::<atoll_crdt::Member>(), self.realm.doc.count::<atoll_crdt::Removal>());
+        if counts != self.custody.counts {
+            self.custody.counts = counts;
             self.custody.list = self.realm.doc.list().unwrap_or_default();
             self.custody.of.clear();
         }

@@ -108,3 +108,37 @@ fn forged_expired_misnamed_and_unauthorised_invitations_are_refused() {
     let no = call(&mut a, T0, Some(&t.token), Command::InviteSite { name: None, ttl_secs: None });
     assert!(matches!(no, Err(ApiError::Forbidden(_))));
 }
+
+#[test]
+fn a_removed_site_cannot_come_back_with_its_key_or_invitation() {
+    let (mut a, admin) = founder();
+    let inv = invite(&mut a, &admin, None);
+    let b = newcomer("edge-2", 2);
+    join(&mut a, T0, &inv, &b).unwrap();
+    let edge2 = SiteId::new("edge-2").unwrap();
+    // Only a realm admin removes, and never the site serving the call.
+    let bob = NewUser { name: "bob".into(), password: "bob-password".into(), realm_admin: false };
+    call(&mut a, T0, Some(&admin), Command::CreateUser(bob)).unwrap();
+    let login = Command::Login { user: "bob".into(), password: "bob-password".into() };
+    let Ok(Reply::Token(bob)) = call(&mut a, T0, None, login) else { panic!() };
+    let by_bob = call(&mut a, T0, Some(&bob.token), Command::RemoveSite { site: edge2.clone() });
+    assert!(matches!(by_bob, Err(ApiError::Forbidden(_))), "{by_bob:?}");
+    let me = a.site().clone();
+    let itself = call(&mut a, T0, Some(&admin), Command::RemoveSite { site: me });
+    assert!(matches!(itself, Err(ApiError::Conflict(_))), "{itself:?}");
+
+    call(&mut a, T0, Some(&admin), Command::RemoveSite { site: edge2.clone() }).unwrap();
+    assert!(a.realm().member(&edge2).unwrap().is_none());
+    let Ok(Reply::Sites(rows)) = call(&mut a, T0, Some(&admin), Command::ListSites) else { panic!() };
+    assert_eq!(rows.len(), 1);
+    // Its retry with the same invitation, and a new invitation for its key, are refused.
+    let again = join(&mut a, T0, &inv, &b);
+    assert!(matches!(&again, Err(ApiError::Forbidden(m)) if m.contains("removed")), "{again:?}");
+    let fresh = invite(&mut a, &admin, None);
+    let back = join(&mut a, T0, &fresh, &b);
+    assert!(matches!(&back, Err(ApiError::Forbidden(m)) if m.contains("removed")), "{back:?}");
+    // Another site may take the name, with a key of its own and an unused invitation.
+    join(&mut a, T0, &fresh, &newcomer("edge-2", 3)).unwrap();
+    let gone = call(&mut a, T0, Some(&admin), Command::RemoveSite { site: SiteId::new("nowhere").unwrap() });
+    assert!(matches!(gone, Err(ApiError::NotFound(_))));
+}

@@ -431,6 +431,15 @@ pub fn routes() -> Vec<Route> {
                 },
             ),
         ),
+        route(
+            "delete",
+            "/v1/sites/{site}",
+            "Remove a site from the realm; its connections are refused from then on (realm admins)",
+            delete(|State(s): State<AppState>, h: HeaderMap, Path(site): Path<String>| async move {
+                let site = atoll_crdt::SiteId::new(&site).map_err(|e| ApiError::Invalid(e.to_string()))?;
+                call(&s, &h, Command::RemoveSite { site }).await
+            }),
+        ),
         route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)),
     ]
 }

@@ -86,6 +86,8 @@ pub enum SiteCmd {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Remove a site from the realm: its peers refuse it from then on (realm admins).
+    Remove { site: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +356,10 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Site(SiteCmd::List) => site::list(&g, &api).await?,
         Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,
+        Cmd::Site(SiteCmd::Remove { site }) => {
+            let _: serde_json::Value = api.delete(&format!("/v1/sites/{site}")).await?;
+            println!("Removed site {site} from the realm; its peers refuse it from now on");
+        }
         Cmd::Image(c) => image(&g, &api, c).await?,
         Cmd::Instance(c) => instance(&g, &api, c).await?,
         Cmd::Intent(c) => intent::run(&g, &api, c).await?,

@@ -251,6 +251,23 @@ impl Net {
     /// that just became members while connected (a site that joined through us).
     pub fn refresh(&mut self, realm: &Realm, me: &SiteId) -> Vec<Input> {
         let members: Vec<Member> = realm.doc.list().unwrap_or_default();
+        // Removed sites are refused at the transport from now on.
+        let mut gone = Vec::new();
+        for r in realm.doc.list::<atoll_crdt::Removal>().unwrap_or_default() {
+            if &r.site == me {
+                tracing::error!(by = %r.by, "this site was removed from the realm: its peers refuse it");
+                continue;
+            }
+            let Some(peer) = peer_id(&r.public_key) else { continue };
+            if !self.swarm.behaviour_mut().blocked.block_peer(peer) {
+                continue; // blocked before
+            }
+            tracing::info!(site = %r.site, by = %r.by, "site removed from the realm; refusing it");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            if self.connected.remove(&peer) {
+                gone.push(Input::Disconnected(r.site.clone()));
+            }
+        }
         let mut next = HashMap::new();
         for m in members.into_iter().filter(|m| &m.site != me) {
             let Some(peer) = peer_id(&m.public_key) else { continue };
@@ -270,16 +287,14 @@ impl Net {
         self.peer_of = self.members.iter().map(|(p, k)| (k.site.clone(), *p)).collect();
         let welcomed: Vec<PeerId> =
             self.strangers.keys().filter(|p| self.members.contains_key(p)).copied().collect();
-        welcomed
-            .into_iter()
-            .filter_map(|p| {
-                self.strangers.remove(&p);
-                self.connected.insert(p);
-                let site = self.members.get(&p)?.site.clone();
-                tracing::info!(%site, "member connected");
-                Some(Input::Connected(site))
-            })
-            .collect()
+        gone.extend(welcomed.into_iter().filter_map(|p| {
+            self.strangers.remove(&p);
+            self.connected.insert(p);
+            let site = self.members.get(&p)?.site.clone();
+            tracing::info!(%site, "member connected");
+            Some(Input::Connected(site))
+        }));
+        gone
     }
 
     /// Housekeeping, once a second: dials members we miss, with backoff, and

@@ -48,6 +48,34 @@ struct Fetch {
     progress_at: Instant,
 }
 
+/// An answered chunk request, to check and store.
+#[derive(Debug)]
+pub struct Arrived {
+    digest: String,
+    index: usize,
+    holder: SiteId,
+    hash: String,
+    max: u64,
+}
+
+impl Arrived {
+    /// Verifies the answer against the chunk's hash and stores it; returns its length.
+    pub fn check(&self, store: &dyn Store, result: Result<Vec<u8>, String>) -> Result<u64, String> {
+        let (i, holder) = (self.index, &self.holder);
+        match result {
+            Ok(bytes) if bytes.is_empty() => Err(format!("{holder} does not hold chunk {i}")),
+            Ok(bytes) if bytes.len() as u64 > self.max => Err(format!("chunk {i} from {holder} is too long")),
+            Ok(bytes) if hex::encode(Sha256::digest(&bytes)) != self.hash => {
+                Err(format!("chunk {i} from {holder} does not match its hash"))
+            }
+            Ok(bytes) => {
+                store.put_chunk(&self.hash, &bytes).map(|_| bytes.len() as u64).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("chunk {i} from {holder}: {e}")),
+        }
+    }
+}
+
 /// What `GET /v1/network` shows of a fetch under way.
 #[derive(Debug, Serialize)]
 pub struct Progress {
@@ -146,30 +174,39 @@ impl<R: Hash + Eq + Copy> Fetches<R> {
         }
     }
 
-    /// A holder answered (or the request failed).
+    /// A holder answered (or the request failed): verifies and stores the
+    /// chunk in one go (the daemon splits the steps to hash off its loop).
+    #[cfg(test)]
     pub fn on_chunk(
         &mut self,
         store: &dyn Store,
         request: R,
         result: Result<Vec<u8>, String>,
     ) -> Option<Finished> {
+        let arrived = self.arrived(request)?;
+        let verdict = arrived.check(store, result);
+        self.settle(store, arrived, verdict)
+    }
+
+    /// The chunk a request was for, once its answer arrived.
+    pub fn arrived(&mut self, request: R) -> Option<Arrived> {
         let (digest, i, holder) = self.requests.remove(&request)?;
         let f = self.active.get_mut(&digest)?;
         if let Some(n) = f.inflight.get_mut(&holder) {
             *n = n.saturating_sub(1);
         }
-        let hash = &f.image.chunks[i];
-        let verdict = match result {
-            Ok(bytes) if bytes.is_empty() => Err(format!("{holder} does not hold chunk {i}")),
-            Ok(bytes) if bytes.len() as u64 > f.image.chunk_size => {
-                Err(format!("chunk {i} from {holder} is too long"))
-            }
-            Ok(bytes) if hex::encode(Sha256::digest(&bytes)) != *hash => {
-                Err(format!("chunk {i} from {holder} does not match its hash"))
-            }
-            Ok(bytes) => store.put_chunk(hash, &bytes).map(|_| bytes.len() as u64).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("chunk {i} from {holder}: {e}")),
-        };
+        Some(Arrived { hash: f.image.chunks[i].clone(), max: f.image.chunk_size, digest, index: i, holder })
+    }
+
+    /// Records a checked chunk (its length, or why it was refused).
+    pub fn settle(
+        &mut self,
+        store: &dyn Store,
+        a: Arrived,
+        verdict: Result<u64, String>,
+    ) -> Option<Finished> {
+        let (digest, i, holder) = (a.digest, a.index, a.holder);
+        let f = self.active.get_mut(&digest)?;
         match verdict {
             Ok(len) => {
                 f.done += 1;

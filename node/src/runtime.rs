@@ -28,8 +28,22 @@ const NET_TICK: Duration = Duration::from_secs(1);
 const SUMMARY_EVERY: u32 = 5;
 
 pub enum Msg {
-    Api { token: Option<String>, cmd: Command, reply: oneshot::Sender<ApiResult> },
+    Api {
+        token: Option<String>,
+        cmd: Command,
+        reply: oneshot::Sender<ApiResult>,
+    },
     Input(Input),
+    /// A fetched chunk was checked (and stored) off the loop.
+    Checked {
+        arrived: crate::fetch::Arrived,
+        verdict: Result<u64, String>,
+    },
+    /// A chunk a member asked for was read off the loop.
+    Served {
+        channel: libp2p::request_response::ResponseChannel<Vec<u8>>,
+        bytes: Vec<u8>,
+    },
 }
 
 /// A cheap handle for talking to the loop.
@@ -172,6 +186,13 @@ impl Runtime {
                 Input::Api { req, token, cmd }
             }
             Msg::Input(input) => input,
+            Msg::Checked { arrived, verdict } => return self.on_checked(arrived, verdict),
+            Msg::Served { channel, bytes } => {
+                if let Some(net) = self.net.as_mut() {
+                    net.answer_chunk(channel, bytes);
+                }
+                return;
+            }
         };
         self.input(input);
     }
@@ -197,13 +218,31 @@ impl Runtime {
         }
     }
 
+    /// A chunk arrived: hashing and storing 4 MiB takes milliseconds, so it
+    /// happens on a blocking thread while the loop goes on.
     fn on_chunk(
         &mut self,
         request: libp2p::request_response::OutboundRequestId,
         result: Result<Vec<u8>, String>,
     ) {
+        let Some(arrived) = self.fetches.arrived(request) else { return };
         let store = self.store.clone();
-        let done = tokio::task::block_in_place(|| self.fetches.on_chunk(&*store, request, result));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let checked = tokio::task::spawn_blocking(move || {
+                let verdict = arrived.check(&*store, result);
+                (arrived, verdict)
+            })
+            .await;
+            if let Ok((arrived, verdict)) = checked {
+                let _ = tx.send(Msg::Checked { arrived, verdict }).await;
+            }
+        });
+    }
+
+    fn on_checked(&mut self, arrived: crate::fetch::Arrived, verdict: Result<u64, String>) {
+        let store = self.store.clone();
+        let done = tokio::task::block_in_place(|| self.fetches.settle(&*store, arrived, verdict));
         if let Some((digest, result)) = done {
             if let Some((image, holders)) = self.fetches.next_queued() {
                 self.start_fetch(image, holders);
@@ -235,14 +274,18 @@ impl Runtime {
             }
             net::Event::ChunkWanted { hash, channel } => {
                 let store = self.store.clone();
-                let bytes = tokio::task::block_in_place(|| store.get_chunk(&hash));
-                let bytes = bytes.unwrap_or_else(|e| {
-                    tracing::error!("cannot read chunk {hash}: {e}");
-                    None
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.get_chunk(&hash).unwrap_or_else(|e| {
+                            tracing::error!("cannot read chunk {hash}: {e}");
+                            None
+                        })
+                    })
+                    .await;
+                    let bytes = read.ok().flatten().unwrap_or_default();
+                    let _ = tx.send(Msg::Served { channel, bytes }).await;
                 });
-                if let Some(net) = self.net.as_mut() {
-                    net.answer_chunk(channel, bytes.unwrap_or_default());
-                }
             }
             net::Event::Chunk { request, result } => self.on_chunk(request, result),
             net::Event::Addrs(addrs) => {

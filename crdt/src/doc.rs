@@ -40,7 +40,18 @@ pub enum DocError {
 /// A record kept in a collection of a document.
 pub trait Entity: Serialize + DeserializeOwned {
     const COLLECTION: &'static str;
+    /// Kept as one JSON value instead of a map of fields: for records written
+    /// whole by one site at a time (membership, grants, transfers), where
+    /// field-wise merging buys nothing and a map costs an automerge op per
+    /// field in every replica (the realm's member list is held by every site).
+    const PACKED: bool = false;
     fn key(&self) -> String;
+}
+
+/// Where an entity's value sits in its collection.
+enum Stored {
+    Fields(ObjId),
+    Packed(Vec<u8>),
 }
 
 /// An automerge document with Atoll's collection layout.
@@ -114,7 +125,11 @@ impl Doc {
     pub fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
         match self.inner.get(&coll, key)? {
-            Some((Value::Object(ObjType::Map), obj)) => self.decode::<T>(&obj, key).map(Some),
+            Some((Value::Object(ObjType::Map), obj)) => self.decode::<T>(&Stored::Fields(obj), key).map(Some),
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Bytes(b) => self.decode::<T>(&Stored::Packed(b.clone()), key).map(Some),
+                _ => Ok(None),
+            },
             _ => Ok(None),
         }
     }
@@ -129,14 +144,22 @@ impl Doc {
         let coll = self.collection(T::COLLECTION)?;
         // One ordered pass from the prefix on (a keyed lookup per entry would
         // seek from the start each time), stopping where the prefix ends.
-        let objs: Vec<(String, ObjId)> = self
+        let objs: Vec<(String, Stored)> = self
             .inner
             .map_range(&coll, prefix.to_owned()..)
             .take_while(|item| item.key.starts_with(prefix))
-            .filter(|item| matches!(item.value, automerge::ValueRef::Object(ObjType::Map)))
-            .map(|item| (item.key.to_string(), item.id()))
+            .filter_map(|item| {
+                let stored = match &item.value {
+                    automerge::ValueRef::Object(ObjType::Map) => Stored::Fields(item.id()),
+                    automerge::ValueRef::Scalar(automerge::ScalarValueRef::Bytes(b)) => {
+                        Stored::Packed(b.to_vec())
+                    }
+                    _ => return None,
+                };
+                Some((item.key.to_string(), stored))
+            })
             .collect();
-        objs.iter().map(|(key, obj)| self.decode::<T>(obj, key)).collect()
+        objs.iter().map(|(key, stored)| self.decode::<T>(stored, key)).collect()
     }
 
     pub fn contains<T: Entity>(&self, key: &str) -> Result<bool, DocError> {
@@ -144,15 +167,21 @@ impl Doc {
         Ok(self.inner.get(&coll, key)?.is_some())
     }
 
-    fn decode<T: Entity>(&self, obj: &ObjId, key: &str) -> Result<T, DocError> {
-        let mut map = serde_json::Map::new();
-        for item in self.inner.map_range(obj, ..) {
-            let value = item.value.into_value();
-            if let v @ Value::Scalar(_) = value {
-                map.insert(item.key.to_string(), scalar_to_json(&v));
+    fn decode<T: Entity>(&self, stored: &Stored, key: &str) -> Result<T, DocError> {
+        let decoded = match stored {
+            Stored::Packed(bytes) => serde_json::from_slice(bytes),
+            Stored::Fields(obj) => {
+                let mut map = serde_json::Map::new();
+                for item in self.inner.map_range(obj, ..) {
+                    let value = item.value.into_value();
+                    if let v @ Value::Scalar(_) = value {
+                        map.insert(item.key.to_string(), scalar_to_json(&v));
+                    }
+                }
+                serde_json::from_value(Json::Object(map))
             }
-        }
-        serde_json::from_value(Json::Object(map)).map_err(|e| DocError::Decode {
+        };
+        decoded.map_err(|e| DocError::Decode {
             collection: T::COLLECTION,
             key: key.to_owned(),
             reason: e.to_string(),
@@ -164,6 +193,19 @@ impl Doc {
     pub fn put<T: Entity>(&mut self, entity: &T) -> Result<(), DocError> {
         let coll = self.collection(T::COLLECTION)?;
         let key = entity.key();
+        if T::PACKED {
+            let bytes = serde_json::to_vec(entity).map_err(|e| DocError::Decode {
+                collection: T::COLLECTION,
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            let same = matches!(self.inner.get(&coll, &key)?,
+                Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Bytes(b) if *b == bytes));
+            if !same {
+                self.inner.put(&coll, &key, ScalarValue::Bytes(bytes))?;
+            }
+            return Ok(());
+        }
         let obj = match self.inner.get(&coll, &key)? {
             Some((Value::Object(ObjType::Map), obj)) => obj,
             _ => self.inner.put_object(&coll, &key, ObjType::Map)?,
@@ -326,5 +368,52 @@ fn scalar_to_json(v: &Value<'_>) -> Json {
         ScalarValue::Bytes(b) => serde_json::from_slice(b).unwrap_or(Json::Null),
         ScalarValue::Counter(c) => Json::from(i64::from(c)),
         ScalarValue::Unknown { .. } => Json::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::{Member, SiteId};
+
+    fn member(addr: &str) -> Member {
+        Member {
+            site: SiteId::new("edge-1").unwrap(),
+            public_key: "ab".repeat(32),
+            region: "eu".into(),
+            operator: "op".into(),
+            joined_at: 7,
+            addrs: vec![addr.into()],
+            invitation: Some("nonce".into()),
+        }
+    }
+
+    #[test]
+    fn packed_entities_roundtrip_merge_whole_and_read_the_field_form_too() {
+        let mut a = Doc::create(b"a", &[Member::COLLECTION], 0).unwrap();
+        a.put(&member("/ip4/1")).unwrap();
+        a.commit(1);
+        assert_eq!(a.get::<Member>("edge-1").unwrap(), Some(member("/ip4/1")));
+        // Rewriting the same value adds nothing to the history.
+        a.put(&member("/ip4/1")).unwrap();
+        assert!(a.commit(2).is_none());
+        let mut b = a.fork_as(b"b");
+        b.put(&member("/ip4/2")).unwrap();
+        b.commit(3);
+        a.merge(&mut b).unwrap();
+        assert_eq!(a.list::<Member>().unwrap(), vec![member("/ip4/2")]);
+        // A record written field by field (older documents) still reads.
+        let coll = a.collection(Member::COLLECTION).unwrap();
+        let obj = a.inner.put_object(&coll, "edge-2", ObjType::Map).unwrap();
+        let fields =
+            serde_json::to_value(Member { site: SiteId::new("edge-2").unwrap(), ..member("x") }).unwrap();
+        for (k, v) in fields.as_object().unwrap() {
+            a.inner.put(&obj, k.as_str(), json_to_scalar(v)).unwrap();
+        }
+        a.commit(4);
+        let names: Vec<String> =
+            a.list::<Member>().unwrap().into_iter().map(|m| m.site.to_string()).collect();
+        assert_eq!(names, ["edge-1", "edge-2"]);
+        assert_eq!(a.count::<Member>(), 2);
     }
 }

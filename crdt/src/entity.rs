@@ -128,6 +128,7 @@ pub struct Member {
 
 impl Entity for Member {
     const COLLECTION: &'static str = "members";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         self.site.0.clone()
     }
@@ -147,6 +148,7 @@ pub struct Removal {
 
 impl Entity for Removal {
     const COLLECTION: &'static str = "removals";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         self.site.0.clone()
     }
@@ -299,6 +301,7 @@ pub struct QuotaGrant {
 
 impl Entity for QuotaGrant {
     const COLLECTION: &'static str = "grants";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}/{}", self.project, self.site, self.seq)
     }
@@ -317,6 +320,7 @@ pub struct Transfer {
 
 impl Entity for Transfer {
     const COLLECTION: &'static str = "transfers";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.project, self.seq)
     }

@@ -29,6 +29,7 @@ pub struct Intent {
 
 impl Entity for Intent {
     const COLLECTION: &'static str = "intents";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         self.id.clone()
     }
@@ -64,6 +65,7 @@ pub struct IntentOutcome {
 
 impl Entity for IntentOutcome {
     const COLLECTION: &'static str = "outcomes";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         self.id.clone()
     }
@@ -79,6 +81,7 @@ pub struct Holder {
 
 impl Entity for Holder {
     const COLLECTION: &'static str = "holders";
+    const PACKED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.digest, self.site)
     }

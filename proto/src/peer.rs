@@ -158,7 +158,7 @@ pub struct PeerConfig {
 pub(crate) struct Custody {
     /// The realm changed since `list` was read.
     pub stale: bool,
-    pub list: Vec<Member>,
+    pub list: Vec<crate::sync::Seat>,
     /// Members and removals counted when `list` was read.
     pub counts: (usize, usize),
     pub of: BTreeMap<SiteId, Vec<SiteId>>,

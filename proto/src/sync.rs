@@ -57,7 +57,8 @@ impl Peer {
             (self.realm.doc.count::<atoll_crdt::Member>(), self.realm.doc.count::<atoll_crdt::Removal>());
         if counts != self.custody.counts {
             self.custody.counts = counts;
-            self.custody.list = self.realm.doc.list().unwrap_or_default();
+            let members: Vec<atoll_crdt::Member> = self.realm.doc.list().unwrap_or_default();
+            self.custody.list = members.iter().map(Seat::from).collect();
             self.custody.of.clear();
         }
     }
@@ -275,7 +276,21 @@ pub const CUSTODIANS: usize = 3;
 /// The custodians of `owner`'s document: members of its region first, then the
 /// others, each group ordered by a hash of (owner, member) so that every site
 /// computes the same set and the load spreads evenly.
-pub fn custodians(members: &[atoll_crdt::Member], owner: &SiteId) -> Vec<SiteId> {
+/// What custody needs of a member: every site keeps this for every member,
+/// so it is kept small (a full record is ten times the size).
+#[derive(Debug, Clone)]
+pub struct Seat {
+    pub site: SiteId,
+    pub region: String,
+}
+
+impl From<&atoll_crdt::Member> for Seat {
+    fn from(m: &atoll_crdt::Member) -> Seat {
+        Seat { site: m.site.clone(), region: m.region.clone() }
+    }
+}
+
+pub fn custodians(members: &[Seat], owner: &SiteId) -> Vec<SiteId> {
     use sha2::Digest;
     let region = members.iter().find(|m| &m.site == owner).map(|m| m.region.as_str()).unwrap_or("");
     let mut ranked: Vec<(bool, [u8; 32], &SiteId)> = members
@@ -312,8 +327,9 @@ mod custody_tests {
 
     #[test]
     fn custodians_are_deterministic_regional_and_exclude_the_owner() {
-        let members: Vec<Member> =
-            (0..20).map(|i| member(&format!("s{i}"), if i % 2 == 0 { "eu" } else { "us" })).collect();
+        let members: Vec<Seat> = (0..20)
+            .map(|i| Seat::from(&member(&format!("s{i}"), if i % 2 == 0 { "eu" } else { "us" })))
+            .collect();
         let owner = SiteId::new("s4").unwrap();
         let c = custodians(&members, &owner);
         assert_eq!(c.len(), CUSTODIANS);

@@ -192,9 +192,10 @@ impl Sim {
         }
         let index: HashMap<SiteId, usize> =
             sites.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+        let seats: Vec<atoll_proto::sync::Seat> = members.iter().map(Into::into).collect();
         let custody: Vec<Vec<usize>> = members
             .iter()
-            .map(|m| atoll_proto::sync::custodians(&members, &m.site).iter().map(|c| index[c]).collect())
+            .map(|m| atoll_proto::sync::custodians(&seats, &m.site).iter().map(|c| index[c]).collect())
             .collect();
         let mut sim = Sim {
             sc,

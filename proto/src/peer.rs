@@ -307,7 +307,15 @@ impl Peer {
     /// Enters a member in the realm (an admin-side act: the shell has checked the
     /// right to join, e.g. an invitation signed by a realm admin).
     pub fn enroll(&mut self, now: Millis, member: &Member, fx: &mut impl Effects) -> Result<(), ApiError> {
-        self.realm.doc.put(member)?;
+        self.enroll_all(now, std::slice::from_ref(member), fx)
+    }
+
+    /// Enters several members in one realm change (a fleet enrolled at once:
+    /// each change costs every replica its metadata for good).
+    pub fn enroll_all(&mut self, now: Millis, members: &[Member], fx: &mut impl Effects) -> Result<(), ApiError> {
+        for m in members {
+            self.realm.doc.put(m)?;
+        }
         self.flush(now, fx);
         Ok(())
     }

@@ -170,10 +170,7 @@ impl Sim {
             let key_seed = key_seeds[i];
             let peer = if i == 0 {
                 let mut p = Peer::genesis(cfg, 0, ADMIN_PASSWORD).expect("genesis");
-                let mut sink = Outbox::default();
-                for m in &members[1..] {
-                    p.enroll(0, m, &mut sink).expect("enroll");
-                }
+                p.enroll_all(0, &members[1..], &mut Outbox::default()).expect("enroll");
                 realm_bytes = p.realm_bytes();
                 p
             } else {

@@ -312,7 +312,12 @@ impl Peer {
 
     /// Enters several members in one realm change (a fleet enrolled at once:
     /// each change costs every replica its metadata for good).
-    pub fn enroll_all(&mut self, now: Millis, members: &[Member], fx: &mut impl Effects) -> Result<(), ApiError> {
+    pub fn enroll_all(
+        &mut self,
+        now: Millis,
+        members: &[Member],
+        fx: &mut impl Effects,
+    ) -> Result<(), ApiError> {
         for m in members {
             self.realm.doc.put(m)?;
         }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use atoll_crdt::{Millis, Resources};
+use atoll_crdt::{IntentOutcome, IntentState, Millis, Resources, SiteId};
 use atoll_proto::DocId;
 use serde::Serialize;
 
@@ -22,6 +22,11 @@ pub struct Checks {
     /// Instance creations acknowledged to the caller: (site, key).
     pub acked: Vec<(usize, String)>,
     pub convergence: Vec<Convergence>,
+    /// Intents sent: (requester, target, id).
+    pub intents: Vec<(SiteId, SiteId, String)>,
+    /// Intents the targets applied, and those they refused.
+    pub intents_done: usize,
+    pub intents_failed: usize,
     pub converged: Option<bool>,
     /// Last known consumption of every site (crashed sites keep consuming).
     consumed: BTreeMap<(usize, String), Resources>,
@@ -117,6 +122,27 @@ impl Checks {
         }
     }
 
+    /// Every intent applied once (its outcome recorded by the target, done or
+    /// failed, and never left half-applied) once the network is whole.
+    fn intents_settled(&mut self, now: Millis, sites: &[Site]) {
+        let intents = std::mem::take(&mut self.intents);
+        for (requester, target, id) in &intents {
+            let Some(t) = sites.iter().find(|s| &s.id == target).and_then(|s| s.peer.as_ref()) else {
+                continue;
+            };
+            let outcome = t.own().doc.get::<IntentOutcome>(id).ok().flatten();
+            match outcome.map(|o| o.state) {
+                Some(IntentState::Done) => self.intents_done += 1,
+                Some(IntentState::Failed) => self.intents_failed += 1,
+                Some(state) => {
+                    self.violation(now, format!("intent {id} from {requester} left {state:?} on {target}"))
+                }
+                None => self.violation(now, format!("intent {id} from {requester} never reached {target}")),
+            }
+        }
+        self.intents = intents;
+    }
+
     /// End of run: documents equal everywhere, acknowledged creations present.
     pub fn finish(&mut self, now: Millis, sites: &mut [Site], sc: &Scenario) {
         self.quota(now, sites, &sc.projects);
@@ -141,6 +167,7 @@ impl Checks {
                 format!("not converged: {} document(s) differ: {}", differing.len(), shown.join(", ")),
             );
         }
+        self.intents_settled(now, sites);
         let acked = std::mem::take(&mut self.acked);
         for (site, key) in &acked {
             let Some(peer) = &sites[*site].peer else { continue };

@@ -100,7 +100,12 @@ pub(crate) struct Site {
 
 /// Requests waiting for their reply: what they were.
 enum Pending {
-    Create { site: usize, key: String },
+    Create {
+        site: usize,
+        key: String,
+    },
+    /// A creation sent to another site; the reply is the intent.
+    Intent,
     Other,
 }
 
@@ -386,6 +391,12 @@ impl Sim {
                 self.checks.acked.push((site, key));
             }
             (Some(Pending::Create { .. }), Err(e)) if e.code() == "quota_exceeded" => self.stats.refused += 1,
+            (Some(Pending::Intent), Ok(Reply::Intent(v))) => {
+                self.checks.intents.push((v.requester, v.target, v.intent))
+            }
+            (Some(Pending::Intent), other) => {
+                self.checks.violation(self.now, format!("sending an intent failed: {other:?}"));
+            }
             (Some(Pending::Create { key, .. }), Err(e)) => {
                 self.checks.violation(self.now, format!("create {key} failed unexpectedly: {e}"));
             }
@@ -518,7 +529,14 @@ impl Sim {
                     ports: vec![],
                 });
                 let key = format!("{}/{name}", c.project);
-                self.call(c.site, cmd, Pending::Create { site: c.site, key });
+                match c.on {
+                    Some(on) if on != c.site => {
+                        let site = self.sites[on].id.clone();
+                        let cmd = Command::Remote { site, wait_ms: 0, then: Box::new(cmd) };
+                        self.call(c.site, cmd, Pending::Intent);
+                    }
+                    _ => self.call(c.site, cmd, Pending::Create { site: c.site, key }),
+                }
             }
         }
         self.checks.quota(self.now, &self.sites, &self.sc.projects);

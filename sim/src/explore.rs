@@ -45,14 +45,22 @@ pub fn randomize(base: &Scenario, seed: u64) -> Scenario {
             _ => {}
         }
     }
-    // Bursts of creations at random sites, more than their shares can hold.
+    // Bursts of creations at random sites, more than their shares can hold;
+    // the last one sent to another site, as intents.
     if let Some(project) = sc.projects.first().map(|p| p.name.clone()) {
         for b in 0..3 {
             let site = (rng.next_u64() % n as u64) as usize;
             let count = 1 + (rng.next_u64() % 6) as usize;
             let when = 0.1 * d + 0.2 * d * b as f64;
-            let create =
-                crate::scenario::Create { site, project: project.clone(), count, cpus: 1, memory_mib: 64 };
+            let on = (b == 2 && n > 1).then(|| (site + 1 + (rng.next_u64() % (n as u64 - 1)) as usize) % n);
+            let create = crate::scenario::Create {
+                site,
+                on,
+                project: project.clone(),
+                count,
+                cpus: 1,
+                memory_mib: 64,
+            };
             steps.push(Step { at: when, create: Some(create), ..Step::default() });
         }
     }

@@ -34,6 +34,8 @@ pub struct Report {
     pub dropped: u64,
     pub created: usize,
     pub refused: usize,
+    pub intents_done: usize,
+    pub intents_failed: usize,
     pub convergence: Vec<Convergence>,
     pub converged: bool,
     pub persisted_total_bytes: usize,
@@ -76,7 +78,12 @@ impl Report {
                 } else if let Some(i) = s.restart {
                     format!("restart s{i}")
                 } else if let Some(c) = &s.create {
-                    format!("create {} x{} at s{}", c.project, c.count, c.site)
+                    match c.on {
+                        Some(on) => {
+                            format!("create {} x{} on s{on}, asked at s{}", c.project, c.count, c.site)
+                        }
+                        None => format!("create {} x{} at s{}", c.project, c.count, c.site),
+                    }
                 } else {
                     "nothing".into()
                 };
@@ -96,6 +103,8 @@ impl Report {
             dropped: sim.stats.dropped,
             created: sim.stats.created,
             refused: sim.stats.refused,
+            intents_done: sim.checks.intents_done,
+            intents_failed: sim.checks.intents_failed,
             convergence: sim.checks.convergence.clone(),
             converged: sim.checks.converged.unwrap_or(false),
             persisted_total_bytes: total,
@@ -131,7 +140,7 @@ impl Report {
         out.push_str(&format!(
             "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
              messages {} ({} bytes, {} dropped by the network)\n\
-             instances created {}, refused for quota {}\n\
+             instances created {}, refused for quota {}; intents applied {}, refused {}\n\
              persisted state: {} bytes over all sites, {} bytes at the largest\n\
              peak memory {} MiB\n",
             self.simulated_s,
@@ -142,6 +151,8 @@ impl Report {
             self.dropped,
             self.created,
             self.refused,
+            self.intents_done,
+            self.intents_failed,
             self.persisted_total_bytes,
             self.persisted_max_site_bytes,
             self.peak_rss_kib / 1024,
@@ -161,7 +172,7 @@ impl Report {
         }
         out.push_str(&format!("trace {}\n", self.trace_hash));
         if self.passed() {
-            out.push_str("checks: all passed (converged, no overspend, no lost acknowledged write, nothing run twice)\n");
+            out.push_str("checks: all passed (converged, no overspend, no lost acknowledged write, nothing run twice, every intent settled once)\n");
         } else {
             out.push_str(&format!("checks: {} FAILED (seed {})\n", self.violations.len(), self.seed));
             for v in &self.violations {

@@ -101,7 +101,11 @@ pub struct Step {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Create {
+    /// The site whose API is called.
     pub site: usize,
+    /// The site that hosts the instances, if not `site`: the call becomes an
+    /// intent (`--site`), and the image is fetched from `site`.
+    pub on: Option<usize>,
     pub project: String,
     #[serde(default = "one")]
     pub count: usize,
@@ -153,12 +157,13 @@ impl Scenario {
             return bad("network.loss must be within 0..=1".into());
         }
         for s in &self.timeline {
-            let sites: Vec<usize> = [s.crash, s.restart, s.create.as_ref().map(|c| c.site)]
-                .into_iter()
-                .flatten()
-                .chain(s.partition.iter().flatten().flatten().copied())
-                .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
-                .collect();
+            let sites: Vec<usize> =
+                [s.crash, s.restart, s.create.as_ref().map(|c| c.site), s.create.as_ref().and_then(|c| c.on)]
+                    .into_iter()
+                    .flatten()
+                    .chain(s.partition.iter().flatten().flatten().copied())
+                    .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
+                    .collect();
             if let Some(x) = sites.iter().find(|x| **x >= n) {
                 return bad(format!("step at {} s names site {x}, but there are {n}", s.at));
             }

@@ -7,7 +7,7 @@
 //! The requester answers its caller when the outcome arrives, or after the
 //! caller's wait with the intent still pending.
 
-use atoll_crdt::{Instance, Intent, IntentOutcome, IntentState, Millis, SiteId, User};
+use atoll_crdt::{Entity, Instance, Intent, IntentOutcome, IntentState, Millis, SiteId, User};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,8 @@ use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
 pub const MAX_WAIT: Millis = 300_000;
 /// Most callers waiting on intents at once.
 pub const MAX_INTENT_WAITERS: usize = 1024;
+/// How long a settled intent, and then its outcome, are kept for listings.
+pub const INTENT_KEEP: Millis = 3_600_000;
 /// Request ids at and above this one are the peer's own, for applying intents.
 pub(crate) const INTENT_REQ: ReqId = 1 << 62;
 
@@ -378,6 +380,34 @@ impl Peer {
                     self.record_outcome(now, &id, &requester, Settled::from_result(result))
                 }
                 None => self.replies.push((req, result)),
+            }
+        }
+    }
+
+    /// Garbage collection, with each repair round: the requester drops an
+    /// intent [`INTENT_KEEP`] after it settled; the target drops the outcome
+    /// once the intent is gone from the requester's document as it holds it
+    /// (only the requester writes that document, so a dropped intent never
+    /// comes back to be applied again).
+    pub(crate) fn collect_intents(&mut self, now: Millis) {
+        if self.own.doc.count::<Intent>() > 0 {
+            for intent in self.own.doc.list::<Intent>().unwrap_or_default() {
+                let settled = self
+                    .outcome_of(&intent.target, &intent.id)
+                    .is_some_and(|o| o.state.is_final() && now.saturating_sub(o.at) > INTENT_KEEP);
+                if settled && !self.intent_waiters.contains_key(&intent.id) {
+                    let _ = self.own.doc.delete::<Intent>(&intent.id);
+                }
+            }
+        }
+        if self.own.doc.count::<IntentOutcome>() > 0 {
+            for o in self.own.doc.list::<IntentOutcome>().unwrap_or_default() {
+                let Some(requester) = self.others.get(&o.requester) else { continue };
+                let withdrawn = requester.doc.has_collection(Intent::COLLECTION)
+                    && !requester.doc.contains::<Intent>(&o.id).unwrap_or(true);
+                if o.state.is_final() && withdrawn && now.saturating_sub(o.at) > INTENT_KEEP {
+                    let _ = self.own.doc.delete::<IntentOutcome>(&o.id);
+                }
             }
         }
     }

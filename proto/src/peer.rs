@@ -453,7 +453,10 @@ impl Peer {
             Input::Driver { key, run, event } => self.on_driver(now, &key, run, event, fx),
             Input::Timer(TimerId::Restart { key, run }) => self.on_restart_timer(now, &key, run, fx),
             Input::Metrics(m) => self.metrics = Some(m),
-            Input::Timer(TimerId::Repair) => self.on_repair(fx),
+            Input::Timer(TimerId::Repair) => {
+                self.collect_intents(now);
+                self.on_repair(fx)
+            }
             Input::Connected(site) => {
                 self.seen.insert(site.clone(), now);
                 self.on_connected(site, fx)

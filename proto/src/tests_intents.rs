@@ -164,3 +164,37 @@ fn a_failed_fetch_fails_the_waiting_instance_and_copy() {
     assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(i))) if i.observed == Observed::Failed));
     assert!(matches!(net.reply(copy), Some(Err(ApiError::Conflict(m))) if m.contains("verification")));
 }
+
+#[test]
+fn settled_intents_and_then_their_outcomes_are_collected_after_an_hour() {
+    let (mut net, admin) = setup(2);
+    let req =
+        net.ask(0, &admin, remote(&net, 1, 30_000, Command::CreateInstance(new_instance("web", "img"))));
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(_)))));
+    let count = |net: &Net, i: usize| {
+        (
+            net.peers[i].own().doc.count::<atoll_crdt::Intent>(),
+            net.peers[i].own().doc.count::<atoll_crdt::IntentOutcome>(),
+        )
+    };
+    assert_eq!((count(&net, 0), count(&net, 1)), ((1, 0), (0, 1)));
+    // Within the hour both stay, for listings.
+    net.input(0, Input::Timer(TimerId::Repair));
+    net.settle();
+    assert_eq!(count(&net, 0), (1, 0));
+    // After it, the requester drops the intent, then the target the outcome.
+    net.now += crate::intents::INTENT_KEEP + 1;
+    net.input(0, Input::Timer(TimerId::Repair));
+    net.settle();
+    assert_eq!(count(&net, 0), (0, 0));
+    net.input(1, Input::Timer(TimerId::Repair));
+    net.settle();
+    assert_eq!(count(&net, 1), (0, 0));
+    // And the instance, applied once, stays.
+    assert!(instance_on(&net, 1, "web").is_some());
+    let mut out = Outbox::default();
+    net.peers[1].resume_intents(net.now, &mut out);
+    assert!(out.drivers.is_empty());
+    net.assert_converged();
+}

@@ -39,6 +39,9 @@ const SUMMARY_TOPIC: &str = "atoll/summary/1";
 /// Requests in flight per connection and protocol.
 const MAX_STREAMS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a removed site stays connected (as a non-member) before it is
+/// blocked: long enough for the realm change to reach it.
+const REMOVAL_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -138,6 +141,9 @@ pub struct Net {
     connected: HashSet<PeerId>,
     /// Connected non-members and when they came.
     strangers: HashMap<PeerId, Instant>,
+    /// Removed sites and when they get blocked: a moment later, so that the
+    /// realm change telling them reaches them first.
+    removed: HashMap<PeerId, Instant>,
     listening: Vec<Multiaddr>,
     settings: Settings,
     topic: gossipsub::IdentTopic,
@@ -226,6 +232,7 @@ impl Net {
             peer_of: HashMap::new(),
             connected: HashSet::new(),
             strangers: HashMap::new(),
+            removed: HashMap::new(),
             listening: Vec::new(),
             settings,
             topic,
@@ -259,11 +266,13 @@ impl Net {
                 continue;
             }
             let Some(peer) = peer_id(&r.public_key) else { continue };
-            if !self.swarm.behaviour_mut().blocked.block_peer(peer) {
-                continue; // blocked before
+            if self.swarm.behaviour().blocked.blocked_peers().contains(&peer)
+                || self.removed.contains_key(&peer)
+            {
+                continue;
             }
             tracing::info!(site = %r.site, by = %r.by, "site removed from the realm; refusing it");
-            let _ = self.swarm.disconnect_peer_id(peer);
+            self.removed.insert(peer, Instant::now() + REMOVAL_GRACE);
             if self.connected.remove(&peer) {
                 gone.push(Input::Disconnected(r.site.clone()));
             }
@@ -310,6 +319,11 @@ impl Net {
         for p in expired {
             tracing::info!(peer = %p, "closing connection of a non-member");
             let _ = self.swarm.disconnect_peer_id(p);
+        }
+        let due: Vec<PeerId> = self.removed.iter().filter(|(_, t)| now >= **t).map(|(p, _)| *p).collect();
+        for p in due {
+            self.removed.remove(&p);
+            self.swarm.behaviour_mut().blocked.block_peer(p);
         }
         for (peer, k) in self.members.iter_mut() {
             if self.connected.contains(peer) || k.next_dial > now || k.addrs.is_empty() {

@@ -1,8 +1,12 @@
 //! Durable storage behind a small trait: document logs and content-addressed
-//! image chunks. The sled implementation is the only one today; the trait keeps
-//! sled's API out of the rest of the daemon.
+//! image chunks. Document logs and blob indexes live in sled; chunks are files
+//! named by their hash (`<dir>/chunks/ab/abcd…`), because sled writes a 4 MiB
+//! value at a fraction of the speed of a plain file (about 180 MiB/s here). The
+//! trait keeps both out of the rest of the daemon.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use atoll_proto::DocId;
 use sha2::{Digest, Sha256};
@@ -15,6 +19,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the data dir {0} is in use by another atoll process")]
     Locked(String),
+    #[error("chunk file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// How long `open` waits for the database lock: a handle dropped a moment ago
@@ -45,8 +51,12 @@ pub trait Store: Send + Sync + 'static {
 pub struct Sled {
     db: sled::Db,
     docs: sled::Tree,
+    /// Chunks stored in sled by earlier versions; read and deleted, never written.
     chunks: sled::Tree,
     blobs: sled::Tree,
+    chunk_dir: PathBuf,
+    /// Chunk files written since the last flush, to sync then.
+    unsynced: Mutex<Vec<PathBuf>>,
 }
 
 /// sled's default page cache is 1 GiB; an edge site has better uses for memory.
@@ -67,12 +77,27 @@ impl Sled {
                 other => break other?,
             }
         };
+        let chunk_dir = dir.join("chunks");
+        std::fs::create_dir_all(&chunk_dir)?;
         Ok(Sled {
             docs: db.open_tree("docs")?,
             chunks: db.open_tree("chunks")?,
             blobs: db.open_tree("blobs")?,
             db,
+            chunk_dir,
+            unsynced: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The file of a chunk; None for a name that is not a sha256 hex (it could
+    /// otherwise name a path outside the chunk directory).
+    fn chunk_path(&self, hash: &str) -> Option<PathBuf> {
+        let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        hex.then(|| self.chunk_dir.join(&hash[..2]).join(hash))
+    }
+
+    fn bad_hash(hash: &str) -> StoreError {
+        StoreError::Corrupt(format!("{hash:?} is not a chunk hash"))
     }
 
     fn prefix(doc: &DocId) -> Vec<u8> {
@@ -159,26 +184,59 @@ impl Store for Sled {
     }
 
     fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<bool, StoreError> {
-        Ok(self.chunks.compare_and_swap(hash, None as Option<&[u8]>, Some(bytes))?.is_ok())
+        let path = self.chunk_path(hash).ok_or_else(|| Self::bad_hash(hash))?;
+        if path.exists() || self.chunks.contains_key(hash)? {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.chunk_dir))?;
+        // Written aside and renamed: a reader never sees half a chunk.
+        let tmp = path.with_extension("partial");
+        std::fs::File::create(&tmp)?.write_all(bytes)?;
+        std::fs::rename(&tmp, &path)?;
+        self.unsynced.lock().map_err(|_| StoreError::Corrupt("chunk list poisoned".into()))?.push(path);
+        Ok(true)
     }
 
     fn get_chunk(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(v) = self.chunks.get(hash)? else { return Ok(None) };
+        let path = self.chunk_path(hash).ok_or_else(|| Self::bad_hash(hash))?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.chunks.get(hash)? {
+                Some(v) => v.to_vec(),
+                None => return Ok(None),
+            },
+            Err(e) => return Err(e.into()),
+        };
         // Verify on read: a flipped bit on disk must not reach a workload.
-        if hex::encode(Sha256::digest(&v)) != hash {
+        if hex::encode(Sha256::digest(&bytes)) != hash {
             return Err(StoreError::Corrupt(format!("chunk {hash} does not match its hash")));
         }
-        Ok(Some(v.to_vec()))
+        Ok(Some(bytes))
     }
 
+    /// Whether a sound copy is stored: a chunk cut short by a crash before the
+    /// flush that would have synced it counts as missing (and is removed).
     fn has_chunk(&self, hash: &str) -> Result<bool, StoreError> {
-        Ok(self.chunks.contains_key(hash)?)
+        match self.get_chunk(hash) {
+            Ok(found) => Ok(found.is_some()),
+            Err(StoreError::Corrupt(_)) => {
+                self.delete_chunks(&[hash.to_owned()])?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn delete_chunks(&self, hashes: &[String]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for h in hashes {
             batch.remove(h.as_bytes());
+            if let Some(path) = self.chunk_path(h) {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         self.chunks.apply_batch(batch)?;
         Ok(())
@@ -201,6 +259,27 @@ impl Store for Sled {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        let files = std::mem::take(
+            &mut *self.unsynced.lock().map_err(|_| StoreError::Corrupt("chunk list poisoned".into()))?,
+        );
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for f in &files {
+            match std::fs::File::open(f) {
+                Ok(file) => file.sync_all()?,
+                // Deleted since it was written.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(d) = f.parent()
+                && !dirs.iter().any(|x| x == d)
+            {
+                dirs.push(d.to_owned());
+            }
+        }
+        // The renames are durable once their directories are.
+        for d in dirs {
+            std::fs::File::open(d)?.sync_all()?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -244,7 +323,25 @@ mod tests {
         assert_eq!(store.get_chunk(&hash).unwrap().unwrap(), b"hello");
         store.put_chunk(&"0".repeat(64), b"lies").unwrap();
         assert!(matches!(store.get_chunk(&"0".repeat(64)), Err(StoreError::Corrupt(_))));
+        assert!(!store.has_chunk(&"0".repeat(64)).unwrap(), "a bad copy counts as missing");
+        store.flush().unwrap();
         store.delete_chunks(std::slice::from_ref(&hash)).unwrap();
         assert!(store.get_chunk(&hash).unwrap().is_none());
+        // Names that are not hashes never become paths.
+        assert!(store.put_chunk("../../etc/passwd", b"x").is_err());
+        assert!(store.get_chunk("../x").is_err());
+    }
+
+    #[test]
+    fn chunks_stored_in_sled_by_earlier_versions_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sled::open(dir.path()).unwrap();
+        let hash = hex::encode(Sha256::digest(b"old"));
+        store.chunks.insert(hash.as_bytes(), &b"old"[..]).unwrap();
+        assert_eq!(store.get_chunk(&hash).unwrap().unwrap(), b"old");
+        assert!(store.has_chunk(&hash).unwrap());
+        assert!(!store.put_chunk(&hash, b"old").unwrap());
+        store.delete_chunks(std::slice::from_ref(&hash)).unwrap();
+        assert!(!store.has_chunk(&hash).unwrap());
     }
 }

@@ -39,6 +39,9 @@ const SUMMARY_TOPIC: &str = "atoll/summary/1";
 /// Requests in flight per connection and protocol.
 const MAX_STREAMS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Peers, and addresses per peer, remembered from mDNS.
+const MAX_LAN_PEERS: usize = 256;
+const MAX_LAN_ADDRS: usize = 8;
 /// How long a removed site stays connected (as a non-member) before it is
 /// blocked: long enough for the realm change to reach it.
 const REMOVAL_GRACE: Duration = Duration::from_secs(3);
@@ -144,6 +147,9 @@ pub struct Net {
     /// Removed sites and when they get blocked: a moment later, so that the
     /// realm change telling them reaches them first.
     removed: HashMap<PeerId, Instant>,
+    /// Addresses found by mDNS, members or not yet (a site may learn of a
+    /// member after its announcement was heard); bounded.
+    lan: HashMap<PeerId, Vec<Multiaddr>>,
     listening: Vec<Multiaddr>,
     settings: Settings,
     topic: gossipsub::IdentTopic,
@@ -233,6 +239,7 @@ impl Net {
             connected: HashSet::new(),
             strangers: HashMap::new(),
             removed: HashMap::new(),
+            lan: HashMap::new(),
             listening: Vec::new(),
             settings,
             topic,
@@ -280,7 +287,12 @@ impl Net {
         let mut next = HashMap::new();
         for m in members.into_iter().filter(|m| &m.site != me) {
             let Some(peer) = peer_id(&m.public_key) else { continue };
-            let addrs: Vec<Multiaddr> = m.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            let mut addrs: Vec<Multiaddr> = m.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for a in self.lan.get(&peer).into_iter().flatten() {
+                if !addrs.contains(a) {
+                    addrs.push(a.clone());
+                }
+            }
             for a in &addrs {
                 self.swarm.add_peer_address(peer, a.clone());
             }
@@ -533,11 +545,28 @@ impl Net {
             // Only members are dialled: a stranger found on the LAN is none of ours.
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
+                    if self.lan.len() < MAX_LAN_PEERS || self.lan.contains_key(&peer) {
+                        let known = self.lan.entry(peer).or_default();
+                        if known.len() < MAX_LAN_ADDRS && !known.contains(&addr) {
+                            known.push(addr.clone());
+                        }
+                    }
                     if let Some(k) = self.members.get_mut(&peer) {
                         self.swarm.add_peer_address(peer, addr.clone());
                         if !k.addrs.contains(&addr) {
                             k.addrs.push(addr);
                             k.next_dial = Instant::now();
+                        }
+                    }
+                }
+                None
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    if let Some(known) = self.lan.get_mut(&peer) {
+                        known.retain(|a| a != &addr);
+                        if known.is_empty() {
+                            self.lan.remove(&peer);
                         }
                     }
                 }

@@ -42,32 +42,10 @@ fn images_and_instance_operations_cross_sites() {
         assert!(eventually(WAIT, || reachable(d, 3)), "{} does not reach every site", d.site);
     }
     // Quota rights for B and C (the realm's first site holds them all).
-    a.cli().ok(&[
-        "quota",
-        "give",
-        "default",
-        "--to",
-        "site-b",
-        "--instances",
-        "3",
-        "--cpus",
-        "3",
-        "--memory",
-        "1024",
-    ]);
-    a.cli().ok(&[
-        "quota",
-        "give",
-        "default",
-        "--to",
-        "site-c",
-        "--instances",
-        "3",
-        "--cpus",
-        "3",
-        "--memory",
-        "1024",
-    ]);
+    for site in ["site-b", "site-c"] {
+        let share = ["--instances", "3", "--cpus", "3", "--memory", "1024"];
+        a.cli().ok(&[&["quota", "give", "default", "--to", site][..], &share].concat());
+    }
 
     // An image of three chunks, uploaded on A only.
     let file = padded_process_image(root.path(), "sleeper", "sleep 600\n", 9 << 20);

@@ -342,14 +342,20 @@ mod tests {
         (image, chunks)
     }
 
+    /// A store in a directory that lives as long as the returned guard.
+    fn store() -> (tempfile::TempDir, Sled) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sled::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
     fn holders(names: &[&str]) -> Holders {
         Holders { reach: names.iter().map(|n| site(n)).collect(), next: 0, sent: Vec::new() }
     }
 
     #[test]
     fn chunks_come_from_every_holder_and_are_verified() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let (image, chunks) = blob(20);
         let mut fetches: Fetches<u64> = Fetches::default();
         let mut net = holders(&["a", "b"]);
@@ -385,8 +391,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_fetch_resumes_with_the_missing_chunks_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let (image, chunks) = blob(10);
         for (hash, bytes) in image.chunks.iter().zip(&chunks).take(6) {
             store.put_chunk(hash, bytes).unwrap();
@@ -408,8 +413,7 @@ mod tests {
 
     #[test]
     fn a_fetch_fails_after_repeated_bad_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let (_dir, store) = store();
         let (image, _) = blob(1);
         let mut fetches: Fetches<u64> = Fetches::default();
         let mut net = holders(&["a"]);

@@ -149,11 +149,25 @@ impl Peer {
         if view.state.is_final() {
             return Outcome::Now(self.settled_result(&id).unwrap_or(Ok(Reply::Intent(view))));
         }
+        self.park(req, view, (wait_ms, Want::Result), fx)
+    }
+
+    /// Waits up to `wait_ms` for a pending intent to settle, unless the caller
+    /// asked not to wait or too many callers wait already: then answers with it
+    /// as it stands.
+    fn park(
+        &mut self,
+        req: ReqId,
+        view: IntentView,
+        (wait_ms, want): (Millis, Want),
+        fx: &mut impl Effects,
+    ) -> Outcome {
         let waiting: usize = self.intent_waiters.values().map(Vec::len).sum();
         if wait_ms == 0 || waiting >= MAX_INTENT_WAITERS {
             return Outcome::Now(Ok(Reply::Intent(view)));
         }
-        self.intent_waiters.entry(id.clone()).or_default().push((req, Want::Result));
+        let id = view.intent;
+        self.intent_waiters.entry(id.clone()).or_default().push((req, want));
         fx.schedule(TimerId::IntentWait { id, req }, wait_ms.min(MAX_WAIT));
         Outcome::Later
     }
@@ -262,13 +276,7 @@ impl Peer {
                 if v.state.is_final() || v.requester != self.site {
                     Outcome::Now(Ok(Reply::Intent(v)))
                 } else {
-                    let waiting: usize = self.intent_waiters.values().map(Vec::len).sum();
-                    if wait_ms == 0 || waiting >= MAX_INTENT_WAITERS {
-                        return Outcome::Now(Ok(Reply::Intent(v)));
-                    }
-                    self.intent_waiters.entry(id.clone()).or_default().push((req, Want::View));
-                    fx.schedule(TimerId::IntentWait { id, req }, wait_ms.min(MAX_WAIT));
-                    Outcome::Later
+                    self.park(req, v, (wait_ms, Want::View), fx)
                 }
             }
             Ok(_) => Outcome::Now(Err(ApiError::NotFound(format!("no intent {id} of user {}", user.name)))),

@@ -49,6 +49,20 @@ impl Effects for Recorder {
     }
 }
 
+/// A one-chunk private process image whose blob the caller "has stored".
+pub(crate) fn image(project: &str, name: &str) -> NewImage {
+    NewImage {
+        name: name.into(),
+        project: project.into(),
+        format: ImageFormat::Process,
+        visibility: Visibility::Private,
+        digest: format!("sha256:{}", "a".repeat(64)),
+        size: 10,
+        chunk_size: 1 << 20,
+        chunks: vec!["b".repeat(64)],
+    }
+}
+
 /// A peer plus what it persisted, replayable into a restarted peer.
 struct Harness {
     peer: Peer,
@@ -158,17 +172,7 @@ impl Harness {
     }
 
     fn upload(&mut self, token: &str, project: &str, name: &str) {
-        let image = NewImage {
-            name: name.into(),
-            project: project.into(),
-            format: ImageFormat::Process,
-            visibility: Visibility::Private,
-            digest: format!("sha256:{}", "a".repeat(64)),
-            size: 10,
-            chunk_size: 1 << 20,
-            chunks: vec!["b".repeat(64)],
-        };
-        self.call(Some(token), Command::RegisterImage(image)).unwrap();
+        self.call(Some(token), Command::RegisterImage(image(project, name))).unwrap();
     }
 
     fn restarted(&self) -> Harness {
@@ -444,14 +448,10 @@ fn bad_input_is_refused() {
     h.upload(&token, "default", "app");
     let mut container = new_instance("c", RestartPolicy::Never);
     let image = NewImage {
-        name: "ctr".into(),
-        project: "default".into(),
         format: ImageFormat::DockerArchive,
-        visibility: Visibility::Private,
         digest: format!("sha256:{}", "c".repeat(64)),
-        size: 1,
-        chunk_size: 1 << 20,
         chunks: vec!["d".repeat(64)],
+        ..image("default", "ctr")
     };
     h.call(Some(&token), Command::RegisterImage(image)).unwrap();
     container.image = "ctr".into();

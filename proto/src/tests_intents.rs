@@ -1,23 +1,10 @@
 //! Cross-site operations and image fetches between peers of the in-test network.
 
-use atoll_crdt::{ImageFormat, IntentState, Observed, Visibility};
+use atoll_crdt::{IntentState, Observed};
 
-use crate::api::{NewImage, NewInstance};
+use crate::api::NewInstance;
 use crate::tests_sync::Net;
 use crate::*;
-
-fn image(name: &str) -> NewImage {
-    NewImage {
-        name: name.into(),
-        project: "default".into(),
-        format: ImageFormat::Process,
-        visibility: Visibility::Private,
-        digest: format!("sha256:{}", "a".repeat(64)),
-        size: 10,
-        chunk_size: 1 << 20,
-        chunks: vec!["b".repeat(64)],
-    }
-}
 
 fn new_instance(name: &str, image: &str) -> NewInstance {
     serde_json::from_value(serde_json::json!({"name": name, "project": "default", "image": image})).unwrap()
@@ -36,7 +23,7 @@ fn setup(n: usize) -> (Net, String) {
     let mut net = Net::new(n);
     net.settle();
     let admin = net.login(0, "admin", "admin-password");
-    net.call(1, Some(&admin), Command::RegisterImage(image("img"))).unwrap();
+    net.call(1, Some(&admin), Command::RegisterImage(crate::tests::image("default", "img"))).unwrap();
     // Quota rights for every site: the realm's first site holds them all.
     let to = (1..n).map(|i| net.site(i)).collect();
     let amount = atoll_crdt::Resources::new(2, 2, 1024);

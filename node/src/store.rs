@@ -1,8 +1,8 @@
 //! Durable storage behind a small trait: document logs and content-addressed
 //! image chunks. Document logs and blob indexes live in sled; chunks are files
-//! named by their hash (`<dir>/chunks/ab/abcd…`), because sled writes a 4 MiB
-//! value at a fraction of the speed of a plain file (about 180 MiB/s here). The
-//! trait keeps both out of the rest of the daemon.
+//! named by their hash (`<dir>/chunks/ab/abcd…`), because sled's writes of
+//! 4 MiB values capped image fetches (docs/benchmarks.md). The trait keeps
+//! both out of the rest of the daemon.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::driver::{Docker, Driver, Drivers, Exits, Process};
 use crate::net::Net;
 use crate::runtime::{Runtime, now_millis};
-use crate::store::{Sled, Store};
+use crate::store::{Disk, Store};
 
 /// Exits reported by drivers, queued for the loop.
 const EXIT_QUEUE: usize = 256;
@@ -28,7 +28,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
     check_site_name(data, &s.site)?;
     let key = load_or_create_key(&data.join("site.key"))?;
-    let store: Arc<dyn Store> = Arc::new(Sled::open(&data.join("db")).context("cannot open the store")?);
+    let store: Arc<dyn Store> = Arc::new(Disk::open(&data.join("db")).context("cannot open the store")?);
 
     let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
     let mut drivers = Drivers::default();

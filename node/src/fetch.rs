@@ -297,7 +297,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::store::Sled;
+    use crate::store::Disk;
 
     /// Holders answering from a map of chunks; some may lie.
     struct Holders {
@@ -343,9 +343,9 @@ mod tests {
     }
 
     /// A store in a directory that lives as long as the returned guard.
-    fn store() -> (tempfile::TempDir, Sled) {
+    fn store() -> (tempfile::TempDir, Disk) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let store = Disk::open(dir.path()).unwrap();
         (dir, store)
     }
 

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
-    Sled(#[from] sled::Error),
+    Disk(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the data dir {0} is in use by another atoll process")]
@@ -48,7 +48,8 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-pub struct Sled {
+/// The daemon's store: sled for documents and indexes, files for chunks.
+pub struct Disk {
     db: sled::Db,
     docs: sled::Tree,
     /// Chunks stored in sled by earlier versions; read and deleted, never written.
@@ -62,7 +63,7 @@ pub struct Sled {
 /// sled's default page cache is 1 GiB; an edge site has better uses for memory.
 const CACHE_BYTES: u64 = 64 << 20;
 
-impl Sled {
+impl Disk {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
         let since = std::time::Instant::now();
@@ -79,7 +80,7 @@ impl Sled {
         };
         let chunk_dir = dir.join("chunks");
         std::fs::create_dir_all(&chunk_dir)?;
-        Ok(Sled {
+        Ok(Disk {
             docs: db.open_tree("docs")?,
             chunks: db.open_tree("chunks")?,
             blobs: db.open_tree("blobs")?,
@@ -124,7 +125,7 @@ impl Sled {
     }
 }
 
-impl Store for Sled {
+impl Store for Disk {
     fn load_doc(&self, doc: &DocId) -> Result<Option<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut any = false;
@@ -292,7 +293,7 @@ mod tests {
     #[test]
     fn doc_log_appends_and_compacts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let store = Disk::open(dir.path()).unwrap();
         let doc = DocId::Realm;
         assert!(store.load_doc(&doc).unwrap().is_none());
         store.append_doc(&doc, b"ab").unwrap();
@@ -306,8 +307,8 @@ mod tests {
         assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
         store.flush().unwrap();
         drop(store);
-        let store = Sled::open(dir.path()).unwrap();
-        assert!(matches!(Sled::open(dir.path()), Err(StoreError::Locked(_))), "one process per data dir");
+        let store = Disk::open(dir.path()).unwrap();
+        assert!(matches!(Disk::open(dir.path()), Err(StoreError::Locked(_))), "one process per data dir");
         assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
         assert_eq!(store.load_doc(&other).unwrap().unwrap(), b"zz");
         assert_eq!(store.docs().unwrap(), vec![DocId::Realm, other]);
@@ -316,7 +317,7 @@ mod tests {
     #[test]
     fn chunks_are_content_addressed_and_verified() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let store = Disk::open(dir.path()).unwrap();
         let hash = hex::encode(Sha256::digest(b"hello"));
         assert!(store.put_chunk(&hash, b"hello").unwrap());
         assert!(!store.put_chunk(&hash, b"hello").unwrap());
@@ -335,7 +336,7 @@ mod tests {
     #[test]
     fn chunks_stored_in_sled_by_earlier_versions_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Sled::open(dir.path()).unwrap();
+        let store = Disk::open(dir.path()).unwrap();
         let hash = hex::encode(Sha256::digest(b"old"));
         store.chunks.insert(hash.as_bytes(), &b"old"[..]).unwrap();
         assert_eq!(store.get_chunk(&hash).unwrap().unwrap(), b"old");

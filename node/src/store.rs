@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
-    Disk(#[from] sled::Error),
+    Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the data dir {0} is in use by another atoll process")]

@@ -31,6 +31,8 @@ pub enum DocError {
     Schema { found: u64 },
     #[error("entity {collection}/{key} does not decode: {reason}")]
     Decode { collection: &'static str, key: String, reason: String },
+    #[error("quota figures in {0} overflow 64-bit arithmetic")]
+    Overflow(String),
     #[error("malformed change: {0}")]
     BadChange(String),
     #[error("invalid name {0:?}: use 1-63 lowercase letters, digits, '-', '_' or '.'")]

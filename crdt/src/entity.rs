@@ -73,24 +73,46 @@ impl Resources {
         Resources { instances, cpus, memory_mib }
     }
 
-    pub fn plus(self, o: Resources) -> Resources {
-        Resources {
-            instances: self.instances.saturating_add(o.instances),
-            cpus: self.cpus.saturating_add(o.cpus),
-            memory_mib: self.memory_mib.saturating_add(o.memory_mib),
-        }
+    /// The largest figure a quota value may take (about 10^12): far beyond any
+    /// real site, and small enough that a sum of 2^20 of them, or a product by
+    /// the number of sites, cannot leave `i64`.
+    pub const LIMIT: i64 = 1 << 40;
+
+    /// The component-wise sum, or None when it leaves `i64`. Quota arithmetic
+    /// never saturates: a clipped sum would count rights wrongly.
+    pub fn checked_plus(self, o: Resources) -> Option<Resources> {
+        Some(Resources {
+            instances: self.instances.checked_add(o.instances)?,
+            cpus: self.cpus.checked_add(o.cpus)?,
+            memory_mib: self.memory_mib.checked_add(o.memory_mib)?,
+        })
     }
 
-    pub fn minus(self, o: Resources) -> Resources {
-        self.plus(o.negate())
+    pub fn checked_minus(self, o: Resources) -> Option<Resources> {
+        Some(Resources {
+            instances: self.instances.checked_sub(o.instances)?,
+            cpus: self.cpus.checked_sub(o.cpus)?,
+            memory_mib: self.memory_mib.checked_sub(o.memory_mib)?,
+        })
     }
 
-    pub fn negate(self) -> Resources {
-        Resources {
-            instances: self.instances.saturating_neg(),
-            cpus: self.cpus.saturating_neg(),
-            memory_mib: self.memory_mib.saturating_neg(),
-        }
+    pub fn checked_times(self, n: i64) -> Option<Resources> {
+        Some(Resources {
+            instances: self.instances.checked_mul(n)?,
+            cpus: self.cpus.checked_mul(n)?,
+            memory_mib: self.memory_mib.checked_mul(n)?,
+        })
+    }
+
+    /// The sum of many, or None when it leaves `i64`.
+    pub fn checked_sum(items: impl IntoIterator<Item = Resources>) -> Option<Resources> {
+        items.into_iter().try_fold(Resources::ZERO, Resources::checked_plus)
+    }
+
+    /// Whether every component lies within ±[`Resources::LIMIT`] (what a user
+    /// may ask for; a peer's figures are summed with checked arithmetic instead).
+    pub fn within_limit(self) -> bool {
+        [self.instances, self.cpus, self.memory_mib].iter().all(|v| v.abs() <= Self::LIMIT)
     }
 
     /// True when every component of `self` is at least the one of `o`.
@@ -515,9 +537,18 @@ mod tests {
     fn resources_arithmetic() {
         let a = Resources::new(2, 4, 1024);
         let b = Resources::new(1, 1, 512);
-        assert_eq!(a.minus(b), Resources::new(1, 3, 512));
+        assert_eq!(a.checked_minus(b), Some(Resources::new(1, 3, 512)));
         assert!(a.covers(b));
         assert!(!b.covers(a));
-        assert!(!b.minus(a).is_non_negative());
+        assert!(!b.checked_minus(a).unwrap().is_non_negative());
+        let big = Resources::new(i64::MAX, 0, 0);
+        assert_eq!(big.checked_plus(Resources::new(1, 0, 0)), None);
+        assert_eq!(Resources::new(1 << 62, 1, 1).checked_times(2), None);
+        assert_eq!(
+            Resources::checked_sum([big, Resources::new(-1, 0, 0), Resources::new(1, 0, 0)]),
+            Some(big)
+        );
+        assert!(!Resources::new(Resources::LIMIT + 1, 0, 0).within_limit());
+        assert!(Resources::new(-Resources::LIMIT, 0, 0).within_limit());
     }
 }

@@ -23,6 +23,10 @@ pub enum EscrowError {
     Exhausted { project: String, requested: Resources, available: Resources },
     #[error("quota values must not be negative (got {0})")]
     Negative(Resources),
+    #[error("quota values must lie within ±{limit} (got {0})", limit = Resources::LIMIT)]
+    OutOfRange(Resources),
+    #[error("quota arithmetic for project {0} overflows: the documents hold impossible figures")]
+    Overflow(String),
 }
 
 /// One site's rights for one project.
@@ -43,27 +47,36 @@ impl Account {
         others: impl IntoIterator<Item = &'a SiteDoc>,
         project: &str,
     ) -> Result<Account, DocError> {
-        let granted = realm
-            .grants(project)?
-            .iter()
-            .filter(|g| g.site == own.site)
-            .fold(Resources::ZERO, |acc, g| acc.plus(g.delta));
+        let overflow = || DocError::Overflow(format!("the rights of {} for project {project}", own.site));
+        let grants = realm.grants(project)?;
+        let granted = Resources::checked_sum(grants.iter().filter(|g| g.site == own.site).map(|g| g.delta))
+            .ok_or_else(overflow)?;
         let mut received = Resources::ZERO;
         for other in others {
             if other.site != own.site {
-                received = received.plus(other.given_to(project, &own.site)?);
+                received = received.checked_plus(other.given_to(project, &own.site)?).ok_or_else(overflow)?;
             }
         }
         Ok(Account { granted, received, given: own.given(project)?, consumed: own.consumed(project)? })
     }
 
+    /// The rights held free: None when the figures overflow (only a document
+    /// with impossible figures does that; such an account admits nothing).
+    pub fn checked_available(&self) -> Option<Resources> {
+        self.granted.checked_plus(self.received)?.checked_minus(self.given)?.checked_minus(self.consumed)
+    }
+
+    /// The rights held free, for display ([`Account::admit`] decides).
     pub fn available(&self) -> Resources {
-        self.granted.plus(self.received).minus(self.given).minus(self.consumed)
+        self.checked_available().unwrap_or(Resources::ZERO)
     }
 
     /// Whether `request` fits the rights held here (admission, or giving rights away).
     pub fn admit(&self, project: &str, request: Resources) -> Result<(), EscrowError> {
-        let available = self.available();
+        let available = self.checked_available().ok_or_else(|| EscrowError::Overflow(project.to_owned()))?;
+        if !request.is_non_negative() {
+            return Err(EscrowError::Negative(request));
+        }
         if available.covers(request) {
             Ok(())
         } else {
@@ -83,7 +96,10 @@ pub fn quota_change(
     if !new_total.is_non_negative() {
         return Err(EscrowError::Negative(new_total));
     }
-    let delta = new_total.minus(total);
+    if !new_total.within_limit() {
+        return Err(EscrowError::OutOfRange(new_total));
+    }
+    let delta = new_total.checked_minus(total).ok_or_else(|| EscrowError::Overflow(project.to_owned()))?;
     let lowering =
         Resources::new((-delta.instances).max(0), (-delta.cpus).max(0), (-delta.memory_mib).max(0));
     account.admit(project, lowering)?;
@@ -116,5 +132,19 @@ mod tests {
         );
         assert!(quota_change("p", total, Resources::new(2, 4, 4096), &a).is_err());
         assert!(quota_change("p", total, Resources::new(-1, 4, 4096), &a).is_err());
+        assert!(quota_change("p", total, Resources::new(i64::MAX, 4, 4096), &a).is_err());
+    }
+
+    #[test]
+    fn impossible_figures_admit_nothing() {
+        let a = Account {
+            granted: Resources::new(i64::MAX, 1, 1),
+            received: Resources::new(1, 0, 0),
+            ..Account::default()
+        };
+        assert_eq!(a.checked_available(), None);
+        assert!(matches!(a.admit("p", Resources::new(1, 0, 0)), Err(EscrowError::Overflow(_))));
+        let b = account(Resources::new(2, 2, 2), Resources::ZERO);
+        assert!(matches!(b.admit("p", Resources::new(-5, 0, 0)), Err(EscrowError::Negative(_))));
     }
 }

@@ -64,7 +64,8 @@ impl Realm {
 
     /// A project's quota total: the sum of its grants.
     pub fn quota_total(&self, project: &str) -> Result<Resources, DocError> {
-        Ok(self.grants(project)?.iter().fold(Resources::ZERO, |acc, g| acc.plus(g.delta)))
+        Resources::checked_sum(self.grants(project)?.iter().map(|g| g.delta))
+            .ok_or_else(|| DocError::Overflow(format!("grants of project {project}")))
     }
 
     /// The next sequence number of `site`'s grants for `project` (it alone writes them).

@@ -49,25 +49,26 @@ impl SiteDoc {
 
     /// Resources held by this site's instances of `project` (created and not deleted).
     pub fn consumed(&self, project: &str) -> Result<Resources, DocError> {
-        Ok(self
-            .doc
-            .list_prefix::<Instance>(&format!("{project}/"))?
-            .iter()
-            .fold(Resources::ZERO, |acc, i| acc.plus(i.resources())))
+        let instances = self.doc.list_prefix::<Instance>(&format!("{project}/"))?;
+        Resources::checked_sum(instances.iter().map(Instance::resources))
+            .ok_or_else(|| self.overflow("instances", project))
     }
 
     /// Rights this site gave away for `project`.
     pub fn given(&self, project: &str) -> Result<Resources, DocError> {
-        Ok(self.transfers_of(project)?.iter().fold(Resources::ZERO, |acc, t| acc.plus(t.amount)))
+        Resources::checked_sum(self.transfers_of(project)?.iter().map(|t| t.amount))
+            .ok_or_else(|| self.overflow("transfers", project))
     }
 
     /// Rights this site gave to `to` for `project`.
     pub fn given_to(&self, project: &str, to: &SiteId) -> Result<Resources, DocError> {
-        Ok(self
-            .transfers_of(project)?
-            .iter()
-            .filter(|t| &t.to == to)
-            .fold(Resources::ZERO, |acc, t| acc.plus(t.amount)))
+        let transfers = self.transfers_of(project)?;
+        Resources::checked_sum(transfers.iter().filter(|t| &t.to == to).map(|t| t.amount))
+            .ok_or_else(|| self.overflow("transfers", project))
+    }
+
+    fn overflow(&self, what: &str, project: &str) -> DocError {
+        DocError::Overflow(format!("{what} of project {project} in site {}'s document", self.site))
     }
 
     fn transfers_of(&self, project: &str) -> Result<Vec<Transfer>, DocError> {

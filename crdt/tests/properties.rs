@@ -113,12 +113,23 @@ enum Op {
 
 const SITES: usize = 3;
 
+/// Mostly small figures, sometimes the extremes where arithmetic wraps or saturates.
+fn figure(small: std::ops::Range<i64>) -> impl Strategy<Value = i64> {
+    prop_oneof![
+        8 => small,
+        1 => Just(i64::MAX),
+        1 => Just(i64::MAX / 2 + 1),
+        1 => Just(Resources::LIMIT),
+        1 => Just(i64::MIN),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..SITES, 1..4i64, 1..600i64).prop_map(|(at, cpus, mem)| Op::Create { at, cpus, mem }),
         1 => (0..SITES, any::<prop::sample::Index>()).prop_map(|(at, which)| Op::Delete { at, which }),
-        2 => (0..SITES, 0..SITES, 1..4i64).prop_map(|(from, to, cpus)| Op::Give { from, to, cpus }),
-        1 => (0..SITES, 0..12i64, 0..20i64).prop_map(|(at, instances, cpus)| Op::SetQuota { at, instances, cpus }),
+        2 => (0..SITES, 0..SITES, figure(1..4)).prop_map(|(from, to, cpus)| Op::Give { from, to, cpus }),
+        1 => (0..SITES, figure(0..12), figure(0..20)).prop_map(|(at, instances, cpus)| Op::SetQuota { at, instances, cpus }),
         3 => (0..SITES, 0..SITES).prop_map(|(a, b)| Op::Sync { a, b }),
     ]
 }
@@ -261,7 +272,7 @@ proptest! {
                 }
             }
             let total = truth.realm.quota_total("p").unwrap();
-            let consumed = truth.docs.values().fold(Resources::ZERO, |acc, d| acc.plus(d.consumed("p").unwrap()));
+            let consumed = Resources::checked_sum(truth.docs.values().map(|d| d.consumed("p").unwrap())).unwrap();
             prop_assert!(total.covers(consumed), "overspent after {:?}: total {} consumed {}", op, total, consumed);
             for i in 0..SITES {
                 let a = account(&truth, &site(i));

@@ -372,6 +372,7 @@ impl From<atoll_crdt::DocError> for ApiError {
     fn from(e: atoll_crdt::DocError) -> Self {
         match e {
             atoll_crdt::DocError::InvalidName(_) => ApiError::Invalid(e.to_string()),
+            atoll_crdt::DocError::Overflow(_) => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -381,7 +382,8 @@ impl From<EscrowError> for ApiError {
     fn from(e: EscrowError) -> Self {
         match e {
             EscrowError::Exhausted { .. } => ApiError::QuotaExceeded(e.to_string()),
-            EscrowError::Negative(_) => ApiError::Invalid(e.to_string()),
+            EscrowError::Negative(_) | EscrowError::OutOfRange(_) => ApiError::Invalid(e.to_string()),
+            EscrowError::Overflow(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! and reports with [`Input::Fetched`](crate::Input::Fetched). The instances
 //! waiting on it then start (or fail with the reason).
 
-use atoll_crdt::{Desired, Image, Millis, Observed, Role, SiteId, User};
+use atoll_crdt::{Image, Millis, Observed, Role, SiteId, User};
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth;
@@ -99,23 +99,26 @@ impl Peer {
             };
             self.replies.push((req, reply));
         }
-        // Instances that waited for the blob.
-        let waiting: Vec<_> = self
-            .own
-            .instances()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| {
-                i.image_digest == digest && i.desired == Desired::Running && i.observed == Observed::Pending
-            })
-            .collect();
-        for mut inst in waiting {
-            match &result {
-                Ok(_) => self.start_or_answer(now, inst, fx),
-                Err(e) => {
-                    let key = inst_key(&inst);
-                    self.observe(now, &mut inst, Observed::Failed, e.to_string());
-                    self.answer_waiters(&key, &Ok(Reply::Instance(inst)));
+        // Instances that waited for the blob: they start, or wait for a holder.
+        match result {
+            Ok(_) => {
+                self.refetch.done(digest);
+                for inst in self.waiting_on(digest) {
+                    self.start_or_answer(now, inst, fx);
+                }
+            }
+            Err(e) => {
+                let catalog = images.into_iter().find(|i| i.digest == digest);
+                match catalog {
+                    Some(image) => self.fetch_failed(now, image, &e.to_string(), fx),
+                    None => {
+                        self.refetch.done(digest);
+                        for mut inst in self.waiting_on(digest) {
+                            let key = inst_key(&inst);
+                            self.observe(now, &mut inst, Observed::Failed, e.to_string());
+                            self.answer_waiters(&key, &Ok(Reply::Instance(inst)));
+                        }
+                    }
                 }
             }
         }

@@ -127,7 +127,17 @@ impl Peer {
         };
         auth::require(&self.realm, user, project, need, site)?;
         let command = serde_json::to_string(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let id = format!("{}.{:016x}", self.site, self.rng.next_u64());
+        // A fresh id: an intent overwritten by a new one would lose the new
+        // operation and answer the caller with the old one's outcome.
+        let mut id = format!("{}.{:016x}", self.site, self.rng.next_u64());
+        let mut draws = 1;
+        while self.own.doc.get::<Intent>(&id)?.is_some() {
+            if draws >= 8 {
+                return Err(ApiError::Internal("cannot draw an unused intent id".into()));
+            }
+            draws += 1;
+            id = format!("{}.{:016x}", self.site, self.rng.next_u64());
+        }
         let intent = Intent {
             id: id.clone(),
             requester: self.site.clone(),

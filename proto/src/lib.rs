@@ -14,6 +14,7 @@ pub mod lifecycle;
 mod manage;
 pub mod membership;
 pub mod peer;
+mod refetch;
 pub mod sync;
 pub mod wire;
 

@@ -90,7 +90,10 @@ impl Peer {
         auth::require_realm_admin(caller)?;
         check_name("project", &n.name)?;
         if !n.quota.is_non_negative() {
-            return Err(ApiError::Invalid(format!("quota values must not be negative (got {})", n.quota)));
+            return Err(atoll_crdt::EscrowError::Negative(n.quota).into());
+        }
+        if !n.quota.within_limit() {
+            return Err(atoll_crdt::EscrowError::OutOfRange(n.quota).into());
         }
         if self.realm.project(&n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("project {} already exists", n.name)));
@@ -203,16 +206,25 @@ impl Peer {
         if to.is_empty() || to.len() > MAX_GIVE_TO {
             return Err(ApiError::Invalid(format!("give to 1 to {MAX_GIVE_TO} sites at once")));
         }
+        let mut seen = std::collections::BTreeSet::new();
         for s in to {
             if s == &self.site || self.realm.member(s)?.is_none() {
                 return Err(ApiError::Invalid(format!("{s} is not another member site")));
+            }
+            if !seen.insert(s) {
+                return Err(ApiError::Invalid(format!("{s} is named twice")));
             }
         }
         if !amount.is_non_negative() || amount == Resources::ZERO {
             return Err(ApiError::Invalid(format!("nothing to give: {amount}")));
         }
-        let n = to.len() as i64;
-        let all = Resources::new(amount.instances * n, amount.cpus * n, amount.memory_mib * n);
+        if !amount.within_limit() {
+            return Err(atoll_crdt::EscrowError::OutOfRange(amount).into());
+        }
+        // Both bounds keep the product far inside i64; checked all the same.
+        let all = amount
+            .checked_times(to.len() as i64)
+            .ok_or(atoll_crdt::EscrowError::OutOfRange(amount))?;
         self.account(project)?.admit(project, all)?;
         let first = self.own.next_transfer_seq(project)?;
         for (seq, s) in (first..).zip(to) {
@@ -362,7 +374,8 @@ impl Peer {
             instances: instances.len(),
             running: instances.iter().filter(|i| i.observed == Observed::Running).count(),
             images: self.own.doc.list::<Replica>()?.len(),
-            allocated: instances.iter().fold(Resources::ZERO, |acc, i| acc.plus(i.resources())),
+            allocated: Resources::checked_sum(instances.iter().map(|i| i.resources()))
+                .unwrap_or(Resources::ZERO),
             live: self.metrics.clone(),
         }))
     }

@@ -63,6 +63,10 @@ pub enum TimerId {
     Repair,
     /// A caller's wait for an intent's outcome is over.
     IntentWait { id: String, req: ReqId },
+    /// Reopen the sync exchange with a peer after a message to it was lost.
+    Resync { site: SiteId },
+    /// Ask again for an image blob whose fetch failed.
+    Refetch { digest: String },
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +87,9 @@ pub enum Input {
     /// The shell has a connection to a member site.
     Connected(SiteId),
     Disconnected(SiteId),
+    /// A message sent to this member was not delivered (the request failed or
+    /// timed out, or the peer dropped it): what it carried may be lost.
+    Undelivered(SiteId),
     /// A member's gossiped summary (ephemeral).
     Summary {
         from: SiteId,
@@ -189,6 +196,8 @@ pub struct Peer {
     /// Sync progress per (peer, document).
     pub(crate) sync: BTreeMap<(SiteId, DocId), SyncState>,
     pub(crate) connected: BTreeSet<SiteId>,
+    /// Peers whose sync exchange is reopened by a `Resync` timer already set.
+    pub(crate) resync: BTreeSet<SiteId>,
     pub(crate) custody: Custody,
     appends: BTreeMap<DocId, u32>,
     /// Documents that exist only in memory so far (a new realm).
@@ -213,6 +222,8 @@ pub struct Peer {
     pub(crate) replies: Vec<(ReqId, ApiResult)>,
     /// Image blobs the shell is fetching, and callers waiting on them (with their user).
     pub(crate) fetching: BTreeSet<String>,
+    /// Blobs whose fetch failed, waiting for a holder or a retry.
+    pub(crate) refetch: crate::refetch::Refetch,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -356,6 +367,8 @@ impl Peer {
             others: BTreeMap::new(),
             sync: BTreeMap::new(),
             connected: BTreeSet::new(),
+            resync: BTreeSet::new(),
+            refetch: crate::refetch::Refetch::default(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,
@@ -459,9 +472,13 @@ impl Peer {
             }
             Input::Connected(site) => {
                 self.seen.insert(site.clone(), now);
+                self.refetch_from(now, &site, fx);
                 self.on_connected(site, fx)
             }
             Input::Disconnected(site) => self.on_disconnected(&site),
+            Input::Undelivered(site) => self.on_undelivered(&site, fx),
+            Input::Timer(TimerId::Resync { site }) => self.on_resync(&site, fx),
+            Input::Timer(TimerId::Refetch { digest }) => self.on_refetch_timer(now, &digest, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());

@@ -16,6 +16,10 @@ use crate::wire::PeerMsg;
 pub const REPAIR_EVERY: Millis = 30_000;
 /// Peers contacted per repair round.
 pub const REPAIR_FANOUT: usize = 3;
+/// How long after a lost message the exchange with that peer is reopened:
+/// long enough that a burst of failures (a connection closing under several
+/// requests) reopens it once, short enough to converge within the heal goal.
+pub const RESYNC_AFTER: Millis = 300;
 
 impl Peer {
     pub(crate) fn doc_mut(&mut self, id: &DocId) -> Option<&mut Doc> {
@@ -135,6 +139,29 @@ impl Peer {
         self.sync.retain(|(p, _), _| p != peer);
     }
 
+    /// A message to `peer` was lost. Automerge's sync state counts what it
+    /// sent as delivered (`sent_hashes`, `in_flight`): kept, the pair would
+    /// never resend the lost changes and could trade empty messages for ever.
+    /// So the pair's states start afresh, and the exchange is reopened shortly
+    /// with a digest (only documents that differ resume syncing).
+    pub(crate) fn on_undelivered(&mut self, peer: &SiteId, fx: &mut impl Effects) {
+        if cfg!(feature = "unreset-sync") {
+            return;
+        }
+        self.sync.retain(|(p, _), _| p != peer);
+        if self.connected.contains(peer) && self.resync.insert(peer.clone()) {
+            fx.schedule(TimerId::Resync { site: peer.clone() }, RESYNC_AFTER);
+        }
+    }
+
+    pub(crate) fn on_resync(&mut self, peer: &SiteId, fx: &mut impl Effects) {
+        self.resync.remove(peer);
+        if self.connected.contains(peer) {
+            let digest = self.digest_for(Some(peer));
+            fx.send(peer, digest);
+        }
+    }
+
     pub(crate) fn on_repair(&mut self, fx: &mut impl Effects) {
         let mut peers: Vec<SiteId> = self.connected.iter().cloned().collect();
         // A partial Fisher-Yates shuffle with the peer's seeded RNG.
@@ -197,7 +224,13 @@ impl Peer {
                         differing.push(id);
                     }
                 }
+                // A differing digest means our state for the pair may be stale
+                // (it may think the peer holds what it never received): a
+                // fresh state opens with our heads and sends what is missing.
                 for id in differing {
+                    if !cfg!(feature = "unreset-sync") {
+                        self.sync.remove(&(from.clone(), id.clone()));
+                    }
                     self.sync_to(&from, &id, fx);
                 }
             }

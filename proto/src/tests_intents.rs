@@ -138,18 +138,53 @@ fn an_image_held_elsewhere_is_fetched_before_its_instance_starts() {
 }
 
 #[test]
-fn a_failed_fetch_fails_the_waiting_instance_and_copy() {
+fn a_failed_fetch_keeps_the_instance_pending_and_tries_again() {
     let (mut net, admin) = setup(2);
     let req = net.ask(0, &admin, Command::CreateInstance(new_instance("app", "img")));
     let copy = net.ask(0, &admin, Command::CopyImage { project: "default".into(), name: "img".into() });
     assert_eq!(net.fetches.len(), 1, "one fetch for both");
     let digest = net.fetches[0].1.digest.clone();
-    net.input(
-        0,
-        Input::Fetched { digest, result: Err("chunk 0 failed verification at every holder".into()) },
-    );
-    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(i))) if i.observed == Observed::Failed));
+    let why = "chunk 0 failed verification at every holder";
+    net.input(0, Input::Fetched { digest: digest.clone(), result: Err(why.into()) });
+    // The copy was a call of its own: it gets the error. The instance waits.
     assert!(matches!(net.reply(copy), Some(Err(ApiError::Conflict(m))) if m.contains("verification")));
+    match net.reply(req) {
+        Some(Ok(Reply::Instance(i))) => {
+            assert_eq!(i.observed, Observed::Pending);
+            assert!(i.reason.contains("verification") && i.reason.contains("trying again"), "{}", i.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    net.fire(|t| matches!(t, TimerId::Refetch { .. }));
+    assert_eq!(net.fetches.len(), 2, "fetched again");
+    net.input(0, Input::Fetched { digest, result: Ok(()) });
+    net.settle();
+    assert_eq!(instance_on(&net, 0, "app").unwrap().observed, Observed::Running);
+}
+
+/// The holder out of reach: the instance says what it waits for, and runs
+/// once the holder is back (the `ship` case).
+#[test]
+fn an_instance_waits_for_an_unreachable_holder_then_runs() {
+    let (mut net, admin) = setup(2);
+    net.partition(1);
+    let req = net.ask(0, &admin, Command::CreateInstance(new_instance("app", "img")));
+    let digest = net.fetches[0].1.digest.clone();
+    net.input(0, Input::Fetched { digest: digest.clone(), result: Err("no holder is reachable".into()) });
+    match net.reply(req) {
+        Some(Ok(Reply::Instance(i))) => {
+            assert_eq!(i.observed, Observed::Pending);
+            assert!(i.reason.contains("waiting for a holder") && i.reason.contains("s1"), "{}", i.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A timer firing while no holder is reachable asks again; the shell's
+    // fetch waits for a holder too. What matters: the holder's return.
+    net.heal();
+    assert!(net.fetches.len() >= 2, "fetched again when the holder connected");
+    net.input(0, Input::Fetched { digest, result: Ok(()) });
+    net.settle();
+    assert_eq!(instance_on(&net, 0, "app").unwrap().observed, Observed::Running);
 }
 
 #[test]

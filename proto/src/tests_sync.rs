@@ -41,6 +41,11 @@ pub(crate) struct Net {
     /// Every reply given, in order.
     pub replies: Vec<(ReqId, ApiResult)>,
     cut: BTreeSet<(usize, usize)>,
+    /// Links cut without either end noticing: messages are lost and their
+    /// sender is told (`Undelivered`), as a failed request tells the shell.
+    pub silent: BTreeSet<(usize, usize)>,
+    /// Timers set, left to the test to fire.
+    pub timers: Vec<(usize, TimerId)>,
     pub now: u64,
     bytes: usize,
 }
@@ -60,6 +65,8 @@ impl Net {
             fetches: Vec::new(),
             replies: Vec::new(),
             cut: BTreeSet::new(),
+            silent: BTreeSet::new(),
+            timers: Vec::new(),
             now: 1,
             bytes: 0,
         };
@@ -94,6 +101,7 @@ impl Net {
             self.queue.push_back((from, to, bytes));
         }
         self.drivers.extend(out.drivers.into_iter().map(|c| (from, c)));
+        self.timers.extend(out.timers.into_iter().map(|(t, _)| (from, t)));
         self.fetches.extend(out.fetches.into_iter().map(|(image, holders)| (from, image, holders)));
         self.replies.extend(out.replies.iter().cloned());
         out.replies
@@ -131,11 +139,26 @@ impl Net {
             if self.cut.contains(&(from, to)) {
                 continue;
             }
+            if self.silent.contains(&(from, to)) {
+                let site = self.site(to);
+                self.input(from, Input::Undelivered(site));
+                continue;
+            }
             let msg = PeerMsg::decode(&bytes).unwrap();
             let site = self.site(from);
             self.input(to, Input::Message { from: site, msg });
         }
         panic!("the network never went quiet");
+    }
+
+    /// Fires the timers set so far that `pick` selects.
+    pub fn fire(&mut self, pick: impl Fn(&TimerId) -> bool) {
+        let (due, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.timers).into_iter().partition(|(_, t)| pick(t));
+        self.timers = kept;
+        for (i, t) in due {
+            self.input(i, Input::Timer(t));
+        }
     }
 
     pub fn partition(&mut self, island: usize) {
@@ -261,4 +284,66 @@ fn garbage_from_a_peer_is_dropped() {
     assert!(!net.peers[0].others.contains_key(&stranger));
     net.settle();
     net.assert_converged();
+}
+
+/// The hole of issue "one atoll" item 0: `quota give` multiplied the amount by
+/// the number of recipients with wrapping arithmetic, and accepted a recipient
+/// named twice.
+#[test]
+fn quota_give_refuses_wrapping_amounts_and_repeated_recipients() {
+    use atoll_crdt::Resources;
+    let mut net = Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    let give = |to: Vec<SiteId>, amount| Command::GiveQuota { project: "default".into(), to, amount };
+    let two = vec![net.site(1), net.site(2)];
+    for amount in [
+        Resources::new(1 << 62, 1, 1),
+        Resources::new(i64::MAX, 1, 1),
+        Resources::new(Resources::LIMIT + 1, 0, 0),
+        Resources::new(1, i64::MAX / 2 + 1, 1),
+    ] {
+        let err = net.call(0, Some(&admin), give(two.clone(), amount)).unwrap_err();
+        assert!(matches!(err, ApiError::Invalid(_) | ApiError::QuotaExceeded(_)), "{amount}: {err}");
+    }
+    let twice = vec![net.site(1), net.site(1)];
+    let err = net.call(0, Some(&admin), give(twice, Resources::new(4, 1, 1))).unwrap_err();
+    assert!(err.to_string().contains("named twice"), "{err}");
+    // Nothing moved: the founder still holds the whole total, the others nothing.
+    net.settle();
+    let total = net.peers[0].realm().quota_total("default").unwrap();
+    let held = net.peers[0].account("default").unwrap();
+    assert_eq!(held.checked_available(), Some(total));
+    assert_eq!(net.peers[1].account("default").unwrap().checked_available(), Some(Resources::ZERO));
+}
+
+/// A sync message lost while the connection stays up (a request that timed
+/// out, say) must not leave the pair believing it was delivered: automerge
+/// would never resend those changes. The pair's state is reset and the
+/// exchange reopened, and once the link works the documents converge and the
+/// network goes quiet.
+#[cfg(not(feature = "unreset-sync"))]
+#[test]
+fn a_lost_sync_message_resets_the_pair_and_it_converges() {
+    let mut net = Net::new(2);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.silent.extend([(0, 1), (1, 0)]);
+    let project =
+        NewProject { name: "lab".into(), description: String::new(), quota: Resources::new(1, 1, 64) };
+    net.call(0, Some(&admin), Command::CreateProject(project)).unwrap();
+    net.settle();
+    assert!(net.peers[1].realm().project("lab").unwrap().is_none(), "the change was lost");
+    assert!(net.timers.iter().any(|(i, t)| *i == 0 && matches!(t, TimerId::Resync { .. })));
+    // The link works again; nobody noticed it was down.
+    net.silent.clear();
+    net.fire(|t| matches!(t, TimerId::Resync { .. }));
+    net.settle();
+    assert!(net.peers[1].realm().project("lab").unwrap().is_some());
+    net.assert_converged();
+    // A later change flows at once: the pair's state is sound again.
+    let project = NewProject { name: "lab2".into(), description: String::new(), quota: Resources::ZERO };
+    net.call(0, Some(&admin), Command::CreateProject(project)).unwrap();
+    net.settle();
+    assert!(net.peers[1].realm().project("lab2").unwrap().is_some());
 }

@@ -28,8 +28,13 @@ pub struct Checks {
     pub intents_done: usize,
     pub intents_failed: usize,
     pub converged: Option<bool>,
+    /// Instances that ended `failed` because their image could not be
+    /// fetched (goal 0: they wait for a holder instead).
+    pub failed_fetching: usize,
     /// Last known consumption of every site (crashed sites keep consuming).
     consumed: BTreeMap<(usize, String), Resources>,
+    /// Every grant seen so far (write-once; a crashed site's stay in force).
+    grants: BTreeMap<(String, SiteId, u64), Resources>,
 }
 
 impl Checks {
@@ -101,21 +106,24 @@ impl Checks {
     /// No project's consumption, summed over all sites, exceeds its total.
     pub fn quota(&mut self, now: Millis, sites: &[Site], projects: &[ProjectSpec]) {
         for p in projects {
-            let mut grants = BTreeMap::new();
             for (i, s) in sites.iter().enumerate() {
                 let Some(peer) = &s.peer else { continue };
                 for g in peer.realm().grants(&p.name).unwrap_or_default() {
-                    grants.insert((g.site.clone(), g.seq), g.delta);
+                    self.grants.insert((p.name.clone(), g.site.clone(), g.seq), g.delta);
                 }
                 let c = peer.own().consumed(&p.name).unwrap_or_default();
                 self.consumed.insert((i, p.name.clone()), c);
             }
-            let total = grants.values().fold(Resources::ZERO, |a, d| a.plus(*d));
-            let used = self
-                .consumed
-                .iter()
-                .filter(|((_, proj), _)| proj == &p.name)
-                .fold(Resources::ZERO, |a, (_, c)| a.plus(*c));
+            let total = Resources::checked_sum(
+                self.grants.iter().filter(|((proj, _, _), _)| proj == &p.name).map(|(_, d)| *d),
+            );
+            let used = Resources::checked_sum(
+                self.consumed.iter().filter(|((_, proj), _)| proj == &p.name).map(|(_, c)| *c),
+            );
+            let (Some(total), Some(used)) = (total, used) else {
+                self.violation(now, format!("project {}: quota figures overflow", p.name));
+                continue;
+            };
             if !total.covers(used) {
                 self.violation(now, format!("project {} overspent: {used} used of {total}", p.name));
             }
@@ -168,6 +176,17 @@ impl Checks {
             );
         }
         self.intents_settled(now, sites);
+        self.failed_fetching = 0;
+        for s in sites.iter() {
+            let Some(peer) = &s.peer else { continue };
+            for i in peer.own().instances().unwrap_or_default() {
+                if i.observed == atoll_crdt::Observed::Failed && i.reason.contains("fetching image") {
+                    self.failed_fetching += 1;
+                    let what = format!("instance {}/{} on {} failed: {}", i.project, i.name, s.id, i.reason);
+                    self.violation(now, what);
+                }
+            }
+        }
         let acked = std::mem::take(&mut self.acked);
         for (site, key) in &acked {
             let Some(peer) = &sites[*site].peer else { continue };

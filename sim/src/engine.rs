@@ -26,8 +26,15 @@ const MESH_UP_TO: usize = 32;
 const OVERLAY_DEGREE: usize = 8;
 /// When setup runs (the sites have met by then).
 const SETUP_MS: Millis = 500;
+/// Setup is over; scenario steps start from here.
+const SETUP_END: Millis = 2_000;
 /// Give up settling after this much simulated time past the end.
 const SETTLE_MS: Millis = 300_000;
+/// The quiet check: a window of this length, starting this long after the
+/// realm converged, in which each site may send at most this many sync messages.
+const QUIET_AFTER_MS: Millis = 10_000;
+const QUIET_WINDOW_MS: Millis = 30_000;
+const QUIET_LIMIT_PER_SITE: u64 = 4;
 
 #[derive(Debug)]
 enum Ev {
@@ -35,6 +42,8 @@ enum Ev {
         from: usize,
         to: usize,
         epoch: u64,
+        /// The sender's epoch: a lost message is reported to that run only.
+        from_epoch: u64,
         bytes: Vec<u8>,
     },
     Timer {
@@ -55,6 +64,23 @@ enum Ev {
         epoch: u64,
         digest: String,
         result: Result<(), String>,
+    },
+    /// A message to `to` was lost while the connection seemed up: its sender
+    /// learns it (a failed or timed-out request).
+    Undelivered {
+        site: usize,
+        epoch: u64,
+        to: usize,
+    },
+    /// Silent cuts: the sites at either end of a cut link notice it.
+    Detect {
+        a: usize,
+        b: usize,
+    },
+    /// Silent cuts: a healed link whose cut was noticed is dialled again.
+    Redial {
+        a: usize,
+        b: usize,
     },
     Step(usize),
     Probe,
@@ -106,6 +132,8 @@ enum Pending {
     },
     /// A creation sent to another site; the reply is the intent.
     Intent,
+    /// A `quota give` with arbitrary figures: refusing it is fine, failing is not.
+    Give,
     Other,
 }
 
@@ -117,6 +145,9 @@ pub struct Sim {
     pub(crate) sites: Vec<Site>,
     /// Directed links that drop messages.
     pub cut: BTreeSet<(usize, usize)>,
+    /// Silent cuts: pairs (low, high) whose sites noticed the cut and hold no
+    /// connection until a redial succeeds.
+    down: BTreeSet<(usize, usize)>,
     rng: ChaCha20Rng,
     trace: Sha256,
     token: String,
@@ -128,7 +159,14 @@ pub struct Sim {
     index: HashMap<SiteId, usize>,
 }
 
-fn config(i: usize, key_seed: u64, region: &str) -> PeerConfig {
+/// A site's configuration: its key comes from `key_seed` (the same across
+/// restarts), its RNG from `run_seed` (a real restart draws a fresh one).
+/// An unordered pair of sites, lowest first.
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+fn config(i: usize, key_seed: u64, run_seed: u64, region: &str) -> PeerConfig {
     let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(key_seed));
     let descriptor = Descriptor {
         site: SiteId::new(&format!("s{i}")).expect("valid site name"),
@@ -145,6 +183,7 @@ fn config(i: usize, key_seed: u64, region: &str) -> PeerConfig {
     };
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&key_seed.to_le_bytes());
+    seed[8..16].copy_from_slice(&run_seed.to_le_bytes());
     PeerConfig { key, seed, descriptor, token_ttl: 1 << 40 }
 }
 
@@ -154,8 +193,9 @@ impl Sim {
         let n = sc.sites.count;
         let mut sites = Vec::with_capacity(n);
         let key_seeds: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
-        let configs: Vec<PeerConfig> =
-            (0..n).map(|i| config(i, key_seeds[i], &sc.sites.regions[i % sc.sites.regions.len()])).collect();
+        let configs: Vec<PeerConfig> = (0..n)
+            .map(|i| config(i, key_seeds[i], 0, &sc.sites.regions[i % sc.sites.regions.len()]))
+            .collect();
         let members: Vec<Member> = configs
             .iter()
             .map(|c| Member {
@@ -206,6 +246,7 @@ impl Sim {
             heap: BinaryHeap::new(),
             sites,
             cut: BTreeSet::new(),
+            down: BTreeSet::new(),
             rng,
             trace: Sha256::new(),
             token: String::new(),
@@ -298,13 +339,22 @@ impl Sim {
             let bytes = msg.encode();
             self.stats.messages += 1;
             self.stats.bytes += bytes.len() as u64;
-            if !self.linked(i, j) || self.chance(self.sc.network.loss) {
+            if matches!(msg, PeerMsg::Sync { .. }) {
+                self.stats.sync_messages += 1;
+            }
+            if self.sc.network.silent_cuts && self.down.contains(&pair(i, j)) {
+                continue; // no connection: the shell sends nothing
+            }
+            // No random loss during setup (the first 2 s): scenarios start from a realm that met.
+            let lost = self.now >= SETUP_END && self.chance(self.sc.network.loss);
+            if !self.linked(i, j) || lost {
                 self.stats.dropped += 1;
+                self.report_lost(i, epoch, j);
                 continue;
             }
             let at = self.arrival(i, j, bytes.len());
             let to_epoch = self.sites[j].epoch;
-            self.push(at, Ev::Deliver { from: i, to: j, epoch: to_epoch, bytes });
+            self.push(at, Ev::Deliver { from: i, to: j, epoch: to_epoch, from_epoch: epoch, bytes });
         }
         for (timer, after) in fx.timers {
             self.push(self.now + after, Ev::Timer { site: i, epoch, timer });
@@ -324,6 +374,16 @@ impl Sim {
         }
         for (req, result) in fx.replies {
             self.on_reply(req, result);
+        }
+    }
+
+    /// Silent cuts: the sender of a lost message learns it when its request
+    /// times out, or when the cut is noticed, whichever comes first.
+    fn report_lost(&mut self, site: usize, epoch: u64, to: usize) {
+        let net = &self.sc.network;
+        if net.silent_cuts {
+            let after = net.request_timeout_ms.min(net.detect_ms).max(1);
+            self.push(self.now + after, Ev::Undelivered { site, epoch, to });
         }
     }
 
@@ -396,6 +456,11 @@ impl Sim {
             }
             (Some(Pending::Intent), other) => {
                 self.checks.violation(self.now, format!("sending an intent failed: {other:?}"));
+            }
+            (Some(Pending::Give), Ok(_)) => self.stats.gives += 1,
+            (Some(Pending::Give), Err(e)) if matches!(e.code(), "invalid" | "quota_exceeded") => {}
+            (Some(Pending::Give), Err(e)) => {
+                self.checks.violation(self.now, format!("quota give failed unexpectedly: {e}"));
             }
             (Some(Pending::Create { key, .. }), Err(e)) => {
                 self.checks.violation(self.now, format!("create {key} failed unexpectedly: {e}"));
@@ -539,11 +604,32 @@ impl Sim {
                 }
             }
         }
+        if let Some(g) = &step.give {
+            let to = g.to.iter().map(|t| self.sites[*t].id.clone()).collect();
+            let amount = Resources::new(g.instances, g.cpus, g.memory_mib);
+            self.call(g.site, Command::GiveQuota { project: g.project.clone(), to, amount }, Pending::Give);
+        }
         self.checks.quota(self.now, &self.sites, &self.sc.projects);
     }
 
-    /// Replaces the cut set, telling peers which links went down or came up.
+    /// Replaces the cut set, telling peers which links went down or came up:
+    /// at once, or (silent cuts) once they notice.
     fn set_cut(&mut self, cut: BTreeSet<(usize, usize)>) {
+        if self.sc.network.silent_cuts {
+            let before: Vec<(usize, usize)> =
+                self.overlay_pairs().into_iter().filter(|(a, b)| a < b && self.linked(*a, *b)).collect();
+            self.cut = cut;
+            for (a, b) in self.overlay_pairs().into_iter().filter(|(a, b)| a < b) {
+                let (was, is) = (before.contains(&(a, b)), self.linked(a, b));
+                if was && !is {
+                    self.push(self.now + self.sc.network.detect_ms, Ev::Detect { a, b });
+                } else if !was && is && self.down.contains(&(a, b)) {
+                    let after = self.rng.next_u64() % (self.sc.network.redial_ms + 1);
+                    self.push(self.now + after, Ev::Redial { a, b });
+                }
+            }
+            return;
+        }
         let before: Vec<(usize, usize)> =
             self.overlay_pairs().into_iter().filter(|(a, b)| self.linked(*a, *b)).collect();
         self.cut = cut;
@@ -569,6 +655,7 @@ impl Sim {
         self.sites[i].epoch += 1;
         let id = self.sites[i].id.clone();
         for j in self.sites[i].neighbours.clone() {
+            self.down.insert(pair(i, j));
             self.input(j, Input::Disconnected(id.clone()));
         }
     }
@@ -577,8 +664,9 @@ impl Sim {
         if self.alive(i) {
             return;
         }
+        let run_seed = self.rng.next_u64();
         let s = &self.sites[i];
-        let cfg = config(i, s.key_seed, &self.sc.sites.regions[s.region]);
+        let cfg = config(i, s.key_seed, run_seed, &self.sc.sites.regions[s.region]);
         let realm = s.store.get("realm").cloned().unwrap_or_default();
         let own = s.store.get(&format!("site/{}", s.id)).cloned().unwrap_or_default();
         let others: Vec<(SiteId, Vec<u8>)> = s
@@ -605,6 +693,7 @@ impl Sim {
         let id = self.sites[i].id.clone();
         for j in self.sites[i].neighbours.clone() {
             if self.linked(i, j) {
+                self.down.remove(&pair(i, j));
                 let other = self.sites[j].id.clone();
                 self.input(i, Input::Connected(other));
                 self.input(j, Input::Connected(id.clone()));
@@ -620,6 +709,9 @@ impl Sim {
             Ev::Timer { site, .. } => (2, *site as u64, 0),
             Ev::Driver { site, run, .. } => (3, *site as u64, *run),
             Ev::Fetched { site, .. } => (7, *site as u64, 0),
+            Ev::Undelivered { site, to, .. } => (8, (*site as u64) << 32 | *to as u64, 0),
+            Ev::Detect { a, b } => (9, (*a as u64) << 32 | *b as u64, 0),
+            Ev::Redial { a, b } => (10, (*a as u64) << 32 | *b as u64, 0),
             Ev::Step(k) => (4, *k as u64, 0),
             Ev::Probe => (5, 0, 0),
             Ev::Setup(phase) => (6, *phase as u64, 0),
@@ -635,9 +727,10 @@ impl Sim {
         self.now = q.at;
         self.record(&q);
         match q.ev {
-            Ev::Deliver { from, to, epoch, bytes } => {
+            Ev::Deliver { from, to, epoch, from_epoch, bytes } => {
                 if self.sites[to].epoch != epoch || !self.linked(from, to) {
                     self.stats.dropped += 1;
+                    self.report_lost(from, from_epoch, to);
                     return;
                 }
                 match PeerMsg::decode(&bytes) {
@@ -661,6 +754,26 @@ impl Sim {
             Ev::Fetched { site, epoch, digest, result } => {
                 if self.sites[site].epoch == epoch {
                     self.input(site, Input::Fetched { digest, result });
+                }
+            }
+            Ev::Undelivered { site, epoch, to } => {
+                if self.sites[site].epoch == epoch {
+                    let id = self.sites[to].id.clone();
+                    self.input(site, Input::Undelivered(id));
+                }
+            }
+            Ev::Detect { a, b } => {
+                if !self.linked(a, b) && self.down.insert((a, b)) {
+                    let (ida, idb) = (self.sites[a].id.clone(), self.sites[b].id.clone());
+                    self.input(a, Input::Disconnected(idb));
+                    self.input(b, Input::Disconnected(ida));
+                }
+            }
+            Ev::Redial { a, b } => {
+                if self.linked(a, b) && self.down.remove(&(a, b)) {
+                    let (ida, idb) = (self.sites[a].id.clone(), self.sites[b].id.clone());
+                    self.input(a, Input::Connected(idb));
+                    self.input(b, Input::Connected(ida));
                 }
             }
             Ev::Step(k) => self.apply_step(k),
@@ -703,6 +816,9 @@ impl Sim {
         }
         self.stats.settled_at = self.now;
         self.checks.finish(self.now, &mut self.sites, &self.sc);
+        if self.checks.converged == Some(true) {
+            self.quiet_window();
+        }
         let expect = self.sc.expect.clone();
         if let Some(min) = expect.min_created
             && self.stats.created < min
@@ -719,6 +835,33 @@ impl Sim {
                 self.now,
                 format!("expected at least {min} quota refusals, got {}", self.stats.refused),
             );
+        }
+    }
+
+    /// After convergence the realm must go quiet: from 10 s on, a 30 s window
+    /// in which sync exchanges are rare (repair rounds find equal digests and
+    /// send none; a pair stuck on a stale sync state trades messages forever).
+    fn quiet_window(&mut self) {
+        let start = self.now + QUIET_AFTER_MS;
+        let end = start + QUIET_WINDOW_MS;
+        let mut at_start = None;
+        while let Some(Reverse(q)) = self.heap.pop() {
+            if q.at > end {
+                self.heap.push(Reverse(q));
+                break;
+            }
+            if q.at >= start && at_start.is_none() {
+                at_start = Some(self.stats.sync_messages);
+            }
+            self.process(q);
+        }
+        let sent = at_start.map_or(0, |n| self.stats.sync_messages - n);
+        self.stats.quiet_sync_messages = sent;
+        let limit = QUIET_LIMIT_PER_SITE * self.sites.len() as u64;
+        if sent > limit {
+            let secs = QUIET_WINDOW_MS / 1000;
+            let what = format!("not quiet: {sent} sync messages in {secs} s after convergence (limit {limit})");
+            self.checks.violation(self.now, what);
         }
     }
 

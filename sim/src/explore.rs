@@ -64,9 +64,47 @@ pub fn randomize(base: &Scenario, seed: u64) -> Scenario {
             steps.push(Step { at: when, create: Some(create), ..Step::default() });
         }
     }
+    // A project admin giving rights away with figures that wrap, saturate or
+    // repeat a recipient: the peer must refuse what would break the escrow.
+    if let Some(project) = sc.projects.first().map(|p| p.name.clone()) {
+        const EXTREMES: [i64; 5] = [1, i64::MAX, i64::MAX / 2 + 1, 1 << 62, atoll_crdt::Resources::LIMIT];
+        let mut pick = || EXTREMES[(rng.next_u64() % EXTREMES.len() as u64) as usize];
+        let site = (seed as usize) % n;
+        let mut to: Vec<usize> = (0..n).filter(|x| *x != site).take(2).collect();
+        if seed.is_multiple_of(2)
+            && let Some(first) = to.first().copied()
+        {
+            to.push(first);
+        }
+        if !to.is_empty() {
+            let give =
+                crate::scenario::Give { site, to, project, instances: pick(), cpus: pick(), memory_mib: 1 };
+            steps.push(Step { at: 0.15 * d, give: Some(give), ..Step::default() });
+        }
+    }
     steps.push(Step { at: 0.8 * d, heal: Some(true), ..Step::default() });
     for i in 0..n {
         steps.push(Step { at: 0.8 * d, restart: Some(i), ..Step::default() });
+    }
+    if sc.network.silent_cuts {
+        // Cuts of every length against the detection time, healed each time,
+        // with request timeouts shorter and longer than detection, and loss.
+        let pick = |rng: &mut ChaCha20Rng, from: &[u64]| from[(rng.next_u64() % from.len() as u64) as usize];
+        sc.network.detect_ms = pick(&mut rng, &[1_000, 3_000, 30_000]);
+        sc.network.request_timeout_ms = pick(&mut rng, &[2_000, 10_000]);
+        sc.network.loss = [0.0, 0.01, 0.05][(rng.next_u64() % 3) as usize];
+        for k in 0..3 {
+            let t = 0.1 * d + 0.2 * d * k as f64;
+            let len = pick(&mut rng, &[500, 2_000, 5_000, 20_000]) as f64 / 1000.0;
+            let island = (rng.next_u64() % n as u64) as usize;
+            let groups = if n >= 4 && k == 1 {
+                vec![(0..n / 2).collect(), (n / 2..n).collect()]
+            } else {
+                vec![vec![island], (0..n).filter(|x| *x != island).collect()]
+            };
+            steps.push(Step { at: t, partition: Some(groups), ..Step::default() });
+            steps.push(Step { at: (t + len).min(0.75 * d), heal: Some(true), ..Step::default() });
+        }
     }
     sc.network.jitter_ms = rng.next_u64() % 50;
     sc.timeline.extend(steps);
@@ -123,7 +161,7 @@ mod tests {
 
     #[test]
     fn bundled_small_scenarios_pass() {
-        for name in ["split-brain", "flapping-link", "ship", "rolling-restart"] {
+        for name in ["split-brain", "flapping-link", "ship", "rolling-restart", "silent-cuts"] {
             let r = play(scenario(name));
             assert!(r.passed(), "{name} (seed {}): {:?}", r.seed, r.violations);
         }

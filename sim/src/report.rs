@@ -14,6 +14,11 @@ pub struct Stats {
     pub dropped: u64,
     pub created: usize,
     pub refused: usize,
+    /// `quota give` calls that were accepted.
+    pub gives: usize,
+    /// Sync messages sent, in all; and in the quiet window after convergence.
+    pub sync_messages: u64,
+    pub quiet_sync_messages: u64,
     /// (time, share of live sites agreeing on the realm), once a second.
     pub samples: Vec<(Millis, f64)>,
     pub settled_at: Millis,
@@ -38,6 +43,10 @@ pub struct Report {
     pub intents_failed: usize,
     pub convergence: Vec<Convergence>,
     pub converged: bool,
+    /// Instances failed because their image could not be fetched (goal 0).
+    pub failed_fetching: usize,
+    /// Sync messages in the quiet window after convergence.
+    pub quiet_sync_messages: u64,
     pub persisted_total_bytes: usize,
     pub persisted_max_site_bytes: usize,
     pub peak_rss_kib: u64,
@@ -107,6 +116,8 @@ impl Report {
             intents_failed: sim.checks.intents_failed,
             convergence: sim.checks.convergence.clone(),
             converged: sim.checks.converged.unwrap_or(false),
+            failed_fetching: sim.checks.failed_fetching,
+            quiet_sync_messages: sim.stats.quiet_sync_messages,
             persisted_total_bytes: total,
             persisted_max_site_bytes: max,
             peak_rss_kib: peak_rss_kib(),
@@ -141,6 +152,7 @@ impl Report {
             "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
              messages {} ({} bytes, {} dropped by the network)\n\
              instances created {}, refused for quota {}; intents applied {}, refused {}\n\
+             instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
              persisted state: {} bytes over all sites, {} bytes at the largest\n\
              peak memory {} MiB\n",
             self.simulated_s,
@@ -153,6 +165,8 @@ impl Report {
             self.refused,
             self.intents_done,
             self.intents_failed,
+            self.failed_fetching,
+            self.quiet_sync_messages,
             self.persisted_total_bytes,
             self.persisted_max_site_bytes,
             self.peak_rss_kib / 1024,

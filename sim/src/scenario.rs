@@ -62,11 +62,32 @@ pub struct Network {
     pub loss: f64,
     /// Link bandwidth in bytes per millisecond (0: unlimited).
     pub bytes_per_ms: u64,
+    /// Real networks: a cut is silent. Connections stay up until the cut has
+    /// lasted `detect_ms` (the daemon's keep-alive and ping timeouts), and a
+    /// message lost on a link that is still up (cut, or `loss`) is reported to
+    /// its sender as undelivered after `request_timeout_ms` (or when the cut
+    /// is detected, if sooner). A healed link whose cut was detected is dialled
+    /// again within `redial_ms`. Off: sites see cuts and heals at once, and
+    /// lost messages vanish unreported.
+    pub silent_cuts: bool,
+    pub detect_ms: u64,
+    pub request_timeout_ms: u64,
+    pub redial_ms: u64,
 }
 
 impl Default for Network {
     fn default() -> Self {
-        Network { intra_ms: 2, inter_ms: 40, jitter_ms: 2, loss: 0.0, bytes_per_ms: 0 }
+        Network {
+            intra_ms: 2,
+            inter_ms: 40,
+            jitter_ms: 2,
+            loss: 0.0,
+            bytes_per_ms: 0,
+            silent_cuts: false,
+            detect_ms: 3_000,
+            request_timeout_ms: 10_000,
+            redial_ms: 1_000,
+        }
     }
 }
 
@@ -96,6 +117,22 @@ pub struct Step {
     pub crash: Option<usize>,
     pub restart: Option<usize>,
     pub create: Option<Create>,
+    /// A `quota give` from one site to others, as a project admin would ask it
+    /// (any figures: the peer must refuse what would break the escrow).
+    pub give: Option<Give>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Give {
+    pub site: usize,
+    pub to: Vec<usize>,
+    pub project: String,
+    pub instances: i64,
+    #[serde(default)]
+    pub cpus: i64,
+    #[serde(default)]
+    pub memory_mib: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +200,7 @@ impl Scenario {
                     .flatten()
                     .chain(s.partition.iter().flatten().flatten().copied())
                     .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
+                    .chain(s.give.iter().flat_map(|g| std::iter::once(g.site).chain(g.to.iter().copied())))
                     .collect();
             if let Some(x) = sites.iter().find(|x| **x >= n) {
                 return bad(format!("step at {} s names site {x}, but there are {n}", s.at));

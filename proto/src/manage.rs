@@ -222,9 +222,7 @@ impl Peer {
             return Err(atoll_crdt::EscrowError::OutOfRange(amount).into());
         }
         // Both bounds keep the product far inside i64; checked all the same.
-        let all = amount
-            .checked_times(to.len() as i64)
-            .ok_or(atoll_crdt::EscrowError::OutOfRange(amount))?;
+        let all = amount.checked_times(to.len() as i64).ok_or(atoll_crdt::EscrowError::OutOfRange(amount))?;
         self.account(project)?.admit(project, all)?;
         let first = self.own.next_transfer_seq(project)?;
         for (seq, s) in (first..).zip(to) {

@@ -860,7 +860,8 @@ impl Sim {
         let limit = QUIET_LIMIT_PER_SITE * self.sites.len() as u64;
         if sent > limit {
             let secs = QUIET_WINDOW_MS / 1000;
-            let what = format!("not quiet: {sent} sync messages in {secs} s after convergence (limit {limit})");
+            let what =
+                format!("not quiet: {sent} sync messages in {secs} s after convergence (limit {limit})");
             self.checks.violation(self.now, what);
         }
     }

@@ -10,6 +10,7 @@
 //! [`STRANGER_GRACE`]; a peer that sends anything malformed is blocked.
 
 mod codec;
+mod links;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,15 +31,31 @@ use libp2p::{
 use serde::Serialize;
 
 pub use codec::Frames;
+use libp2p::swarm::{ConnectionId, dial_opts::PeerCondition};
+use links::{Link, Transport};
 
 /// How long a non-member may stay connected to present an invitation.
 pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
-/// Longest wait between two dials of an unreachable member.
-const MAX_REDIAL: Duration = Duration::from_secs(30);
 const SUMMARY_TOPIC: &str = "atoll/summary/1";
 /// Requests in flight per connection and protocol.
 const MAX_STREAMS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A sync message is small: one not acknowledged by then is reported lost.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Liveness (docs/architecture.md, "Partitions"): QUIC sends a keep-alive
+/// after a second of silence and closes a connection that heard nothing for
+/// `QUIC_IDLE`; pings run on every connection (TCP's only check) and two
+/// failing in a row close it. A silent cut is noticed within about 4 s either
+/// way, while 5% packet loss (retransmitted within milliseconds) closes nothing.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+const QUIC_IDLE_MS: u32 = 4_000;
+const QUIC_HANDSHAKE: Duration = Duration::from_secs(3);
+const PING_EVERY: Duration = Duration::from_millis(750);
+const PING_TIMEOUT: Duration = Duration::from_millis(1250);
+/// The acknowledgement of a sync message that was received but not taken
+/// (the sender is not a member as far as we know yet): its sender must treat
+/// it as lost. A taken message is acknowledged with no bytes.
+const NOT_TAKEN: &[u8] = &[1];
 /// Peers, and addresses per peer, remembered from mDNS.
 const MAX_LAN_PEERS: usize = 256;
 const MAX_LAN_ADDRS: usize = 8;
@@ -128,22 +145,15 @@ pub enum Event {
     },
 }
 
-struct Known {
-    site: SiteId,
-    addrs: Vec<Multiaddr>,
-    next_dial: Instant,
-    backoff: Duration,
-}
-
 pub struct Net {
     swarm: Swarm<Behaviour>,
     /// Members by peer id; refreshed when the realm's membership changes.
-    members: HashMap<PeerId, Known>,
+    members: HashMap<PeerId, Link>,
     peer_of: HashMap<SiteId, PeerId>,
     /// Members with at least one open connection.
     connected: HashSet<PeerId>,
-    /// Connected non-members and when they came.
-    strangers: HashMap<PeerId, Instant>,
+    /// Connected non-members: when they came, and their connections.
+    strangers: HashMap<PeerId, (Instant, Vec<(ConnectionId, Transport)>)>,
     /// Removed sites and when they get blocked: a moment later, so that the
     /// realm change telling them reaches them first.
     removed: HashMap<PeerId, Instant>,
@@ -186,7 +196,12 @@ impl Net {
             .with_tokio()
             .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
             .map_err(|e| setup(&e))?
-            .with_quic()
+            .with_quic_config(|mut c| {
+                c.keep_alive_interval = QUIC_KEEP_ALIVE;
+                c.max_idle_timeout = QUIC_IDLE_MS;
+                c.handshake_timeout = QUIC_HANDSHAKE;
+                c
+            })
             .with_behaviour(|k| {
                 let mdns = if settings.mdns {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), k.public().to_peer_id())?)
@@ -204,14 +219,17 @@ impl Net {
                 let rr_cfg = rr::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_STREAMS);
+                let sync_cfg = rr_cfg.clone().with_request_timeout(SYNC_TIMEOUT);
                 Ok(Behaviour {
                     blocked: Default::default(),
                     identify: identify::Behaviour::new(identify::Config::new("/atoll/1".into(), k.public())),
-                    ping: ping::Behaviour::default(),
+                    ping: ping::Behaviour::new(
+                        ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT),
+                    ),
                     sync: rr::Behaviour::with_codec(
                         Frames { max: wire::MAX_MESSAGE },
                         [(StreamProtocol::new("/atoll/sync/1"), ProtocolSupport::Full)],
-                        rr_cfg.clone(),
+                        sync_cfg,
                     ),
                     join: rr::Behaviour::with_codec(
                         Frames { max: wire::MAX_MESSAGE },
@@ -296,22 +314,27 @@ impl Net {
             for a in &addrs {
                 self.swarm.add_peer_address(peer, a.clone());
             }
-            let known = match self.members.remove(&peer) {
-                Some(k) => Known { addrs, ..k },
-                None => {
-                    Known { site: m.site, addrs, next_dial: Instant::now(), backoff: Duration::from_secs(1) }
+            let link = match self.members.remove(&peer) {
+                Some(mut k) => {
+                    k.addrs = addrs;
+                    k
                 }
+                None => Link::new(m.site, addrs, Instant::now()),
             };
-            next.insert(peer, known);
+            next.insert(peer, link);
         }
         self.members = next;
         self.peer_of = self.members.iter().map(|(p, k)| (k.site.clone(), *p)).collect();
         let welcomed: Vec<PeerId> =
             self.strangers.keys().filter(|p| self.members.contains_key(p)).copied().collect();
         gone.extend(welcomed.into_iter().filter_map(|p| {
-            self.strangers.remove(&p);
+            let (_, conns) = self.strangers.remove(&p)?;
+            let link = self.members.get_mut(&p)?;
+            for (c, t) in conns {
+                link.opened(c, t, Instant::now());
+            }
             self.connected.insert(p);
-            let site = self.members.get(&p)?.site.clone();
+            let site = link.site.clone();
             tracing::info!(%site, "member connected");
             Some(Input::Connected(site))
         }));
@@ -325,7 +348,7 @@ impl Net {
         let expired: Vec<PeerId> = self
             .strangers
             .iter()
-            .filter(|(_, t)| now.duration_since(**t) > STRANGER_GRACE)
+            .filter(|(_, (t, _))| now.duration_since(*t) > STRANGER_GRACE)
             .map(|(p, _)| *p)
             .collect();
         for p in expired {
@@ -337,15 +360,20 @@ impl Net {
             self.removed.remove(&p);
             self.swarm.behaviour_mut().blocked.block_peer(p);
         }
-        for (peer, k) in self.members.iter_mut() {
-            if self.connected.contains(peer) || k.next_dial > now || k.addrs.is_empty() {
-                continue;
+        let mut dials = Vec::new();
+        for (peer, link) in self.members.iter_mut() {
+            // Dials overlap (`Disconnected`, not `NotDialing`): one started
+            // into a cut must not hold back the one that finds the path back.
+            if let Some(addrs) = link.due_dial(now) {
+                dials.push((*peer, addrs, PeerCondition::Disconnected));
+            } else if let Some(addrs) = link.due_upgrade(now) {
+                dials.push((*peer, addrs, PeerCondition::Always));
             }
-            k.next_dial = now + k.backoff;
-            k.backoff = (k.backoff * 2).min(MAX_REDIAL);
-            let opts = DialOpts::peer_id(*peer).addresses(k.addrs.clone()).build();
+        }
+        for (peer, addrs, condition) in dials {
+            let opts = DialOpts::peer_id(peer).addresses(addrs).condition(condition).build();
             if let Err(e) = self.swarm.dial(opts) {
-                tracing::debug!(site = %k.site, "dial: {e}");
+                tracing::debug!(%peer, "dial: {e}");
             }
         }
     }
@@ -429,20 +457,32 @@ impl Net {
                 self.listening.retain(|a| a != &address);
                 Some(Event::Addrs(self.published()))
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
-                let Some(k) = self.members.get_mut(&peer_id) else {
-                    self.strangers.entry(peer_id).or_insert_with(Instant::now);
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let transport = Transport::of(endpoint.get_remote_address());
+                let Some(link) = self.members.get_mut(&peer_id) else {
+                    let (_, conns) =
+                        self.strangers.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
+                    conns.push((connection_id, transport));
                     return None;
                 };
-                k.backoff = Duration::from_secs(1);
-                let site = k.site.clone();
-                if num_established.get() == 1 && self.connected.insert(peer_id) {
-                    tracing::info!(%site, "member connected");
+                let site = link.site.clone();
+                for tcp in link.opened(connection_id, transport, Instant::now()) {
+                    tracing::debug!(%site, "QUIC is up: closing the TCP connection");
+                    self.swarm.close_connection(tcp);
+                }
+                if self.connected.insert(peer_id) {
+                    tracing::info!(%site, ?transport, "member connected");
                     return Some(Event::Input(Input::Connected(site)));
                 }
                 None
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
+                if let Some(link) = self.members.get_mut(&peer_id) {
+                    link.closed(connection_id, Instant::now());
+                }
+                if num_established > 0 {
+                    return None;
+                }
                 // A non-member's connection ended without it joining (either
                 // side may close first: each treats the other as a stranger).
                 if self.strangers.remove(&peer_id).is_some() {
@@ -450,8 +490,15 @@ impl Net {
                 }
                 if self.connected.remove(&peer_id) {
                     let site = self.site_of(&peer_id)?;
-                    tracing::info!(%site, "member disconnected");
+                    let why = cause.map_or_else(|| "closed".to_owned(), |c| c.to_string());
+                    tracing::info!(%site, "member disconnected: {why}");
                     return Some(Event::Input(Input::Disconnected(site)));
+                }
+                None
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), .. } => {
+                if let Some(link) = self.members.get_mut(&peer) {
+                    link.dial_failed();
                 }
                 None
             }
@@ -468,14 +515,16 @@ impl Net {
                 ..
             }) => {
                 self.traffic.recv(request.len());
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                 let Some(from) = self.site_of(&peer).filter(|_| self.connected.contains(&peer)) else {
                     // Not a member as far as our realm replica knows: it may have
-                    // joined through another site a moment ago. Dropped; once its
+                    // joined through another site a moment ago. Not taken, and
+                    // told so, so that it does not count it delivered; once its
                     // record reaches us it is welcomed and synced, else its grace ends.
-                    tracing::debug!(%peer, "sync message from a non-member dropped");
+                    tracing::debug!(%peer, "sync message from a non-member not taken");
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, NOT_TAKEN.to_vec());
                     return None;
                 };
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
                 match PeerMsg::decode(&request) {
                     Ok(msg) => Some(Event::Input(Input::Message { from, msg })),
                     Err(e) => {
@@ -555,7 +604,7 @@ impl Net {
                         self.swarm.add_peer_address(peer, addr.clone());
                         if !k.addrs.contains(&addr) {
                             k.addrs.push(addr);
-                            k.next_dial = Instant::now();
+                            k.dial_soon(Instant::now());
                         }
                     }
                 }
@@ -580,8 +629,22 @@ impl Net {
                 }
                 None
             }
+            // A sync message lost or not taken: the core resets that pair's sync state.
             BehaviourEvent::Sync(rr::Event::OutboundFailure { peer, error, .. }) => {
                 tracing::debug!(%peer, "sync message not delivered: {error}");
+                self.site_of(&peer).map(|s| Event::Input(Input::Undelivered(s)))
+            }
+            BehaviourEvent::Sync(rr::Event::Message {
+                peer,
+                message: rr::Message::Response { response, .. },
+                ..
+            }) if !response.is_empty() => {
+                tracing::debug!(%peer, "sync message not taken");
+                self.site_of(&peer).map(|s| Event::Input(Input::Undelivered(s)))
+            }
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
+                tracing::info!(site = ?self.site_of(&peer), "connection silent: {e}; closing it");
+                self.swarm.close_connection(connection);
                 None
             }
             _ => None,

@@ -1,0 +1,186 @@
+//! The connections to one member and when to dial it: a small state machine
+//! the swarm wrapper owns (time is passed in, so it is tested without a clock).
+//!
+//! Policy (docs/architecture.md, "Partitions"):
+//! - QUIC first. A dial names the member's QUIC addresses only; TCP addresses
+//!   are added after [`QUIC_TRIES`] QUIC dials failed in a row (UDP blocked on
+//!   the path), and a member reached over TCP only is offered a QUIC dial every
+//!   [`UPGRADE_EVERY`]; once QUIC connects, its TCP connections are closed.
+//!   QUIC notices a silent cut by itself (keep-alives, idle timeout); TCP
+//!   relies on the ping protocol, slower and coarser.
+//! - A member out of reach is dialled every [`REDIAL`], so that a healed path
+//!   is seen within about a second (dials to a black hole cost one UDP packet
+//!   or SYN each, retransmitted by the kernel or quinn meanwhile).
+
+use std::time::{Duration, Instant};
+
+use atoll_crdt::SiteId;
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
+
+/// Time between two dials of a member we have no connection to.
+pub const REDIAL: Duration = Duration::from_secs(1);
+/// QUIC-only dials that may fail in a row before TCP addresses are tried too.
+pub const QUIC_TRIES: u32 = 2;
+/// How often a member reached over TCP only is offered a QUIC connection.
+pub const UPGRADE_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+impl Transport {
+    pub fn of(addr: &Multiaddr) -> Transport {
+        if addr.iter().any(|p| matches!(p, Protocol::QuicV1)) { Transport::Quic } else { Transport::Tcp }
+    }
+}
+
+/// What we know of a member: its addresses, its open connections, and when to dial.
+#[derive(Debug)]
+pub struct Link {
+    pub site: SiteId,
+    pub addrs: Vec<Multiaddr>,
+    pub conns: Vec<(ConnectionId, Transport)>,
+    next_dial: Instant,
+    quic_failures: u32,
+    /// The dial under way named QUIC addresses only.
+    quic_only_dial: bool,
+    next_upgrade: Instant,
+}
+
+impl Link {
+    pub fn new(site: SiteId, addrs: Vec<Multiaddr>, now: Instant) -> Link {
+        Link {
+            site,
+            addrs,
+            conns: Vec::new(),
+            next_dial: now,
+            quic_failures: 0,
+            quic_only_dial: false,
+            next_upgrade: now + UPGRADE_EVERY,
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        !self.conns.is_empty()
+    }
+
+    /// Dial again at the next tick (a fresh address was learnt).
+    pub fn dial_soon(&mut self, now: Instant) {
+        self.next_dial = now;
+    }
+
+    fn quic_addrs(&self) -> Vec<Multiaddr> {
+        self.addrs.iter().filter(|a| Transport::of(a) == Transport::Quic).cloned().collect()
+    }
+
+    /// The addresses to dial now, if a dial is due: QUIC ones first.
+    pub fn due_dial(&mut self, now: Instant) -> Option<Vec<Multiaddr>> {
+        if self.connected() || self.next_dial > now || self.addrs.is_empty() {
+            return None;
+        }
+        self.next_dial = now + REDIAL;
+        let quic = self.quic_addrs();
+        if !quic.is_empty() && self.quic_failures < QUIC_TRIES {
+            self.quic_only_dial = true;
+            return Some(quic);
+        }
+        // TCP too, QUIC still first; and QUIC alone again after this try.
+        self.quic_only_dial = false;
+        self.quic_failures = 0;
+        let mut all = quic;
+        all.extend(self.addrs.iter().filter(|a| Transport::of(a) == Transport::Tcp).cloned());
+        Some(all)
+    }
+
+    /// QUIC addresses to try while connected over TCP only, if it is time.
+    pub fn due_upgrade(&mut self, now: Instant) -> Option<Vec<Multiaddr>> {
+        let tcp_only = self.connected() && self.conns.iter().all(|(_, t)| *t == Transport::Tcp);
+        if !tcp_only || self.next_upgrade > now {
+            return None;
+        }
+        self.next_upgrade = now + UPGRADE_EVERY;
+        let quic = self.quic_addrs();
+        (!quic.is_empty()).then_some(quic)
+    }
+
+    pub fn dial_failed(&mut self) {
+        if self.quic_only_dial {
+            self.quic_failures += 1;
+        }
+    }
+
+    /// A connection opened; returns the TCP connections to close now that a
+    /// QUIC one is up.
+    pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) -> Vec<ConnectionId> {
+        self.conns.push((id, transport));
+        self.next_upgrade = now + UPGRADE_EVERY;
+        if transport != Transport::Quic {
+            return Vec::new();
+        }
+        self.quic_failures = 0;
+        self.conns.iter().filter(|(_, t)| *t == Transport::Tcp).map(|(c, _)| *c).collect()
+    }
+
+    /// A connection closed; true when it was the last one.
+    pub fn closed(&mut self, id: ConnectionId, now: Instant) -> bool {
+        let had = self.connected();
+        self.conns.retain(|(c, _)| *c != id);
+        if had && !self.connected() {
+            // Try again at once: the peer may have restarted, or one
+            // connection of several was closed for a better one.
+            self.next_dial = now;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(now: Instant) -> Link {
+        let addrs = ["/ip4/10.0.0.1/udp/7481/quic-v1", "/ip4/10.0.0.1/tcp/7481"];
+        Link::new(SiteId::new("s1").unwrap(), addrs.iter().map(|a| a.parse().unwrap()).collect(), now)
+    }
+
+    #[test]
+    fn quic_first_then_tcp_after_failures_then_quic_again() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        let first = l.due_dial(t0).unwrap();
+        assert!(first.iter().all(|a| Transport::of(a) == Transport::Quic));
+        assert!(l.due_dial(t0).is_none(), "not twice in a second");
+        l.dial_failed();
+        let second = l.due_dial(t0 + REDIAL).unwrap();
+        assert_eq!(second.len(), 1);
+        l.dial_failed();
+        let third = l.due_dial(t0 + 2 * REDIAL).unwrap();
+        assert_eq!(third.len(), 2, "TCP joins after {QUIC_TRIES} failed QUIC dials");
+        assert_eq!(Transport::of(&third[0]), Transport::Quic, "QUIC stays first");
+        l.dial_failed();
+        assert_eq!(l.due_dial(t0 + 3 * REDIAL).unwrap().len(), 1, "then QUIC alone again");
+    }
+
+    #[test]
+    fn a_tcp_link_is_upgraded_and_its_tcp_connection_closed() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        let tcp = ConnectionId::new_unchecked(1);
+        assert!(l.opened(tcp, Transport::Tcp, t0).is_empty());
+        assert!(l.due_dial(t0).is_none(), "connected: no dial");
+        assert!(l.due_upgrade(t0).is_none(), "not yet");
+        let up = l.due_upgrade(t0 + UPGRADE_EVERY).unwrap();
+        assert!(up.iter().all(|a| Transport::of(a) == Transport::Quic));
+        let quic = ConnectionId::new_unchecked(2);
+        assert_eq!(l.opened(quic, Transport::Quic, t0 + UPGRADE_EVERY), vec![tcp]);
+        assert!(!l.closed(tcp, t0 + UPGRADE_EVERY), "QUIC still up");
+        assert!(l.due_upgrade(t0 + 3 * UPGRADE_EVERY).is_none(), "QUIC needs no upgrade");
+        assert!(l.closed(quic, t0 + 3 * UPGRADE_EVERY), "the last one");
+        assert!(l.due_dial(t0 + 3 * UPGRADE_EVERY).is_some(), "dialled again at once");
+    }
+}

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod netlab;
+
 /// The `atoll` binary of the same build profile: next to a test's `deps/`
 /// directory, or next to a bench binary.
 pub fn binary() -> PathBuf {
@@ -32,6 +34,9 @@ pub struct Daemon {
     pub home: tempfile::TempDir,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// The network namespace the daemon (and its CLI) runs in, and the
+    /// address its peer network listens on there; None: loopback here.
+    pub netns: Option<(String, String)>,
 }
 
 impl Daemon {
@@ -69,6 +74,7 @@ impl Daemon {
             home: tempfile::tempdir().unwrap(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            netns: None,
         };
         d.boot();
         d.password = match admin_password {
@@ -78,15 +84,61 @@ impl Daemon {
         d
     }
 
+    /// A daemon in network namespace `netns` whose peer network listens on
+    /// `ip` there (its API is on the namespace's loopback; its CLI runs there too).
+    pub fn start_in(
+        root: &Path,
+        site: &str,
+        (netns, ip): (&str, &str),
+        args: &[&str],
+        admin_password: Option<&str>,
+    ) -> Daemon {
+        let mut d = Daemon {
+            data: root.join(site),
+            site: site.into(),
+            endpoint: String::new(),
+            password: String::new(),
+            child: None,
+            home: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            netns: Some((netns.to_owned(), ip.to_owned())),
+        };
+        d.boot();
+        d.password = match admin_password {
+            Some(p) => p.to_owned(),
+            None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
+        };
+        d
+    }
+
+    /// A command for the `atoll` binary, in the daemon's namespace if it has one.
+    fn atoll(&self) -> Command {
+        match &self.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        }
+    }
+
     /// (Re)starts the process on the same data dir and waits until it serves.
     pub fn boot(&mut self) {
         // A restart keeps the address, as an operator's would.
         let api = if self.endpoint.is_empty() { "127.0.0.1:0".to_owned() } else { self.addr() };
-        let mut child = Command::new(binary())
+        // Peers on loopback, on ports the system picks: tests run side by side.
+        // In a namespace of its own a site has the default port to itself.
+        let (quic, tcp) = match &self.netns {
+            Some((_, ip)) => (format!("/ip4/{ip}/udp/7481/quic-v1"), format!("/ip4/{ip}/tcp/7481")),
+            None => ("/ip4/127.0.0.1/udp/0/quic-v1".to_owned(), "/ip4/127.0.0.1/tcp/0".to_owned()),
+        };
+        let mut child = self
+            .atoll()
             .args(["daemon", "--site", &self.site, "--api", &api, "--data-dir"])
             .arg(&self.data)
-            // Peers on loopback, on ports the system picks: tests run side by side.
-            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--listen", &quic, "--listen", &tcp])
             .args(&self.args)
             .env("ATOLL_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -177,7 +229,7 @@ impl Cli<'_> {
     }
 
     pub fn run(self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary());
+        let mut cmd = self.daemon.atoll();
         cmd.args(args)
             .env("ATOLL_ENDPOINT", &self.daemon.endpoint)
             .env("XDG_CONFIG_HOME", self.daemon.home.path())

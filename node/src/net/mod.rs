@@ -44,14 +44,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Liveness (docs/architecture.md, "Partitions"): QUIC sends a keep-alive
 /// after a second of silence and closes a connection that heard nothing for
-/// `QUIC_IDLE`; pings run on every connection (TCP's only check) and two
-/// failing in a row close it. A silent cut is noticed within about 4 s either
-/// way, while 5% packet loss (retransmitted within milliseconds) closes nothing.
+/// `QUIC_IDLE_MS`; pings run on every connection (TCP's only check) and two
+/// failing in a row close it (libp2p's ping reports the second failure). A
+/// silent cut is noticed within about 3 s either way, while 5% packet loss
+/// (retransmitted within milliseconds by QUIC, 200 ms by TCP) closes nothing:
+/// that would take several losses in a row of the same packet, twice.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
-const QUIC_IDLE_MS: u32 = 4_000;
+const QUIC_IDLE_MS: u32 = 3_000;
 const QUIC_HANDSHAKE: Duration = Duration::from_secs(3);
-const PING_EVERY: Duration = Duration::from_millis(750);
-const PING_TIMEOUT: Duration = Duration::from_millis(1250);
+const PING_EVERY: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The acknowledgement of a sync message that was received but not taken
 /// (the sender is not a member as far as we know yet): its sender must treat
 /// it as lost. A taken message is acknowledged with no bytes.

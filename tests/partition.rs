@@ -121,6 +121,41 @@ fn sent(lab: &Lab, i: usize, d: &Daemon) -> u64 {
     reply.json()["sent_msgs"].as_u64().expect("sent_msgs")
 }
 
+/// How site `i` is connected to `to`: (QUIC connections, TCP connections).
+fn transports(lab: &Lab, i: usize, d: &Daemon, to: &str) -> (u64, u64) {
+    let token = saved_token(d);
+    let addr = d.addr();
+    let reply = lab.within(i, || http(&addr, "GET", "/v1/network", Some(&token), b""));
+    let links = reply.json()["links"].clone();
+    let link = links.as_array().into_iter().flatten().find(|l| l["site"] == to).cloned().unwrap_or_default();
+    (link["quic"].as_u64().unwrap_or(0), link["tcp"].as_u64().unwrap_or(0))
+}
+
+/// QUIC where UDP passes, TCP where it does not, and QUIC again once it does;
+/// a silent cut of a TCP-only link is noticed by pings. Returns that detection time.
+fn quic_first_tcp_fallback(lab: &Lab, sites: &[Daemon]) -> Duration {
+    let over = |want: (bool, bool)| {
+        time_until(Duration::from_secs(30), || {
+            let (q, t) = transports(lab, 0, &sites[0], &name(1));
+            (q > 0, t > 0) == want
+        })
+    };
+    assert!(over((true, false)).is_some(), "site-1 and site-2 are not connected over QUIC alone");
+    lab.block_udp(0, 1).expect("block udp");
+    let fallback = over((false, true)).expect("no TCP fallback within 30 s with UDP blocked");
+    println!("UDP blocked: connected over TCP after {:.1} s", fallback.as_secs_f64());
+    lab.cut(0, 1).expect("cut");
+    let cut_at = Instant::now();
+    time_until(Duration::from_secs(15), || !reachable(&sites[0]).contains(&name(1)))
+        .expect("a silent cut of a TCP link not noticed within 15 s");
+    let detected = cut_at.elapsed();
+    println!("silent cut of a TCP link noticed after {:.2} s", detected.as_secs_f64());
+    lab.heal().expect("heal");
+    let upgraded = over((true, false)).expect("not back on QUIC alone within 30 s of UDP passing again");
+    println!("UDP passes again: on QUIC alone after {:.1} s", upgraded.as_secs_f64());
+    detected
+}
+
 /// Messages per site over `window`.
 fn rates(lab: &Lab, sites: &[Daemon], window: Duration) -> Vec<f64> {
     let before: Vec<u64> = sites.iter().enumerate().map(|(i, d)| sent(lab, i, d)).collect();
@@ -180,6 +215,9 @@ fn cuts_are_noticed_heals_converge_and_the_realm_goes_quiet() {
     }
     let file = process_image(root.path(), "sleeper", "sleep 600\n");
     sites[0].cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "sleeper"]);
+
+    let tcp_detect = quic_first_tcp_fallback(&lab, &sites);
+    assert!(tcp_detect <= DETECT_GOAL, "a silent cut of a TCP link noticed after {tcp_detect:?}");
 
     let (rounds, window) = rounds();
     std::thread::sleep(Duration::from_secs(5));

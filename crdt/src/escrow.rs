@@ -1,4 +1,4 @@
-//! Quota escrow (ARCHITECTURE §6): a project's global total is split into rights
+//! Quota escrow (docs/architecture.md, "Quota escrow"): a project's global total is split into rights
 //! held by sites, and a site admits work only against rights it holds.
 //!
 //! A site's rights for a project are

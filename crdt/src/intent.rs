@@ -1,4 +1,4 @@
-//! Cross-site operations (ARCHITECTURE §4): an operation addressed to another
+//! Cross-site operations (docs/architecture.md, "Intents"): an operation addressed to another
 //! site is written as an [`Intent`] in the requester's document; the target
 //! applies it once and records an [`IntentOutcome`] in its own document. Both
 //! documents travel by ordinary anti-entropy, so intents also cross partitions

@@ -1,4 +1,4 @@
-//! Image blobs fetched from the sites that hold them (ARCHITECTURE §8).
+//! Image blobs fetched from the sites that hold them (docs/architecture.md, "Image fetch").
 //!
 //! The peer core asks for a blob with the list of its holders; this module
 //! spreads the chunk requests over every holder it reaches (a window of

@@ -1,4 +1,4 @@
-//! Images held elsewhere (ARCHITECTURE §8). A site that must run an image it
+//! Images held elsewhere (docs/architecture.md, "Image fetch"). A site that must run an image it
 //! does not hold asks the shell to fetch the blob's chunks from the sites the
 //! realm names as holders; the shell verifies every chunk against the catalog
 //! and reports with [`Input::Fetched`](crate::Input::Fetched). The instances

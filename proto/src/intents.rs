@@ -1,4 +1,4 @@
-//! Cross-site operations (ARCHITECTURE §4). A command addressed to another
+//! Cross-site operations (docs/architecture.md, "Intents"). A command addressed to another
 //! site is written as an [`Intent`] in the requester's own document, which is
 //! then shared with the target (and relayed by anyone who holds it). The target
 //! applies it once, through the same dispatcher as a local call, with the

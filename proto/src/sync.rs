@@ -1,4 +1,4 @@
-//! Anti-entropy between peers (ARCHITECTURE §5), sans IO.
+//! Anti-entropy between peers (docs/architecture.md, "Peers together"), sans IO.
 //!
 //! On connect, and every [`REPAIR_EVERY`] with a few random peers, a peer sends
 //! the digest of the heads of every document it holds; only documents whose

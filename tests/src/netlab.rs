@@ -86,6 +86,14 @@ impl Lab {
         Ok(())
     }
 
+    /// Drops UDP (so QUIC) between site `a` and site `b`, both ways; TCP passes.
+    pub fn block_udp(&self, a: usize, b: usize) -> Result<(), String> {
+        for (x, y) in [(a, b), (b, a)] {
+            self.iptables(x, &["-I", "INPUT", "-p", "udp", "-s", &self.ip(y), "-j", "DROP"])?;
+        }
+        Ok(())
+    }
+
     /// Cuts every link between different groups.
     pub fn split(&self, groups: &[&[usize]]) -> Result<(), String> {
         for (g, group) in groups.iter().enumerate() {

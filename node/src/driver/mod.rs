@@ -1,4 +1,4 @@
-//! Workload drivers (ARCHITECTURE §9). The peer core decides; a driver does.
+//! Workload drivers (docs/architecture.md, "The daemon"). The peer core decides; a driver does.
 //!
 //! A driver starts, re-attaches to, stops and destroys workloads of one kind,
 //! and reports on its own, through the [`Exits`] channel, a workload that ends.

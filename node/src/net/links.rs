@@ -25,6 +25,11 @@ pub const REDIAL: Duration = Duration::from_secs(1);
 pub const QUIC_TRIES: u32 = 2;
 /// How often a member reached over TCP only is offered a QUIC connection.
 pub const UPGRADE_EVERY: Duration = Duration::from_secs(10);
+/// A connection whose pings have not succeeded for this long is closed. Pings
+/// go every 0.5 s with a 1 s timeout: one lost ping leaves a gap of about 2 s,
+/// two in a row one of 3.5 s. (libp2p's own report of failed pings comes only
+/// after a new stream is negotiated over the dead link, 10 s later.)
+pub const SILENT_LIMIT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -38,12 +43,20 @@ impl Transport {
     }
 }
 
+/// One open connection: its transport and when it last proved alive.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub id: ConnectionId,
+    pub transport: Transport,
+    alive_at: Instant,
+}
+
 /// What we know of a member: its addresses, its open connections, and when to dial.
 #[derive(Debug)]
 pub struct Link {
     pub site: SiteId,
     pub addrs: Vec<Multiaddr>,
-    pub conns: Vec<(ConnectionId, Transport)>,
+    pub conns: Vec<Conn>,
     next_dial: Instant,
     quic_failures: u32,
     /// The dial under way named QUIC addresses only.
@@ -98,7 +111,7 @@ impl Link {
 
     /// QUIC addresses to try while connected over TCP only, if it is time.
     pub fn due_upgrade(&mut self, now: Instant) -> Option<Vec<Multiaddr>> {
-        let tcp_only = self.connected() && self.conns.iter().all(|(_, t)| *t == Transport::Tcp);
+        let tcp_only = self.connected() && self.conns.iter().all(|c| c.transport == Transport::Tcp);
         if !tcp_only || self.next_upgrade > now {
             return None;
         }
@@ -116,19 +129,35 @@ impl Link {
     /// A connection opened; returns the TCP connections to close now that a
     /// QUIC one is up.
     pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) -> Vec<ConnectionId> {
-        self.conns.push((id, transport));
+        self.conns.push(Conn { id, transport, alive_at: now });
         self.next_upgrade = now + UPGRADE_EVERY;
         if transport != Transport::Quic {
             return Vec::new();
         }
         self.quic_failures = 0;
-        self.conns.iter().filter(|(_, t)| *t == Transport::Tcp).map(|(c, _)| *c).collect()
+        self.conns.iter().filter(|c| c.transport == Transport::Tcp).map(|c| c.id).collect()
+    }
+
+    /// A ping on connection `id` succeeded.
+    pub fn alive(&mut self, id: ConnectionId, now: Instant) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+            c.alive_at = now;
+        }
+    }
+
+    /// Connections silent for longer than [`SILENT_LIMIT`]: to be closed.
+    pub fn silent(&self, now: Instant) -> Vec<ConnectionId> {
+        self.conns.iter().filter(|c| now.duration_since(c.alive_at) > SILENT_LIMIT).map(|c| c.id).collect()
+    }
+
+    pub fn count(&self, transport: Transport) -> usize {
+        self.conns.iter().filter(|c| c.transport == transport).count()
     }
 
     /// A connection closed; true when it was the last one.
     pub fn closed(&mut self, id: ConnectionId, now: Instant) -> bool {
         let had = self.connected();
-        self.conns.retain(|(c, _)| *c != id);
+        self.conns.retain(|c| c.id != id);
         if had && !self.connected() {
             // Try again at once: the peer may have restarted, or one
             // connection of several was closed for a better one.
@@ -182,5 +211,17 @@ mod tests {
         assert!(l.due_upgrade(t0 + 3 * UPGRADE_EVERY).is_none(), "QUIC needs no upgrade");
         assert!(l.closed(quic, t0 + 3 * UPGRADE_EVERY), "the last one");
         assert!(l.due_dial(t0 + 3 * UPGRADE_EVERY).is_some(), "dialled again at once");
+    }
+
+    #[test]
+    fn a_connection_whose_pings_stop_is_found_silent() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        let c = ConnectionId::new_unchecked(7);
+        l.opened(c, Transport::Tcp, t0);
+        assert!(l.silent(t0 + SILENT_LIMIT).is_empty(), "young connections get their chance");
+        l.alive(c, t0 + Duration::from_secs(2));
+        assert!(l.silent(t0 + Duration::from_secs(4)).is_empty(), "one lost ping is no cut");
+        assert_eq!(l.silent(t0 + Duration::from_secs(6)), vec![c]);
     }
 }

@@ -44,11 +44,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Liveness (docs/architecture.md, "Partitions"): QUIC sends a keep-alive
 /// after a second of silence and closes a connection that heard nothing for
-/// `QUIC_IDLE_MS`; pings run on every connection (TCP's only check) and two
-/// failing in a row close it (libp2p's ping reports the second failure). A
-/// silent cut is noticed within about 3 s either way, while 5% packet loss
-/// (retransmitted within milliseconds by QUIC, 200 ms by TCP) closes nothing:
-/// that would take several losses in a row of the same packet, twice.
+/// `QUIC_IDLE_MS`; pings run on every connection (TCP's only check), and a
+/// connection whose pings have not succeeded for `links::SILENT_LIMIT` is
+/// closed. A silent cut is noticed within 3-4.5 s either way, while 5% packet
+/// loss (retransmitted within milliseconds by QUIC, 200 ms by TCP) closes
+/// nothing: that would take one packet lost three times in a row, twice.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const QUIC_IDLE_MS: u32 = 3_000;
 const QUIC_HANDSHAKE: Duration = Duration::from_secs(3);
@@ -101,6 +101,8 @@ pub struct Traffic {
     pub refused_peers: AtomicU64,
     /// Image fetches under way (refreshed every second).
     pub fetches: std::sync::Mutex<Vec<crate::fetch::Progress>>,
+    /// The connections to each member, by transport (refreshed every second).
+    pub links: std::sync::Mutex<Vec<LinkView>>,
 }
 
 impl Traffic {
@@ -112,6 +114,14 @@ impl Traffic {
         self.recv_msgs.fetch_add(1, Ordering::Relaxed);
         self.recv_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+}
+
+/// A member and how we are connected to it, for `GET /v1/network`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkView {
+    pub site: SiteId,
+    pub quic: usize,
+    pub tcp: usize,
 }
 
 #[derive(NetworkBehaviour)]
@@ -343,10 +353,24 @@ impl Net {
         gone
     }
 
-    /// Housekeeping, once a second: dials members we miss, with backoff, and
-    /// closes connections of strangers whose grace ran out.
+    /// Housekeeping, once a second: dials members we miss, offers QUIC to
+    /// members reached over TCP only, closes connections of strangers whose
+    /// grace ran out, and refreshes the link figures.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        let mut links: Vec<LinkView> = self
+            .members
+            .values()
+            .map(|l| LinkView {
+                site: l.site.clone(),
+                quic: l.count(Transport::Quic),
+                tcp: l.count(Transport::Tcp),
+            })
+            .collect();
+        links.sort_by(|a, b| a.site.cmp(&b.site));
+        if let Ok(mut l) = self.traffic.links.lock() {
+            *l = links;
+        }
         let expired: Vec<PeerId> = self
             .strangers
             .iter()
@@ -363,7 +387,9 @@ impl Net {
             self.swarm.behaviour_mut().blocked.block_peer(p);
         }
         let mut dials = Vec::new();
+        let mut silent = Vec::new();
         for (peer, link) in self.members.iter_mut() {
+            silent.extend(link.silent(now).into_iter().map(|c| (link.site.clone(), c)));
             // Dials overlap (`Disconnected`, not `NotDialing`): one started
             // into a cut must not hold back the one that finds the path back.
             if let Some(addrs) = link.due_dial(now) {
@@ -371,6 +397,10 @@ impl Net {
             } else if let Some(addrs) = link.due_upgrade(now) {
                 dials.push((*peer, addrs, PeerCondition::Always));
             }
+        }
+        for (site, c) in silent {
+            tracing::info!(%site, "connection silent for {:?}: closing it", links::SILENT_LIMIT);
+            self.swarm.close_connection(c);
         }
         for (peer, addrs, condition) in dials {
             let opts = DialOpts::peer_id(peer).addresses(addrs).condition(condition).build();
@@ -643,6 +673,12 @@ impl Net {
             }) if !response.is_empty() => {
                 tracing::debug!(%peer, "sync message not taken");
                 self.site_of(&peer).map(|s| Event::Input(Input::Undelivered(s)))
+            }
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(_) }) => {
+                if let Some(link) = self.members.get_mut(&peer) {
+                    link.alive(connection, Instant::now());
+                }
+                None
             }
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(e) }) => {
                 tracing::info!(site = ?self.site_of(&peer), "connection silent: {e}; closing it");

@@ -24,8 +24,12 @@ pub const WINDOW: usize = 4;
 pub const MAX_ACTIVE: usize = 8;
 /// Attempts per chunk, across holders, before the fetch fails.
 const MAX_TRIES: u32 = 6;
-/// A fetch that made no progress for this long fails (no holder reachable).
+/// A fetch that made no progress for this long fails.
 pub const STALL: Duration = Duration::from_secs(60);
+/// A fetch none of whose holders is reachable fails after this long, so that
+/// the instances waiting on it say so (the core fetches again when a holder
+/// connects: docs/architecture.md, "Image fetch").
+pub const UNREACHABLE: Duration = Duration::from_secs(5);
 
 /// Where chunk requests go: the peer network, or a test double.
 pub trait Source<R> {
@@ -46,6 +50,8 @@ struct Fetch {
     bytes: u64,
     started: Instant,
     progress_at: Instant,
+    /// Since when no holder was reachable and nothing was in flight.
+    unreachable_since: Option<Instant>,
 }
 
 /// An answered chunk request, to check and store.
@@ -137,6 +143,7 @@ impl<R: Hash + Eq + Copy> Fetches<R> {
             bytes: 0,
             started: now,
             progress_at: now,
+            unreachable_since: None,
         };
         let digest = fetch.image.digest.clone();
         self.active.insert(digest.clone(), fetch);
@@ -147,6 +154,11 @@ impl<R: Hash + Eq + Copy> Fetches<R> {
     pub fn pump(&mut self, source: &mut impl Source<R>) {
         for (digest, f) in self.active.iter_mut() {
             let reachable: Vec<SiteId> = f.holders.iter().filter(|h| source.reaches(h)).cloned().collect();
+            if reachable.is_empty() && f.inflight.values().all(|n| *n == 0) {
+                f.unreachable_since.get_or_insert_with(Instant::now);
+            } else {
+                f.unreachable_since = None;
+            }
             'fill: loop {
                 let mut sent = false;
                 for h in &reachable {
@@ -231,25 +243,25 @@ impl<R: Hash + Eq + Copy> Fetches<R> {
         }
     }
 
-    /// Fails fetches that made no progress for [`STALL`].
+    /// Fails fetches that made no progress for [`STALL`], or that had no
+    /// holder within reach for [`UNREACHABLE`].
     pub fn check_stalls(&mut self) -> Vec<Finished> {
-        let stalled: Vec<String> = self
+        let stalled: Vec<(String, String)> = self
             .active
             .iter()
-            .filter(|(_, f)| f.progress_at.elapsed() > STALL)
-            .map(|(d, _)| d.clone())
-            .collect();
-        stalled
-            .into_iter()
-            .filter_map(|d| {
-                let holders: Vec<String> = self
-                    .active
-                    .get(&d)
-                    .map(|f| f.holders.iter().map(|h| h.to_string()).collect())
-                    .unwrap_or_default();
-                self.fail(&d, format!("no progress for {} s from {}", STALL.as_secs(), holders.join(", ")))
+            .filter_map(|(d, f)| {
+                let holders: Vec<&str> = f.holders.iter().map(|h| h.as_str()).collect();
+                let holders = holders.join(", ");
+                if f.unreachable_since.is_some_and(|t| t.elapsed() > UNREACHABLE) {
+                    Some((d.clone(), format!("no holder is reachable (held on {holders})")))
+                } else if f.progress_at.elapsed() > STALL {
+                    Some((d.clone(), format!("no progress for {} s from {holders}", STALL.as_secs())))
+                } else {
+                    None
+                }
             })
-            .collect()
+            .collect();
+        stalled.into_iter().filter_map(|(d, why)| self.fail(&d, why)).collect()
     }
 
     pub fn progress(&self) -> Vec<Progress> {
@@ -428,5 +440,28 @@ mod tests {
         assert_eq!(digest, image.digest);
         assert!(result.unwrap_err().contains("does not match"));
         assert!(store.blob(&image.digest).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_fetch_with_no_holder_in_reach_fails_soon_and_says_so() {
+        let (_dir, store) = store();
+        let (image, _) = blob(2);
+        let mut fetches: Fetches<u64> = Fetches::default();
+        let mut net = holders(&[]);
+        assert!(fetches.start(&store, image.clone(), vec![site("a")]).is_none());
+        fetches.pump(&mut net);
+        assert!(fetches.check_stalls().is_empty(), "a holder may come back within the grace");
+        let f = fetches.active.get_mut(&image.digest).unwrap();
+        f.unreachable_since = Some(Instant::now() - UNREACHABLE - Duration::from_secs(1));
+        let failed = fetches.check_stalls();
+        assert_eq!(failed.len(), 1);
+        let why = failed[0].1.as_ref().unwrap_err();
+        assert!(why.contains("no holder is reachable") && why.contains("a"), "{why}");
+        // Back in reach before the grace ends: nothing fails.
+        assert!(fetches.start(&store, image.clone(), vec![site("a")]).is_none());
+        fetches.pump(&mut net);
+        net.reach.insert(site("a"));
+        fetches.pump(&mut net);
+        assert!(fetches.active[&image.digest].unreachable_since.is_none());
     }
 }

@@ -92,3 +92,48 @@ fn images_and_instance_operations_cross_sites() {
     let err = a.cli().fails(&["image", "copy", "sleeper", "--to", "nowhere"]);
     assert!(err.contains("no site nowhere"), "{err}");
 }
+
+/// Quota rights move on demand between real daemons: no `quota give`, yet
+/// instances start on every site; when nothing in reach has rights to spare
+/// the refusal says whom it asked and where spare rights sit out of reach.
+#[test]
+fn rights_move_on_demand_and_refusals_say_where_they_are() {
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Daemon::start(root.path(), "site-a");
+    a.login_admin();
+    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    let c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    b.login_admin();
+    c.login_admin();
+    for d in [&a, &b, &c] {
+        assert!(eventually(WAIT, || reachable(d, 3)), "{} does not reach every site", d.site);
+    }
+    let file = process_image(root.path(), "sleeper", "sleep 600\n");
+    a.cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "sleeper"]);
+    assert!(eventually(WAIT, || holders(&c, "sleeper") == ["site-a"]));
+
+    // Site-a holds the project's whole total; nobody gives anything by hand.
+    let out =
+        a.cli().ok(&["instance", "create", "one", "--image", "sleeper", "--site", "site-c", "--", &c.tag()]);
+    assert!(out.contains("running"), "{out}");
+    let out = b.cli().ok(&["instance", "create", "two", "--image", "sleeper", "--", &b.tag()]);
+    assert!(out.contains("running"), "{out}");
+
+    // Site-a's summary (every 5 s) shows what it still holds; then it goes.
+    std::thread::sleep(Duration::from_secs(6));
+    a.kill9();
+    assert!(eventually(WAIT, || !reachable(&c, 3)));
+    let mut refusal = None;
+    for i in 0..12 {
+        let name = format!("c{i}");
+        let out = c.cli().run(&["instance", "create", &name, "--image", "sleeper", "--", &c.tag()]);
+        if !out.status.success() {
+            refusal = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let refusal = refusal.expect("site-c never ran out of rights");
+    assert!(refusal.contains("local quota share exhausted"), "{refusal}");
+    assert!(refusal.contains("asked site-b"), "{refusal}");
+    assert!(refusal.contains("spare rights out of reach at site-a"), "{refusal}");
+}

@@ -243,7 +243,13 @@ pub struct SiteView {
     pub allocated: Resources,
     /// The latest host figures, if sampled yet.
     pub live: Option<HostMetrics>,
+    /// Quota rights this site holds free, per project (at most
+    /// [`MAX_SPARE_SHOWN`], most spare instances first): where to ask.
+    pub spare: Vec<(String, Resources)>,
 }
+
+/// Projects whose spare rights a summary lists.
+pub const MAX_SPARE_SHOWN: usize = 64;
 
 /// One member site as seen from the serving site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

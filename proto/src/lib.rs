@@ -14,13 +14,14 @@ pub mod lifecycle;
 mod manage;
 pub mod membership;
 pub mod peer;
+mod rebalance;
 mod refetch;
 pub mod sync;
 pub mod wire;
 
 pub use api::{ApiError, ApiResult, Command, Reply};
 pub use driver::{DriverCmd, DriverEvent, InstanceSpec};
-pub use peer::{DocId, Effects, Input, Outbox, Peer, PeerConfig, ReqId, StoreWrite, TimerId};
+pub use peer::{DocId, Effects, Input, Outbox, Peer, PeerConfig, ReqId, Sabotage, StoreWrite, TimerId};
 pub use wire::{PeerMsg, WireError};
 
 #[cfg(test)]

@@ -160,7 +160,8 @@ impl Peer {
         }
     }
 
-    pub(crate) fn account(&self, project: &str) -> Result<Account, ApiError> {
+    /// This site's rights for `project`, as its replicas say.
+    pub fn account(&self, project: &str) -> Result<Account, ApiError> {
         // Replicas not filled by sync yet say nothing; counting them as zero only under-admits.
         let ready = self
             .others
@@ -224,6 +225,19 @@ impl Peer {
         // Both bounds keep the product far inside i64; checked all the same.
         let all = amount.checked_times(to.len() as i64).ok_or(atoll_crdt::EscrowError::OutOfRange(amount))?;
         self.account(project)?.admit(project, all)?;
+        self.transfer(now, project, to, amount)?;
+        self.quota_view(project)
+    }
+
+    /// Writes transfers of `amount` to each of `to` in our document (the
+    /// caller checked our rights cover them all).
+    pub(crate) fn transfer(
+        &mut self,
+        now: Millis,
+        project: &str,
+        to: &[SiteId],
+        amount: Resources,
+    ) -> Result<(), ApiError> {
         let first = self.own.next_transfer_seq(project)?;
         for (seq, s) in (first..).zip(to) {
             let t = Transfer {
@@ -239,7 +253,7 @@ impl Peer {
                 r.insert(s.clone());
             }
         }
-        self.quota_view(project)
+        Ok(())
     }
 
     pub(crate) fn show_quota(&self, caller: &User, project: &str) -> ApiResult {
@@ -366,8 +380,13 @@ impl Peer {
     }
 
     pub(crate) fn show_site(&self) -> ApiResult {
+        Ok(Reply::Site(self.summary()?))
+    }
+
+    /// This site's summary, gossiped to every peer as ephemeral data.
+    pub fn summary(&self) -> Result<SiteView, ApiError> {
         let instances = self.own.instances()?;
-        Ok(Reply::Site(SiteView {
+        Ok(SiteView {
             descriptor: self.descriptor.clone(),
             instances: instances.len(),
             running: instances.iter().filter(|i| i.observed == Observed::Running).count(),
@@ -375,7 +394,22 @@ impl Peer {
             allocated: Resources::checked_sum(instances.iter().map(|i| i.resources()))
                 .unwrap_or(Resources::ZERO),
             live: self.metrics.clone(),
-        }))
+            spare: self.spare_rights()?,
+        })
+    }
+
+    /// Rights held free here, per project, most spare instances first.
+    fn spare_rights(&self) -> Result<Vec<(String, Resources)>, ApiError> {
+        let mut spare = Vec::new();
+        for p in self.realm.doc.list::<Project>()? {
+            let free = self.account(&p.name)?.available();
+            if free.instances > 0 {
+                spare.push((p.name, free));
+            }
+        }
+        spare.sort_by(|a, b| b.1.instances.cmp(&a.1.instances).then(a.0.cmp(&b.0)));
+        spare.truncate(crate::api::MAX_SPARE_SHOWN);
+        Ok(spare)
     }
 }
 

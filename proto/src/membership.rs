@@ -197,14 +197,6 @@ impl Peer {
         Ok(Reply::Removed { removed: site.to_string() })
     }
 
-    /// This site's summary, gossiped to every peer as ephemeral data.
-    pub fn summary(&self) -> Result<SiteView, ApiError> {
-        match self.show_site()? {
-            Reply::Site(view) => Ok(view),
-            _ => Err(ApiError::Internal("site summary".into())),
-        }
-    }
-
     pub(crate) fn on_summary(&mut self, now: Millis, from: SiteId, view: SiteView) {
         // Only members' summaries are kept: the set stays as small as the realm.
         if view.descriptor.site != from || !self.is_member(&from) {

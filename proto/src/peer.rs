@@ -67,6 +67,8 @@ pub enum TimerId {
     Resync { site: SiteId },
     /// Ask again for an image blob whose fetch failed.
     Refetch { digest: String },
+    /// A call waiting for quota rights from peers is refused if still waiting.
+    RightsWait { id: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +153,21 @@ impl Effects for Outbox {
     }
 }
 
+/// A rule a peer built with the `sabotage` feature can be told to break, so
+/// that the simulator's checks are shown to catch it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// Admit instances without the escrow check (overspends).
+    Escrow,
+    /// Keep a pair's sync state after a message was lost, and on a differing
+    /// digest (pairs stuck for ever, or trading messages for ever).
+    SyncReset,
+    /// Never ask peers for quota rights (refusals while rights are in reach).
+    Rebalance,
+}
+
 pub struct PeerConfig {
     pub key: SigningKey,
     /// Seeds the peer's RNG (password salts); the shell draws it from the OS.
@@ -196,6 +213,8 @@ pub struct Peer {
     /// Sync progress per (peer, document).
     pub(crate) sync: BTreeMap<(SiteId, DocId), SyncState>,
     pub(crate) connected: BTreeSet<SiteId>,
+    /// The rule this peer breaks on purpose (`sabotage` builds only).
+    sabotage: Sabotage,
     /// Peers whose sync exchange is reopened by a `Resync` timer already set.
     pub(crate) resync: BTreeSet<SiteId>,
     pub(crate) custody: Custody,
@@ -224,6 +243,8 @@ pub struct Peer {
     pub(crate) fetching: BTreeSet<String>,
     /// Blobs whose fetch failed, waiting for a holder or a retry.
     pub(crate) refetch: crate::refetch::Refetch,
+    /// Calls waiting for quota rights from peers.
+    pub(crate) rebalance: crate::rebalance::Rebalance,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -368,7 +389,9 @@ impl Peer {
             sync: BTreeMap::new(),
             connected: BTreeSet::new(),
             resync: BTreeSet::new(),
+            sabotage: Sabotage::None,
             refetch: crate::refetch::Refetch::default(),
+            rebalance: crate::rebalance::Rebalance::default(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,
@@ -393,6 +416,17 @@ impl Peer {
         &self.site
     }
 
+    /// Makes this peer break one rule (for showing that checks catch it).
+    #[cfg(feature = "sabotage")]
+    pub fn sabotage(&mut self, s: Sabotage) {
+        self.sabotage = s;
+    }
+
+    /// Whether this peer was told to break `rule` (never, without the feature).
+    pub(crate) fn breaks(&self, rule: Sabotage) -> bool {
+        cfg!(feature = "sabotage") && self.sabotage == rule
+    }
+
     /// This site's replica of the realm (read-only; for shells and the simulator's checks).
     pub fn realm(&self) -> &Realm {
         &self.realm
@@ -412,7 +446,7 @@ impl Peer {
     pub fn digests(&mut self) -> Vec<(DocId, [u8; 32])> {
         let mut docs = match self.digest_msg() {
             PeerMsg::Digest { docs } => docs,
-            PeerMsg::Sync { .. } | PeerMsg::Heads { .. } => Vec::new(),
+            _ => Vec::new(),
         };
         docs.sort();
         docs
@@ -479,10 +513,11 @@ impl Peer {
             Input::Undelivered(site) => self.on_undelivered(&site, fx),
             Input::Timer(TimerId::Resync { site }) => self.on_resync(&site, fx),
             Input::Timer(TimerId::Refetch { digest }) => self.on_refetch_timer(now, &digest, fx),
+            Input::Timer(TimerId::RightsWait { id }) => self.on_rights_wait(now, id, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());
-                self.on_message(from, msg, fx)
+                self.on_message(now, from, msg, fx)
             }
             Input::Summary { from, view } => self.on_summary(now, from, *view),
             Input::Timer(TimerId::IntentWait { id, req }) => self.on_intent_wait(&id, req),
@@ -500,6 +535,8 @@ impl Peer {
             })
             .collect();
         if !others.is_empty() {
+            // Transfers to us may have arrived: calls waiting for rights go first.
+            self.retry_parked(now, fx);
             self.apply_intents(now, &others, fx);
             self.answer_intent_waiters(&others);
         }

@@ -145,7 +145,7 @@ impl Peer {
     /// So the pair's states start afresh, and the exchange is reopened shortly
     /// with a digest (only documents that differ resume syncing).
     pub(crate) fn on_undelivered(&mut self, peer: &SiteId, fx: &mut impl Effects) {
-        if cfg!(feature = "unreset-sync") {
+        if self.breaks(crate::peer::Sabotage::SyncReset) {
             return;
         }
         self.sync.retain(|(p, _), _| p != peer);
@@ -206,7 +206,7 @@ impl Peer {
         self.sync.insert(key, state);
     }
 
-    pub(crate) fn on_message(&mut self, from: SiteId, msg: PeerMsg, fx: &mut impl Effects) {
+    pub(crate) fn on_message(&mut self, now: Millis, from: SiteId, msg: PeerMsg, fx: &mut impl Effects) {
         if !self.connected.contains(&from) {
             return; // the shell connects members only; anything else is noise
         }
@@ -228,7 +228,7 @@ impl Peer {
                 // (it may think the peer holds what it never received): a
                 // fresh state opens with our heads and sends what is missing.
                 for id in differing {
-                    if !cfg!(feature = "unreset-sync") {
+                    if !self.breaks(crate::peer::Sabotage::SyncReset) {
                         self.sync.remove(&(from.clone(), id.clone()));
                     }
                     self.sync_to(&from, &id, fx);
@@ -243,6 +243,10 @@ impl Peer {
                         self.sync_to(&from, &id, fx);
                     }
                 }
+            }
+            PeerMsg::RightsAsk { project, want } => self.on_rights_ask(now, &from, &project, want, fx),
+            PeerMsg::RightsGiven { project, amount } => {
+                self.on_rights_given(now, &from, &project, amount, fx)
             }
             PeerMsg::Sync { doc, msg } => {
                 if !self.ensure_doc(&from, &doc) {

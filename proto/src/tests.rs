@@ -12,7 +12,9 @@ use rand_core::SeedableRng;
 use crate::api::{Grant, NewImage, NewInstance, NewProject, NewUser};
 use crate::*;
 
+/// Effects in order, as the test recorded them (short-lived: size does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Fx {
     Persist(StoreWrite),
     Driver(DriverCmd),

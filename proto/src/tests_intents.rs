@@ -220,3 +220,66 @@ fn settled_intents_and_then_their_outcomes_are_collected_after_an_hour() {
     assert!(out.drivers.is_empty());
     net.assert_converged();
 }
+
+/// A site with no rights of its own creates an instance: it asks a connected
+/// site, which gives a quantum from its spare as a transfer, and the call is
+/// admitted once the transfer arrives, with no `quota give`.
+#[test]
+fn rights_move_on_demand_from_a_connected_site() {
+    let mut net = crate::tests_sync::Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(2, Some(&admin), Command::RegisterImage(crate::tests::image("default", "img"))).unwrap();
+    net.settle();
+    assert_eq!(net.peers[2].account("default").unwrap().available(), atoll_crdt::Resources::ZERO);
+    let req = net.ask(2, &admin, Command::CreateInstance(new_instance("web", "img")));
+    net.settle();
+    match net.reply(req) {
+        Some(Ok(Reply::Instance(i))) => assert_eq!(i.observed, Observed::Running),
+        other => panic!("{other:?}"),
+    }
+    // A quantum came (half the giver's spare), not one unit: the next creation
+    // needs no round trip.
+    let left = net.peers[2].account("default").unwrap().available();
+    assert!(left.instances >= 1, "{left}");
+    let before = net.timers.len();
+    let again = net.ask(2, &admin, Command::CreateInstance(new_instance("web2", "img")));
+    net.settle();
+    assert!(matches!(net.reply(again), Some(Ok(Reply::Instance(_)))));
+    assert_eq!(net.timers.len(), before, "admitted from the quantum held");
+    net.assert_converged();
+}
+
+/// Nobody in reach, or nobody with spare rights: the refusal says so.
+#[test]
+fn a_refusal_says_whom_it_asked_and_what_is_out_of_reach() {
+    let mut net = crate::tests_sync::Net::new(2);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(1, Some(&admin), Command::RegisterImage(crate::tests::image("default", "img"))).unwrap();
+    net.settle();
+    net.partition(1);
+    let req = net.ask(1, &admin, Command::CreateInstance(new_instance("web", "img")));
+    match net.reply(req) {
+        Some(Err(ApiError::QuotaExceeded(m))) => assert!(m.contains("no site in reach"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    net.heal();
+    // The founder's rights are all used: asked, it has none spare.
+    let total = atoll_crdt::Resources::new(0, 0, 0);
+    net.call(0, Some(&admin), Command::SetQuota { project: "default".into(), total }).unwrap();
+    net.settle();
+    let req = net.ask(1, &admin, Command::CreateInstance(new_instance("web", "img")));
+    net.settle();
+    assert!(net.reply(req).is_none(), "waits for the answers");
+    net.fire(|t| matches!(t, TimerId::RightsWait { .. }));
+    match net.reply(req) {
+        Some(Err(ApiError::QuotaExceeded(m))) => {
+            assert!(
+                m.contains("asked s0") && m.contains("had none spare") && m.contains("project total"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -322,7 +322,6 @@ fn quota_give_refuses_wrapping_amounts_and_repeated_recipients() {
 /// would never resend those changes. The pair's state is reset and the
 /// exchange reopened, and once the link works the documents converge and the
 /// network goes quiet.
-#[cfg(not(feature = "unreset-sync"))]
 #[test]
 fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     let mut net = Net::new(2);

@@ -40,6 +40,11 @@ pub enum PeerMsg {
     /// third peer: the receiver pulls those that differ (instead of every peer
     /// pushing every change to every other).
     Heads { docs: Vec<(DocId, [u8; 32])> },
+    /// Asks for quota rights of a project: the sender's shortfall.
+    RightsAsk { project: String, want: atoll_crdt::Resources },
+    /// The answer: what the sender gave (written as a transfer in its
+    /// document, which follows by sync); zero when it had none spare.
+    RightsGiven { project: String, amount: atoll_crdt::Resources },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +137,11 @@ mod tests {
             prop_assert_eq!(PeerMsg::decode(&digest.encode()).unwrap(), digest);
             let heads = PeerMsg::Heads { docs: (0..n).map(|i| (DocId::Realm, [i as u8; 32])).collect() };
             prop_assert_eq!(PeerMsg::decode(&heads.encode()).unwrap(), heads);
+            let want = atoll_crdt::Resources::new(n as i64, -(n as i64), i64::MAX);
+            let ask = PeerMsg::RightsAsk { project: format!("p{n}"), want };
+            prop_assert_eq!(PeerMsg::decode(&ask.encode()).unwrap(), ask);
+            let given = PeerMsg::RightsGiven { project: String::new(), amount: want };
+            prop_assert_eq!(PeerMsg::decode(&given.encode()).unwrap(), given);
         }
     }
 }

@@ -28,6 +28,8 @@ const OVERLAY_DEGREE: usize = 8;
 const SETUP_MS: Millis = 500;
 /// Setup is over; scenario steps start from here.
 const SETUP_END: Millis = 2_000;
+/// How often summaries go round.
+const GOSSIP_EVERY: Millis = 5_000;
 /// Give up settling after this much simulated time past the end.
 const SETTLE_MS: Millis = 300_000;
 /// The quiet check: a window of this length, starting this long after the
@@ -82,6 +84,8 @@ enum Ev {
         a: usize,
         b: usize,
     },
+    /// Every site's summary to its neighbours (the daemon gossips one every 5 s).
+    Gossip,
     Step(usize),
     Probe,
     /// Setup calls, once the sites have met: 0 login, projects, shares; 1 images.
@@ -129,6 +133,10 @@ enum Pending {
     Create {
         site: usize,
         key: String,
+        want: Resources,
+        project: String,
+        /// When the call was made.
+        at: Millis,
     },
     /// A creation sent to another site; the reply is the intent.
     Intent,
@@ -148,6 +156,9 @@ pub struct Sim {
     /// Silent cuts: pairs (low, high) whose sites noticed the cut and hold no
     /// connection until a redial succeeds.
     down: BTreeSet<(usize, usize)>,
+    /// The last time anything about the network changed (cuts, heals,
+    /// crashes, restarts, noticed cuts, redials).
+    net_changed_at: Millis,
     rng: ChaCha20Rng,
     trace: Sha256,
     token: String,
@@ -161,6 +172,15 @@ pub struct Sim {
 
 /// A site's configuration: its key comes from `key_seed` (the same across
 /// restarts), its RNG from `run_seed` (a real restart draws a fresh one).
+/// Tells a peer to break a rule (the CLI refuses `--sabotage` in builds without it).
+#[cfg(feature = "sabotage")]
+fn sabotage(peer: &mut Peer, s: atoll_proto::Sabotage) {
+    peer.sabotage(s);
+}
+
+#[cfg(not(feature = "sabotage"))]
+fn sabotage(_: &mut Peer, _: atoll_proto::Sabotage) {}
+
 /// An unordered pair of sites, lowest first.
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
@@ -213,7 +233,7 @@ impl Sim {
         for (i, cfg) in configs.into_iter().enumerate() {
             let region = i % sc.sites.regions.len();
             let key_seed = key_seeds[i];
-            let peer = if i == 0 {
+            let mut peer = if i == 0 {
                 let mut p = Peer::genesis(cfg, 0, ADMIN_PASSWORD).expect("genesis");
                 p.enroll_all(0, &members[1..], &mut Outbox::default()).expect("enroll");
                 realm_bytes = p.realm_bytes();
@@ -221,6 +241,7 @@ impl Sim {
             } else {
                 Peer::join(cfg, 0, &realm_bytes).expect("join")
             };
+            sabotage(&mut peer, sc.sabotage);
             sites.push(Site {
                 id: peer.site().clone(),
                 peer: Some(peer),
@@ -247,6 +268,7 @@ impl Sim {
             sites,
             cut: BTreeSet::new(),
             down: BTreeSet::new(),
+            net_changed_at: 0,
             rng,
             trace: Sha256::new(),
             token: String::new(),
@@ -387,6 +409,38 @@ impl Sim {
         }
     }
 
+    /// A creation was refused for quota: counts it if a site in reach of the
+    /// refusing one held spare rights covering it (goal: none; they should
+    /// have been asked for). "Spare": the site's own account of what it holds
+    /// free covers the request at the refusal. "In reach": alive, linked both
+    /// ways and connected (no cut being noticed, no link being redialled), and
+    /// no change to the network at all since the call was made. On a network
+    /// that loses messages an ask or its answer may be lost within the wait,
+    /// so there such refusals are counted only; on a lossless one each is a
+    /// violation.
+    fn refused_with_rights_in_reach(&mut self, site: usize, project: &str, want: Resources, at: Millis) {
+        if self.net_changed_at > at {
+            return;
+        }
+        let holder = (0..self.sites.len()).find(|&t| {
+            t != site
+                && self.linked(site, t)
+                && !self.down.contains(&pair(site, t))
+                && self.sites[t]
+                    .peer
+                    .as_ref()
+                    .and_then(|p| p.account(project).ok())
+                    .is_some_and(|a| a.available().covers(want))
+        });
+        if let Some(t) = holder {
+            self.stats.refused_in_reach += 1;
+            if self.sc.network.loss == 0.0 {
+                let what = format!("s{site} refused {want} of {project} while s{t}, in reach, held it spare");
+                self.checks.violation(self.now, what);
+            }
+        }
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
     }
@@ -446,11 +500,16 @@ impl Sim {
 
     fn on_reply(&mut self, req: ReqId, result: ApiResult) {
         match (self.pending.remove(&req), result) {
-            (Some(Pending::Create { site, key }), Ok(Reply::Instance(_))) => {
+            (Some(Pending::Create { site, key, .. }), Ok(Reply::Instance(_))) => {
                 self.stats.created += 1;
                 self.checks.acked.push((site, key));
             }
-            (Some(Pending::Create { .. }), Err(e)) if e.code() == "quota_exceeded" => self.stats.refused += 1,
+            (Some(Pending::Create { site, want, project, at, .. }), Err(e))
+                if e.code() == "quota_exceeded" =>
+            {
+                self.stats.refused += 1;
+                self.refused_with_rights_in_reach(site, &project, want, at);
+            }
             (Some(Pending::Intent), Ok(Reply::Intent(v))) => {
                 self.checks.intents.push((v.requester, v.target, v.intent))
             }
@@ -493,6 +552,21 @@ impl Sim {
             self.push(at, Ev::Step(k));
         }
         self.push(1000, Ev::Probe);
+        self.push(SETUP_END, Ev::Gossip);
+    }
+
+    /// Hands every live site's summary to its connected neighbours.
+    fn gossip(&mut self) {
+        for i in 0..self.sites.len() {
+            let Some(view) = self.sites[i].peer.as_ref().and_then(|p| p.summary().ok()) else { continue };
+            let from = self.sites[i].id.clone();
+            for j in self.sites[i].neighbours.clone() {
+                if self.linked(i, j) && !self.down.contains(&pair(i, j)) {
+                    let view = Box::new(view.clone());
+                    self.input(j, Input::Summary { from: from.clone(), view });
+                }
+            }
+        }
     }
 
     fn setup(&mut self, phase: u8) {
@@ -600,7 +674,12 @@ impl Sim {
                         let cmd = Command::Remote { site, wait_ms: 0, then: Box::new(cmd) };
                         self.call(c.site, cmd, Pending::Intent);
                     }
-                    _ => self.call(c.site, cmd, Pending::Create { site: c.site, key }),
+                    _ => {
+                        let want = Resources::new(1, c.cpus, c.memory_mib);
+                        let project = c.project.clone();
+                        let pending = Pending::Create { site: c.site, key, want, project, at: self.now };
+                        self.call(c.site, cmd, pending)
+                    }
                 }
             }
         }
@@ -615,6 +694,7 @@ impl Sim {
     /// Replaces the cut set, telling peers which links went down or came up:
     /// at once, or (silent cuts) once they notice.
     fn set_cut(&mut self, cut: BTreeSet<(usize, usize)>) {
+        self.net_changed_at = self.now;
         if self.sc.network.silent_cuts {
             let before: Vec<(usize, usize)> =
                 self.overlay_pairs().into_iter().filter(|(a, b)| a < b && self.linked(*a, *b)).collect();
@@ -649,6 +729,7 @@ impl Sim {
     }
 
     fn crash(&mut self, i: usize) {
+        self.net_changed_at = self.now;
         if self.sites[i].peer.take().is_none() {
             return;
         }
@@ -661,6 +742,7 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) {
+        self.net_changed_at = self.now;
         if self.alive(i) {
             return;
         }
@@ -684,6 +766,7 @@ impl Sim {
                 return;
             }
         };
+        sabotage(&mut peer, self.sc.sabotage);
         let mut fx = Outbox::default();
         if let Err(e) = peer.boot(self.now, &mut fx) {
             self.checks.violation(self.now, format!("s{i} does not boot: {e}"));
@@ -712,6 +795,7 @@ impl Sim {
             Ev::Undelivered { site, to, .. } => (8, (*site as u64) << 32 | *to as u64, 0),
             Ev::Detect { a, b } => (9, (*a as u64) << 32 | *b as u64, 0),
             Ev::Redial { a, b } => (10, (*a as u64) << 32 | *b as u64, 0),
+            Ev::Gossip => (11, 0, 0),
             Ev::Step(k) => (4, *k as u64, 0),
             Ev::Probe => (5, 0, 0),
             Ev::Setup(phase) => (6, *phase as u64, 0),
@@ -764,6 +848,7 @@ impl Sim {
             }
             Ev::Detect { a, b } => {
                 if !self.linked(a, b) && self.down.insert((a, b)) {
+                    self.net_changed_at = self.now;
                     let (ida, idb) = (self.sites[a].id.clone(), self.sites[b].id.clone());
                     self.input(a, Input::Disconnected(idb));
                     self.input(b, Input::Disconnected(ida));
@@ -771,9 +856,16 @@ impl Sim {
             }
             Ev::Redial { a, b } => {
                 if self.linked(a, b) && self.down.remove(&(a, b)) {
+                    self.net_changed_at = self.now;
                     let (ida, idb) = (self.sites[a].id.clone(), self.sites[b].id.clone());
                     self.input(a, Input::Connected(idb));
                     self.input(b, Input::Connected(ida));
+                }
+            }
+            Ev::Gossip => {
+                self.gossip();
+                if self.now + GOSSIP_EVERY <= (self.sc.duration * 1000.0) as Millis {
+                    self.push(self.now + GOSSIP_EVERY, Ev::Gossip);
                 }
             }
             Ev::Step(k) => self.apply_step(k),

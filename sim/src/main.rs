@@ -38,6 +38,10 @@ enum Cmd {
         /// Write the convergence plot here (SVG).
         #[arg(long)]
         svg: Option<String>,
+        /// Make every peer break a rule, to show the checks catch it
+        /// (builds with `--features sabotage` only).
+        #[arg(long, value_enum)]
+        sabotage: Option<Rule>,
     },
     /// Play random partition, crash and latency schedules over a scenario.
     Explore {
@@ -47,7 +51,34 @@ enum Cmd {
         /// First seed.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Make every peer break a rule (builds with `--features sabotage` only).
+        #[arg(long, value_enum)]
+        sabotage: Option<Rule>,
     },
+}
+
+/// The rules a sabotaged peer breaks.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Rule {
+    /// Admit without the escrow check.
+    Escrow,
+    /// Keep a pair's sync state after a lost message.
+    SyncReset,
+    /// Never ask peers for quota rights.
+    Rebalance,
+}
+
+fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
+    use atoll_proto::Sabotage;
+    let Some(rule) = rule else { return Ok(Sabotage::None) };
+    if !cfg!(feature = "sabotage") {
+        anyhow::bail!("--sabotage needs a simulator built with `--features sabotage`");
+    }
+    Ok(match rule {
+        Rule::Escrow => Sabotage::Escrow,
+        Rule::SyncReset => Sabotage::SyncReset,
+        Rule::Rebalance => Sabotage::Rebalance,
+    })
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,8 +94,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.cmd {
-        Cmd::Run { scenario, seed, explored, sites, json, svg } => {
+        Cmd::Run { scenario, seed, explored, sites, json, svg, sabotage: rule } => {
             let mut sc = scenario::Scenario::load(&scenario)?;
+            sc.sabotage = sabotage(rule)?;
             if let Some(n) = sites {
                 sc.sites.count = n;
                 sc.validate()?;
@@ -86,8 +118,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(report.passed())
         }
-        Cmd::Explore { scenario, seeds, from } => {
-            let sc = scenario::Scenario::load(&scenario)?;
+        Cmd::Explore { scenario, seeds, from, sabotage: rule } => {
+            let mut sc = scenario::Scenario::load(&scenario)?;
+            sc.sabotage = sabotage(rule)?;
             Ok(explore::explore(&sc, from, seeds))
         }
     }

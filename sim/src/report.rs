@@ -16,6 +16,8 @@ pub struct Stats {
     pub refused: usize,
     /// `quota give` calls that were accepted.
     pub gives: usize,
+    /// Creations refused while a site in reach held spare rights (goal 0).
+    pub refused_in_reach: usize,
     /// Sync messages sent, in all; and in the quiet window after convergence.
     pub sync_messages: u64,
     pub quiet_sync_messages: u64,
@@ -45,6 +47,8 @@ pub struct Report {
     pub converged: bool,
     /// Instances failed because their image could not be fetched (goal 0).
     pub failed_fetching: usize,
+    /// Creations refused while a site in reach held spare rights (goal 0).
+    pub refused_in_reach: usize,
     /// Sync messages in the quiet window after convergence.
     pub quiet_sync_messages: u64,
     pub persisted_total_bytes: usize,
@@ -117,6 +121,7 @@ impl Report {
             convergence: sim.checks.convergence.clone(),
             converged: sim.checks.converged.unwrap_or(false),
             failed_fetching: sim.checks.failed_fetching,
+            refused_in_reach: sim.stats.refused_in_reach,
             quiet_sync_messages: sim.stats.quiet_sync_messages,
             persisted_total_bytes: total,
             persisted_max_site_bytes: max,
@@ -151,7 +156,7 @@ impl Report {
         out.push_str(&format!(
             "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
              messages {} ({} bytes, {} dropped by the network)\n\
-             instances created {}, refused for quota {}; intents applied {}, refused {}\n\
+             instances created {}, refused for quota {} ({} while a site in reach held spare rights); intents applied {}, refused {}\n\
              instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
              persisted state: {} bytes over all sites, {} bytes at the largest\n\
              peak memory {} MiB\n",
@@ -163,6 +168,7 @@ impl Report {
             self.dropped,
             self.created,
             self.refused,
+            self.refused_in_reach,
             self.intents_done,
             self.intents_failed,
             self.failed_fetching,

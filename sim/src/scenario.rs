@@ -32,6 +32,9 @@ pub struct Scenario {
     pub timeline: Vec<Step>,
     #[serde(default)]
     pub expect: Expect,
+    /// The rule every peer breaks (`--sabotage`; `sabotage` builds only).
+    #[serde(skip)]
+    pub sabotage: atoll_proto::Sabotage,
 }
 
 fn default_seed() -> u64 {

@@ -23,8 +23,11 @@ use libp2p::swarm::ConnectionId;
 pub const REDIAL: Duration = Duration::from_secs(1);
 /// QUIC-only dials that may fail in a row before TCP addresses are tried too.
 pub const QUIC_TRIES: u32 = 2;
-/// How often a member reached over TCP only is offered a QUIC connection.
+/// How often a member reached over TCP only is offered a QUIC connection;
+/// the first offer comes [`UPGRADE_FIRST`] after the TCP connection opened
+/// (after a long cut, dials name TCP too, and TCP may win the race on the heal).
 pub const UPGRADE_EVERY: Duration = Duration::from_secs(10);
+pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
 /// A connection whose pings have not succeeded for this long is closed. Pings
 /// go every 0.5 s with a 1 s timeout: one lost ping leaves a gap of about 2 s,
 /// two in a row one of 3.5 s. (libp2p's own report of failed pings comes only
@@ -130,10 +133,11 @@ impl Link {
     /// QUIC one is up.
     pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) -> Vec<ConnectionId> {
         self.conns.push(Conn { id, transport, alive_at: now });
-        self.next_upgrade = now + UPGRADE_EVERY;
         if transport != Transport::Quic {
+            self.next_upgrade = now + UPGRADE_FIRST;
             return Vec::new();
         }
+        self.next_upgrade = now + UPGRADE_EVERY;
         self.quic_failures = 0;
         self.conns.iter().filter(|c| c.transport == Transport::Tcp).map(|c| c.id).collect()
     }
@@ -203,7 +207,8 @@ mod tests {
         assert!(l.opened(tcp, Transport::Tcp, t0).is_empty());
         assert!(l.due_dial(t0).is_none(), "connected: no dial");
         assert!(l.due_upgrade(t0).is_none(), "not yet");
-        let up = l.due_upgrade(t0 + UPGRADE_EVERY).unwrap();
+        let up = l.due_upgrade(t0 + UPGRADE_FIRST).unwrap();
+        assert!(l.due_upgrade(t0 + UPGRADE_FIRST).is_none(), "then every {UPGRADE_EVERY:?}");
         assert!(up.iter().all(|a| Transport::of(a) == Transport::Quic));
         let quic = ConnectionId::new_unchecked(2);
         assert_eq!(l.opened(quic, Transport::Quic, t0 + UPGRADE_EVERY), vec![tcp]);

@@ -1,0 +1,333 @@
+//! Quota rights that move on demand (docs/architecture.md, "Rights on
+//! demand"). A site whose rights for a project fall short of an admission
+//! asks connected sites for the shortfall and holds the call (at most
+//! [`WAIT`]); a site asked gives from what it holds spare by writing a transfer
+//! in its own document, exactly as `quota give` does, so the escrow invariant
+//! stays what it was: no site gives what it does not hold. The admission is
+//! tried again whenever a document changes (the transfer arriving), and
+//! refused with a precise account when the wait ends.
+//!
+//! Policy, after the bounded counter of Balegas et al. and telecom online
+//! charging: ask for the shortfall, and be given a quantum (half the giver's
+//! spare, at least the shortfall), so that a burst costs one round trip; ask
+//! up to [`FANOUT`] connected sites, those whose summaries show most spare
+//! rights first; a site that itself waits for rights of a project gives none
+//! of it (no ping-pong).
+
+use std::collections::BTreeMap;
+
+use atoll_crdt::{Millis, Resources, SiteId, User};
+
+use crate::api::{ApiError, NewInstance, Reply};
+use crate::lifecycle::inst_key;
+use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
+use crate::wire::PeerMsg;
+
+/// How long a call waits for rights from peers before it is refused.
+pub const WAIT: Millis = 2_000;
+/// Sites asked at once for one shortfall; when all of them answered and the
+/// call is still short, the next ones are asked, up to [`MAX_ASKED`] in all.
+pub const FANOUT: usize = 3;
+pub const MAX_ASKED: usize = 9;
+/// Calls waiting for rights at once; beyond, calls are refused at once.
+pub const MAX_PARKED: usize = 256;
+
+/// A call waiting for rights.
+#[derive(Debug, Clone)]
+struct Parked {
+    req: ReqId,
+    user: String,
+    new: NewInstance,
+    /// Sites asked, and what each answered (None: no answer yet).
+    asked: Vec<(SiteId, Option<Resources>)>,
+}
+
+/// Calls waiting for rights, by a local id.
+#[derive(Debug, Default)]
+pub struct Rebalance {
+    parked: BTreeMap<u64, Parked>,
+    next: u64,
+}
+
+impl Rebalance {
+    /// Whether calls of `project` wait here (then this site gives none of it).
+    fn waits_for(&self, project: &str) -> bool {
+        self.parked.values().any(|p| p.new.project == project)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parked.is_empty()
+    }
+}
+
+/// The positive part of `want - have`, component by component.
+pub fn shortfall(want: Resources, have: Resources) -> Resources {
+    let gap = |w: i64, h: i64| w.saturating_sub(h).max(0);
+    Resources::new(
+        gap(want.instances, have.instances),
+        gap(want.cpus, have.cpus),
+        gap(want.memory_mib, have.memory_mib),
+    )
+}
+
+/// What a giver holding `spare` gives for `want`: in each wanted component,
+/// half its spare and at least what is wanted, never more than it holds.
+pub fn grant(spare: Resources, want: Resources) -> Resources {
+    let one = |s: i64, w: i64| if w <= 0 || s <= 0 { 0 } else { w.max(s / 2).min(s) };
+    Resources::new(
+        one(spare.instances, want.instances),
+        one(spare.cpus, want.cpus),
+        one(spare.memory_mib, want.memory_mib),
+    )
+}
+
+impl Peer {
+    /// An admission fell short of rights: ask connected sites and hold the
+    /// call, or give the refusal now when nobody can be asked.
+    pub(crate) fn ask_rights(
+        &mut self,
+        req: ReqId,
+        caller: &User,
+        new: NewInstance,
+        refusal: ApiError,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        let peers = self.givers_for(&new.project, &[]);
+        let sabotaged = self.breaks(crate::peer::Sabotage::Rebalance);
+        if sabotaged || peers.is_empty() || self.rebalance.parked.len() >= MAX_PARKED {
+            return Outcome::Now(Err(self.refusal(&new, &[], refusal)));
+        }
+        let want = match self.account(&new.project) {
+            Ok(a) => shortfall(Resources::new(1, new.cpus, new.memory_mib), a.available()),
+            Err(e) => return Outcome::Now(Err(e)),
+        };
+        for p in &peers {
+            fx.send(p, PeerMsg::RightsAsk { project: new.project.clone(), want });
+        }
+        let id = self.rebalance.next;
+        self.rebalance.next += 1;
+        let asked = peers.into_iter().map(|p| (p, None)).collect();
+        self.rebalance.parked.insert(id, Parked { req, user: caller.name.clone(), new, asked });
+        fx.schedule(TimerId::RightsWait { id }, WAIT);
+        Outcome::Later
+    }
+
+    /// Connected sites to ask, most spare rights first (from their summaries;
+    /// sites that published none come after, in the seeded RNG's order).
+    fn givers_for(&mut self, project: &str, asked: &[(SiteId, Option<Resources>)]) -> Vec<SiteId> {
+        use rand_core::RngCore;
+        let mut peers: Vec<(i64, u64, SiteId)> = self
+            .connected
+            .iter()
+            .filter(|s| !asked.iter().any(|(a, _)| a == *s))
+            .map(|s| {
+                let spare = self
+                    .summaries
+                    .get(s)
+                    .and_then(|v| v.spare.iter().find(|(p, _)| p == project).map(|(_, r)| r.instances))
+                    .unwrap_or(0);
+                (spare, self.rng.next_u64(), s.clone())
+            })
+            .collect();
+        peers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        peers.into_iter().take(FANOUT).map(|(_, _, s)| s).collect()
+    }
+
+    /// A member asks for rights: give from what is spare, write it as a
+    /// transfer in our document (durable before the answer leaves, with this
+    /// input's writes), and answer with what was given.
+    pub(crate) fn on_rights_ask(
+        &mut self,
+        now: Millis,
+        from: &SiteId,
+        project: &str,
+        want: Resources,
+        fx: &mut impl Effects,
+    ) {
+        // A failed give (a corrupt document, say) is answered as none spare.
+        let given = self.give_on_demand(now, from, project, want).unwrap_or(Resources::ZERO);
+        fx.send(from, PeerMsg::RightsGiven { project: project.to_owned(), amount: given });
+    }
+
+    fn give_on_demand(
+        &mut self,
+        now: Millis,
+        to: &SiteId,
+        project: &str,
+        want: Resources,
+    ) -> Result<Resources, ApiError> {
+        if !want.is_non_negative() || !want.within_limit() || want == Resources::ZERO {
+            return Ok(Resources::ZERO);
+        }
+        if self.realm.project(project)?.is_none() || self.realm.member(to)?.is_none() {
+            return Ok(Resources::ZERO);
+        }
+        if self.rebalance.waits_for(project) {
+            return Ok(Resources::ZERO);
+        }
+        let spare = self.account(project)?.available();
+        let give = grant(spare, want);
+        if give == Resources::ZERO {
+            return Ok(Resources::ZERO);
+        }
+        self.transfer(now, project, std::slice::from_ref(to), give)?;
+        Ok(give)
+    }
+
+    /// A site answered our ask (the transfer itself arrives with its
+    /// document). When every site asked for a call has answered and it is
+    /// still short, the next ones are asked.
+    pub(crate) fn on_rights_given(
+        &mut self,
+        now: Millis,
+        from: &SiteId,
+        project: &str,
+        amount: Resources,
+        fx: &mut impl Effects,
+    ) {
+        for p in self.rebalance.parked.values_mut().filter(|p| p.new.project == project) {
+            if let Some(slot) = p.asked.iter_mut().find(|(s, _)| s == from) {
+                slot.1 = Some(amount);
+            }
+        }
+        self.retry_parked(now, fx);
+        let exhausted: Vec<u64> = self
+            .rebalance
+            .parked
+            .iter()
+            .filter(|(_, p)| p.new.project == project && p.asked.len() < MAX_ASKED)
+            .filter(|(_, p)| p.asked.iter().all(|(_, a)| a.is_some_and(|r| r == Resources::ZERO)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in exhausted {
+            let Some(p) = self.rebalance.parked.get(&id).cloned() else { continue };
+            let want = match self.account(project) {
+                Ok(a) => shortfall(Resources::new(1, p.new.cpus, p.new.memory_mib), a.available()),
+                Err(_) => continue,
+            };
+            let more = self.givers_for(project, &p.asked);
+            for s in more.iter().take(MAX_ASKED - p.asked.len()) {
+                fx.send(s, PeerMsg::RightsAsk { project: project.to_owned(), want });
+                if let Some(p) = self.rebalance.parked.get_mut(&id) {
+                    p.asked.push((s.clone(), None));
+                }
+            }
+        }
+    }
+
+    /// Tries the waiting admissions again (documents changed: rights may have arrived).
+    pub(crate) fn retry_parked(&mut self, now: Millis, fx: &mut impl Effects) {
+        if self.rebalance.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.rebalance.parked.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.rebalance.parked.get(&id).cloned() else { continue };
+            let user = match self.realm.user(&p.user) {
+                Ok(Some(u)) => u,
+                _ => {
+                    self.rebalance.parked.remove(&id);
+                    let gone = ApiError::Forbidden(format!("user {} is gone from the realm", p.user));
+                    self.replies.push((p.req, Err(gone)));
+                    continue;
+                }
+            };
+            match self.admit_instance(now, &user, p.new.clone()) {
+                Err(ApiError::QuotaExceeded(_)) => {}
+                Err(e) => {
+                    self.rebalance.parked.remove(&id);
+                    self.replies.push((p.req, Err(e)));
+                }
+                Ok(inst) => {
+                    self.rebalance.parked.remove(&id);
+                    let key = inst_key(&inst);
+                    match self.start_run(now, inst, fx) {
+                        Some(ended) => self.replies.push((p.req, Ok(Reply::Instance(ended)))),
+                        None => {
+                            if let Outcome::Now(r) = self.wait_on(&key, p.req) {
+                                self.replies.push((p.req, r));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The wait is over: refuse, saying what was asked of whom.
+    pub(crate) fn on_rights_wait(&mut self, now: Millis, id: u64, fx: &mut impl Effects) {
+        self.retry_parked(now, fx);
+        let Some(p) = self.rebalance.parked.remove(&id) else { return };
+        let refusal = match self.account(&p.new.project) {
+            Ok(a) => ApiError::QuotaExceeded(
+                atoll_crdt::EscrowError::Exhausted {
+                    project: p.new.project.clone(),
+                    requested: Resources::new(1, p.new.cpus, p.new.memory_mib),
+                    available: a.available(),
+                }
+                .to_string(),
+            ),
+            Err(e) => e,
+        };
+        let err = self.refusal(&p.new, &p.asked, refusal);
+        self.replies.push((p.req, Err(err)));
+    }
+
+    /// The refusal of an admission, with the realm-wide picture this site has:
+    /// the project's total, whom it asked and what they gave, and which sites
+    /// out of reach hold spare rights by their last summary.
+    fn refusal(&self, new: &NewInstance, asked: &[(SiteId, Option<Resources>)], base: ApiError) -> ApiError {
+        let ApiError::QuotaExceeded(msg) = base else { return base };
+        let total = self.realm.quota_total(&new.project).map(|t| t.to_string()).unwrap_or_default();
+        let answers: Vec<String> = asked
+            .iter()
+            .map(|(s, a)| match a {
+                Some(r) if *r == Resources::ZERO => format!("{s} had none spare"),
+                Some(r) => format!("{s} gave {r}"),
+                None => format!("{s} did not answer"),
+            })
+            .collect();
+        let away: Vec<String> = self
+            .summaries
+            .iter()
+            .filter(|(s, _)| !self.connected.contains(*s))
+            .filter_map(|(s, v)| {
+                let spare = v.spare.iter().find(|(p, _)| p == &new.project)?.1;
+                (spare.instances > 0).then(|| format!("{s} ({spare})"))
+            })
+            .collect();
+        let mut out = format!("{msg}; project total {total}");
+        if asked.is_empty() {
+            out.push_str("; no site in reach to ask for rights");
+        } else {
+            out.push_str(&format!("; asked {}", answers.join(", ")));
+        }
+        if !away.is_empty() {
+            out.push_str(&format!("; spare rights out of reach at {}", away.join(", ")));
+        }
+        ApiError::QuotaExceeded(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_giver_gives_a_quantum_within_its_spare_and_only_what_is_wanted() {
+        let spare = Resources::new(8, 8, 4096);
+        assert_eq!(grant(spare, Resources::new(1, 1, 64)), Resources::new(4, 4, 2048));
+        assert_eq!(grant(spare, Resources::new(6, 0, 0)), Resources::new(6, 0, 0));
+        assert_eq!(grant(spare, Resources::new(20, 1, 0)), Resources::new(8, 4, 0));
+        assert_eq!(grant(Resources::new(1, 0, 0), Resources::new(1, 1, 1)), Resources::new(1, 0, 0));
+        assert_eq!(grant(Resources::new(-3, 5, 5), Resources::new(1, 1, 1)), Resources::new(0, 2, 2));
+    }
+
+    #[test]
+    fn the_shortfall_is_what_is_missing_only() {
+        let want = Resources::new(1, 2, 512);
+        assert_eq!(shortfall(want, Resources::new(0, 4, 100)), Resources::new(1, 0, 412));
+        assert_eq!(shortfall(want, Resources::new(5, 5, 5000)), Resources::ZERO);
+        assert_eq!(shortfall(want, Resources::new(i64::MIN, 0, 0)), Resources::new(i64::MAX, 2, 512));
+    }
+}

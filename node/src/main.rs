@@ -12,7 +12,7 @@ mod net;
 mod runtime;
 mod store;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,15 +29,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Top {
     /// Run this site's peer daemon.
+    #[command(
+        after_long_help = "Examples:\n  atoll daemon --site edge-1\n  atoll daemon --site edge-2 --join INVITATION --listen /ip4/0.0.0.0/udp/7481/quic-v1"
+    )]
     Daemon(config::Flags),
     /// Run a local atoll of several sites on loopback (default 3), until Ctrl-C.
+    #[command(after_long_help = "Example:\n  atoll dev --sites 5")]
     Dev(dev::Flags),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_long_help = "Example:\n  atoll completions bash > ~/.local/share/bash-completion/completions/atoll"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(cli::Cmd),
 }
 
 fn main() -> std::process::ExitCode {
     let args = Cli::parse();
+    if let Top::Completions { shell } = args.cmd {
+        clap_complete::generate(shell, &mut Cli::command(), "atoll", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -59,6 +75,7 @@ fn main() -> std::process::ExitCode {
                 daemon::run(settings).await
             }
             Top::Dev(flags) => dev::run(flags).await,
+            Top::Completions { .. } => Ok(()),
             Top::Client(cmd) => cli::run(args.global, cmd).await,
         }
     });
@@ -67,6 +84,57 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command says what it does and shows an example; every flag and
+    /// argument says what it is.
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        if cmd.get_about().is_none_or(|a| a.to_string().trim().is_empty()) {
+            missing.push(format!("{path}: no description"));
+        }
+        let has_subcommands = cmd.get_subcommands().next().is_some();
+        let example = cmd.get_after_long_help().map(|h| h.to_string()).unwrap_or_default();
+        if !has_subcommands && !example.contains("atoll ") {
+            missing.push(format!("{path}: no example in its long help"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                missing.push(format!("{path} {id}: no description"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &path, missing);
+        }
+    }
+
+    #[test]
+    fn every_command_and_flag_explains_itself() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            walk(sub, "atoll", &mut missing);
+        }
+        assert!(missing.is_empty(), "undocumented:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn completions_are_generated_for_every_shell() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "atoll", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("instance") && text.contains("completions"), "{shell}");
         }
     }
 }

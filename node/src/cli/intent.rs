@@ -12,9 +12,12 @@ use super::show;
 #[derive(Debug, Subcommand)]
 pub enum IntentCmd {
     /// Cross-site operations issued or received by the serving site.
+    #[command(after_long_help = "Example:\n  atoll intent list --output json")]
     List,
     /// One operation and its outcome.
+    #[command(after_long_help = "Example:\n  atoll intent show site-1.0123456789abcdef --wait 30")]
     Show {
+        /// The intent id (printed when an operation is still pending).
         id: String,
         /// Seconds to wait for it to settle.
         #[arg(long, default_value_t = 0)]
@@ -22,7 +25,8 @@ pub enum IntentCmd {
     },
 }
 
-/// Where an operation runs.
+// Where an operation runs (a plain comment: a doc comment here would become
+// the description of every subcommand that flattens it).
 #[derive(Debug, Clone, Args)]
 pub struct At {
     /// The site that carries it out (default: the serving site).

@@ -42,28 +42,37 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Log in and save a token for this endpoint.
+    #[command(after_long_help = "Example:\n  ATOLL_PASSWORD=... atoll login -u admin")]
     Login {
+        /// User name.
         #[arg(long, short, default_value = "admin")]
         user: String,
         /// Read the password from standard input (else ATOLL_PASSWORD, else a prompt).
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Who the token belongs to.
+    /// Who the token belongs to, and their roles.
+    #[command(after_long_help = "Example:\n  atoll whoami --output json")]
     Whoami,
-    /// This site.
+    /// Sites of the realm: list, show, invite, remove.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// Images: upload, list, show, remove, copy to other sites.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Instances (processes, containers, VMs) on any site of the realm.
     #[command(subcommand)]
     Instance(InstanceCmd),
+    /// Users of the realm.
     #[command(subcommand)]
     User(UserCmd),
+    /// Projects, which own instances, images and a quota.
     #[command(subcommand)]
     Project(ProjectCmd),
+    /// Role bindings: who may do what in which project, on which sites.
     #[command(subcommand)]
     Role(RoleCmd),
+    /// Project quotas and the rights each site holds of them.
     #[command(subcommand)]
     Quota(QuotaCmd),
     /// Operations sent to other sites, and their outcomes.
@@ -73,11 +82,14 @@ pub enum Cmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SiteCmd {
-    /// The serving site's descriptor and counts.
+    /// The serving site's descriptor, counts and live figures.
+    #[command(after_long_help = "Example:\n  atoll site show --endpoint http://127.0.0.1:7481")]
     Show,
     /// Every site of the realm: reachability, last seen, capabilities, live figures.
+    #[command(after_long_help = "Example:\n  atoll site list --output json")]
     List,
     /// Print an invitation for a new site (realm admins).
+    #[command(after_long_help = "Example:\n  atoll site invite --name edge-lyon-1 --ttl 600")]
     Invite {
         /// The only site name the invitation admits.
         #[arg(long)]
@@ -87,14 +99,23 @@ pub enum SiteCmd {
         ttl: Option<u64>,
     },
     /// Remove a site from the realm: its peers refuse it from then on (realm admins).
-    Remove { site: String },
+    #[command(after_long_help = "Example:\n  atoll site remove edge-lyon-1")]
+    Remove {
+        /// The site to remove.
+        site: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Upload an image file.
+    /// Upload an image file (its sha256 is checked by the site).
+    #[command(
+        after_long_help = "Example:\n  atoll image add hello.tar --name hello\n  atoll image add alpine.tar --name alpine --format docker-archive --public"
+    )]
     Add {
+        /// The image file: a tar with manifest.json (process), a `docker save` archive, a disk.
         file: PathBuf,
+        /// Name of the image in the project.
         #[arg(long)]
         name: String,
         /// process | docker-archive | qcow2 | raw
@@ -104,15 +125,25 @@ pub enum ImageCmd {
         #[arg(long)]
         public: bool,
     },
+    /// Images of the project, and the sites that hold each.
+    #[command(after_long_help = "Example:\n  atoll image list --output json")]
     List,
+    /// One image: digest, size, chunks, holders.
+    #[command(after_long_help = "Example:\n  atoll image show hello")]
     Show {
+        /// Image name (or PROJECT/NAME).
         name: String,
     },
+    /// Remove an image from the catalog.
+    #[command(after_long_help = "Example:\n  atoll image rm hello")]
     Rm {
+        /// Image name (or PROJECT/NAME).
         name: String,
     },
     /// Fetch an image to other sites from the sites that hold it.
+    #[command(after_long_help = "Example:\n  atoll image copy hello --to site-2,site-3")]
     Copy {
+        /// Image name (or PROJECT/NAME).
         name: String,
         /// Target sites (comma-separated).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -125,11 +156,17 @@ pub enum ImageCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum InstanceCmd {
-    /// Create and start an instance.
+    /// Create and start an instance, here or on another site (--site).
+    #[command(
+        after_long_help = "Examples:\n  atoll instance create web --image hello --memory 64 --restart always -- world\n  atoll instance create far --image hello --site site-3"
+    )]
     Create {
+        /// Instance name, unique in the project on its site.
         name: String,
+        /// Image name (or PROJECT/NAME of a public image).
         #[arg(long)]
         image: String,
+        /// CPUs (a limit for processes and containers, vCPUs for VMs).
         #[arg(long, default_value_t = 1)]
         cpus: i64,
         /// Memory in MiB.
@@ -153,33 +190,51 @@ pub enum InstanceCmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Instances of the project on the serving site.
+    #[command(after_long_help = "Example:\n  atoll instance list --output json")]
     List,
+    /// One instance: desired and observed state, reason, resources.
+    #[command(after_long_help = "Example:\n  atoll instance show web")]
     Show {
+        /// Instance name.
         name: String,
     },
+    /// Start a stopped instance.
+    #[command(after_long_help = "Example:\n  atoll instance start web --site site-2")]
     Start {
+        /// Instance name.
         name: String,
         #[command(flatten)]
         at: At,
     },
+    /// Stop a running instance (it stays, stopped).
+    #[command(after_long_help = "Example:\n  atoll instance stop web")]
     Stop {
+        /// Instance name.
         name: String,
         #[command(flatten)]
         at: At,
     },
     /// Stop, then start again.
+    #[command(after_long_help = "Example:\n  atoll instance restart web")]
     Restart {
+        /// Instance name.
         name: String,
         #[command(flatten)]
         at: At,
     },
+    /// Stop and remove an instance, freeing its quota.
+    #[command(after_long_help = "Example:\n  atoll instance delete web --site site-3")]
     Delete {
+        /// Instance name.
         name: String,
         #[command(flatten)]
         at: At,
     },
     /// The tail of an instance's output.
+    #[command(after_long_help = "Example:\n  atoll instance logs web --tail 4096")]
     Logs {
+        /// Instance name.
         name: String,
         /// Bytes from the end.
         #[arg(long, default_value_t = 65536)]
@@ -190,71 +245,105 @@ pub enum InstanceCmd {
 #[derive(Debug, Subcommand)]
 pub enum UserCmd {
     /// Create a user; the password comes from standard input or ATOLL_NEW_PASSWORD.
+    #[command(after_long_help = "Example:\n  ATOLL_NEW_PASSWORD=bob-secret-1 atoll user create bob")]
     Create {
+        /// User name.
         name: String,
+        /// Administrator of the whole realm.
         #[arg(long)]
         realm_admin: bool,
     },
+    /// Users of the realm (realm admins).
+    #[command(after_long_help = "Example:\n  atoll user list --output json")]
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCmd {
+    /// Create a project with its quota total (realm admins).
+    #[command(after_long_help = "Example:\n  atoll project create lab --instances 2 --cpus 2 --memory 512")]
     Create {
+        /// Project name.
         name: String,
+        /// What the project is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// Instances in the quota total.
         #[arg(long, default_value_t = 10)]
         instances: i64,
+        /// CPUs in the quota total.
         #[arg(long, default_value_t = 20)]
         cpus: i64,
-        /// Memory in MiB.
+        /// Memory in MiB in the quota total.
         #[arg(long, default_value_t = 20480)]
         memory: i64,
     },
+    /// Projects the caller has a role in.
+    #[command(after_long_help = "Example:\n  atoll project list --output json")]
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCmd {
     /// Grant USER the ROLE (admin, member, reader) in PROJECT.
+    #[command(after_long_help = "Example:\n  atoll role grant bob lab member --sites site-2,site-3")]
     Grant {
+        /// User name.
         user: String,
+        /// Project name.
         project: String,
+        /// admin | member | reader
         role: Role,
         /// Only on these sites (comma-separated).
         #[arg(long, value_delimiter = ',')]
         sites: Option<Vec<String>>,
     },
+    /// Role bindings the caller may see.
+    #[command(after_long_help = "Example:\n  atoll role list --output json")]
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum QuotaCmd {
-    /// Set a project's total; unset values stay as they are.
+    /// Set a project's total; unset values stay as they are (realm admins).
+    #[command(after_long_help = "Example:\n  atoll quota set lab --instances 20")]
     Set {
+        /// Project name.
         project: String,
+        /// Instances in the total.
         #[arg(long)]
         instances: Option<i64>,
+        /// CPUs in the total.
         #[arg(long)]
         cpus: Option<i64>,
-        /// Memory in MiB.
+        /// Memory in MiB in the total.
         #[arg(long)]
         memory: Option<i64>,
     },
+    /// A project's total and the rights the serving site holds of it.
+    #[command(after_long_help = "Example:\n  atoll quota show lab --output json")]
     Show {
+        /// Project name.
         project: String,
     },
-    /// Give rights this site holds to another site (for use there, e.g. during a partition).
+    /// Give rights this site holds to another site (sites also ask each other
+    /// on demand while connected; this places rights ahead of a partition).
+    #[command(
+        after_long_help = "Example:\n  atoll quota give lab --to site-3 --instances 2 --cpus 2 --memory 512"
+    )]
     Give {
+        /// Project name.
         project: String,
+        /// Receiving sites (comma-separated).
         #[arg(long)]
         to: String,
+        /// Instances to give.
         #[arg(long, default_value_t = 0)]
         instances: i64,
+        /// CPUs to give.
         #[arg(long, default_value_t = 0)]
         cpus: i64,
-        /// Memory in MiB.
+        /// Memory in MiB to give.
         #[arg(long, default_value_t = 0)]
         memory: i64,
     },

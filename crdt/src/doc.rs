@@ -64,8 +64,22 @@ pub struct Doc {
 impl Doc {
     /// A new document with the given collections; `actor` names the writer.
     pub fn create(actor: &[u8], collections: &[&'static str], now: Millis) -> Result<Self, DocError> {
+        Doc::create_unique(actor, collections, &[], now)
+    }
+
+    /// Same, with `nonce` written in the first change (root key `nonce`), so
+    /// that its hash ([`Doc::genesis`]) names this document and no other.
+    pub fn create_unique(
+        actor: &[u8],
+        collections: &[&'static str],
+        nonce: &[u8],
+        now: Millis,
+    ) -> Result<Self, DocError> {
         let mut inner = AutoCommit::new().with_actor(ActorId::from(actor));
         inner.put(automerge::ROOT, "schema", SCHEMA)?;
+        if !nonce.is_empty() {
+            inner.put(automerge::ROOT, "nonce", ScalarValue::Bytes(nonce.to_vec()))?;
+        }
         for c in collections {
             inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
         }
@@ -280,6 +294,13 @@ impl Doc {
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.inner.get_heads()
+    }
+
+    /// The hash of the document's first change (the one that created it),
+    /// which every replica shares for good: the document's identity.
+    pub fn genesis(&mut self) -> Option<String> {
+        let first = self.inner.get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
+        Some(first.hash().to_string())
     }
 
     /// Encoded changes the holder of `have` lacks.

@@ -28,6 +28,12 @@ impl Realm {
         Ok(Realm { doc: Doc::create(site.as_str().as_bytes(), COLLECTIONS, now)? })
     }
 
+    /// A new realm whose first change carries `nonce` (random, from the
+    /// founder): its identity, [`Doc::genesis`], is then its own.
+    pub fn found(site: &SiteId, nonce: &[u8], now: Millis) -> Result<Self, DocError> {
+        Ok(Realm { doc: Doc::create_unique(site.as_str().as_bytes(), COLLECTIONS, nonce, now)? })
+    }
+
     pub fn load(bytes: &[u8], site: &SiteId) -> Result<Self, DocError> {
         Ok(Realm { doc: Doc::load(bytes, site.as_str().as_bytes(), COLLECTIONS)? })
     }

@@ -94,6 +94,9 @@ pub enum Command {
         user: String,
         password: String,
     },
+    /// Which realm the serving site belongs to (public: a client maps an
+    /// endpoint to its realm before it holds a token for it).
+    Realm,
     Whoami,
     CreateUser(NewUser),
     ListUsers,
@@ -194,7 +197,7 @@ pub fn default_wait() -> u64 {
 impl Command {
     /// Commands that need no token.
     pub fn is_public(&self) -> bool {
-        matches!(self, Command::Login { .. })
+        matches!(self, Command::Login { .. } | Command::Realm)
     }
 }
 
@@ -294,10 +297,19 @@ pub struct Whoami {
     pub roles: Vec<RoleBinding>,
 }
 
+/// The realm a site belongs to: the hash of the realm document's first
+/// change, the same on every member for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RealmView {
+    pub realm: String,
+    pub site: SiteId,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
     Token(TokenView),
+    Realm(RealmView),
     Whoami(Whoami),
     User(UserView),
     Users(Vec<UserView>),

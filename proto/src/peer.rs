@@ -9,7 +9,7 @@ use atoll_crdt::{
 };
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiResult, Command, HostMetrics, Reply, default_quota};
@@ -213,6 +213,8 @@ pub struct Peer {
     /// Sync progress per (peer, document).
     pub(crate) sync: BTreeMap<(SiteId, DocId), SyncState>,
     pub(crate) connected: BTreeSet<SiteId>,
+    /// The realm's identity, once asked for.
+    realm_id: String,
     /// The rule this peer breaks on purpose (`sabotage` builds only).
     sabotage: Sabotage,
     /// Peers whose sync exchange is reopened by a `Resync` timer already set.
@@ -259,7 +261,11 @@ impl Peer {
     /// given by the shell) and project `default`.
     pub fn genesis(cfg: PeerConfig, now: Millis, admin_password: &str) -> Result<Peer, ApiError> {
         let site = cfg.descriptor.site.clone();
-        let realm = Realm::create(&site, now)?;
+        // The realm's identity must be its own even if another realm is
+        // founded by a site of the same name in the same millisecond.
+        let mut nonce = [0u8; 16];
+        ChaCha20Rng::from_seed(cfg.seed).fill_bytes(&mut nonce);
+        let realm = Realm::found(&site, &nonce, now)?;
         let own = SiteDoc::create(&site, now)?;
         let mut peer = Peer::assemble(cfg, realm, own);
         peer.unsaved = true;
@@ -390,6 +396,7 @@ impl Peer {
             connected: BTreeSet::new(),
             resync: BTreeSet::new(),
             sabotage: Sabotage::None,
+            realm_id: String::new(),
             refetch: crate::refetch::Refetch::default(),
             rebalance: crate::rebalance::Rebalance::default(),
             custody: Custody { stale: true, ..Custody::default() },
@@ -414,6 +421,14 @@ impl Peer {
 
     pub fn site(&self) -> &SiteId {
         &self.site
+    }
+
+    /// The realm this site belongs to (computed once: its first change never changes).
+    fn realm_view(&mut self) -> ApiResult {
+        if self.realm_id.is_empty() {
+            self.realm_id = self.realm.doc.genesis().unwrap_or_default();
+        }
+        Ok(Reply::Realm(crate::api::RealmView { realm: self.realm_id.clone(), site: self.site.clone() }))
     }
 
     /// Makes this peer break one rule (for showing that checks catch it).
@@ -578,6 +593,7 @@ impl Peer {
         };
         match (cmd, user) {
             (Command::Login { user, password }, _) => Outcome::Now(self.login(now, &user, &password)),
+            (Command::Realm, _) => Outcome::Now(self.realm_view()),
             (cmd, Some(user)) => self.dispatch(now, req, &user, cmd, fx),
             (_, None) => Outcome::Now(Err(ApiError::Unauthenticated("no token".into()))),
         }
@@ -593,7 +609,7 @@ impl Peer {
     ) -> Outcome {
         use Command::*;
         let result = match cmd {
-            Login { .. } => unreachable_login(),
+            Login { .. } | Realm => unreachable_login(),
             Whoami => self.whoami(user),
             CreateUser(n) => self.create_user(now, user, n),
             ListUsers => self.list_users(user),
@@ -669,8 +685,8 @@ impl Peer {
     }
 }
 
-/// Login is dispatched before authentication; reaching `dispatch` with it is a bug
-/// we answer with an error rather than a panic.
+/// Public commands are dispatched before authentication; reaching `dispatch`
+/// with one is a bug we answer with an error rather than a panic.
 fn unreachable_login() -> ApiResult {
     Err(ApiError::Internal("login reached the authenticated dispatcher".into()))
 }

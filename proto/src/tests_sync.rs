@@ -346,3 +346,27 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     net.settle();
     assert!(net.peers[1].realm().project("lab2").unwrap().is_some());
 }
+
+/// Every member names the same realm, publicly; another realm has another name.
+#[test]
+fn members_name_one_realm() {
+    let mut net = Net::new(3);
+    net.settle();
+    let realm_of = |net: &mut Net, i: usize| match net.call(i, None, Command::Realm) {
+        Ok(Reply::Realm(v)) => v.realm,
+        other => panic!("{other:?}"),
+    };
+    let first = realm_of(&mut net, 0);
+    assert_eq!(first.len(), 64);
+    assert_eq!(realm_of(&mut net, 1), first);
+    assert_eq!(realm_of(&mut net, 2), first);
+    // The same founder, key and millisecond, another seed (a real founder
+    // draws it from the OS): another realm.
+    let mut other = Peer::genesis(PeerConfig { seed: [9; 32], ..cfg(0) }, 0, "admin-password").unwrap();
+    let mut out = Out::default();
+    other.handle(1, Input::Api { req: 1, token: None, cmd: Command::Realm }, &mut out);
+    match out.replies.pop() {
+        Some((_, Ok(Reply::Realm(v)))) => assert_ne!(v.realm, first),
+        other => panic!("{other:?}"),
+    }
+}

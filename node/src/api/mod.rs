@@ -168,7 +168,7 @@ fn route(
         method,
         path,
         summary,
-        auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json"),
+        auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json" | "/v1/realm"),
         handler,
     }
 }
@@ -199,6 +199,12 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::Login { user: b.user, password: b.password }).await
                 },
             ),
+        ),
+        route(
+            "get",
+            "/v1/realm",
+            "The realm the serving site belongs to (its id is the same on every member)",
+            get(|State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::Realm).await }),
         ),
         route(
             "get",

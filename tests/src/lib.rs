@@ -358,6 +358,30 @@ pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u
     HttpReply { status, body }
 }
 
+/// A realm of `n` daemons on loopback: `site-1` founds it, the others join
+/// with invitations it issues; returns them, all connected to each other,
+/// and the admin's token (valid on every site).
+pub fn loopback_realm(root: &Path, n: usize) -> (Vec<Daemon>, String) {
+    let first = Daemon::start(root, "site-1");
+    first.login_admin();
+    let mut sites = vec![first];
+    for k in 2..=n {
+        let name = format!("site-{k}");
+        let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
+        let password = sites[0].password.clone();
+        sites.push(Daemon::join(root, &name, &inv, &password));
+    }
+    let admin = saved_token(&sites[0]);
+    let everyone = || {
+        sites.iter().all(|d| {
+            let rows = http(&d.addr(), "GET", "/v1/sites", Some(&admin), b"").json();
+            rows.as_array().is_some_and(|r| r.len() == n && r.iter().all(|s| s["reachable"] == true))
+        })
+    };
+    assert!(eventually(Duration::from_secs(60), everyone), "the {n} sites did not all connect");
+    (sites, admin)
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atoll_e2e::{Daemon, eventually, http, padded_process_image, saved_token};
+use atoll_e2e::{Daemon, eventually, http, loopback_realm, padded_process_image};
 
 fn mib_per_s(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / t.as_secs_f64()
@@ -54,22 +54,7 @@ fn copy_to(site: &Daemon, token: &str) -> Duration {
 fn main() {
     let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(256);
     let root = tempfile::tempdir().unwrap();
-    let first = Daemon::start(root.path(), "site-1");
-    first.login_admin();
-    let mut sites = vec![first];
-    for k in 2..=3 {
-        let name = format!("site-{k}");
-        let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
-        sites.push(Daemon::join(root.path(), &name, &inv, &sites[0].password.clone()));
-    }
-    let token = saved_token(&sites[0]);
-    let everyone = || {
-        sites.iter().all(|d| {
-            let rows = http(&d.addr(), "GET", "/v1/sites", Some(&token), b"").json();
-            rows.as_array().is_some_and(|r| r.len() == 3 && r.iter().all(|s| s["reachable"] == true))
-        })
-    };
-    assert!(eventually(Duration::from_secs(60), everyone), "the sites did not all connect");
+    let (sites, token) = loopback_realm(root.path(), 3);
 
     let file = padded_process_image(root.path(), "blob", "sleep 1\n", mib << 20);
     let size = std::fs::metadata(&file).unwrap().len();

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use atoll_e2e::{Daemon, eventually, http, saved_token};
+use atoll_e2e::{Daemon, http, loopback_realm};
 
 /// How long idle traffic is measured.
 const IDLE: Duration = Duration::from_secs(30);
@@ -32,25 +32,9 @@ fn main() {
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let writes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let root = tempfile::tempdir().unwrap();
-    let first = Daemon::start(root.path(), "site-1");
-    first.login_admin();
-    let mut sites = vec![first];
-    for k in 2..=n {
-        let name = format!("site-{k}");
-        let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
-        let d = Daemon::join(root.path(), &name, &inv, &sites[0].password.clone());
-        sites.push(d);
-    }
-    let admin = saved_token(&sites[0]);
+    let (sites, admin) = loopback_realm(root.path(), n);
     // The admin's token verifies on every site (offline, by the issuer's key).
     let tokens: Vec<String> = sites.iter().map(|_| admin.clone()).collect();
-    let everyone = || {
-        sites.iter().all(|d| {
-            let rows = http(&d.addr(), "GET", "/v1/sites", Some(&admin), b"").json();
-            rows.as_array().is_some_and(|r| r.len() == n && r.iter().all(|s| s["reachable"] == true))
-        })
-    };
-    assert!(eventually(Duration::from_secs(60), everyone), "the {n} sites did not all connect");
 
     let before = sent_bytes(&sites, &tokens);
     let mut lat = Vec::with_capacity(writes);

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use atoll_e2e::{Daemon, eventually, http, process_image, saved_token};
+use atoll_e2e::{Daemon, eventually, http, loopback_realm, process_image};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = (p * sorted.len() as f64).ceil().max(1.0) as usize;
@@ -38,22 +38,7 @@ fn main() {
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let projects: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
     let root = tempfile::tempdir().unwrap();
-    let first = Daemon::start(root.path(), "site-1");
-    first.login_admin();
-    let mut sites = vec![first];
-    for k in 2..=n {
-        let name = format!("site-{k}");
-        let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
-        sites.push(Daemon::join(root.path(), &name, &inv, &sites[0].password.clone()));
-    }
-    let admin = saved_token(&sites[0]);
-    let everyone = || {
-        sites.iter().all(|d| {
-            let rows = http(&d.addr(), "GET", "/v1/sites", Some(&admin), b"").json();
-            rows.as_array().is_some_and(|r| r.len() == n && r.iter().all(|s| s["reachable"] == true))
-        })
-    };
-    assert!(eventually(Duration::from_secs(60), everyone), "the {n} sites did not all connect");
+    let (sites, admin) = loopback_realm(root.path(), n);
     // A public image held by every site, so that no fetch is timed.
     let file = process_image(root.path(), "sleeper", "sleep 600\n");
     let file = file.to_str().unwrap();

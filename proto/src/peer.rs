@@ -500,6 +500,12 @@ impl Peer {
     }
 
     pub fn handle(&mut self, now: Millis, input: Input, fx: &mut impl Effects) {
+        // Summaries are volatile: nothing to persist, relay or announce (they
+        // arrive N times per gossip round, so skipping the flush matters).
+        let input = match input {
+            Input::Summary { from, view } => return self.on_summary(now, from, *view),
+            other => other,
+        };
         // Changes that came from a peer are relayed as heads, local ones pushed.
         let mut relayed_from = None;
         match input {
@@ -534,7 +540,7 @@ impl Peer {
                 relayed_from = Some(from.clone());
                 self.on_message(now, from, msg, fx)
             }
-            Input::Summary { from, view } => self.on_summary(now, from, *view),
+            Input::Summary { .. } => {}
             Input::Timer(TimerId::IntentWait { id, req }) => self.on_intent_wait(&id, req),
             Input::Fetched { digest, result } => self.on_fetched(now, &digest, result, fx),
         }

@@ -67,8 +67,9 @@ pub enum TimerId {
     Resync { site: SiteId },
     /// Ask again for an image blob whose fetch failed.
     Refetch { digest: String },
-    /// A call waiting for quota rights from peers is refused if still waiting.
-    RightsWait { id: u64 },
+    /// A call waiting for quota rights from peers: halfway, it asks again for
+    /// what it still lacks; at the end (`last`), it is refused if still waiting.
+    RightsWait { id: u64, last: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -534,7 +535,8 @@ impl Peer {
             Input::Undelivered(site) => self.on_undelivered(&site, fx),
             Input::Timer(TimerId::Resync { site }) => self.on_resync(&site, fx),
             Input::Timer(TimerId::Refetch { digest }) => self.on_refetch_timer(now, &digest, fx),
-            Input::Timer(TimerId::RightsWait { id }) => self.on_rights_wait(now, id, fx),
+            Input::Timer(TimerId::RightsWait { id, last: false }) => self.on_rights_nudge(now, id, fx),
+            Input::Timer(TimerId::RightsWait { id, last: true }) => self.on_rights_wait(now, id, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());

@@ -25,8 +25,10 @@ use crate::wire::PeerMsg;
 
 /// How long a call waits for rights from peers before it is refused.
 pub const WAIT: Millis = 2_000;
-/// Sites asked at once for one shortfall; when all of them answered and the
-/// call is still short, the next ones are asked, up to [`MAX_ASKED`] in all.
+/// Sites asked at once for one shortfall; when all of them answered none and
+/// the call is still short, the next ones are asked; halfway through the wait
+/// a call still short asks again for what it lacks then (other held calls may
+/// have used up another resource meanwhile). [`MAX_ASKED`] asks in all.
 pub const FANOUT: usize = 3;
 pub const MAX_ASKED: usize = 9;
 /// Calls waiting for rights at once; beyond, calls are refused at once.
@@ -40,6 +42,8 @@ struct Parked {
     new: NewInstance,
     /// Sites asked, and what each answered (None: no answer yet).
     asked: Vec<(SiteId, Option<Resources>)>,
+    /// Asks sent for this call, repeats included.
+    asks: usize,
 }
 
 /// Calls waiting for rights, by a local id.
@@ -106,9 +110,11 @@ impl Peer {
         }
         let id = self.rebalance.next;
         self.rebalance.next += 1;
+        let asks = peers.len();
         let asked = peers.into_iter().map(|p| (p, None)).collect();
-        self.rebalance.parked.insert(id, Parked { req, user: caller.name.clone(), new, asked });
-        fx.schedule(TimerId::RightsWait { id }, WAIT);
+        self.rebalance.parked.insert(id, Parked { req, user: caller.name.clone(), new, asked, asks });
+        fx.schedule(TimerId::RightsWait { id, last: false }, WAIT / 2);
+        fx.schedule(TimerId::RightsWait { id, last: true }, WAIT);
         Outcome::Later
     }
 
@@ -195,7 +201,7 @@ impl Peer {
             .rebalance
             .parked
             .iter()
-            .filter(|(_, p)| p.new.project == project && p.asked.len() < MAX_ASKED)
+            .filter(|(_, p)| p.new.project == project && p.asks < MAX_ASKED)
             .filter(|(_, p)| p.asked.iter().all(|(_, a)| a.is_some_and(|r| r == Resources::ZERO)))
             .map(|(id, _)| *id)
             .collect();
@@ -206,10 +212,46 @@ impl Peer {
                 Err(_) => continue,
             };
             let more = self.givers_for(project, &p.asked);
-            for s in more.iter().take(MAX_ASKED - p.asked.len()) {
+            for s in more.iter().take(MAX_ASKED - p.asks) {
                 fx.send(s, PeerMsg::RightsAsk { project: project.to_owned(), want });
                 if let Some(p) = self.rebalance.parked.get_mut(&id) {
                     p.asked.push((s.clone(), None));
+                    p.asks += 1;
+                }
+            }
+        }
+    }
+
+    /// Halfway through the wait: a call still short asks again for what it
+    /// lacks now, of the sites that gave it something (they may hold more),
+    /// then of sites not asked yet.
+    pub(crate) fn on_rights_nudge(&mut self, now: Millis, id: u64, fx: &mut impl Effects) {
+        self.retry_parked(now, fx);
+        let Some(p) = self.rebalance.parked.get(&id).cloned() else { return };
+        let want = match self.account(&p.new.project) {
+            Ok(a) => shortfall(Resources::new(1, p.new.cpus, p.new.memory_mib), a.available()),
+            Err(_) => return,
+        };
+        if want == Resources::ZERO || p.asks >= MAX_ASKED {
+            return;
+        }
+        let gave: Vec<SiteId> = p
+            .asked
+            .iter()
+            .filter(|(s, a)| a.is_some_and(|r| r != Resources::ZERO) && self.connected.contains(s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        let fresh = self.givers_for(&p.new.project, &p.asked);
+        let again: Vec<SiteId> = gave.into_iter().chain(fresh).take(MAX_ASKED - p.asks).collect();
+        for s in &again {
+            fx.send(s, PeerMsg::RightsAsk { project: p.new.project.clone(), want });
+        }
+        if let Some(p) = self.rebalance.parked.get_mut(&id) {
+            for s in again {
+                p.asks += 1;
+                match p.asked.iter_mut().find(|(a, _)| a == &s) {
+                    Some(slot) => slot.1 = None,
+                    None => p.asked.push((s, None)),
                 }
             }
         }

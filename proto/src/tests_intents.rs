@@ -272,7 +272,10 @@ fn a_refusal_says_whom_it_asked_and_what_is_out_of_reach() {
     let req = net.ask(1, &admin, Command::CreateInstance(new_instance("web", "img")));
     net.settle();
     assert!(net.reply(req).is_none(), "waits for the answers");
-    net.fire(|t| matches!(t, TimerId::RightsWait { .. }));
+    net.fire(|t| matches!(t, TimerId::RightsWait { last: false, .. }));
+    net.settle();
+    assert!(net.reply(req).is_none(), "asked again, still waiting");
+    net.fire(|t| matches!(t, TimerId::RightsWait { last: true, .. }));
     match net.reply(req) {
         Some(Err(ApiError::QuotaExceeded(m))) => {
             assert!(

@@ -24,9 +24,10 @@ fn holders(d: &Daemon, image: &str) -> Vec<String> {
     v["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect()
 }
 
+/// The instance `name` on `d`'s own site.
 fn instance(d: &Daemon, name: &str) -> Option<serde_json::Value> {
-    let list = d.cli().json(&["instance", "list"]);
-    list.as_array()?.iter().find(|i| i["name"] == name).cloned()
+    let list = d.cli().json(&["instance", "list", "--site", &d.site]);
+    list["instances"].as_array()?.iter().find(|i| i["name"] == name).cloned()
 }
 
 #[test]
@@ -137,4 +138,99 @@ fn rights_move_on_demand_and_refusals_say_where_they_are() {
     // Naming site-a as holding spare rights out of reach needs its last
     // summary to have reached site-c with them: not reliable yet (see the
     // known limits in docs/architecture.md), so not asserted here.
+}
+
+/// One atoll: instances of every site are listed, read and acted on through
+/// any site, with no `--site`; a site that dies stays listed with its last
+/// known state, marked unreachable.
+#[test]
+fn the_realm_wide_view_lists_reads_and_acts_across_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::start(root.path(), "site-a");
+    a.login_admin();
+    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    let mut c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    // One login, on A, serves every endpoint of the realm: B and C prove
+    // they are members before the CLI sends them the token.
+    let home = a.home.path().to_owned();
+    fn via<'d>(d: &'d Daemon, home: &std::path::Path) -> Cli<'d> {
+        d.cli().home(home)
+    }
+    let via = |d| via(d, &home);
+    for d in [&a, &b, &c] {
+        assert!(
+            eventually(WAIT, || via(d)
+                .json(&["site", "list"])
+                .as_array()
+                .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["reachable"] == true))),
+            "{} does not reach every site",
+            d.site
+        );
+    }
+    // Another realm's endpoint gets no token.
+    let stranger = Daemon::start(root.path(), "site-x");
+    let err = stranger.cli().home(a.home.path()).fails(&["instance", "list"]);
+    assert!(err.contains("no token"), "{err}");
+    drop(stranger);
+    let file = process_image(root.path(), "talker", "echo \"hello from $1\"\nsleep 600\n");
+    a.cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "talker"]);
+    for d in [&a, &b, &c] {
+        let site = d.site.clone();
+        let out = a.cli().ok(&[
+            "instance",
+            "create",
+            &format!("on-{site}"),
+            "--image",
+            "talker",
+            "--site",
+            &site,
+            "--",
+            &site,
+            &d.tag(),
+        ]);
+        assert!(out.contains("running"), "{out}");
+    }
+    // Listed on B with their sites.
+    let list = via(&b).json(&["instance", "list"]);
+    let mut seen: Vec<(String, String)> = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_owned(), i["site"].as_str().unwrap().to_owned()))
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String)> =
+        ["site-a", "site-b", "site-c"].iter().map(|s| (format!("on-{s}"), s.to_string())).collect();
+    assert_eq!(seen, want, "{list}");
+    let table = via(&b).ok(&["instance", "list"]);
+    assert!(table.starts_with("SITE"), "{table}");
+    // Logs of C's instance through A, found with no --site.
+    assert!(eventually(WAIT, || a
+        .cli()
+        .ok(&["instance", "logs", "on-site-c"])
+        .contains("hello from site-c")));
+    // Stop and start it through A, no --site either.
+    assert!(a.cli().ok(&["instance", "stop", "on-site-c"]).contains("stopped"));
+    assert_eq!(via(&c).json(&["instance", "show", "on-site-c"])["observed"], "stopped");
+    assert!(a.cli().ok(&["instance", "start", "on-site-c"]).contains("running"));
+    // A name on two sites needs --site.
+    let out = via(&b).ok(&["instance", "create", "on-site-c", "--image", "talker", "--", "b", &b.tag()]);
+    assert!(out.contains("running"), "{out}");
+    let err = a.cli().fails(&["instance", "show", "on-site-c"]);
+    assert!(err.contains("site-b and site-c") && err.contains("--site"), "{err}");
+    assert_eq!(a.cli().json(&["instance", "show", "on-site-c", "--site", "site-b"])["site"], "site-b");
+    via(&b).ok(&["instance", "delete", "on-site-c", "--site", "site-b"]);
+
+    // C dies: A still lists its instance, marked unreachable with its age.
+    c.kill9();
+    assert!(eventually(WAIT, || !reachable(&a, 3)));
+    let list = a.cli().json(&["instance", "list"]);
+    assert!(list["instances"].as_array().unwrap().iter().any(|i| i["name"] == "on-site-c"), "{list}");
+    let state = list["sites"].as_array().unwrap().iter().find(|s| s["site"] == "site-c").cloned().unwrap();
+    assert_eq!(state["reachable"], false, "{state}");
+    assert!(state["as_of"].as_u64().is_some(), "{state}");
+    let table = a.cli().ok(&["instance", "list"]);
+    assert!(table.contains("unreachable, known") && table.contains("site site-c is unreachable"), "{table}");
+    let err = a.cli().fails(&["instance", "logs", "on-site-c"]);
+    assert!(err.contains("cannot be reached"), "{err}");
 }

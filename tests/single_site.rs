@@ -33,7 +33,8 @@ fn admin_runs_a_workload_and_other_projects_cannot_touch_it() {
     let out = d.cli().ok(&["instance", "stop", "web"]);
     assert!(out.contains("stopped"), "{out}");
     let listed = d.cli().json(&["instance", "list"]);
-    assert_eq!(listed[0]["observed"], "stopped");
+    assert_eq!(listed["instances"][0]["observed"], "stopped");
+    assert_eq!(listed["instances"][0]["site"], listed["sites"][0]["site"]);
     assert!(d.cli().ok(&["instance", "start", "web"]).contains("running"));
 
     // A member of another project sees nothing and can touch nothing.
@@ -43,7 +44,7 @@ fn admin_runs_a_workload_and_other_projects_cannot_touch_it() {
     let bob_home = tempfile::tempdir().unwrap();
     let bob = || d.cli().home(bob_home.path());
     bob().env("ATOLL_PASSWORD", "bob-password").ok(&["login", "--user", "bob"]);
-    assert_eq!(bob().json(&["instance", "list"]).as_array().unwrap().len(), 0);
+    assert_eq!(bob().json(&["instance", "list"])["instances"].as_array().unwrap().len(), 0);
     assert_eq!(bob().json(&["image", "list"]).as_array().unwrap().len(), 0);
     for verb in ["show", "stop", "delete", "logs"] {
         let err = bob().fails(&["instance", verb, "default/web"]);
@@ -56,7 +57,7 @@ fn admin_runs_a_workload_and_other_projects_cannot_touch_it() {
 
     let out = d.cli().ok(&["instance", "delete", "web"]);
     assert!(out.contains("Deleted web"), "{out}");
-    assert!(d.cli().json(&["instance", "list"]).as_array().unwrap().is_empty());
+    assert!(d.cli().json(&["instance", "list"])["instances"].as_array().unwrap().is_empty());
     d.cli().ok(&["image", "rm", "hello"]);
     assert!(d.cli().json(&["image", "list"]).as_array().unwrap().is_empty());
 }

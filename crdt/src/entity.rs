@@ -309,15 +309,19 @@ impl Entity for Image {
     }
 }
 
-/// One step of a project's quota total, credited to (or taken from) the site
-/// that wrote it. A project's total is the sum of its grants.
+/// A site's share of a project's total: the running sum of the quota steps it
+/// took (creating the project, raising or lowering the total). Only `site`
+/// writes it, so the latest value is the sum of all its steps in any replica
+/// that holds its later writes; one record per project and site keeps reads
+/// independent of how many steps were taken. A project's total is the sum
+/// over sites.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaGrant {
     pub project: String,
     pub site: SiteId,
-    /// Per-site sequence number; only `site` writes grants naming itself.
-    pub seq: u64,
-    pub delta: Resources,
+    /// How many steps the total sums (for display and checks).
+    pub steps: u64,
+    pub total: Resources,
     pub at: Millis,
 }
 
@@ -325,18 +329,22 @@ impl Entity for QuotaGrant {
     const COLLECTION: &'static str = "grants";
     const PACKED: bool = true;
     fn key(&self) -> String {
-        format!("{}/{}/{}", self.project, self.site, self.seq)
+        format!("{}/{}", self.project, self.site)
     }
 }
 
-/// Rights moved from the owning site to another, written in the giver's document.
+/// All the rights the owning site has given `to` for a project: a running
+/// total written in the giver's document, only ever raised. One record per
+/// project and recipient keeps admission independent of how many transfers
+/// were made (rights on demand writes many).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
     pub project: String,
     pub from: SiteId,
     pub to: SiteId,
-    pub seq: u64,
-    pub amount: Resources,
+    /// How many transfers the total sums.
+    pub count: u64,
+    pub total: Resources,
     pub at: Millis,
 }
 
@@ -344,7 +352,7 @@ impl Entity for Transfer {
     const COLLECTION: &'static str = "transfers";
     const PACKED: bool = true;
     fn key(&self) -> String {
-        format!("{}/{}", self.project, self.seq)
+        format!("{}/{}", self.project, self.to)
     }
 }
 

@@ -48,9 +48,7 @@ impl Account {
         project: &str,
     ) -> Result<Account, DocError> {
         let overflow = || DocError::Overflow(format!("the rights of {} for project {project}", own.site));
-        let grants = realm.grants(project)?;
-        let granted = Resources::checked_sum(grants.iter().filter(|g| g.site == own.site).map(|g| g.delta))
-            .ok_or_else(overflow)?;
+        let granted = realm.granted(project, &own.site)?;
         let mut received = Resources::ZERO;
         for other in others {
             if other.site != own.site {

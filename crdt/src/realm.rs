@@ -63,21 +63,45 @@ impl Realm {
         Ok(self.doc.list_prefix::<Holder>(&format!("{digest}/"))?.into_iter().map(|h| h.site).collect())
     }
 
-    /// All grants of a project (every site's).
+    /// Every site's share of a project's total (one record per site).
     pub fn grants(&self, project: &str) -> Result<Vec<QuotaGrant>, DocError> {
         self.doc.list_prefix(&format!("{project}/"))
     }
 
-    /// A project's quota total: the sum of its grants.
+    /// `site`'s share of a project's total.
+    pub fn granted(&self, project: &str, site: &SiteId) -> Result<Resources, DocError> {
+        let grant: Option<QuotaGrant> = self.doc.get(&format!("{project}/{site}"))?;
+        Ok(grant.map(|g| g.total).unwrap_or(Resources::ZERO))
+    }
+
+    /// A project's quota total: the sum of the sites' shares.
     pub fn quota_total(&self, project: &str) -> Result<Resources, DocError> {
-        Resources::checked_sum(self.grants(project)?.iter().map(|g| g.delta))
+        Resources::checked_sum(self.grants(project)?.iter().map(|g| g.total))
             .ok_or_else(|| DocError::Overflow(format!("grants of project {project}")))
     }
 
-    /// The next sequence number of `site`'s grants for `project` (it alone writes them).
-    pub fn next_grant_seq(&self, project: &str, site: &SiteId) -> Result<u64, DocError> {
-        let mine = self.doc.list_prefix::<QuotaGrant>(&format!("{project}/{site}/"))?;
-        Ok(mine.iter().map(|g| g.seq + 1).max().unwrap_or(0))
+    /// Moves `site`'s share of `project` by `delta` (only `site` calls this,
+    /// after checking the step against its rights).
+    pub fn add_grant(
+        &mut self,
+        project: &str,
+        site: &SiteId,
+        delta: Resources,
+        now: Millis,
+    ) -> Result<(), DocError> {
+        let key = format!("{project}/{site}");
+        let current: Option<QuotaGrant> = self.doc.get(&key)?;
+        let (steps, total) = current.map(|g| (g.steps, g.total)).unwrap_or((0, Resources::ZERO));
+        let total = total
+            .checked_plus(delta)
+            .ok_or_else(|| DocError::Overflow(format!("the share of {site} in project {project}")))?;
+        self.doc.put(&QuotaGrant {
+            project: project.into(),
+            site: site.clone(),
+            steps: steps + 1,
+            total,
+            at: now,
+        })
     }
 }
 

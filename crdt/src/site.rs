@@ -54,29 +54,44 @@ impl SiteDoc {
             .ok_or_else(|| self.overflow("instances", project))
     }
 
-    /// Rights this site gave away for `project`.
+    /// Rights this site gave away for `project` (one running total per recipient).
     pub fn given(&self, project: &str) -> Result<Resources, DocError> {
-        Resources::checked_sum(self.transfers_of(project)?.iter().map(|t| t.amount))
+        let transfers: Vec<Transfer> = self.doc.list_prefix(&format!("{project}/"))?;
+        Resources::checked_sum(transfers.iter().map(|t| t.total))
             .ok_or_else(|| self.overflow("transfers", project))
     }
 
     /// Rights this site gave to `to` for `project`.
     pub fn given_to(&self, project: &str, to: &SiteId) -> Result<Resources, DocError> {
-        let transfers = self.transfers_of(project)?;
-        Resources::checked_sum(transfers.iter().filter(|t| &t.to == to).map(|t| t.amount))
-            .ok_or_else(|| self.overflow("transfers", project))
+        let transfer: Option<Transfer> = self.doc.get(&format!("{project}/{to}"))?;
+        // The key names the recipient; a record saying otherwise is not ours to count.
+        Ok(transfer.filter(|t| &t.to == to).map(|t| t.total).unwrap_or(Resources::ZERO))
+    }
+
+    /// Raises the running total of rights given to `to` by `amount` (the
+    /// caller checked that this site's rights cover it).
+    pub fn add_transfer(
+        &mut self,
+        project: &str,
+        to: &SiteId,
+        amount: Resources,
+        now: Millis,
+    ) -> Result<(), DocError> {
+        let current: Option<Transfer> = self.doc.get(&format!("{project}/{to}"))?;
+        let (count, total) = current.map(|t| (t.count, t.total)).unwrap_or((0, Resources::ZERO));
+        let total = total.checked_plus(amount).ok_or_else(|| self.overflow("transfers", project))?;
+        self.doc.put(&Transfer {
+            project: project.into(),
+            from: self.site.clone(),
+            to: to.clone(),
+            count: count + 1,
+            total,
+            at: now,
+        })
     }
 
     fn overflow(&self, what: &str, project: &str) -> DocError {
         DocError::Overflow(format!("{what} of project {project} in site {}'s document", self.site))
-    }
-
-    fn transfers_of(&self, project: &str) -> Result<Vec<Transfer>, DocError> {
-        self.doc.list_prefix(&format!("{project}/"))
-    }
-
-    pub fn next_transfer_seq(&self, project: &str) -> Result<u64, DocError> {
-        Ok(self.transfers_of(project)?.iter().map(|t| t.seq + 1).max().unwrap_or(0))
     }
 
     pub fn replica(&self, digest: &str) -> Result<Option<Replica>, DocError> {

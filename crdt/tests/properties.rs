@@ -169,17 +169,7 @@ fn apply(views: &mut [View], op: &Op, now: u64) {
             let amount = Resources::new(1, cpus, 256);
             if account(&views[from], &s).admit("p", amount).is_ok() {
                 let doc = views[from].docs.get_mut(&s).unwrap();
-                let seq = doc.next_transfer_seq("p").unwrap();
-                doc.doc
-                    .put(&Transfer {
-                        project: "p".into(),
-                        from: s.clone(),
-                        to: site(to),
-                        seq,
-                        amount,
-                        at: now,
-                    })
-                    .unwrap();
+                doc.add_transfer("p", &site(to), amount, now).unwrap();
                 doc.doc.commit(now);
             }
         }
@@ -189,8 +179,7 @@ fn apply(views: &mut [View], op: &Op, now: u64) {
             let total = v.realm.quota_total("p").unwrap();
             let new_total = Resources::new(instances, cpus, 4096);
             if let Ok(delta) = quota_change("p", total, new_total, &account(v, &s)) {
-                let seq = v.realm.next_grant_seq("p", &s).unwrap();
-                v.realm.doc.put(&QuotaGrant { project: "p".into(), site: s, seq, delta, at: now }).unwrap();
+                v.realm.add_grant("p", &s, delta, now).unwrap();
                 v.realm.doc.commit(now);
             }
         }
@@ -249,7 +238,7 @@ proptest! {
     fn escrow_never_overspends(ops in prop::collection::vec(op(), 1..60)) {
         // Genesis at site 0 with a total of 6 instances / 8 cpus / 4096 MiB.
         let mut realm = Realm::create(&site(0), 0).unwrap();
-        realm.doc.put(&QuotaGrant { project: "p".into(), site: site(0), seq: 0, delta: Resources::new(6, 8, 4096), at: 0 }).unwrap();
+        realm.add_grant("p", &site(0), Resources::new(6, 8, 4096), 0).unwrap();
         realm.doc.commit(0);
         let mut owners: Vec<SiteDoc> = (0..SITES).map(|i| SiteDoc::create(&site(i), 0).unwrap()).collect();
         let mut views: Vec<View> = (0..SITES).map(|i| View {

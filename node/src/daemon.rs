@@ -130,6 +130,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     println!("Site {} serving the API on http://{}", s.site, listener.local_addr()?);
     let state = AppState {
         client,
+        site: site.clone(),
         store,
         drivers,
         max_upload: s.max_upload,

@@ -60,13 +60,26 @@ pub async fn run(f: Flags) -> anyhow::Result<()> {
     );
     println!("List the sites:      atoll --endpoint {} site list", sites[0].endpoint);
     println!("Ctrl-C stops them all.");
-    tokio::select! {
-        _ = crate::daemon::shutdown_signal() => {}
-        (i, status) = first_exit(&mut sites) => {
-            eprintln!("error: {} exited ({status}); stopping the others", sites[i].name);
+    // A site that dies is an outage to watch the others ride out (the
+    // realm-wide view marks it unreachable), not a reason to stop them.
+    let mut gone = vec![false; sites.len()];
+    let all_gone = loop {
+        tokio::select! {
+            _ = crate::daemon::shutdown_signal() => break false,
+            (i, status) = next_exit(&mut sites, &gone) => {
+                gone[i] = true;
+                eprintln!("warning: {} exited ({status}); the others keep running (see {})",
+                    sites[i].name, root.join(format!("{}.log", sites[i].name)).display());
+                if gone.iter().all(|g| *g) {
+                    break true;
+                }
+            }
         }
-    }
+    };
     stop_all(&mut sites).await;
+    if all_gone {
+        bail!("every site exited");
+    }
     Ok(())
 }
 
@@ -137,9 +150,13 @@ async fn wait_serving(site: &mut Site, root: &Path) -> anyhow::Result<()> {
     }
 }
 
-async fn first_exit(sites: &mut [Site]) -> (usize, std::process::ExitStatus) {
+/// The next site to exit among those still running.
+async fn next_exit(sites: &mut [Site], gone: &[bool]) -> (usize, std::process::ExitStatus) {
     loop {
         for (i, s) in sites.iter_mut().enumerate() {
+            if gone[i] {
+                continue;
+            }
             if let Ok(Some(status)) = s.child.try_wait() {
                 return (i, status);
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atoll_crdt::Millis;
 use atoll_proto::{
-    ApiError, ApiResult, Command, DriverCmd, DriverEvent, Input, Outbox, Peer, ReqId, StoreWrite,
+    ApiError, ApiResult, Command, DriverCmd, DriverEvent, Input, Outbox, Peer, ReqId, StoreWrite, wire,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +44,17 @@ pub enum Msg {
         channel: libp2p::request_response::ResponseChannel<Vec<u8>>,
         bytes: Vec<u8>,
     },
+    /// The API wants the output of an instance running on another site.
+    Logs {
+        site: atoll_crdt::SiteId,
+        request: wire::LogsRequest,
+        reply: oneshot::Sender<Result<Vec<u8>, ApiError>>,
+    },
+    /// The output a member asked for was read off the loop.
+    ServedLogs {
+        channel: libp2p::request_response::ResponseChannel<Vec<u8>>,
+        reply: Result<Vec<u8>, ApiError>,
+    },
 }
 
 /// A cheap handle for talking to the loop.
@@ -61,6 +72,22 @@ impl Client {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(busy()),
             Err(_) => Err(ApiError::Busy("the operation is still in progress; check its state later".into())),
+        }
+    }
+
+    /// The tail of the output of an instance running on `site`, over the peer network.
+    pub async fn remote_logs(
+        &self,
+        site: atoll_crdt::SiteId,
+        request: wire::LogsRequest,
+    ) -> Result<Vec<u8>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let busy = || ApiError::Busy("the site is shutting down or overloaded; retry".into());
+        self.tx.send(Msg::Logs { site, request, reply }).await.map_err(|_| busy())?;
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(busy()),
+            Err(_) => Err(ApiError::Unreachable("the instance's site did not answer in time".into())),
         }
     }
 }
@@ -85,7 +112,12 @@ pub struct Runtime {
     fetches: Fetches<libp2p::request_response::OutboundRequestId>,
     /// Fetches that ended, to report to the peer after the current input.
     fetched: Vec<Finished>,
+    /// Callers waiting for another site's instance output (at most [`MAX_LOG_WAITERS`]).
+    logs: HashMap<libp2p::request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, ApiError>>>,
 }
+
+/// Remote logs requests in flight at once.
+const MAX_LOG_WAITERS: usize = 64;
 
 impl Runtime {
     pub fn new(
@@ -111,6 +143,7 @@ impl Runtime {
             ticks: 0,
             fetches: Fetches::default(),
             fetched: Vec::new(),
+            logs: HashMap::new(),
         };
         (runtime, client)
     }
@@ -190,6 +223,13 @@ impl Runtime {
             Msg::Served { channel, bytes } => {
                 if let Some(net) = self.net.as_mut() {
                     net.answer_chunk(channel, bytes);
+                }
+                return;
+            }
+            Msg::Logs { site, request, reply } => return self.ask_logs(site, request, reply),
+            Msg::ServedLogs { channel, reply } => {
+                if let Some(net) = self.net.as_mut() {
+                    net.answer_logs(channel, reply);
                 }
                 return;
             }
@@ -288,6 +328,12 @@ impl Runtime {
                 });
             }
             net::Event::Chunk { request, result } => self.on_chunk(request, result),
+            net::Event::LogsWanted { request, channel } => self.serve_logs(request, channel),
+            net::Event::Logs { request, result } => {
+                if let Some(reply) = self.logs.remove(&request) {
+                    let _ = reply.send(result);
+                }
+            }
             net::Event::Addrs(addrs) => {
                 let mut fx = Outbox::default();
                 if let Err(e) = self.peer.set_addrs(now_millis(), addrs, &mut fx) {
@@ -296,6 +342,58 @@ impl Runtime {
                 self.carry_out(fx);
             }
         }
+    }
+
+    fn ask_logs(
+        &mut self,
+        site: atoll_crdt::SiteId,
+        request: wire::LogsRequest,
+        reply: oneshot::Sender<Result<Vec<u8>, ApiError>>,
+    ) {
+        if self.logs.len() >= MAX_LOG_WAITERS {
+            let _ = reply.send(Err(ApiError::Busy("too many logs requests in flight; retry".into())));
+            return;
+        }
+        match self.net.as_mut().and_then(|n| n.request_logs(&site, &request)) {
+            Some(id) => {
+                self.logs.insert(id, reply);
+            }
+            None => {
+                let _ = reply.send(Err(ApiError::Unreachable(format!(
+                    "site {site}, which runs {}/{}, cannot be reached now",
+                    request.project, request.name
+                ))));
+            }
+        }
+    }
+
+    /// A member asks for the output of one of our instances: read off the loop.
+    fn serve_logs(
+        &mut self,
+        r: wire::LogsRequest,
+        channel: libp2p::request_response::ResponseChannel<Vec<u8>>,
+    ) {
+        let inst = self.peer.own().instance(&r.project, &r.name).ok().flatten();
+        let drivers = self.drivers.clone();
+        let tx = self.tx.clone();
+        let Some(inst) = inst.filter(|i| drivers.get(i.kind).is_some()) else {
+            let missing = ApiError::NotFound(format!("no instance {}/{} runs here", r.project, r.name));
+            if let Some(net) = self.net.as_mut() {
+                net.answer_logs(channel, Err(missing));
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let key = format!("{}/{}", inst.project, inst.name);
+            let reply = match drivers.get(inst.kind) {
+                Some(driver) => driver
+                    .logs(&key, r.tail.min(wire::MAX_REMOTE_LOG))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string())),
+                None => Err(ApiError::Internal("the driver went away".into())),
+            };
+            let _ = tx.send(Msg::ServedLogs { channel, reply }).await;
+        });
     }
 
     fn on_tick(&mut self) {

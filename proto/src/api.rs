@@ -95,8 +95,12 @@ pub enum Command {
         password: String,
     },
     /// Which realm the serving site belongs to (public: a client maps an
-    /// endpoint to its realm before it holds a token for it).
-    Realm,
+    /// endpoint to its realm before it holds a token for it); with a
+    /// `challenge` (hex), the site signs a [`RealmProof`] of it.
+    Realm {
+        #[serde(default)]
+        challenge: Option<String>,
+    },
     Whoami,
     CreateUser(NewUser),
     ListUsers,
@@ -135,7 +139,22 @@ pub enum Command {
         name: String,
     },
     CreateInstance(NewInstance),
-    ListInstances,
+    /// The instances of every site (or of `site`), with where each site's
+    /// part came from (docs/architecture.md, "Realm-wide view").
+    ListInstances {
+        #[serde(default)]
+        site: Option<SiteId>,
+    },
+    /// Runs `then` (show, start, stop or delete of one instance) on the site
+    /// that has the instance, found in the realm-wide view (narrowed to `site`);
+    /// a name found on several sites is refused with their list.
+    Anywhere {
+        #[serde(default)]
+        site: Option<SiteId>,
+        #[serde(default = "default_wait")]
+        wait_ms: u64,
+        then: Box<Command>,
+    },
     ShowInstance {
         project: String,
         name: String,
@@ -197,7 +216,7 @@ pub fn default_wait() -> u64 {
 impl Command {
     /// Commands that need no token.
     pub fn is_public(&self) -> bool {
-        matches!(self, Command::Login { .. } | Command::Realm)
+        matches!(self, Command::Login { .. } | Command::Realm { .. })
     }
 }
 
@@ -303,6 +322,31 @@ pub struct Whoami {
 pub struct RealmView {
     pub realm: String,
     pub site: SiteId,
+    /// The serving site's public key (hex), as its membership record says.
+    #[serde(default)]
+    pub public_key: String,
+    /// A [`RealmProof`] sealed with the site's key, when a challenge was
+    /// given: a client that knows the realm's members checks with it that the
+    /// endpoint is the member it claims to be before sending it a token.
+    #[serde(default)]
+    pub proof: Option<String>,
+}
+
+/// What a site signs to prove to a client that it is `site` of `realm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealmProof {
+    /// Always [`RealmProof::PURPOSE`]: the seal is good for nothing else.
+    pub purpose: String,
+    pub realm: String,
+    pub site: SiteId,
+    pub challenge: String,
+}
+
+impl RealmProof {
+    pub const PURPOSE: &'static str = "atoll endpoint proof";
+    /// Longest challenge signed (hex).
+    pub const MAX_CHALLENGE: usize = 64;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -321,7 +365,7 @@ pub enum Reply {
     Image(ImageView),
     Images(Vec<ImageView>),
     Instance(Instance),
-    Instances(Vec<Instance>),
+    Instances(crate::gather::InstanceList),
     Site(SiteView),
     Sites(Vec<SiteRow>),
     Intent(IntentView),
@@ -354,6 +398,9 @@ pub enum ApiError {
     Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The site the operation needs cannot be reached now.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl ApiError {
@@ -367,6 +414,7 @@ impl ApiError {
             ApiError::TooLarge(_) => 413,
             ApiError::Busy(_) => 503,
             ApiError::Internal(_) => 500,
+            ApiError::Unreachable(_) => 504,
         }
     }
 
@@ -382,6 +430,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Busy(_) => "busy",
             ApiError::Internal(_) => "internal",
+            ApiError::Unreachable(_) => "unreachable",
         }
     }
 }

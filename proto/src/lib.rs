@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod driver;
 mod fetch;
+pub mod gather;
 pub mod intents;
 pub mod lifecycle;
 mod manage;
@@ -26,6 +27,8 @@ pub use wire::{PeerMsg, WireError};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_gather;
 #[cfg(test)]
 mod tests_intents;
 #[cfg(test)]

@@ -332,16 +332,6 @@ impl Peer {
         }
     }
 
-    pub(crate) fn list_instances(&self, caller: &User) -> ApiResult {
-        let mut out = Vec::new();
-        for inst in self.own.instances()? {
-            if auth::role_of(&self.realm, caller, &inst.project, &self.site)?.is_some() {
-                out.push(inst);
-            }
-        }
-        Ok(Reply::Instances(out))
-    }
-
     pub(crate) fn show_instance(&self, caller: &User, project: &str, name: &str) -> ApiResult {
         self.find_instance(caller, project, name, Role::Reader).map(Reply::Instance)
     }

@@ -2,8 +2,8 @@
 
 use atoll_crdt::escrow::quota_change;
 use atoll_crdt::{
-    Account, Holder, Image, Millis, Observed, Project, QuotaGrant, Replica, Resources, Role, RoleBinding,
-    SiteId, Transfer, User, Visibility, is_name,
+    Account, Holder, Image, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId, User,
+    Visibility, is_name,
 };
 
 use crate::api::{
@@ -100,14 +100,7 @@ impl Peer {
         }
         let project = Project { name: n.name.clone(), description: n.description, created_at: now };
         self.realm.doc.put(&project)?;
-        let seq = self.realm.next_grant_seq(&n.name, &self.site)?;
-        self.realm.doc.put(&QuotaGrant {
-            project: n.name,
-            site: self.site.clone(),
-            seq,
-            delta: n.quota,
-            at: now,
-        })?;
+        self.realm.add_grant(&n.name, &self.site, n.quota, now)?;
         Ok(Reply::Project(project))
     }
 
@@ -182,14 +175,7 @@ impl Peer {
         let current = self.realm.quota_total(project)?;
         let delta = quota_change(project, current, total, &self.account(project)?)?;
         if delta != Resources::ZERO {
-            let seq = self.realm.next_grant_seq(project, &self.site)?;
-            self.realm.doc.put(&QuotaGrant {
-                project: project.into(),
-                site: self.site.clone(),
-                seq,
-                delta,
-                at: now,
-            })?;
+            self.realm.add_grant(project, &self.site, delta, now)?;
         }
         self.quota_view(project)
     }
@@ -238,17 +224,8 @@ impl Peer {
         to: &[SiteId],
         amount: Resources,
     ) -> Result<(), ApiError> {
-        let first = self.own.next_transfer_seq(project)?;
-        for (seq, s) in (first..).zip(to) {
-            let t = Transfer {
-                project: project.into(),
-                from: self.site.clone(),
-                to: s.clone(),
-                seq,
-                amount,
-                at: now,
-            };
-            self.own.doc.put(&t)?;
+        for s in to {
+            self.own.add_transfer(project, s, amount, now)?;
             if let Some(r) = self.custody.recipients.as_mut() {
                 r.insert(s.clone());
             }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use atoll_crdt::{
-    Descriptor, DocError, Image, Member, Millis, Project, QuotaGrant, Realm, Role, RoleBinding, SiteDoc,
-    SiteId, SyncState, User,
+    Descriptor, DocError, Image, Member, Millis, Project, Realm, Role, RoleBinding, SiteDoc, SiteId,
+    SyncState, User,
 };
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ApiError, ApiResult, Command, HostMetrics, Reply, default_quota};
 use crate::auth;
 use crate::driver::{DriverCmd, DriverEvent};
+use crate::gather::Purpose;
 use crate::lifecycle::Verb;
 use crate::wire::PeerMsg;
 
@@ -70,6 +71,9 @@ pub enum TimerId {
     /// A call waiting for quota rights from peers: halfway, it asks again for
     /// what it still lacks; at the end (`last`), it is refused if still waiting.
     RightsWait { id: u64, last: bool },
+    /// A call waiting for other sites' parts of the realm-wide view is answered
+    /// with what it has.
+    GatherWait { id: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +252,8 @@ pub struct Peer {
     pub(crate) refetch: crate::refetch::Refetch,
     /// Calls waiting for quota rights from peers.
     pub(crate) rebalance: crate::rebalance::Rebalance,
+    /// Calls waiting for other sites' parts of the realm-wide view.
+    pub(crate) gather: crate::gather::Gather,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -298,13 +304,7 @@ impl Peer {
             role: Role::Admin,
             sites: None,
         })?;
-        peer.realm.doc.put(&QuotaGrant {
-            project: "default".into(),
-            site: site.clone(),
-            seq: 0,
-            delta: default_quota(),
-            at: now,
-        })?;
+        peer.realm.add_grant("default", &site, default_quota(), now)?;
         peer.realm.doc.commit(now);
         Ok(peer)
     }
@@ -400,6 +400,7 @@ impl Peer {
             realm_id: String::new(),
             refetch: crate::refetch::Refetch::default(),
             rebalance: crate::rebalance::Rebalance::default(),
+            gather: crate::gather::Gather::default(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,
@@ -424,12 +425,41 @@ impl Peer {
         &self.site
     }
 
-    /// The realm this site belongs to (computed once: its first change never changes).
-    fn realm_view(&mut self) -> ApiResult {
+    /// The realm this site belongs to (computed once: its first change never
+    /// changes), with a signed proof of membership when challenged.
+    fn realm_view(&mut self, challenge: Option<String>) -> ApiResult {
+        use crate::api::{RealmProof, RealmView};
         if self.realm_id.is_empty() {
             self.realm_id = self.realm.doc.genesis().unwrap_or_default();
         }
-        Ok(Reply::Realm(crate::api::RealmView { realm: self.realm_id.clone(), site: self.site.clone() }))
+        let proof = match challenge {
+            Some(c)
+                if c.is_empty()
+                    || c.len() > RealmProof::MAX_CHALLENGE
+                    || !c.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                return Err(ApiError::Invalid(format!(
+                    "a challenge is 1 to {} hex digits",
+                    RealmProof::MAX_CHALLENGE
+                )));
+            }
+            Some(challenge) => Some(auth::seal(
+                &self.key,
+                &RealmProof {
+                    purpose: RealmProof::PURPOSE.into(),
+                    realm: self.realm_id.clone(),
+                    site: self.site.clone(),
+                    challenge,
+                },
+            )),
+            None => None,
+        };
+        Ok(Reply::Realm(RealmView {
+            realm: self.realm_id.clone(),
+            site: self.site.clone(),
+            public_key: self.descriptor.public_key.clone(),
+            proof,
+        }))
     }
 
     /// Makes this peer break one rule (for showing that checks catch it).
@@ -537,6 +567,7 @@ impl Peer {
             Input::Timer(TimerId::Refetch { digest }) => self.on_refetch_timer(now, &digest, fx),
             Input::Timer(TimerId::RightsWait { id, last: false }) => self.on_rights_nudge(now, id, fx),
             Input::Timer(TimerId::RightsWait { id, last: true }) => self.on_rights_wait(now, id, fx),
+            Input::Timer(TimerId::GatherWait { id }) => self.on_gather_wait(now, id, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());
@@ -601,7 +632,7 @@ impl Peer {
         };
         match (cmd, user) {
             (Command::Login { user, password }, _) => Outcome::Now(self.login(now, &user, &password)),
-            (Command::Realm, _) => Outcome::Now(self.realm_view()),
+            (Command::Realm { challenge }, _) => Outcome::Now(self.realm_view(challenge)),
             (cmd, Some(user)) => self.dispatch(now, req, &user, cmd, fx),
             (_, None) => Outcome::Now(Err(ApiError::Unauthenticated("no token".into()))),
         }
@@ -617,7 +648,7 @@ impl Peer {
     ) -> Outcome {
         use Command::*;
         let result = match cmd {
-            Login { .. } | Realm => unreachable_login(),
+            Login { .. } | Realm { .. } => unreachable_login(),
             Whoami => self.whoami(user),
             CreateUser(n) => self.create_user(now, user, n),
             ListUsers => self.list_users(user),
@@ -635,8 +666,23 @@ impl Peer {
             ShowImage { project, name } => self.show_image(user, &project, &name),
             RemoveImage { project, name } => self.remove_image(user, &project, &name),
             CreateInstance(n) => return self.create_instance(now, req, user, n, fx),
-            ListInstances => self.list_instances(user),
+            ListInstances { site } => return self.gather(now, req, user, site, Purpose::List, fx),
             ShowInstance { project, name } => self.show_instance(user, &project, &name),
+            Anywhere { site, wait_ms, then } => {
+                let (project, name) = match &*then {
+                    ShowInstance { project, name }
+                    | StartInstance { project, name }
+                    | StopInstance { project, name }
+                    | DeleteInstance { project, name } => (project.clone(), name.clone()),
+                    _ => {
+                        return Outcome::Now(Err(ApiError::Invalid(
+                            "only show, start, stop and delete of an instance run wherever it is".into(),
+                        )));
+                    }
+                };
+                let purpose = Purpose::Find { project, name, wait_ms, then };
+                return self.gather(now, req, user, site, purpose, fx);
+            }
             StartInstance { project, name } => {
                 return self.act(now, req, user, (&project, &name), Verb::Start, fx);
             }

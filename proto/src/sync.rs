@@ -245,6 +245,11 @@ impl Peer {
                 }
             }
             PeerMsg::RightsAsk { project, want } => self.on_rights_ask(now, &from, &project, want, fx),
+            PeerMsg::InstancesAsk { id, site } => self.on_instances_ask(now, &from, id, site, fx),
+            PeerMsg::InstancesTold { id, site, instances, as_of, cut } => {
+                let told = instances.map(|instances| crate::gather::Told { instances, as_of, cut });
+                self.on_instances_told(now, &from, id, &site, told, fx)
+            }
             PeerMsg::RightsGiven { project, amount } => {
                 self.on_rights_given(now, &from, &project, amount, fx)
             }

@@ -352,7 +352,7 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
 fn members_name_one_realm() {
     let mut net = Net::new(3);
     net.settle();
-    let realm_of = |net: &mut Net, i: usize| match net.call(i, None, Command::Realm) {
+    let realm_of = |net: &mut Net, i: usize| match net.call(i, None, Command::Realm { challenge: None }) {
         Ok(Reply::Realm(v)) => v.realm,
         other => panic!("{other:?}"),
     };
@@ -364,9 +364,36 @@ fn members_name_one_realm() {
     // draws it from the OS): another realm.
     let mut other = Peer::genesis(PeerConfig { seed: [9; 32], ..cfg(0) }, 0, "admin-password").unwrap();
     let mut out = Out::default();
-    other.handle(1, Input::Api { req: 1, token: None, cmd: Command::Realm }, &mut out);
+    other.handle(1, Input::Api { req: 1, token: None, cmd: Command::Realm { challenge: None } }, &mut out);
     match out.replies.pop() {
         Some((_, Ok(Reply::Realm(v)))) => assert_ne!(v.realm, first),
         other => panic!("{other:?}"),
+    }
+}
+
+/// A challenged site proves it is the member it claims: the proof verifies
+/// with its key from the realm, and with no other member's.
+#[test]
+fn a_challenged_site_proves_its_membership() {
+    use crate::api::RealmProof;
+    let mut net = Net::new(2);
+    net.settle();
+    let Ok(Reply::Realm(v)) = net.call(1, None, Command::Realm { challenge: Some("00ff".into()) }) else {
+        panic!()
+    };
+    let (proof, body, sig): (RealmProof, _, _) = auth::open(v.proof.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (proof.realm.as_str(), proof.site.as_str(), proof.challenge.as_str()),
+        (v.realm.as_str(), "s1", "00ff")
+    );
+    assert_eq!(proof.purpose, RealmProof::PURPOSE);
+    let key_of = |i: usize| net.peers[0].realm().member(&net.site(i)).unwrap().unwrap().public_key;
+    assert!(auth::check_seal(&key_of(1), &body, &sig).is_ok());
+    assert!(auth::check_seal(&key_of(0), &body, &sig).is_err());
+    // A proof is no token.
+    assert!(auth::verify(net.peers[0].realm(), v.proof.as_deref().unwrap(), 1).is_err());
+    for bad in ["", "xyz", &"a".repeat(65)] {
+        let r = net.call(1, None, Command::Realm { challenge: Some(bad.into()) });
+        assert!(matches!(r, Err(ApiError::Invalid(_))), "{bad:?}: {r:?}");
     }
 }

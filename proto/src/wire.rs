@@ -24,6 +24,22 @@ pub const MAX_CHUNK_REQUEST: usize = 256;
 /// Asks a holder for one chunk of an image blob. The answer is the chunk's
 /// bytes, or nothing when the holder does not have it; the asker verifies
 /// them against the hash.
+/// Asks the site running an instance for the tail of its output (the
+/// realm-wide `instance logs`); the answer is a wire-encoded
+/// `Result<Vec<u8>, ApiError>` of at most [`MAX_REMOTE_LOG`] bytes of output.
+/// The asking site checked the caller's role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub project: String,
+    pub name: String,
+    pub tail: u64,
+}
+
+/// Largest encoded logs request.
+pub const MAX_LOGS_REQUEST: usize = 1024;
+/// Largest tail of output sent over the peer network.
+pub const MAX_REMOTE_LOG: u64 = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRequest {
     /// sha256 hex of the chunk.
@@ -45,6 +61,19 @@ pub enum PeerMsg {
     /// The answer: what the sender gave (written as a transfer in its
     /// document, which follows by sync); zero when it had none spare.
     RightsGiven { project: String, amount: atoll_crdt::Resources },
+    /// Asks for the instances of `site`'s document (the receiver's own, or a
+    /// replica it holds), for the realm-wide view; `id` names the call.
+    InstancesAsk { id: u64, site: atoll_crdt::SiteId },
+    /// The answer: None when the sender holds no copy of that document;
+    /// `as_of`, when the state was last known to be the owner's; `cut`, when
+    /// the list was cut to the answer's bound.
+    InstancesTold {
+        id: u64,
+        site: atoll_crdt::SiteId,
+        instances: Option<Vec<atoll_crdt::Instance>>,
+        as_of: Option<atoll_crdt::Millis>,
+        cut: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,7 +34,8 @@ pub struct Checks {
     /// Last known consumption of every site (crashed sites keep consuming).
     consumed: BTreeMap<(usize, String), Resources>,
     /// Every grant seen so far (write-once; a crashed site's stay in force).
-    grants: BTreeMap<(String, SiteId, u64), Resources>,
+    /// Each site's latest known share of each project: (steps, total).
+    grants: BTreeMap<(String, SiteId), (u64, Resources)>,
 }
 
 impl Checks {
@@ -109,13 +110,18 @@ impl Checks {
             for (i, s) in sites.iter().enumerate() {
                 let Some(peer) = &s.peer else { continue };
                 for g in peer.realm().grants(&p.name).unwrap_or_default() {
-                    self.grants.insert((p.name.clone(), g.site.clone(), g.seq), g.delta);
+                    // The latest share of each site (the one summing most steps) is the truth.
+                    let known =
+                        self.grants.entry((p.name.clone(), g.site.clone())).or_insert((0, Resources::ZERO));
+                    if g.steps > known.0 {
+                        *known = (g.steps, g.total);
+                    }
                 }
                 let c = peer.own().consumed(&p.name).unwrap_or_default();
                 self.consumed.insert((i, p.name.clone()), c);
             }
             let total = Resources::checked_sum(
-                self.grants.iter().filter(|((proj, _, _), _)| proj == &p.name).map(|(_, d)| *d),
+                self.grants.iter().filter(|((proj, _), _)| proj == &p.name).map(|(_, (_, total))| *total),
             );
             let used = Resources::checked_sum(
                 self.consumed.iter().filter(|((_, proj), _)| proj == &p.name).map(|(_, c)| *c),

@@ -398,7 +398,8 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn saved_token(d: &Daemon) -> String {
     let text = std::fs::read_to_string(d.home.path().join("atoll/credentials.json")).expect("credentials");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v[&d.endpoint].as_str().unwrap().to_owned()
+    let realm = v["endpoints"][&d.endpoint].as_str().expect("a login at this endpoint");
+    v["realms"][realm]["token"].as_str().unwrap().to_owned()
 }
 
 /// Why Docker tests cannot run here, if they cannot.

@@ -29,6 +29,8 @@ const MAX_LOG_TAIL: u64 = 4 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub client: Client,
+    /// The serving site (logs of its own instances are read here).
+    pub site: atoll_crdt::SiteId,
     pub store: Arc<dyn Store>,
     pub drivers: Arc<Drivers>,
     pub max_upload: u64,
@@ -110,6 +112,31 @@ fn routed(q: TargetQuery, cmd: Command) -> Result<Command, Failure> {
     })
 }
 
+/// An instance operation without `?site=` runs wherever the instance is;
+/// with it, on that site (as an intent when `remote` and the site is another).
+fn anywhere(q: TargetQuery, cmd: Command, remote: bool) -> Result<Command, Failure> {
+    let t = query(q)?;
+    let wait_ms = t.wait.map_or_else(atoll_proto::api::default_wait, |s| s.saturating_mul(1000));
+    Ok(match t.site {
+        Some(site) if remote => Command::Remote { site, wait_ms, then: Box::new(cmd) },
+        site => Command::Anywhere { site, wait_ms, then: Box::new(cmd) },
+    })
+}
+
+/// `?challenge=HEX` on the realm route.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Challenge {
+    challenge: Option<String>,
+}
+
+/// `?site=S` on listings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteOnly {
+    site: Option<atoll_crdt::SiteId>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wait {
@@ -140,9 +167,11 @@ async fn give(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogsQuery {
     #[serde(default = "default_tail")]
     tail: u64,
+    site: Option<atoll_crdt::SiteId>,
 }
 
 fn default_tail() -> u64 {
@@ -203,8 +232,12 @@ pub fn routes() -> Vec<Route> {
         route(
             "get",
             "/v1/realm",
-            "The realm the serving site belongs to (its id is the same on every member)",
-            get(|State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::Realm).await }),
+            "The realm the serving site belongs to (its id is the same on every member); ?challenge=HEX has the site sign a proof that it is that member",
+            get(
+                |State(s): State<AppState>, h: HeaderMap, q: Result<Query<Challenge>, QueryRejection>| async move {
+                    call(&s, &h, Command::Realm { challenge: query(q)?.challenge }).await
+                },
+            ),
         ),
         route(
             "get",
@@ -356,10 +389,12 @@ pub fn routes() -> Vec<Route> {
         route(
             "get",
             "/v1/instances",
-            "List the instances on this site visible to the caller",
-            get(|State(s): State<AppState>, h: HeaderMap| async move {
-                call(&s, &h, Command::ListInstances).await
-            }),
+            "List the instances of every site (or of ?site=S) visible to the caller, with each site's freshness",
+            get(
+                |State(s): State<AppState>, h: HeaderMap, q: Result<Query<SiteOnly>, QueryRejection>| async move {
+                    call(&s, &h, Command::ListInstances { site: query(q)?.site }).await
+                },
+            ),
         ),
         route(
             "post",
@@ -377,10 +412,12 @@ pub fn routes() -> Vec<Route> {
         route(
             "get",
             "/v1/instances/{project}/{name}",
-            "Show an instance",
-            get(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
-                call(&s, &h, Command::ShowInstance { project, name }).await
-            }),
+            "Show an instance, wherever it runs (?site=S narrows the search)",
+            get(
+                |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
+                    call(&s, &h, anywhere(q, Command::ShowInstance { project, name }, false)?).await
+                },
+            ),
         ),
         route(
             "delete",
@@ -388,7 +425,7 @@ pub fn routes() -> Vec<Route> {
             "Stop and delete an instance",
             delete(
                 |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
-                    call(&s, &h, routed(q, Command::DeleteInstance { project, name })?).await
+                    call(&s, &h, anywhere(q, Command::DeleteInstance { project, name }, true)?).await
                 },
             ),
         ),
@@ -398,7 +435,7 @@ pub fn routes() -> Vec<Route> {
             "Start an instance",
             post(
                 |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
-                    call(&s, &h, routed(q, Command::StartInstance { project, name })?).await
+                    call(&s, &h, anywhere(q, Command::StartInstance { project, name }, true)?).await
                 },
             ),
         ),
@@ -408,14 +445,14 @@ pub fn routes() -> Vec<Route> {
             "Stop an instance",
             post(
                 |State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2, q: TargetQuery| async move {
-                    call(&s, &h, routed(q, Command::StopInstance { project, name })?).await
+                    call(&s, &h, anywhere(q, Command::StopInstance { project, name }, true)?).await
                 },
             ),
         ),
         route(
             "get",
             "/v1/instances/{project}/{name}/logs",
-            "The tail of an instance's output (text)",
+            "The tail of an instance's output (text), wherever it runs (?site=S narrows the search; at most 1 MiB from another site)",
             get(logs),
         ),
         route(
@@ -470,18 +507,29 @@ async fn logs(
     Path((project, name)): P2,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
-    let tail = query(q)?.tail.min(MAX_LOG_TAIL);
-    let Reply::Instance(inst) = s.client.call(bearer(&h), Command::ShowInstance { project, name }).await?
-    else {
+    let q = query(q)?;
+    let tail = q.tail.min(MAX_LOG_TAIL);
+    let find = Command::Anywhere {
+        site: q.site,
+        wait_ms: atoll_proto::api::default_wait(),
+        then: Box::new(Command::ShowInstance { project, name }),
+    };
+    let Reply::Instance(inst) = s.client.call(bearer(&h), find).await? else {
         return Err(Failure(ApiError::Internal("unexpected reply".into())));
     };
     let key = format!("{}/{}", inst.project, inst.name);
-    let driver = s.drivers.get(inst.kind).ok_or_else(|| ApiError::Unsupported {
-        site: inst.site.clone(),
-        kind: inst.kind,
-        why: "no driver".into(),
-    })?;
-    let bytes = driver.logs(&key, tail).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let bytes = if inst.site == s.site {
+        let driver = s.drivers.get(inst.kind).ok_or_else(|| ApiError::Unsupported {
+            site: inst.site.clone(),
+            kind: inst.kind,
+            why: "no driver".into(),
+        })?;
+        driver.logs(&key, tail).await.map_err(|e| ApiError::Internal(e.to_string()))?
+    } else {
+        let tail = tail.min(atoll_proto::wire::MAX_REMOTE_LOG);
+        let request = atoll_proto::wire::LogsRequest { project: inst.project, name: inst.name, tail };
+        s.client.remote_logs(inst.site, request).await?
+    };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }
 

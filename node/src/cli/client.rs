@@ -1,7 +1,5 @@
 //! A small HTTP client for the `/v1` API, shared by every CLI command.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,45 +16,28 @@ pub struct Api {
     http: reqwest::Client,
 }
 
-/// Where `atoll login` keeps tokens, one per endpoint.
-pub fn credentials_path() -> PathBuf {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("atoll").join("credentials.json")
-}
-
-pub fn load_token(endpoint: &str) -> Option<String> {
-    let text = std::fs::read_to_string(credentials_path()).ok()?;
-    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).ok()?;
-    map.get(endpoint)?.as_str().map(str::to_owned)
-}
-
-pub fn save_token(endpoint: &str, token: &str) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = credentials_path();
-    let mut map: serde_json::Map<String, serde_json::Value> =
-        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    map.insert(endpoint.to_owned(), token.into());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-    f.write_all(serde_json::to_string_pretty(&map)?.as_bytes())?;
-    Ok(path)
-}
-
 impl Api {
+    /// A client of `endpoint` with `token`, if one is given.
     pub fn new(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
         let base = endpoint.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             anyhow::bail!("endpoint {base:?} must start with http:// or https://");
         }
-        let token = token.or_else(|| load_token(&base));
         Ok(Api { base, token, http: reqwest::Client::builder().build()? })
+    }
+
+    /// A client of `endpoint` with `token`, or else the saved login of the
+    /// endpoint's realm ([`super::credentials::token_for`]).
+    pub async fn connect(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let mut api = Api::new(endpoint, token)?;
+        if api.token.is_none() {
+            api.token = super::credentials::token_for(&api.http, &api.base).await;
+        }
+        Ok(api)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

@@ -29,7 +29,8 @@ pub enum IntentCmd {
 // the description of every subcommand that flattens it).
 #[derive(Debug, Clone, Args)]
 pub struct At {
-    /// The site that carries it out (default: the serving site).
+    /// The site that carries it out (default: the serving site for a create,
+    /// the site that has the instance for other operations).
     #[arg(long)]
     pub site: Option<String>,
     /// Seconds to wait for another site's outcome before reporting it pending.

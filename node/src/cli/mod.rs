@@ -1,26 +1,25 @@
 //! The `atoll` command line: a client of any site's `/v1` API.
 
 pub mod client;
+mod credentials;
+mod instance;
 mod intent;
 pub mod output;
 mod site;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use atoll_crdt::{
-    Image, ImageFormat, Instance, Project, Resources, RestartPolicy, Role, RoleBinding, SiteId,
-};
+use atoll_crdt::{Image, ImageFormat, Project, Resources, Role, RoleBinding, SiteId};
 use atoll_proto::api::{
-    Grant, ImageView, NewInstance, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
+    Grant, ImageView, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
 };
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use client::Api;
-use intent::{At, IntentCmd, settled};
+use intent::{IntentCmd, settled};
 use output::{Format, ago, bytes, print};
 
 #[derive(Debug, Args)]
@@ -28,7 +27,7 @@ pub struct Global {
     /// API endpoint of any site.
     #[arg(long, global = true, env = "ATOLL_ENDPOINT", default_value = "http://127.0.0.1:7480")]
     pub endpoint: String,
-    /// Token (default: the one saved by `atoll login` for this endpoint).
+    /// Token (default: the one saved by `atoll login` for this endpoint's realm).
     #[arg(long, global = true, env = "ATOLL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Project that names refer to.
@@ -62,7 +61,7 @@ pub enum Cmd {
     Image(ImageCmd),
     /// Instances (processes, containers, VMs) on any site of the realm.
     #[command(subcommand)]
-    Instance(InstanceCmd),
+    Instance(instance::InstanceCmd),
     /// Users of the realm.
     #[command(subcommand)]
     User(UserCmd),
@@ -151,94 +150,6 @@ pub enum ImageCmd {
         /// Seconds to wait for each copy before reporting it pending.
         #[arg(long, default_value_t = 300)]
         wait: u64,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum InstanceCmd {
-    /// Create and start an instance, here or on another site (--site).
-    #[command(
-        after_long_help = "Examples:\n  atoll instance create web --image hello --memory 64 --restart always -- world\n  atoll instance create far --image hello --site site-3"
-    )]
-    Create {
-        /// Instance name, unique in the project on its site.
-        name: String,
-        /// Image name (or PROJECT/NAME of a public image).
-        #[arg(long)]
-        image: String,
-        /// CPUs (a limit for processes and containers, vCPUs for VMs).
-        #[arg(long, default_value_t = 1)]
-        cpus: i64,
-        /// Memory in MiB.
-        #[arg(long, default_value_t = 256)]
-        memory: i64,
-        /// Disk in MiB (VMs).
-        #[arg(long, default_value_t = 0)]
-        disk: i64,
-        /// never | on-failure | always
-        #[arg(long, default_value = "never")]
-        restart: RestartPolicy,
-        /// Publish a container port, [IP:]HOST:CONTAINER[/tcp|/udp] (repeatable).
-        #[arg(long = "publish", short = 'P')]
-        ports: Vec<String>,
-        /// Environment variable KEY=VALUE (repeatable).
-        #[arg(long = "env", value_parser = parse_kv)]
-        env: Vec<(String, String)>,
-        #[command(flatten)]
-        at: At,
-        /// Arguments appended to the image's entrypoint.
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
-    /// Instances of the project on the serving site.
-    #[command(after_long_help = "Example:\n  atoll instance list --output json")]
-    List,
-    /// One instance: desired and observed state, reason, resources.
-    #[command(after_long_help = "Example:\n  atoll instance show web")]
-    Show {
-        /// Instance name.
-        name: String,
-    },
-    /// Start a stopped instance.
-    #[command(after_long_help = "Example:\n  atoll instance start web --site site-2")]
-    Start {
-        /// Instance name.
-        name: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// Stop a running instance (it stays, stopped).
-    #[command(after_long_help = "Example:\n  atoll instance stop web")]
-    Stop {
-        /// Instance name.
-        name: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// Stop, then start again.
-    #[command(after_long_help = "Example:\n  atoll instance restart web")]
-    Restart {
-        /// Instance name.
-        name: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// Stop and remove an instance, freeing its quota.
-    #[command(after_long_help = "Example:\n  atoll instance delete web --site site-3")]
-    Delete {
-        /// Instance name.
-        name: String,
-        #[command(flatten)]
-        at: At,
-    },
-    /// The tail of an instance's output.
-    #[command(after_long_help = "Example:\n  atoll instance logs web --tail 4096")]
-    Logs {
-        /// Instance name.
-        name: String,
-        /// Bytes from the end.
-        #[arg(long, default_value_t = 65536)]
-        tail: u64,
     },
 }
 
@@ -374,14 +285,28 @@ fn read_secret(prompt: &str, env: &str, from_stdin: bool) -> anyhow::Result<Stri
 }
 
 pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
-    let api = Api::new(&g.endpoint, g.token.clone())?;
+    let api = Api::connect(&g.endpoint, g.token.clone()).await?;
     match cmd {
         Cmd::Login { user, password_stdin } => {
             let password = read_secret("Password: ", "ATOLL_PASSWORD", password_stdin)?;
             let t: TokenView =
                 api.post("/v1/login", &serde_json::json!({"user": user, "password": password})).await?;
-            let path = client::save_token(&api.base, &t.token)?;
-            println!("Logged in as {} at {} (token saved in {})", t.user, api.base, path.display());
+            let realm: atoll_proto::api::RealmView = api.get("/v1/realm").await?;
+            let members = credentials::members(api.http(), &api.base, &t.token).await?;
+            let login = credentials::Login {
+                token: t.token,
+                user: t.user.clone(),
+                endpoint: api.base.clone(),
+                members,
+            };
+            let path = credentials::save(&realm.realm, login)?;
+            println!(
+                "Logged in as {} to realm {} at {}: the token works with every site of the realm (saved in {})",
+                t.user,
+                &realm.realm[..12.min(realm.realm.len())],
+                api.base,
+                path.display()
+            );
         }
         Cmd::Whoami => {
             let w: Whoami = api.get("/v1/whoami").await?;
@@ -450,7 +375,7 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             println!("Removed site {site} from the realm; its peers refuse it from now on");
         }
         Cmd::Image(c) => image(&g, &api, c).await?,
-        Cmd::Instance(c) => instance(&g, &api, c).await?,
+        Cmd::Instance(c) => instance::run(&g, &api, c).await?,
         Cmd::Intent(c) => intent::run(&g, &api, c).await?,
         Cmd::User(UserCmd::Create { name, realm_admin }) => {
             let password = read_secret(
@@ -691,114 +616,4 @@ fn show<T: serde::Serialize>(f: Format, v: &T) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn instance(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
-    let path = |name: &str| {
-        let (p, n) = split_ref(g, name);
-        format!("/v1/instances/{p}/{n}")
-    };
-    let report = |i: &Instance| {
-        println!("{}/{}: {} (desired {}){}", i.project, i.name, i.observed, json_str(&i.desired), reason(i));
-    };
-    match c {
-        InstanceCmd::Create { name, image, cpus, memory, disk, restart, ports, env, at, args } => {
-            let body = NewInstance {
-                name,
-                project: g.project.clone(),
-                image,
-                cpus,
-                memory_mib: memory,
-                disk_mib: disk,
-                restart,
-                args,
-                env: env.into_iter().collect::<BTreeMap<_, _>>(),
-                ports,
-            };
-            let rb = api.request(reqwest::Method::POST, &format!("/v1/instances{}", at.query())).json(&body);
-            if let Some(i) = settled::<Instance>(api.send_remote(rb).await?) {
-                report(&i);
-                fail_unless_up(&i)?;
-            }
-        }
-        InstanceCmd::List => {
-            let is: Vec<Instance> = api.get("/v1/instances").await?;
-            print(
-                g.output,
-                &is,
-                &[
-                    "PROJECT", "NAME", "KIND", "STATE", "DESIRED", "CPUS", "MEMORY", "RESTARTS", "SINCE",
-                    "IMAGE",
-                ],
-                || {
-                    is.iter()
-                        .map(|i| {
-                            vec![
-                                i.project.clone(),
-                                i.name.clone(),
-                                i.kind.to_string(),
-                                i.observed.to_string(),
-                                json_str(&i.desired),
-                                i.cpus.to_string(),
-                                format!("{} MiB", i.memory_mib),
-                                i.restarts.to_string(),
-                                ago(i.observed_at),
-                                i.image.clone(),
-                            ]
-                        })
-                        .collect()
-                },
-            );
-        }
-        InstanceCmd::Show { name } => show(g.output, &api.get::<Instance>(&path(&name)).await?)?,
-        InstanceCmd::Start { name, at } => {
-            if let Some(i) = act::<Instance>(api, &format!("{}/start", path(&name)), &at).await? {
-                report(&i);
-                fail_unless_up(&i)?;
-            }
-        }
-        InstanceCmd::Stop { name, at } => {
-            if let Some(i) = act::<Instance>(api, &format!("{}/stop", path(&name)), &at).await? {
-                report(&i);
-            }
-        }
-        InstanceCmd::Restart { name, at } => {
-            if act::<Instance>(api, &format!("{}/stop", path(&name)), &at).await?.is_some()
-                && let Some(i) = act::<Instance>(api, &format!("{}/start", path(&name)), &at).await?
-            {
-                report(&i);
-                fail_unless_up(&i)?;
-            }
-        }
-        InstanceCmd::Delete { name, at } => {
-            let rb = api.request(reqwest::Method::DELETE, &format!("{}{}", path(&name), at.query()));
-            if settled::<serde_json::Value>(api.send_remote(rb).await?).is_some() {
-                println!("Deleted {}", split_ref(g, &name).1);
-            }
-        }
-        InstanceCmd::Logs { name, tail } => {
-            let out = api.get_text(&format!("{}/logs?tail={tail}", path(&name))).await?;
-            use std::io::Write;
-            std::io::stdout().write_all(&out)?;
-        }
-    }
-    Ok(())
-}
-
-/// POSTs an instance action, on the site `at` names.
-async fn act<T: serde::de::DeserializeOwned>(api: &Api, path: &str, at: &At) -> anyhow::Result<Option<T>> {
-    let rb = api.request(reqwest::Method::POST, &format!("{path}{}", at.query())).json(&());
-    Ok(settled(api.send_remote(rb).await?))
-}
-
-fn reason(i: &Instance) -> String {
-    if i.reason.is_empty() { String::new() } else { format!(": {}", i.reason) }
-}
-
-fn fail_unless_up(i: &Instance) -> anyhow::Result<()> {
-    use atoll_crdt::Observed::*;
-    match i.observed {
-        Running | Starting | Pending => Ok(()),
-        other => bail!("instance {}/{} is {other}{}", i.project, i.name, reason(i)),
-    }
 }

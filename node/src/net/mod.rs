@@ -4,7 +4,8 @@
 //! Protocols: `/atoll/sync/1` (request-response; one `PeerMsg` per request,
 //! an empty acknowledgement back), `/atoll/join/1` (request-response; an
 //! invitation in, the realm document out), `/atoll/chunk/1` (request-response;
-//! a chunk hash in, its bytes out), gossipsub topic `atoll/summary/1`
+//! a chunk hash in, its bytes out), `/atoll/logs/1` (request-response; an
+//! instance's name in, the tail of its output out), gossipsub topic `atoll/summary/1`
 //! (each site's summary, ephemeral), identify and ping. A connection from a
 //! peer whose key is not a member's may only present an invitation, within
 //! [`STRANGER_GRACE`]; a peer that sends anything malformed is blocked.
@@ -132,6 +133,7 @@ struct Behaviour {
     sync: rr::Behaviour<Frames>,
     join: rr::Behaviour<Frames>,
     chunk: rr::Behaviour<Frames>,
+    logs: rr::Behaviour<Frames>,
     gossip: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -154,6 +156,16 @@ pub enum Event {
     Chunk {
         request: OutboundRequestId,
         result: Result<Vec<u8>, String>,
+    },
+    /// A member asks for the output of one of our instances.
+    LogsWanted {
+        request: wire::LogsRequest,
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    /// The answer to one of our logs requests.
+    Logs {
+        request: OutboundRequestId,
+        result: Result<Vec<u8>, ApiError>,
     },
 }
 
@@ -251,6 +263,11 @@ impl Net {
                     chunk: rr::Behaviour::with_codec(
                         Frames { max: wire::MAX_CHUNK },
                         [(StreamProtocol::new("/atoll/chunk/1"), ProtocolSupport::Full)],
+                        rr_cfg.clone(),
+                    ),
+                    logs: rr::Behaviour::with_codec(
+                        Frames { max: wire::MAX_REMOTE_LOG as usize + 4096 },
+                        [(StreamProtocol::new("/atoll/logs/1"), ProtocolSupport::Full)],
                         rr_cfg,
                     ),
                     gossip,
@@ -439,6 +456,21 @@ impl Net {
         let _ = self.swarm.behaviour_mut().chunk.send_response(channel, bytes);
     }
 
+    /// Asks a connected member for an instance's output; None when it is not connected.
+    pub fn request_logs(&mut self, from: &SiteId, request: &wire::LogsRequest) -> Option<OutboundRequestId> {
+        let peer = self.peer_of.get(from).copied().filter(|p| self.connected.contains(p))?;
+        let bytes = wire::encode(request);
+        self.traffic.sent(bytes.len());
+        Some(self.swarm.behaviour_mut().logs.send_request(&peer, bytes))
+    }
+
+    /// Answers a logs request.
+    pub fn answer_logs(&mut self, channel: ResponseChannel<Vec<u8>>, reply: Result<Vec<u8>, ApiError>) {
+        let bytes = wire::encode(&reply);
+        self.traffic.sent(bytes.len());
+        let _ = self.swarm.behaviour_mut().logs.send_response(channel, bytes);
+    }
+
     pub fn publish(&mut self, view: &SiteView) {
         if self.connected.is_empty() {
             return;
@@ -606,6 +638,38 @@ impl Net {
             }
             BehaviourEvent::Chunk(rr::Event::OutboundFailure { request_id, error, .. }) => {
                 Some(Event::Chunk { request: request_id, result: Err(error.to_string()) })
+            }
+            BehaviourEvent::Logs(rr::Event::Message {
+                peer,
+                message: rr::Message::Request { request, channel, .. },
+                ..
+            }) => {
+                self.traffic.recv(request.len());
+                if self.site_of(&peer).is_none() || !self.connected.contains(&peer) {
+                    let refused = Err(ApiError::Forbidden("logs are for member sites".into()));
+                    self.answer_logs(channel, refused);
+                    return None;
+                }
+                match wire::decode::<wire::LogsRequest>(&request, wire::MAX_LOGS_REQUEST) {
+                    Ok(request) => Some(Event::LogsWanted { request, channel }),
+                    Err(e) => {
+                        self.punish(peer, &format!("undecodable logs request: {e}"));
+                        None
+                    }
+                }
+            }
+            BehaviourEvent::Logs(rr::Event::Message {
+                message: rr::Message::Response { request_id, response },
+                ..
+            }) => {
+                self.traffic.recv(response.len());
+                let result = wire::decode::<Result<Vec<u8>, ApiError>>(&response, response.len())
+                    .unwrap_or_else(|e| Err(ApiError::Internal(format!("undecodable logs answer: {e}"))));
+                Some(Event::Logs { request: request_id, result })
+            }
+            BehaviourEvent::Logs(rr::Event::OutboundFailure { request_id, error, .. }) => {
+                let failed = ApiError::Unreachable(format!("the instance's site did not answer: {error}"));
+                Some(Event::Logs { request: request_id, result: Err(failed) })
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, .. }) => {
                 self.traffic.recv(message.data.len());

@@ -198,6 +198,35 @@ pub struct Project {
     pub name: String,
     pub description: String,
     pub created_at: Millis,
+    /// How its quota rights are placed and moved.
+    #[serde(default)]
+    pub spread: Spread,
+}
+
+/// How a project's quota rights are placed at its creation and moved after
+/// (docs/architecture.md, "Rights on demand").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// All rights at the creating site; they move only by `quota give`.
+    Founder,
+    /// The total split over the members at creation (the remainder stays at
+    /// the creating site); rights move on demand after.
+    Even,
+    /// All rights at the creating site; they move on demand. (Projects
+    /// created before spreads existed behaved so.)
+    #[default]
+    Pool,
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Spread::Founder => "founder",
+            Spread::Even => "even",
+            Spread::Pool => "pool",
+        })
+    }
 }
 
 impl Entity for Project {

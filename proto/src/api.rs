@@ -25,6 +25,14 @@ pub struct NewProject {
     /// The project's initial quota total, credited to the site that creates it.
     #[serde(default = "default_quota")]
     pub quota: Resources,
+    /// How the total is placed over the sites and moved (default `even`: every
+    /// member can provision its share at once, even cut off).
+    #[serde(default = "default_spread")]
+    pub spread: atoll_crdt::Spread,
+}
+
+pub fn default_spread() -> atoll_crdt::Spread {
+    atoll_crdt::Spread::Even
 }
 
 pub fn default_quota() -> Resources {
@@ -105,6 +113,12 @@ pub enum Command {
     CreateUser(NewUser),
     ListUsers,
     CreateProject(NewProject),
+    /// Changes how a project's rights move from now on (realm admins); rights
+    /// already placed stay where they are.
+    SetSpread {
+        project: String,
+        spread: atoll_crdt::Spread,
+    },
     ListProjects,
     GrantRole(Grant),
     ListRoles,
@@ -242,6 +256,27 @@ pub struct QuotaView {
     pub site: SiteId,
     pub account: Account,
     pub available_here: Resources,
+    /// Where the project's rights are and what is used, per member site, as
+    /// known here.
+    #[serde(default)]
+    pub by_site: Vec<SiteRights>,
+    /// Used on the sites whose documents this site holds (`by_site` rows
+    /// with `used`).
+    #[serde(default)]
+    pub used_known: Resources,
+}
+
+/// A site's rights for a project, as the serving site knows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteRights {
+    pub site: SiteId,
+    pub reachable: bool,
+    /// `document`: read from the site's document held here (free rights
+    /// count the transfers to it whose givers' documents are held here);
+    /// `summary`: its last gossiped summary (free rights only); `unknown`.
+    pub source: String,
+    pub free: Option<Resources>,
+    pub used: Option<Resources>,
 }
 
 /// Changing figures of a site, sampled by the shell. Volatile: kept in memory,

@@ -2,8 +2,8 @@
 
 use atoll_crdt::escrow::quota_change;
 use atoll_crdt::{
-    Account, Holder, Image, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId, User,
-    Visibility, is_name,
+    Account, Holder, Image, Member, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId,
+    Spread, User, Visibility, is_name,
 };
 
 use crate::api::{
@@ -18,6 +18,15 @@ pub const MAX_GIVE_TO: usize = 10_000;
 
 /// Largest image the catalog accepts: 64 GiB.
 pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
+
+/// Each of `sites` sites' share of `total` split evenly, and the remainder
+/// (kept by the creating site), component by component.
+pub fn even_split(total: Resources, sites: usize) -> (Resources, Resources) {
+    let n = sites.max(1) as i64;
+    let share = Resources::new(total.instances / n, total.cpus / n, total.memory_mib / n);
+    let rest = Resources::new(total.instances % n, total.cpus % n, total.memory_mib % n);
+    (share, rest)
+}
 
 pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     if is_name(name) {
@@ -98,10 +107,35 @@ impl Peer {
         if self.realm.project(&n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("project {} already exists", n.name)));
         }
-        let project = Project { name: n.name.clone(), description: n.description, created_at: now };
+        let project =
+            Project { name: n.name.clone(), description: n.description, created_at: now, spread: n.spread };
         self.realm.doc.put(&project)?;
         self.realm.add_grant(&n.name, &self.site, n.quota, now)?;
+        if n.spread == Spread::Even {
+            let others: Vec<SiteId> = self
+                .realm
+                .doc
+                .list::<Member>()?
+                .into_iter()
+                .map(|m| m.site)
+                .filter(|s| s != &self.site)
+                .collect();
+            let (share, _) = even_split(n.quota, others.len() + 1);
+            if share != Resources::ZERO {
+                self.transfer(now, &n.name, &others, share)?;
+            }
+        }
         Ok(Reply::Project(project))
+    }
+
+    pub(crate) fn set_spread(&mut self, caller: &User, project: &str, spread: Spread) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        let Some(mut p) = self.realm.project(project)? else {
+            return Err(ApiError::NotFound(format!("no project {project}")));
+        };
+        p.spread = spread;
+        self.realm.doc.put(&p)?;
+        Ok(Reply::Project(p))
     }
 
     pub(crate) fn list_projects(&self, caller: &User) -> ApiResult {
@@ -241,12 +275,17 @@ impl Peer {
 
     fn quota_view(&self, project: &str) -> ApiResult {
         let account = self.account(project)?;
+        let by_site = self.rights_by_site(project)?;
+        let used_known = Resources::checked_sum(by_site.iter().filter_map(|r| r.used))
+            .ok_or_else(|| atoll_crdt::EscrowError::Overflow(project.to_owned()))?;
         Ok(Reply::Quota(QuotaView {
             project: project.into(),
             total: self.realm.quota_total(project)?,
             site: self.site.clone(),
             available_here: account.available(),
             account,
+            by_site,
+            used_known,
         }))
     }
 

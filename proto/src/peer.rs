@@ -297,6 +297,7 @@ impl Peer {
             name: "default".into(),
             description: "created with the realm".into(),
             created_at: now,
+            spread: atoll_crdt::Spread::Even,
         })?;
         peer.realm.doc.put(&RoleBinding {
             user: "admin".into(),
@@ -653,6 +654,7 @@ impl Peer {
             CreateUser(n) => self.create_user(now, user, n),
             ListUsers => self.list_users(user),
             CreateProject(n) => self.create_project(now, user, n),
+            SetSpread { project, spread } => self.set_spread(user, &project, spread),
             ListProjects => self.list_projects(user),
             GrantRole(g) => self.grant_role(user, g),
             ListRoles => self.list_roles(user),

@@ -16,9 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::{Millis, Resources, SiteId, User};
+use atoll_crdt::{Account, Entity, Instance, Member, Millis, Resources, SiteId, User};
 
-use crate::api::{ApiError, NewInstance, Reply};
+use crate::api::{ApiError, NewInstance, Reply, SiteRights};
 use crate::lifecycle::inst_key;
 use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
 use crate::wire::PeerMsg;
@@ -98,7 +98,11 @@ impl Peer {
     ) -> Outcome {
         let peers = self.givers_for(&new.project, &[]);
         let sabotaged = self.breaks(crate::peer::Sabotage::Rebalance);
-        if sabotaged || peers.is_empty() || self.rebalance.parked.len() >= MAX_PARKED {
+        if sabotaged
+            || peers.is_empty()
+            || self.rebalance.parked.len() >= MAX_PARKED
+            || self.moves_by_hand(&new.project)
+        {
             return Outcome::Now(Err(self.refusal(&new, &[], refusal)));
         }
         let want = match self.account(&new.project) {
@@ -116,6 +120,11 @@ impl Peer {
         fx.schedule(TimerId::RightsWait { id, last: false }, WAIT / 2);
         fx.schedule(TimerId::RightsWait { id, last: true }, WAIT);
         Outcome::Later
+    }
+
+    /// Whether a project's rights move only by `quota give` (spread `founder`).
+    fn moves_by_hand(&self, project: &str) -> bool {
+        matches!(self.realm.project(project), Ok(Some(p)) if p.spread == atoll_crdt::Spread::Founder)
     }
 
     /// Connected sites to ask, most spare rights first (from their summaries;
@@ -168,7 +177,7 @@ impl Peer {
         if self.realm.project(project)?.is_none() || self.realm.member(to)?.is_none() {
             return Ok(Resources::ZERO);
         }
-        if self.rebalance.waits_for(project) {
+        if self.rebalance.waits_for(project) || self.moves_by_hand(project) {
             return Ok(Resources::ZERO);
         }
         let spare = self.account(project)?.available();
@@ -315,6 +324,46 @@ impl Peer {
         self.replies.push((p.req, Err(err)));
     }
 
+    /// Where `project`'s rights are, per member site, as known here: exact
+    /// for sites whose documents are held here, free rights from the last
+    /// summary for the others.
+    pub(crate) fn rights_by_site(&self, project: &str) -> Result<Vec<SiteRights>, ApiError> {
+        let members: Vec<Member> = self.realm.doc.list()?;
+        let mut rows = Vec::with_capacity(members.len());
+        for m in members {
+            let site = m.site;
+            let reachable = site == self.site || self.connected.contains(&site);
+            let doc = if site == self.site {
+                Some(&self.own)
+            } else {
+                self.others.get(&site).filter(|d| d.doc.has_collection(Instance::COLLECTION))
+            };
+            let row = match doc {
+                Some(doc) => {
+                    let givers =
+                        std::iter::once(&self.own).chain(self.others.values()).filter(|d| d.site != site);
+                    let a = Account::read(&self.realm, doc, givers, project)?;
+                    SiteRights {
+                        site,
+                        reachable,
+                        source: "document".into(),
+                        free: Some(a.available()),
+                        used: Some(a.consumed),
+                    }
+                }
+                None => {
+                    let spare = self.summaries.get(&site).map(|v| {
+                        v.spare.iter().find(|(p, _)| p == project).map(|(_, r)| *r).unwrap_or(Resources::ZERO)
+                    });
+                    let source = if spare.is_some() { "summary" } else { "unknown" };
+                    SiteRights { site, reachable, source: source.into(), free: spare, used: None }
+                }
+            };
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     /// The refusal of an admission, with the realm-wide picture this site has:
     /// the project's total, whom it asked and what they gave, and which sites
     /// out of reach hold spare rights by their last summary.
@@ -339,7 +388,19 @@ impl Peer {
             })
             .collect();
         let mut out = format!("{msg}; project total {total}");
-        if asked.is_empty() {
+        if let Ok(rows) = self.rights_by_site(&new.project) {
+            let known: Vec<Resources> = rows.iter().filter_map(|r| r.used).collect();
+            if let Some(used) = Resources::checked_sum(known.iter().copied()) {
+                out.push_str(&format!(
+                    "; used realm-wide as known here {used} (documents of {} of {} sites)",
+                    known.len(),
+                    rows.len()
+                ));
+            }
+        }
+        if self.moves_by_hand(&new.project) {
+            out.push_str("; the project's rights move only by `quota give` (spread founder)");
+        } else if asked.is_empty() {
             out.push_str("; no site in reach to ask for rights");
         } else {
             out.push_str(&format!("; asked {}", answers.join(", ")));

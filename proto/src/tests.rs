@@ -293,6 +293,7 @@ fn other_projects_cannot_see_or_touch() {
             name: "other".into(),
             description: String::new(),
             quota: Resources::new(1, 1, 128),
+            spread: atoll_crdt::Spread::Pool,
         }),
     )
     .unwrap();

@@ -286,3 +286,66 @@ fn a_refusal_says_whom_it_asked_and_what_is_out_of_reach() {
         other => panic!("{other:?}"),
     }
 }
+
+fn project(name: &str, quota: atoll_crdt::Resources, spread: atoll_crdt::Spread) -> Command {
+    Command::CreateProject(crate::api::NewProject {
+        name: name.into(),
+        description: String::new(),
+        quota,
+        spread,
+    })
+}
+
+/// `even` splits the total over the members at creation (the remainder stays
+/// at the creating site); `founder` keeps it there and never moves it on
+/// demand, until the spread is changed.
+#[test]
+fn spreads_place_rights_and_founder_moves_them_only_by_hand() {
+    use atoll_crdt::{Resources, Spread};
+    let mut net = crate::tests_sync::Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(0, Some(&admin), project("lab", Resources::new(10, 20, 2048), Spread::Even)).unwrap();
+    net.settle();
+    let free = |net: &crate::tests_sync::Net, i: usize, p: &str| net.peers[i].account(p).unwrap().available();
+    assert_eq!(free(&net, 0, "lab"), Resources::new(4, 8, 684));
+    assert_eq!(free(&net, 1, "lab"), Resources::new(3, 6, 682));
+    assert_eq!(free(&net, 2, "lab"), Resources::new(3, 6, 682));
+    // The map of rights, as site 2 knows it.
+    let Ok(Reply::Quota(q)) = net.call(2, Some(&admin), Command::ShowQuota { project: "lab".into() }) else {
+        panic!()
+    };
+    assert_eq!(q.by_site.len(), 3);
+    // Its own document and the giver's are held at site 2; s1's may not be.
+    let row = |s: &str| q.by_site.iter().find(|r| r.site.as_str() == s).unwrap().clone();
+    assert_eq!((row("s2").source.as_str(), row("s2").used), ("document", Some(Resources::ZERO)));
+    assert_eq!(row("s0").free, Some(Resources::new(4, 8, 684)));
+
+    net.call(0, Some(&admin), project("hand", Resources::new(4, 4, 1024), Spread::Founder)).unwrap();
+    net.settle();
+    net.call(1, Some(&admin), Command::RegisterImage(crate::tests::image("hand", "img"))).unwrap();
+    net.settle();
+    let create = |name: &str| {
+        let new =
+            serde_json::from_value(serde_json::json!({"name": name, "project": "hand", "image": "img"}));
+        Command::CreateInstance(new.unwrap())
+    };
+    let req = net.ask(1, &admin, create("x"));
+    match net.reply(req) {
+        Some(Err(ApiError::QuotaExceeded(m))) => assert!(m.contains("spread founder"), "{m}"),
+        other => panic!("refused at once, nobody asked: {other:?}"),
+    }
+    let pool = Command::SetSpread { project: "hand".into(), spread: Spread::Pool };
+    net.call(2, Some(&admin), pool).unwrap();
+    net.settle();
+    let req = net.ask(1, &admin, create("x"));
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(_)))), "{:?}", net.reply(req));
+    // Only realm admins change a spread.
+    let bob =
+        crate::api::NewUser { name: "bob".into(), password: "bob-password-1".into(), realm_admin: false };
+    net.call(0, Some(&admin), Command::CreateUser(bob)).unwrap();
+    let token = net.login(0, "bob", "bob-password-1");
+    let r = net.call(0, Some(&token), Command::SetSpread { project: "hand".into(), spread: Spread::Founder });
+    assert!(matches!(r, Err(ApiError::Forbidden(_))), "{r:?}");
+}

@@ -241,6 +241,7 @@ fn a_partitioned_site_keeps_working_and_merges_when_healed() {
             name: name.into(),
             description: String::new(),
             quota: Resources::new(1, 1, 64),
+            spread: atoll_crdt::Spread::Pool,
         })
     };
     net.call(0, Some(&admin), p("left")).unwrap();
@@ -328,8 +329,12 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     net.settle();
     let admin = net.login(0, "admin", "admin-password");
     net.silent.extend([(0, 1), (1, 0)]);
-    let project =
-        NewProject { name: "lab".into(), description: String::new(), quota: Resources::new(1, 1, 64) };
+    let project = NewProject {
+        name: "lab".into(),
+        description: String::new(),
+        quota: Resources::new(1, 1, 64),
+        spread: atoll_crdt::Spread::Pool,
+    };
     net.call(0, Some(&admin), Command::CreateProject(project)).unwrap();
     net.settle();
     assert!(net.peers[1].realm().project("lab").unwrap().is_none(), "the change was lost");
@@ -341,7 +346,12 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     assert!(net.peers[1].realm().project("lab").unwrap().is_some());
     net.assert_converged();
     // A later change flows at once: the pair's state is sound again.
-    let project = NewProject { name: "lab2".into(), description: String::new(), quota: Resources::ZERO };
+    let project = NewProject {
+        name: "lab2".into(),
+        description: String::new(),
+        quota: Resources::ZERO,
+        spread: atoll_crdt::Spread::Pool,
+    };
     net.call(0, Some(&admin), Command::CreateProject(project)).unwrap();
     net.settle();
     assert!(net.peers[1].realm().project("lab2").unwrap().is_some());

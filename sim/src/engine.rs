@@ -591,6 +591,7 @@ impl Sim {
                 name: p.name.clone(),
                 description: String::new(),
                 quota,
+                spread: p.spread,
             });
             self.call(0, cmd, Pending::Other);
             if p.share_instances > 0 && p.instances > 0 {

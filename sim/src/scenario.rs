@@ -104,6 +104,10 @@ pub struct ProjectSpec {
     /// Rights site 0 gives each other site at the start, as instances.
     #[serde(default)]
     pub share_instances: i64,
+    /// How the total is placed and moved (`founder`, `even`, `pool`); `pool`
+    /// unless named, so that `share_instances` says where rights start.
+    #[serde(default)]
+    pub spread: atoll_crdt::Spread,
 }
 
 /// One timeline entry: exactly one of the optional actions.

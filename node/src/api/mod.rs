@@ -151,6 +151,12 @@ struct LoginBody {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpreadBody {
+    spread: atoll_crdt::Spread,
+}
+
+#[derive(Deserialize)]
 struct GiveBody {
     to: Vec<atoll_crdt::SiteId>,
     amount: Resources,
@@ -286,6 +292,19 @@ pub fn routes() -> Vec<Route> {
             post(
                 |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewProject>, JsonRejection>| async move {
                     call(&s, &h, Command::CreateProject(body(b)?)).await
+                },
+            ),
+        ),
+        route(
+            "put",
+            "/v1/projects/{project}/spread",
+            "How a project's quota rights move from now on: founder, even or pool (realm admin)",
+            put(
+                |State(s): State<AppState>,
+                 h: HeaderMap,
+                 Path(project): Path<String>,
+                 b: Result<Json<SpreadBody>, JsonRejection>| async move {
+                    call(&s, &h, Command::SetSpread { project, spread: body(b)?.spread }).await
                 },
             ),
         ),

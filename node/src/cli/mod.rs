@@ -188,6 +188,20 @@ pub enum ProjectCmd {
         /// Memory in MiB in the quota total.
         #[arg(long, default_value_t = 20480)]
         memory: i64,
+        /// How the total is placed: even (split over the current sites, then
+        /// moved on demand), pool (all here, moved on demand), founder (all
+        /// here, moved only by `quota give`).
+        #[arg(long, value_parser = parse_spread, default_value = "even")]
+        spread: atoll_crdt::Spread,
+    },
+    /// Change how a project's rights move from now on (realm admins).
+    #[command(after_long_help = "Example:\n  atoll project spread lab founder")]
+    Spread {
+        /// Project name.
+        name: String,
+        /// founder, even or pool.
+        #[arg(value_parser = parse_spread)]
+        spread: atoll_crdt::Spread,
     },
     /// Projects the caller has a role in.
     #[command(after_long_help = "Example:\n  atoll project list --output json")]
@@ -231,11 +245,17 @@ pub enum QuotaCmd {
         #[arg(long)]
         memory: Option<i64>,
     },
-    /// A project's total and the rights the serving site holds of it.
-    #[command(after_long_help = "Example:\n  atoll quota show lab --output json")]
+    /// A project's total, what is used realm-wide as known here, and the
+    /// rights the serving site holds of it.
+    #[command(
+        after_long_help = "Examples:\n  atoll quota show lab\n  atoll quota show lab --by-site\n  atoll quota show lab --output json"
+    )]
     Show {
         /// Project name.
         project: String,
+        /// One row per site: where the rights are, what is used, reachable or not.
+        #[arg(long)]
+        by_site: bool,
     },
     /// Give rights this site holds to another site (sites also ask each other
     /// on demand while connected; this places rights ahead of a partition).
@@ -267,6 +287,11 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 /// `name` or `project/name`.
+fn parse_spread(s: &str) -> Result<atoll_crdt::Spread, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?} is not a spread: use founder, even or pool"))
+}
+
 fn split_ref<'a>(g: &'a Global, name: &'a str) -> (&'a str, &'a str) {
     name.split_once('/').unwrap_or((&g.project, name))
 }
@@ -395,19 +420,25 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                     .collect()
             });
         }
-        Cmd::Project(ProjectCmd::Create { name, description, instances, cpus, memory }) => {
-            let p: Project = api
-                .post(
-                    "/v1/projects",
-                    &NewProject { name, description, quota: Resources::new(instances, cpus, memory) },
-                )
-                .await?;
-            println!("Created project {}", p.name);
+        Cmd::Project(ProjectCmd::Create { name, description, instances, cpus, memory, spread }) => {
+            let quota = Resources::new(instances, cpus, memory);
+            let p: Project =
+                api.post("/v1/projects", &NewProject { name, description, quota, spread }).await?;
+            println!("Created project {} (rights spread: {})", p.name, p.spread);
+        }
+        Cmd::Project(ProjectCmd::Spread { name, spread }) => {
+            let body = serde_json::json!({ "spread": spread });
+            let p: Project = api.put(&format!("/v1/projects/{name}/spread"), &body).await?;
+            println!("Project {}: rights spread {} from now on", p.name, p.spread);
         }
         Cmd::Project(ProjectCmd::List) => {
             let ps: Vec<Project> = api.get("/v1/projects").await?;
-            print(g.output, &ps, &["NAME", "DESCRIPTION", "CREATED"], || {
-                ps.iter().map(|p| vec![p.name.clone(), p.description.clone(), ago(p.created_at)]).collect()
+            print(g.output, &ps, &["NAME", "SPREAD", "DESCRIPTION", "CREATED"], || {
+                ps.iter()
+                    .map(|p| {
+                        vec![p.name.clone(), p.spread.to_string(), p.description.clone(), ago(p.created_at)]
+                    })
+                    .collect()
             });
         }
         Cmd::Role(RoleCmd::Grant { user, project, role, sites }) => {
@@ -445,26 +476,54 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             let q: QuotaView = api.post(&format!("/v1/quotas/{project}/give"), &body).await?;
             print_quota(g.output, &q);
         }
-        Cmd::Quota(QuotaCmd::Show { project }) => {
+        Cmd::Quota(QuotaCmd::Show { project, by_site: false }) => {
             let q: QuotaView = api.get(&format!("/v1/quotas/{project}")).await?;
             print_quota(g.output, &q);
+        }
+        Cmd::Quota(QuotaCmd::Show { project, by_site: true }) => {
+            let q: QuotaView = api.get(&format!("/v1/quotas/{project}")).await?;
+            let figure = |r: Option<Resources>| r.map(|r| r.to_string()).unwrap_or_else(|| "?".into());
+            print(g.output, &q.by_site, &["SITE", "REACHABLE", "FREE RIGHTS", "USED", "FROM"], || {
+                q.by_site
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.site.to_string(),
+                            if r.reachable { "yes".into() } else { "no".into() },
+                            figure(r.free),
+                            figure(r.used),
+                            r.source.clone(),
+                        ]
+                    })
+                    .collect()
+            });
         }
     }
     Ok(())
 }
 
 fn print_quota(f: Format, q: &QuotaView) {
-    print(f, q, &["PROJECT", "RESOURCE", "TOTAL", "USED HERE", "FREE HERE"], || {
-        let row = |name: &str, t: i64, u: i64, a: i64| {
-            vec![q.project.clone(), name.into(), t.to_string(), u.to_string(), a.to_string()]
+    let headers = ["PROJECT", "RESOURCE", "TOTAL", "USED (KNOWN)", "USED HERE", "FREE HERE"];
+    print(f, q, &headers, || {
+        let row = |name: &str, t: i64, k: i64, u: i64, a: i64| {
+            vec![q.project.clone(), name.into(), t.to_string(), k.to_string(), u.to_string(), a.to_string()]
         };
-        let (t, u, a) = (q.total, q.account.consumed, q.available_here);
+        let (t, k, u, a) = (q.total, q.used_known, q.account.consumed, q.available_here);
         vec![
-            row("instances", t.instances, u.instances, a.instances),
-            row("cpus", t.cpus, u.cpus, a.cpus),
-            row("memory MiB", t.memory_mib, u.memory_mib, a.memory_mib),
+            row("instances", t.instances, k.instances, u.instances, a.instances),
+            row("cpus", t.cpus, k.cpus, u.cpus, a.cpus),
+            row("memory MiB", t.memory_mib, k.memory_mib, u.memory_mib, a.memory_mib),
         ]
     });
+    if f == Format::Table {
+        let known = q.by_site.iter().filter(|r| r.used.is_some()).count();
+        if known < q.by_site.len() {
+            println!(
+                "(used: on the {known} of {} sites whose documents the serving site holds; --by-site shows each)",
+                q.by_site.len()
+            );
+        }
+    }
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

@@ -19,8 +19,11 @@ fn reachable(d: &Daemon, n: usize) -> bool {
     rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
 }
 
+/// The sites holding `image`, as `d` knows; none while its catalog entry has
+/// not reached `d`.
 fn holders(d: &Daemon, image: &str) -> Vec<String> {
-    let v = d.cli().json(&["image", "show", image]);
+    let out = d.cli().run(&["image", "show", image, "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["holders"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect()
 }
 
@@ -135,6 +138,18 @@ fn rights_move_on_demand_and_refusals_say_where_they_are() {
     let refusal = refusal.expect("site-c never ran out of rights");
     assert!(refusal.contains("local quota share exhausted"), "{refusal}");
     assert!(refusal.contains("asked site-b") && refusal.contains("project total"), "{refusal}");
+    assert!(refusal.contains("used realm-wide as known here"), "{refusal}");
+    // Where the rights are, as site-c knows it: site-a out of reach.
+    let rows = c.cli().json(&["quota", "show", "default", "--by-site"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let a_row = rows.iter().find(|r| r["site"] == "site-a").unwrap();
+    assert_eq!(a_row["reachable"], false, "{a_row}");
+    let c_row = rows.iter().find(|r| r["site"] == "site-c").unwrap();
+    assert_eq!(c_row["source"], "document", "{c_row}");
+    assert!(c_row["used"]["instances"].as_i64().unwrap() >= 1, "{c_row}");
+    let table = c.cli().ok(&["quota", "show", "default", "--by-site"]);
+    assert!(table.starts_with("SITE") && table.contains("site-a"), "{table}");
     // Naming site-a as holding spare rights out of reach needs its last
     // summary to have reached site-c with them: not reliable yet (see the
     // known limits in docs/architecture.md), so not asserted here.
@@ -172,6 +187,10 @@ fn the_realm_wide_view_lists_reads_and_acts_across_sites() {
     let err = stranger.cli().home(a.home.path()).fails(&["instance", "list"]);
     assert!(err.contains("no token"), "{err}");
     drop(stranger);
+    // A project whose rights move only by hand says so.
+    a.cli().ok(&["project", "create", "lab", "--spread", "founder"]);
+    let projects = a.cli().json(&["project", "list"]);
+    assert!(projects.as_array().unwrap().iter().any(|p| p["name"] == "lab" && p["spread"] == "founder"));
     let file = process_image(root.path(), "talker", "echo \"hello from $1\"\nsleep 600\n");
     a.cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "talker"]);
     for d in [&a, &b, &c] {

@@ -7,6 +7,8 @@
 //! The requester answers its caller when the outcome arrives, or after the
 //! caller's wait with the intent still pending.
 
+use std::collections::BTreeMap;
+
 use atoll_crdt::{Entity, Instance, Intent, IntentOutcome, IntentState, Millis, SiteId, User};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
@@ -295,17 +297,28 @@ impl Peer {
     }
 
     /// Intents this site issued and intents it received, visible to the caller.
+    /// Intents in every document held here (issued by this site, by the sites
+    /// it keeps documents of, and those received here), realm-wide as far as
+    /// this site knows; a user sees their own, a realm admin all.
     pub(crate) fn list_intents(&self, user: &User) -> ApiResult {
-        let mut out: Vec<IntentView> = Vec::new();
-        for intent in self.own.doc.list::<Intent>().unwrap_or_default() {
-            out.push(self.view(intent));
-        }
-        for outcome in self.own.doc.list::<IntentOutcome>().unwrap_or_default() {
-            if let Ok(v) = self.intent_view(&outcome.id) {
-                out.push(v);
+        let mut out: BTreeMap<String, IntentView> = BTreeMap::new();
+        for doc in std::iter::once(&self.own).chain(self.others.values()) {
+            for intent in doc.doc.list::<Intent>().unwrap_or_default() {
+                // Only a requester writes its intents; anything else is not one.
+                if intent.requester == doc.site {
+                    out.insert(intent.id.clone(), self.view(intent));
+                }
             }
         }
-        out.retain(|v| v.user == user.name || user.realm_admin);
+        for outcome in self.own.doc.list::<IntentOutcome>().unwrap_or_default() {
+            if !out.contains_key(&outcome.id)
+                && let Ok(v) = self.intent_view(&outcome.id)
+            {
+                out.insert(outcome.id.clone(), v);
+            }
+        }
+        let mut out: Vec<IntentView> =
+            out.into_values().filter(|v| v.user == user.name || user.realm_admin).collect();
         out.sort_by(|a, b| (a.created_at, &a.intent).cmp(&(b.created_at, &b.intent)));
         Ok(Reply::Intents(out))
     }

@@ -386,7 +386,7 @@ pub fn routes() -> Vec<Route> {
         route(
             "get",
             "/v1/intents",
-            "Cross-site operations issued or received by this site",
+            "Cross-site operations in every document the serving site holds (realm-wide as far as it knows)",
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListIntents).await },
             ),

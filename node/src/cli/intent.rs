@@ -11,7 +11,7 @@ use super::show;
 
 #[derive(Debug, Subcommand)]
 pub enum IntentCmd {
-    /// Cross-site operations issued or received by the serving site.
+    /// Cross-site operations of the realm, as far as the serving site knows (the documents it holds: its own, those it keeps, those sent its way).
     #[command(after_long_help = "Example:\n  atoll intent list --output json")]
     List,
     /// One operation and its outcome.

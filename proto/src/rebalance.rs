@@ -33,6 +33,11 @@ pub const FANOUT: usize = 3;
 pub const MAX_ASKED: usize = 9;
 /// Calls waiting for rights at once; beyond, calls are refused at once.
 pub const MAX_PARKED: usize = 256;
+/// Sites a giver names as holding rights it gave (where to look next), and
+/// hinted sites remembered per project, for [`MAX_HINTED_PROJECTS`] projects.
+pub const MAX_HINTS: usize = 3;
+const MAX_HINTED: usize = 8;
+const MAX_HINTED_PROJECTS: usize = 64;
 
 /// A call waiting for rights.
 #[derive(Debug, Clone)]
@@ -46,11 +51,16 @@ struct Parked {
     asks: usize,
 }
 
-/// Calls waiting for rights, by a local id.
+/// Calls waiting for rights, by a local id, and where rights were last said
+/// to be.
 #[derive(Debug, Default)]
 pub struct Rebalance {
     parked: BTreeMap<u64, Parked>,
     next: u64,
+    /// Per project, sites givers named as holding rights they gave (newest
+    /// first): without summaries (large realms gossip none) this is how a
+    /// site finds rights that moved away from where they started.
+    hinted: BTreeMap<String, Vec<SiteId>>,
 }
 
 impl Rebalance {
@@ -61,6 +71,18 @@ impl Rebalance {
 
     pub fn is_empty(&self) -> bool {
         self.parked.is_empty()
+    }
+
+    fn hint(&mut self, project: &str, sites: &[SiteId]) {
+        if !self.hinted.contains_key(project) && self.hinted.len() >= MAX_HINTED_PROJECTS {
+            return;
+        }
+        let list = self.hinted.entry(project.to_owned()).or_default();
+        for s in sites.iter().take(MAX_HINTS).rev() {
+            list.retain(|x| x != s);
+            list.insert(0, s.clone());
+        }
+        list.truncate(MAX_HINTED);
     }
 }
 
@@ -127,11 +149,15 @@ impl Peer {
         matches!(self.realm.project(project), Ok(Some(p)) if p.spread == atoll_crdt::Spread::Founder)
     }
 
-    /// Connected sites to ask, most spare rights first (from their summaries;
-    /// sites that published none come after, in the seeded RNG's order).
+    /// Connected sites to ask, best first: those whose summaries show spare
+    /// rights (most first), then those a giver named as holding rights it
+    /// gave, then those holding a share of the project's total in the realm
+    /// (where a `pool` or `founder` project's rights start), then the rest,
+    /// each group in the seeded RNG's order.
     fn givers_for(&mut self, project: &str, asked: &[(SiteId, Option<Resources>)]) -> Vec<SiteId> {
         use rand_core::RngCore;
-        let mut peers: Vec<(i64, u64, SiteId)> = self
+        let hinted = self.rebalance.hinted.get(project).cloned().unwrap_or_default();
+        let mut peers: Vec<(u8, i64, u64, SiteId)> = self
             .connected
             .iter()
             .filter(|s| !asked.iter().any(|(a, _)| a == *s))
@@ -141,11 +167,29 @@ impl Peer {
                     .get(s)
                     .and_then(|v| v.spare.iter().find(|(p, _)| p == project).map(|(_, r)| r.instances))
                     .unwrap_or(0);
-                (spare, self.rng.next_u64(), s.clone())
+                let class = if spare > 0 {
+                    3
+                } else if hinted.contains(s) {
+                    2
+                } else if self.realm.granted(project, s).is_ok_and(|g| g.instances > 0) {
+                    1
+                } else {
+                    0
+                };
+                (class, spare, self.rng.next_u64(), s.clone())
             })
             .collect();
-        peers.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        peers.into_iter().take(FANOUT).map(|(_, _, s)| s).collect()
+        peers.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        peers.into_iter().take(FANOUT).map(|(_, _, _, s)| s).collect()
+    }
+
+    /// The sites this site gave most rights of `project` to, but `asker`.
+    fn recipients(&self, project: &str, asker: &SiteId) -> Vec<SiteId> {
+        let mut given: Vec<atoll_crdt::Transfer> =
+            self.own.doc.list_prefix(&format!("{project}/")).unwrap_or_default();
+        given.retain(|t| &t.to != asker);
+        given.sort_by_key(|t| std::cmp::Reverse(t.total.instances));
+        given.into_iter().take(MAX_HINTS).map(|t| t.to).collect()
     }
 
     /// A member asks for rights: give from what is spare, write it as a
@@ -161,7 +205,8 @@ impl Peer {
     ) {
         // A failed give (a corrupt document, say) is answered as none spare.
         let given = self.give_on_demand(now, from, project, want).unwrap_or(Resources::ZERO);
-        fx.send(from, PeerMsg::RightsGiven { project: project.to_owned(), amount: given });
+        let hints = self.recipients(project, from);
+        fx.send(from, PeerMsg::RightsGiven { project: project.to_owned(), amount: given, hints });
     }
 
     fn give_on_demand(
@@ -198,8 +243,12 @@ impl Peer {
         from: &SiteId,
         project: &str,
         amount: Resources,
+        hints: &[SiteId],
         fx: &mut impl Effects,
     ) {
+        let hints: Vec<SiteId> =
+            hints.iter().filter(|s| *s != &self.site && self.connected.contains(*s)).cloned().collect();
+        self.rebalance.hint(project, &hints);
         for p in self.rebalance.parked.values_mut().filter(|p| p.new.project == project) {
             if let Some(slot) = p.asked.iter_mut().find(|(s, _)| s == from) {
                 slot.1 = Some(amount);

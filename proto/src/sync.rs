@@ -250,8 +250,8 @@ impl Peer {
                 let told = instances.map(|instances| crate::gather::Told { instances, as_of, cut });
                 self.on_instances_told(now, &from, id, &site, told, fx)
             }
-            PeerMsg::RightsGiven { project, amount } => {
-                self.on_rights_given(now, &from, &project, amount, fx)
+            PeerMsg::RightsGiven { project, amount, hints } => {
+                self.on_rights_given(now, &from, &project, amount, &hints, fx)
             }
             PeerMsg::Sync { doc, msg } => {
                 if !self.ensure_doc(&from, &doc) {

@@ -60,7 +60,9 @@ pub enum PeerMsg {
     RightsAsk { project: String, want: atoll_crdt::Resources },
     /// The answer: what the sender gave (written as a transfer in its
     /// document, which follows by sync); zero when it had none spare.
-    RightsGiven { project: String, amount: atoll_crdt::Resources },
+    /// `hints`: sites the sender gave most rights of the project to (at most
+    /// [`crate::rebalance::MAX_HINTS`]), where the asker may look next.
+    RightsGiven { project: String, amount: atoll_crdt::Resources, hints: Vec<atoll_crdt::SiteId> },
     /// Asks for the instances of `site`'s document (the receiver's own, or a
     /// replica it holds), for the realm-wide view; `id` names the call.
     InstancesAsk { id: u64, site: atoll_crdt::SiteId },
@@ -169,7 +171,7 @@ mod tests {
             let want = atoll_crdt::Resources::new(n as i64, -(n as i64), i64::MAX);
             let ask = PeerMsg::RightsAsk { project: format!("p{n}"), want };
             prop_assert_eq!(PeerMsg::decode(&ask.encode()).unwrap(), ask);
-            let given = PeerMsg::RightsGiven { project: String::new(), amount: want };
+            let given = PeerMsg::RightsGiven { project: String::new(), amount: want, hints: Vec::new() };
             prop_assert_eq!(PeerMsg::decode(&given.encode()).unwrap(), given);
         }
     }

@@ -1,6 +1,6 @@
 //! Admission latency when quota rights must come from a peer, for
 //! docs/benchmarks.md: N real daemons on loopback; for each of P fresh
-//! projects (whose whole total sits at site-1, the site that created it),
+//! projects (spread pool: the whole total sits at site-1, which created it),
 //! every other site creates one instance (it holds no rights: it asks, site-1
 //! gives a quantum, the call is admitted when the transfer arrives) and then a
 //! second one (admitted from the quantum it now holds). Both calls return once
@@ -50,7 +50,7 @@ fn main() {
     for p in 0..projects {
         let project = format!("bench{p}");
         let body = format!(
-            r#"{{"name":"{project}","quota":{{"instances":1000,"cpus":1000,"memory_mib":1000000}}}}"#
+            r#"{{"name":"{project}","spread":"pool","quota":{{"instances":1000,"cpus":1000,"memory_mib":1000000}}}}"#
         );
         let reply = http(&sites[0].addr(), "POST", "/v1/projects", Some(&admin), body.as_bytes());
         assert_eq!(reply.status, 200, "{}", reply.body);

@@ -8,11 +8,13 @@
 //! refused with a precise account when the wait ends.
 //!
 //! Policy, after the bounded counter of Balegas et al. and telecom online
-//! charging: ask for the shortfall, and be given a quantum (half the giver's
-//! spare, at least the shortfall), so that a burst costs one round trip; ask
-//! up to [`FANOUT`] connected sites, those whose summaries show most spare
-//! rights first; a site that itself waits for rights of a project gives none
-//! of it (no ping-pong).
+//! charging: ask for the shortfall, and be given a quantum (at least the
+//! shortfall, up to [`QUANTUM`] times it within half the giver's spare), so
+//! that a burst costs one round trip; ask up to [`FANOUT`] connected sites:
+//! those whose summaries show most spare rights first, then those a giver
+//! named as holding rights it gave, then holders of a share of the total;
+//! a site that itself waits for rights of a project gives none of it (no
+//! ping-pong).
 
 use std::collections::BTreeMap;
 
@@ -96,10 +98,19 @@ pub fn shortfall(want: Resources, have: Resources) -> Resources {
     )
 }
 
+/// The most a giver gives for one ask, in multiples of what is wanted.
+pub const QUANTUM: i64 = 8;
+
 /// What a giver holding `spare` gives for `want`: in each wanted component,
-/// half its spare and at least what is wanted, never more than it holds.
+/// at least what is wanted and up to [`QUANTUM`] times it, but no more than
+/// half its spare unless that is less than what is wanted; never more than it
+/// holds. Bounding the quantum keeps a `pool` where every site can reach it:
+/// with half the spare per ask, the first askers of a large realm walked away
+/// with most of the total, stranded at sites others are not connected to.
 pub fn grant(spare: Resources, want: Resources) -> Resources {
-    let one = |s: i64, w: i64| if w <= 0 || s <= 0 { 0 } else { w.max(s / 2).min(s) };
+    let one = |s: i64, w: i64| {
+        if w <= 0 || s <= 0 { 0 } else { w.max((s / 2).min(w.saturating_mul(QUANTUM))).min(s) }
+    };
     Resources::new(
         one(spare.instances, want.instances),
         one(spare.cpus, want.cpus),
@@ -468,7 +479,9 @@ mod tests {
     #[test]
     fn a_giver_gives_a_quantum_within_its_spare_and_only_what_is_wanted() {
         let spare = Resources::new(8, 8, 4096);
-        assert_eq!(grant(spare, Resources::new(1, 1, 64)), Resources::new(4, 4, 2048));
+        assert_eq!(grant(spare, Resources::new(1, 1, 64)), Resources::new(4, 4, 512));
+        let big = Resources::new(1000, 1000, 1 << 20);
+        assert_eq!(grant(big, Resources::new(1, 2, 64)), Resources::new(8, 16, 512), "a bounded quantum");
         assert_eq!(grant(spare, Resources::new(6, 0, 0)), Resources::new(6, 0, 0));
         assert_eq!(grant(spare, Resources::new(20, 1, 0)), Resources::new(8, 4, 0));
         assert_eq!(grant(Resources::new(1, 0, 0), Resources::new(1, 1, 1)), Resources::new(1, 0, 0));

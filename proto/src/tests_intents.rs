@@ -349,3 +349,46 @@ fn spreads_place_rights_and_founder_moves_them_only_by_hand() {
     let r = net.call(0, Some(&token), Command::SetSpread { project: "hand".into(), spread: Spread::Founder });
     assert!(matches!(r, Err(ApiError::Forbidden(_))), "{r:?}");
 }
+
+/// Without summaries (large realms gossip none), rights that moved away from
+/// where they started are found through the givers' hints: site after site
+/// asks, the founder's spare halves with each gift until it has none, and
+/// later askers are sent on to the sites it gave to.
+#[test]
+fn rights_that_moved_away_are_found_through_hints() {
+    use atoll_crdt::{Resources, Spread};
+    let n = 14;
+    let mut net = crate::tests_sync::Net::new(n);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(0, Some(&admin), project("burst", Resources::new(64, 64, 65536), Spread::Pool)).unwrap();
+    net.call(0, Some(&admin), Command::RegisterImage(crate::tests::image("burst", "img"))).unwrap();
+    net.settle();
+    for i in 1..n {
+        // Three at once: the first admitted gives the site a quantum, the
+        // others wait meanwhile.
+        let mut reqs = Vec::new();
+        for name in ["x", "y", "z"] {
+            let new =
+                serde_json::from_value(serde_json::json!({"name": name, "project": "burst", "image": "img"}));
+            reqs.push(net.ask(i, &admin, Command::CreateInstance(new.unwrap())));
+        }
+        let fetched = |net: &mut crate::tests_sync::Net| {
+            net.settle();
+            for (j, image, _) in std::mem::take(&mut net.fetches) {
+                net.input(j, Input::Fetched { digest: image.digest, result: Ok(()) });
+            }
+            net.settle();
+        };
+        fetched(&mut net);
+        for last in [false, true] {
+            if reqs.iter().any(|r| net.reply(*r).is_none()) {
+                net.fire(|t| matches!(t, TimerId::RightsWait { last: l, .. } if *l == last));
+                fetched(&mut net);
+            }
+        }
+        for req in reqs {
+            assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(_)))), "s{i}: {:?}", net.reply(req));
+        }
+    }
+}

@@ -365,6 +365,10 @@ impl Sim {
             if matches!(msg, PeerMsg::Sync { .. }) {
                 self.stats.sync_messages += 1;
             }
+            if matches!(msg, PeerMsg::RightsAsk { .. } | PeerMsg::RightsGiven { .. }) {
+                self.stats.rights_messages += 1;
+                self.stats.rights_bytes += bytes.len() as u64;
+            }
             if self.sc.network.silent_cuts && self.down.contains(&pair(i, j)) {
                 continue; // no connection: the shell sends nothing
             }
@@ -410,20 +414,32 @@ impl Sim {
         }
     }
 
-    /// A creation was refused for quota: counts it if a site in reach of the
+    /// A creation was refused for quota: counts it if the project's total had
+    /// room for it (the truth over every site), and if a site in reach of the
     /// refusing one held spare rights covering it (goal: none; they should
     /// have been asked for). "Spare": the site's own account of what it holds
-    /// free covers the request at the refusal. "In reach": alive, linked both
-    /// ways and connected (no cut being noticed, no link being redialled), and
-    /// no change to the network at all since the call was made. On a network
-    /// that loses messages an ask or its answer may be lost within the wait,
-    /// so there such refusals are counted only; on a lossless one each is a
-    /// violation.
-    fn refused_with_rights_in_reach(&mut self, site: usize, project: &str, want: Resources, at: Millis) {
+    /// free covers the request at the refusal. "In reach": a site the refusing
+    /// one is connected to (every site in a full mesh; its overlay neighbours
+    /// in a large realm, the only sites it can ask), alive, linked both ways
+    /// and no cut being noticed or link redialled, and no change to the
+    /// network at all since the call was made. On a network that loses
+    /// messages an ask or its answer may be lost within the wait, so there
+    /// such refusals are counted only; on a lossless one each is a violation.
+    fn refused_with_rights_in_reach(
+        &mut self,
+        site: usize,
+        project: &str,
+        want: Resources,
+        at: Millis,
+        why: &str,
+    ) {
+        if self.total_had_room(project, want) {
+            self.stats.refused_with_room += 1;
+        }
         if self.net_changed_at > at {
             return;
         }
-        let holder = (0..self.sites.len()).find(|&t| {
+        let holder = self.sites[site].neighbours.iter().copied().find(|&t| {
             t != site
                 && self.linked(site, t)
                 && !self.down.contains(&pair(site, t))
@@ -436,7 +452,9 @@ impl Sim {
         if let Some(t) = holder {
             self.stats.refused_in_reach += 1;
             if self.sc.network.loss == 0.0 {
-                let what = format!("s{site} refused {want} of {project} while s{t}, in reach, held it spare");
+                let what = format!(
+                    "s{site} refused {want} of {project} while s{t}, in reach, held it spare ({why})"
+                );
                 self.checks.violation(self.now, what);
             }
         }
@@ -509,7 +527,7 @@ impl Sim {
                 if e.code() == "quota_exceeded" =>
             {
                 self.stats.refused += 1;
-                self.refused_with_rights_in_reach(site, &project, want, at);
+                self.refused_with_rights_in_reach(site, &project, want, at, &e.to_string());
             }
             (Some(Pending::Intent), Ok(Reply::Intent(v))) => {
                 self.checks.intents.push((v.requester, v.target, v.intent))
@@ -559,6 +577,17 @@ impl Sim {
         if self.sites.len() <= GOSSIP_UP_TO {
             self.push(SETUP_END, Ev::Gossip);
         }
+    }
+
+    /// Whether the project's total, less what every site's own document says
+    /// it uses, covers `want` (the truth no single site knows).
+    fn total_had_room(&self, project: &str, want: Resources) -> bool {
+        let peers = self.sites.iter().filter_map(|s| s.peer.as_ref());
+        let Some(total) = peers.clone().find_map(|p| p.realm().quota_total(project).ok()) else {
+            return false;
+        };
+        let used = Resources::checked_sum(peers.filter_map(|p| p.own().consumed(project).ok()));
+        used.and_then(|u| total.checked_minus(u)).is_some_and(|room| room.covers(want))
     }
 
     /// Hands every live site's summary to its connected neighbours.

@@ -18,9 +18,14 @@ pub struct Stats {
     pub gives: usize,
     /// Creations refused while a site in reach held spare rights (goal 0).
     pub refused_in_reach: usize,
+    /// Creations refused while the project's total had room for them.
+    pub refused_with_room: usize,
     /// Sync messages sent, in all; and in the quiet window after convergence.
     pub sync_messages: u64,
     pub quiet_sync_messages: u64,
+    /// Rights on demand: asks and answers sent, and their bytes.
+    pub rights_messages: u64,
+    pub rights_bytes: u64,
     /// (time, share of live sites agreeing on the realm), once a second.
     pub samples: Vec<(Millis, f64)>,
     pub settled_at: Millis,
@@ -49,8 +54,15 @@ pub struct Report {
     pub failed_fetching: usize,
     /// Creations refused while a site in reach held spare rights (goal 0).
     pub refused_in_reach: usize,
+    /// Creations refused while the project's total had room for them
+    /// (somewhere: maybe out of reach, or held by sites using it).
+    pub refused_with_room: usize,
     /// Sync messages in the quiet window after convergence.
     pub quiet_sync_messages: u64,
+    /// Rights asks and answers, and their bytes (the transfers they cause
+    /// travel in sync messages).
+    pub rights_messages: u64,
+    pub rights_bytes: u64,
     pub persisted_total_bytes: usize,
     pub persisted_max_site_bytes: usize,
     pub peak_rss_kib: u64,
@@ -122,7 +134,10 @@ impl Report {
             converged: sim.checks.converged.unwrap_or(false),
             failed_fetching: sim.checks.failed_fetching,
             refused_in_reach: sim.stats.refused_in_reach,
+            refused_with_room: sim.stats.refused_with_room,
             quiet_sync_messages: sim.stats.quiet_sync_messages,
+            rights_messages: sim.stats.rights_messages,
+            rights_bytes: sim.stats.rights_bytes,
             persisted_total_bytes: total,
             persisted_max_site_bytes: max,
             peak_rss_kib: peak_rss_kib(),
@@ -156,7 +171,8 @@ impl Report {
         out.push_str(&format!(
             "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
              messages {} ({} bytes, {} dropped by the network)\n\
-             instances created {}, refused for quota {} ({} while a site in reach held spare rights); intents applied {}, refused {}\n\
+             instances created {}, refused for quota {} ({} while the project's total had room, {} while a site in reach held spare rights); intents applied {}, refused {}\n\
+             rights asked and answered: {} messages, {} bytes\n\
              instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
              persisted state: {} bytes over all sites, {} bytes at the largest\n\
              peak memory {} MiB\n",
@@ -168,9 +184,12 @@ impl Report {
             self.dropped,
             self.created,
             self.refused,
+            self.refused_with_room,
             self.refused_in_reach,
             self.intents_done,
             self.intents_failed,
+            self.rights_messages,
+            self.rights_bytes,
             self.failed_fetching,
             self.quiet_sync_messages,
             self.persisted_total_bytes,

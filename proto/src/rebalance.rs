@@ -63,6 +63,9 @@ pub struct Rebalance {
     /// first): without summaries (large realms gossip none) this is how a
     /// site finds rights that moved away from where they started.
     hinted: BTreeMap<String, Vec<SiteId>>,
+    /// Per project, sites that asked while this site waited for rights of it
+    /// itself (and were given none): served once its own calls are through.
+    turned_away: BTreeMap<String, Vec<(SiteId, Resources)>>,
 }
 
 impl Rebalance {
@@ -73,6 +76,17 @@ impl Rebalance {
 
     pub fn is_empty(&self) -> bool {
         self.parked.is_empty()
+    }
+
+    fn turn_away(&mut self, project: &str, site: &SiteId, want: Resources) {
+        if !self.turned_away.contains_key(project) && self.turned_away.len() >= MAX_HINTED_PROJECTS {
+            return;
+        }
+        let list = self.turned_away.entry(project.to_owned()).or_default();
+        list.retain(|(s, _)| s != site);
+        if list.len() < MAX_HINTED {
+            list.push((site.clone(), want));
+        }
     }
 
     fn hint(&mut self, project: &str, sites: &[SiteId]) {
@@ -233,7 +247,11 @@ impl Peer {
         if self.realm.project(project)?.is_none() || self.realm.member(to)?.is_none() {
             return Ok(Resources::ZERO);
         }
-        if self.rebalance.waits_for(project) || self.moves_by_hand(project) {
+        if self.moves_by_hand(project) {
+            return Ok(Resources::ZERO);
+        }
+        if self.rebalance.waits_for(project) {
+            self.rebalance.turn_away(project, to, want);
             return Ok(Resources::ZERO);
         }
         let spare = self.account(project)?.available();
@@ -304,14 +322,33 @@ impl Peer {
         if want == Resources::ZERO || p.asks >= MAX_ASKED {
             return;
         }
-        let gave: Vec<SiteId> = p
-            .asked
-            .iter()
-            .filter(|(s, a)| a.is_some_and(|r| r != Resources::ZERO) && self.connected.contains(s))
-            .map(|(s, _)| s.clone())
-            .collect();
+        // Who may hold rights now: sites that gave (they may hold more), sites
+        // named as holding rights, sites that had none (they may have been
+        // waiting themselves, and been given some since), then new ones.
         let fresh = self.givers_for(&p.new.project, &p.asked);
-        let again: Vec<SiteId> = gave.into_iter().chain(fresh).take(MAX_ASKED - p.asks).collect();
+        let reached = |s: &SiteId| self.connected.contains(s);
+        let answered = |zero: bool| -> Vec<SiteId> {
+            p.asked
+                .iter()
+                .filter(|(s, a)| reached(s) && a.is_some_and(|r| (r == Resources::ZERO) == zero))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        let hinted: Vec<SiteId> = self
+            .rebalance
+            .hinted
+            .get(&p.new.project)
+            .into_iter()
+            .flatten()
+            .filter(|s| reached(s))
+            .cloned()
+            .collect();
+        let mut again: Vec<SiteId> = Vec::new();
+        for s in answered(false).into_iter().chain(hinted).chain(answered(true)).chain(fresh) {
+            if !again.contains(&s) && again.len() < MAX_ASKED - p.asks {
+                again.push(s);
+            }
+        }
         for s in &again {
             fx.send(s, PeerMsg::RightsAsk { project: p.new.project.clone(), want });
         }
@@ -329,6 +366,9 @@ impl Peer {
     /// Tries the waiting admissions again (documents changed: rights may have arrived).
     pub(crate) fn retry_parked(&mut self, now: Millis, fx: &mut impl Effects) {
         if self.rebalance.is_empty() {
+            if !self.rebalance.turned_away.is_empty() {
+                self.serve_turned_away(now, fx);
+            }
             return;
         }
         let ids: Vec<u64> = self.rebalance.parked.keys().copied().collect();
@@ -360,6 +400,28 @@ impl Peer {
                             }
                         }
                     }
+                }
+            }
+        }
+        self.serve_turned_away(now, fx);
+    }
+
+    /// Sites turned away while this site waited for a project's rights are
+    /// served once it waits no more (it may have been given more than it used).
+    fn serve_turned_away(&mut self, now: Millis, fx: &mut impl Effects) {
+        let ready: Vec<String> =
+            self.rebalance.turned_away.keys().filter(|p| !self.rebalance.waits_for(p)).cloned().collect();
+        for project in ready {
+            for (site, want) in self.rebalance.turned_away.remove(&project).unwrap_or_default() {
+                if !self.connected.contains(&site) {
+                    continue;
+                }
+                let given = self.give_on_demand(now, &site, &project, want).unwrap_or(Resources::ZERO);
+                if given != Resources::ZERO {
+                    fx.send(
+                        &site,
+                        PeerMsg::RightsGiven { project: project.clone(), amount: given, hints: Vec::new() },
+                    );
                 }
             }
         }

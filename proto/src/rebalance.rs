@@ -192,11 +192,20 @@ impl Peer {
                     .get(s)
                     .and_then(|v| v.spare.iter().find(|(p, _)| p == project).map(|(_, r)| r.instances))
                     .unwrap_or(0);
+                // A held document tells what the site holds free (transfers to
+                // it from givers not held here aside); else its share of the total.
+                let holds = match self.others.get(s) {
+                    Some(doc) => {
+                        let givers = std::iter::once(&self.own).chain(self.others.values()).filter(|d| d.site != *s);
+                        Account::read(&self.realm, doc, givers, project).is_ok_and(|a| a.available().instances > 0)
+                    }
+                    None => self.realm.granted(project, s).is_ok_and(|g| g.instances > 0),
+                };
                 let class = if spare > 0 {
                     3
                 } else if hinted.contains(s) {
                     2
-                } else if self.realm.granted(project, s).is_ok_and(|g| g.instances > 0) {
+                } else if holds {
                     1
                 } else {
                     0

@@ -37,8 +37,8 @@ pub const MAX_ASKED: usize = 9;
 pub const MAX_PARKED: usize = 256;
 /// Sites a giver names as holding rights it gave (where to look next), and
 /// hinted sites remembered per project, for [`MAX_HINTED_PROJECTS`] projects.
-pub const MAX_HINTS: usize = 3;
-const MAX_HINTED: usize = 8;
+pub const MAX_HINTS: usize = 6;
+const MAX_HINTED: usize = 12;
 const MAX_HINTED_PROJECTS: usize = 64;
 
 /// A call waiting for rights.
@@ -196,8 +196,10 @@ impl Peer {
                 // it from givers not held here aside); else its share of the total.
                 let holds = match self.others.get(s) {
                     Some(doc) => {
-                        let givers = std::iter::once(&self.own).chain(self.others.values()).filter(|d| d.site != *s);
-                        Account::read(&self.realm, doc, givers, project).is_ok_and(|a| a.available().instances > 0)
+                        let givers =
+                            std::iter::once(&self.own).chain(self.others.values()).filter(|d| d.site != *s);
+                        Account::read(&self.realm, doc, givers, project)
+                            .is_ok_and(|a| a.available().instances > 0)
                     }
                     None => self.realm.granted(project, s).is_ok_and(|g| g.instances > 0),
                 };
@@ -332,8 +334,9 @@ impl Peer {
             return;
         }
         // Who may hold rights now: sites that gave (they may hold more), sites
-        // named as holding rights, sites that had none (they may have been
-        // waiting themselves, and been given some since), then new ones.
+        // named as holding rights, sites not asked yet, then sites that had
+        // none (they may have been given some since; one that had none
+        // because it waited itself gives once through, unasked).
         let fresh = self.givers_for(&p.new.project, &p.asked);
         let reached = |s: &SiteId| self.connected.contains(s);
         let answered = |zero: bool| -> Vec<SiteId> {
@@ -353,7 +356,7 @@ impl Peer {
             .cloned()
             .collect();
         let mut again: Vec<SiteId> = Vec::new();
-        for s in answered(false).into_iter().chain(hinted).chain(answered(true)).chain(fresh) {
+        for s in answered(false).into_iter().chain(hinted).chain(fresh).chain(answered(true)) {
             if !again.contains(&s) && again.len() < MAX_ASKED - p.asks {
                 again.push(s);
             }

@@ -65,14 +65,8 @@ pub struct Client {
 
 impl Client {
     pub async fn call(&self, token: Option<String>, cmd: Command) -> ApiResult {
-        let (reply, rx) = oneshot::channel();
-        let busy = || ApiError::Busy("the site is shutting down or overloaded; retry".into());
-        self.tx.send(Msg::Api { token, cmd, reply }).await.map_err(|_| busy())?;
-        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(busy()),
-            Err(_) => Err(ApiError::Busy("the operation is still in progress; check its state later".into())),
-        }
+        let late = ApiError::Busy("the operation is still in progress; check its state later".into());
+        self.ask(|reply| Msg::Api { token, cmd, reply }, late).await
     }
 
     /// The tail of the output of an instance running on `site`, over the peer network.
@@ -81,13 +75,24 @@ impl Client {
         site: atoll_crdt::SiteId,
         request: wire::LogsRequest,
     ) -> Result<Vec<u8>, ApiError> {
+        let late = ApiError::Unreachable("the instance's site did not answer in time".into());
+        self.ask(|reply| Msg::Logs { site, request, reply }, late).await
+    }
+
+    /// Sends the loop a message carrying a reply channel and waits for the
+    /// reply, at most [`CALL_TIMEOUT`] (then `late`).
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Msg,
+        late: ApiError,
+    ) -> Result<T, ApiError> {
         let (reply, rx) = oneshot::channel();
         let busy = || ApiError::Busy("the site is shutting down or overloaded; retry".into());
-        self.tx.send(Msg::Logs { site, request, reply }).await.map_err(|_| busy())?;
+        self.tx.send(msg(reply)).await.map_err(|_| busy())?;
         match tokio::time::timeout(CALL_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(busy()),
-            Err(_) => Err(ApiError::Unreachable("the instance's site did not answer in time".into())),
+            Err(_) => Err(late),
         }
     }
 }

@@ -27,8 +27,10 @@ pub const MAX_PARKED: usize = 64;
 pub const MAX_TOLD: usize = 4096;
 /// Encoded bytes of instances in one answer, well under the message limit.
 pub const MAX_TOLD_BYTES: usize = 3 << 20;
-/// Sites whose last answer is remembered (those we hold no document of).
+/// Sites whose last answer is remembered (those we hold no document of),
+/// and instances remembered over all of them.
 pub const MAX_HEARD: usize = 1024;
+pub const MAX_HEARD_INSTANCES: usize = 65_536;
 
 /// Where a site's part of the view came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,13 +254,20 @@ impl Gather {
     }
 
     fn remember(&mut self, now: Millis, site: &SiteId, told: Told) {
-        if !self.heard.contains_key(site) && self.heard.len() >= MAX_HEARD {
-            // Forget the part heard longest ago.
-            if let Some(oldest) = self.heard.iter().min_by_key(|(_, (at, _))| *at).map(|(s, _)| s.clone()) {
-                self.heard.remove(&oldest);
-            }
-        }
         self.heard.insert(site.clone(), (now, told));
+        // Forget the parts heard longest ago beyond either bound (a member
+        // answering with full answers for many sites must not grow this).
+        let count =
+            |h: &BTreeMap<SiteId, (Millis, Told)>| h.values().map(|(_, t)| t.instances.len()).sum::<usize>();
+        while self.heard.len() > MAX_HEARD
+            || (self.heard.len() > 1 && count(&self.heard) > MAX_HEARD_INSTANCES)
+        {
+            let Some(oldest) = self.heard.iter().min_by_key(|(_, (at, _))| *at).map(|(s, _)| s.clone())
+            else {
+                break;
+            };
+            self.heard.remove(&oldest);
+        }
     }
 }
 
@@ -523,6 +532,20 @@ mod tests {
         let done = g.expire(id).unwrap();
         assert_eq!(done.parts[&s("b")].0.source, Source::Unknown);
         assert!(g.expire(id).is_none());
+    }
+
+    #[test]
+    fn memory_of_answers_is_bounded() {
+        let mut g = Gather::default();
+        let full: Vec<Instance> = (0..MAX_TOLD).map(|i| instance("x", &format!("i{i}"))).collect();
+        for k in 0..40u64 {
+            let told = Told { instances: full.clone(), as_of: None, cut: false };
+            g.remember(k, &s(&format!("site{k}")), told);
+        }
+        let kept: usize = g.heard.values().map(|(_, t)| t.instances.len()).sum();
+        assert!(kept <= MAX_HEARD_INSTANCES, "{kept}");
+        assert!(g.heard.contains_key(&s("site39")), "the newest answer is kept");
+        assert!(!g.heard.contains_key(&s("site0")), "the oldest went first");
     }
 
     #[test]

@@ -589,9 +589,12 @@ impl Peer {
                 _ => None,
             })
             .collect();
-        if !others.is_empty() {
-            // Transfers to us may have arrived: calls waiting for rights go first.
+        // Transfers to us may have arrived, or rights been freed here (an
+        // instance gone): calls waiting for rights go first.
+        if !self.changed.is_empty() {
             self.retry_parked(now, fx);
+        }
+        if !others.is_empty() {
             self.apply_intents(now, &others, fx);
             self.answer_intent_waiters(&others);
         }

@@ -8,9 +8,9 @@
 //! refused with a precise account when the wait ends.
 //!
 //! Policy, after the bounded counter of Balegas et al. and telecom online
-//! charging: ask for the shortfall, and be given a quantum (at least the
-//! shortfall, up to [`QUANTUM`] times it within half the giver's spare), so
-//! that a burst costs one round trip; ask up to [`FANOUT`] connected sites:
+//! charging: ask for the shortfall of all the calls waiting (a burst asks
+//! once), and be given a quantum (at least the shortfall, up to [`QUANTUM`]
+//! times it within half the giver's spare); ask [`FANOUT`] connected sites:
 //! those whose summaries show most spare rights first, then those a giver
 //! named as holding rights it gave, then holders of a share of the total;
 //! a site that itself waits for rights of a project gives none of it (no
@@ -28,11 +28,14 @@ use crate::wire::PeerMsg;
 /// How long a call waits for rights from peers before it is refused.
 pub const WAIT: Millis = 2_000;
 /// Sites asked at once for one shortfall; when all of them answered none and
-/// the call is still short, the next ones are asked; halfway through the wait
-/// a call still short asks again for what it lacks then (other held calls may
-/// have used up another resource meanwhile). [`MAX_ASKED`] asks in all.
+/// the call is still short, twice as many of the next ones are asked, and so
+/// on until every connected site was; halfway through the wait a call still
+/// short asks again for what it lacks then (other held calls may have used up
+/// another resource meanwhile). [`MAX_ASKED`] asks in all: rights scattered
+/// by earlier bursts may sit at any connected site, and summaries (gossiped
+/// every few seconds) lag behind a burst.
 pub const FANOUT: usize = 3;
-pub const MAX_ASKED: usize = 9;
+pub const MAX_ASKED: usize = 48;
 /// Calls waiting for rights at once; beyond, calls are refused at once.
 pub const MAX_PARKED: usize = 256;
 /// Sites a giver names as holding rights it gave (where to look next), and
@@ -74,6 +77,29 @@ impl Rebalance {
         self.parked.values().any(|p| p.new.project == project)
     }
 
+    /// Sites asked for `project`'s rights that have not answered yet.
+    fn pending(&self, project: &str) -> Vec<SiteId> {
+        let mut out: Vec<SiteId> = Vec::new();
+        for p in self.parked.values().filter(|p| p.new.project == project) {
+            for (s, a) in &p.asked {
+                if a.is_none() && !out.contains(s) {
+                    out.push(s.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// What the calls of `project` waiting here need in all.
+    fn wanted(&self, project: &str) -> Option<Resources> {
+        Resources::checked_sum(
+            self.parked
+                .values()
+                .filter(|p| p.new.project == project)
+                .map(|p| Resources::new(1, p.new.cpus, p.new.memory_mib)),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.parked.is_empty()
     }
@@ -113,7 +139,13 @@ pub fn shortfall(want: Resources, have: Resources) -> Resources {
 }
 
 /// The most a giver gives for one ask, in multiples of what is wanted.
-pub const QUANTUM: i64 = 8;
+///
+/// Small, because the calls of a burst ask together (their summed shortfall)
+/// and every right given beyond need is a leftover that later askers must
+/// find: with 8, the 40-site `rebalance` scenario's pool went to a dozen
+/// askers and 5 of 60 explored schedules refused a creation while a
+/// connected site held leftovers.
+pub const QUANTUM: i64 = 2;
 
 /// What a giver holding `spare` gives for `want`: in each wanted component,
 /// at least what is wanted and up to [`QUANTUM`] times it, but no more than
@@ -152,21 +184,49 @@ impl Peer {
         {
             return Outcome::Now(Err(self.refusal(&new, &[], refusal)));
         }
-        let want = match self.account(&new.project) {
-            Ok(a) => shortfall(Resources::new(1, new.cpus, new.memory_mib), a.available()),
-            Err(e) => return Outcome::Now(Err(e)),
-        };
-        for p in &peers {
-            fx.send(p, PeerMsg::RightsAsk { project: new.project.clone(), want });
-        }
         let id = self.rebalance.next;
         self.rebalance.next += 1;
-        let asks = peers.len();
-        let asked = peers.into_iter().map(|p| (p, None)).collect();
-        self.rebalance.parked.insert(id, Parked { req, user: caller.name.clone(), new, asked, asks });
+        // Calls of a burst share their asks: while asks for the project are
+        // unanswered, a new call waits on them (the rights given come to the
+        // site, not to a call) instead of asking the same sites again, which
+        // drew a quantum per call and drained a pool into a few sites.
+        let pending = self.rebalance.pending(&new.project);
+        if !pending.is_empty() {
+            let asked = pending.into_iter().map(|p| (p, None)).collect();
+            self.rebalance.parked.insert(id, Parked { req, user: caller.name.clone(), new, asked, asks: 0 });
+        } else {
+            let project = new.project.clone();
+            self.rebalance
+                .parked
+                .insert(id, Parked { req, user: caller.name.clone(), new, asked: vec![], asks: 0 });
+            let want = match self.need(&project) {
+                Ok(w) => w,
+                Err(e) => {
+                    self.rebalance.parked.remove(&id);
+                    return Outcome::Now(Err(e));
+                }
+            };
+            for p in &peers {
+                fx.send(p, PeerMsg::RightsAsk { project: project.clone(), want });
+            }
+            if let Some(p) = self.rebalance.parked.get_mut(&id) {
+                p.asks = peers.len();
+                p.asked = peers.into_iter().map(|p| (p, None)).collect();
+            }
+        }
         fx.schedule(TimerId::RightsWait { id, last: false }, WAIT / 2);
         fx.schedule(TimerId::RightsWait { id, last: true }, WAIT);
         Outcome::Later
+    }
+
+    /// What this site lacks for all its calls of `project` waiting for rights.
+    fn need(&self, project: &str) -> Result<Resources, ApiError> {
+        let wanted = self.rebalance.wanted(project).ok_or_else(|| {
+            ApiError::QuotaExceeded(format!(
+                "the calls waiting for rights of project {project} want more than can be counted"
+            ))
+        })?;
+        Ok(shortfall(wanted, self.account(project)?.available()))
     }
 
     /// Whether a project's rights move only by `quota give` (spread `founder`).
@@ -216,7 +276,9 @@ impl Peer {
             })
             .collect();
         peers.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-        peers.into_iter().take(FANOUT).map(|(_, _, _, s)| s).collect()
+        // Each round as large as all before it: 3, 3, 6, 12, ... sites.
+        let round = FANOUT.max(asked.len());
+        peers.into_iter().take(round).map(|(_, _, _, s)| s).collect()
     }
 
     /// The sites this site gave most rights of `project` to, but `asker`.
@@ -303,17 +365,25 @@ impl Peer {
             .filter(|(_, p)| p.asked.iter().all(|(_, a)| a.is_some_and(|r| r == Resources::ZERO)))
             .map(|(id, _)| *id)
             .collect();
+        // One round for all of them: they share the answers.
+        let Some(first) = exhausted.first().and_then(|id| self.rebalance.parked.get(id)).cloned() else {
+            return;
+        };
+        let Ok(want) = self.need(project) else { return };
+        if want == Resources::ZERO {
+            return;
+        }
+        let more: Vec<SiteId> =
+            self.givers_for(project, &first.asked).into_iter().take(MAX_ASKED - first.asks).collect();
+        for s in &more {
+            fx.send(s, PeerMsg::RightsAsk { project: project.to_owned(), want });
+        }
         for id in exhausted {
-            let Some(p) = self.rebalance.parked.get(&id).cloned() else { continue };
-            let want = match self.account(project) {
-                Ok(a) => shortfall(Resources::new(1, p.new.cpus, p.new.memory_mib), a.available()),
-                Err(_) => continue,
-            };
-            let more = self.givers_for(project, &p.asked);
-            for s in more.iter().take(MAX_ASKED - p.asks) {
-                fx.send(s, PeerMsg::RightsAsk { project: project.to_owned(), want });
-                if let Some(p) = self.rebalance.parked.get_mut(&id) {
-                    p.asked.push((s.clone(), None));
+            if let Some(p) = self.rebalance.parked.get_mut(&id) {
+                for s in &more {
+                    if !p.asked.iter().any(|(a, _)| a == s) {
+                        p.asked.push((s.clone(), None));
+                    }
                     p.asks += 1;
                 }
             }
@@ -326,10 +396,7 @@ impl Peer {
     pub(crate) fn on_rights_nudge(&mut self, now: Millis, id: u64, fx: &mut impl Effects) {
         self.retry_parked(now, fx);
         let Some(p) = self.rebalance.parked.get(&id).cloned() else { return };
-        let want = match self.account(&p.new.project) {
-            Ok(a) => shortfall(Resources::new(1, p.new.cpus, p.new.memory_mib), a.available()),
-            Err(_) => return,
-        };
+        let Ok(want) = self.need(&p.new.project) else { return };
         if want == Resources::ZERO || p.asks >= MAX_ASKED {
             return;
         }
@@ -355,12 +422,15 @@ impl Peer {
             .filter(|s| reached(s))
             .cloned()
             .collect();
-        let mut again: Vec<SiteId> = Vec::new();
+        // Not those another call of the burst asked and still waits on.
+        let mut again: Vec<SiteId> = self.rebalance.pending(&p.new.project);
+        let skip = again.len();
         for s in answered(false).into_iter().chain(hinted).chain(fresh).chain(answered(true)) {
-            if !again.contains(&s) && again.len() < MAX_ASKED - p.asks {
+            if !again.contains(&s) && again.len() - skip < MAX_ASKED - p.asks {
                 again.push(s);
             }
         }
+        let again = again.split_off(skip);
         for s in &again {
             fx.send(s, PeerMsg::RightsAsk { project: p.new.project.clone(), want });
         }
@@ -553,11 +623,11 @@ mod tests {
     #[test]
     fn a_giver_gives_a_quantum_within_its_spare_and_only_what_is_wanted() {
         let spare = Resources::new(8, 8, 4096);
-        assert_eq!(grant(spare, Resources::new(1, 1, 64)), Resources::new(4, 4, 512));
+        assert_eq!(grant(spare, Resources::new(1, 1, 64)), Resources::new(2, 2, 128));
         let big = Resources::new(1000, 1000, 1 << 20);
-        assert_eq!(grant(big, Resources::new(1, 2, 64)), Resources::new(8, 16, 512), "a bounded quantum");
+        assert_eq!(grant(big, Resources::new(1, 2, 64)), Resources::new(2, 4, 128), "a bounded quantum");
         assert_eq!(grant(spare, Resources::new(6, 0, 0)), Resources::new(6, 0, 0));
-        assert_eq!(grant(spare, Resources::new(20, 1, 0)), Resources::new(8, 4, 0));
+        assert_eq!(grant(spare, Resources::new(20, 1, 0)), Resources::new(8, 2, 0));
         assert_eq!(grant(Resources::new(1, 0, 0), Resources::new(1, 1, 1)), Resources::new(1, 0, 0));
         assert_eq!(grant(Resources::new(-3, 5, 5), Resources::new(1, 1, 1)), Resources::new(0, 2, 2));
     }

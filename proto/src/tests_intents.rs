@@ -238,7 +238,7 @@ fn rights_move_on_demand_from_a_connected_site() {
         Some(Ok(Reply::Instance(i))) => assert_eq!(i.observed, Observed::Running),
         other => panic!("{other:?}"),
     }
-    // A quantum came (half the giver's spare), not one unit: the next creation
+    // A quantum came (twice the shortfall), not one unit: the next creation
     // needs no round trip.
     let left = net.peers[2].account("default").unwrap().available();
     assert!(left.instances >= 1, "{left}");

@@ -706,6 +706,7 @@ impl Sim {
                 let key = format!("{}/{name}", c.project);
                 match c.on {
                     Some(on) if on != c.site => {
+                        self.dial(c.site, on);
                         let site = self.sites[on].id.clone();
                         let cmd = Command::Remote { site, wait_ms: 0, then: Box::new(cmd) };
                         self.call(c.site, cmd, Pending::Intent);
@@ -757,6 +758,21 @@ impl Sim {
             } else if !was && is {
                 self.input(a, Input::Connected(other));
             }
+        }
+    }
+
+    /// A site asked to act on a site it has no link to dials it, as a daemon
+    /// dials the target of an intent; the link then stays, like an overlay one.
+    fn dial(&mut self, a: usize, b: usize) {
+        if self.sites[a].neighbours.contains(&b) {
+            return;
+        }
+        self.sites[a].neighbours.push(b);
+        self.sites[b].neighbours.push(a);
+        if self.alive(a) && self.alive(b) && self.linked(a, b) {
+            let (ida, idb) = (self.sites[a].id.clone(), self.sites[b].id.clone());
+            self.input(a, Input::Connected(idb));
+            self.input(b, Input::Connected(ida));
         }
     }
 

@@ -18,12 +18,14 @@ use atoll_proto::InstanceSpec;
 use atoll_proto::lifecycle::parse_port;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
-use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+use super::{
+    Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name, legacy_dir_name,
+};
 
 /// Largest `manifest.json` read from an archive.
 const MANIFEST_MAX: u64 = 1 << 20;
@@ -199,6 +201,28 @@ impl Docker {
         }
     }
 
+    /// Removes `key`'s container, and one made for it before names became
+    /// injective, but only if its labels say it is this instance's: that old
+    /// name may be another project's container today.
+    async fn remove_instance(&self, key: &str) -> Result<(), DriverError> {
+        self.remove(&self.name(key)).await?;
+        let Some(old) = legacy_dir_name(key).map(|o| format!("atoll.{}.{o}", self.site)) else {
+            return Ok(());
+        };
+        let info = match self.client()?.inspect_container(&old, None::<InspectContainerOptions>).await {
+            Ok(i) => i,
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(engine_error(e)),
+        };
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        if labels.get("atoll.site") == Some(&self.site)
+            && labels.get("atoll.instance").map(String::as_str) == Some(key)
+        {
+            self.remove(&old).await?;
+        }
+        Ok(())
+    }
+
     fn config(
         &self,
         spec: &InstanceSpec,
@@ -280,7 +304,7 @@ impl Driver for Docker {
             let id = self.load(&image).await?;
             let name = self.name(&spec.key);
             // A container left by an earlier run of this instance is replaced.
-            self.remove(&name).await?;
+            self.remove_instance(&spec.key).await?;
             lock(&self.stopping).remove(&spec.key);
             lock(&self.runs).insert(spec.key.clone(), run);
             let opts = CreateContainerOptionsBuilder::new().name(&name).build();
@@ -312,11 +336,7 @@ impl Driver for Docker {
             // No handle recorded (a start cut short): the container's name is the key's.
             let name = self.name(key);
             let handle = if handle.is_empty() { name.as_str() } else { handle };
-            let info = match self
-                .client()?
-                .inspect_container(handle, None::<bollard::query_parameters::InspectContainerOptions>)
-                .await
-            {
+            let info = match self.client()?.inspect_container(handle, None::<InspectContainerOptions>).await {
                 Ok(i) => i,
                 Err(e) if is_not_found(&e) => {
                     return Ok(Recovered::Gone { detail: " (container removed)".into() });
@@ -330,6 +350,13 @@ impl Driver for Docker {
                 return Ok(Recovered::Gone {
                     detail: " (the container under that id is not this instance's)".into(),
                 });
+            }
+            // Made before names became injective (`dir_name`): given today's
+            // name, which stop, delete and logs use.
+            if info.name.as_deref().and_then(|n| n.strip_prefix('/')) != Some(name.as_str()) {
+                let to = bollard::query_parameters::RenameContainerOptions { name: name.clone() };
+                self.client()?.rename_container(handle, to).await.map_err(engine_error)?;
+                tracing::info!(instance = key, "container renamed to {name}");
             }
             let state = info.state.unwrap_or_default();
             if state.running == Some(true) {
@@ -370,7 +397,7 @@ impl Driver for Docker {
     fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()> {
         Box::pin(async move {
             lock(&self.stopping).insert(key.to_owned());
-            self.remove(&self.name(key)).await?;
+            self.remove_instance(key).await?;
             lock(&self.runs).remove(key);
             Ok(())
         })

@@ -23,7 +23,9 @@ use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+use super::{
+    Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name, legacy_dir_name,
+};
 
 /// How often a running domain is checked for having stopped by itself.
 const POLL: Duration = Duration::from_secs(1);
@@ -32,6 +34,11 @@ const BLOCK: usize = 256 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The first of `names` defined as a domain (blocking: call in [`blocking`]).
+fn find(conn: &Connect, names: &[String]) -> Option<Domain> {
+    names.iter().find_map(|n| conn.lookup_domain_by_name(n).ok())
 }
 
 fn virt_err(e: virt::error::Error) -> DriverError {
@@ -100,6 +107,14 @@ impl Libvirt {
 
     fn name(&self, key: &str) -> String {
         format!("atoll.{}.{}", self.site, dir_name(key))
+    }
+
+    /// The domain of `key`: under its name, or under the name it was defined
+    /// with before names became injective (a running domain cannot be
+    /// renamed; it keeps that name until it is deleted).
+    fn names(&self, key: &str) -> Vec<String> {
+        let legacy = legacy_dir_name(key).map(|o| format!("atoll.{}.{o}", self.site));
+        std::iter::once(self.name(key)).chain(legacy).collect()
     }
 
     fn domain_type(&self) -> &'static str {
@@ -278,15 +293,15 @@ impl Driver for Libvirt {
     fn recover<'a>(&'a self, key: &'a str, run: u64, handle: &'a str) -> DriverFuture<'a, Recovered> {
         Box::pin(async move {
             let conn = self.conn()?;
-            let (name, handle2) = (self.name(key), handle.to_owned());
+            let (names, handle2) = (self.names(key), handle.to_owned());
             let found = blocking(move || {
                 // No handle recorded (a start cut short): look the domain up by name.
                 let found = if handle2.is_empty() {
-                    conn.lookup_domain_by_name(&name)
+                    find(conn, &names)
                 } else {
-                    conn.lookup_domain_by_uuid_string(&handle2)
+                    conn.lookup_domain_by_uuid_string(&handle2).ok()
                 };
-                Ok(found.ok().filter(|d| d.name().ok().as_deref() == Some(&name)))
+                Ok(found.filter(|d| d.name().is_ok_and(|n| names.contains(&n))))
             })
             .await?;
             let Some(domain) = found else {
@@ -307,10 +322,9 @@ impl Driver for Libvirt {
     fn stop<'a>(&'a self, key: &'a str, grace_ms: u64) -> DriverFuture<'a, ()> {
         Box::pin(async move {
             let conn = self.conn()?;
-            let name = self.name(key);
             lock(&self.stopping).insert(key.to_owned());
-            let Ok(domain) = blocking(move || conn.lookup_domain_by_name(&name).map_err(virt_err)).await
-            else {
+            let names = self.names(key);
+            let Some(domain) = blocking(move || Ok(find(conn, &names))).await? else {
                 return Ok(());
             };
             let domain = Arc::new(domain);
@@ -337,9 +351,9 @@ impl Driver for Libvirt {
             let conn = self.conn()?;
             lock(&self.stopping).insert(key.to_owned());
             lock(&self.runs).remove(key);
-            let (name, pool) = (self.name(key), self.pool.clone());
+            let (name, names, pool) = (self.name(key), self.names(key), self.pool.clone());
             blocking(move || {
-                if let Ok(d) = conn.lookup_domain_by_name(&name) {
+                if let Some(d) = find(conn, &names) {
                     if d.is_active().unwrap_or(false) {
                         d.destroy().map_err(virt_err)?;
                     }
@@ -355,7 +369,7 @@ impl Driver for Libvirt {
                 Ok(())
             })
             .await?;
-            let dir = self.root.join(dir_name(key));
+            let dir = super::instance_dir(&self.root, key);
             if dir.exists() {
                 tokio::fs::remove_dir_all(dir).await?;
             }
@@ -365,7 +379,7 @@ impl Driver for Libvirt {
 
     fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>> {
         Box::pin(async move {
-            Ok(super::process::tail(&self.root.join(dir_name(key)).join("console.log"), max_bytes)?)
+            Ok(super::process::tail(&super::instance_dir(&self.root, key).join("console.log"), max_bytes)?)
         })
     }
 }

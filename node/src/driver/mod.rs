@@ -103,9 +103,42 @@ impl Drivers {
     }
 }
 
-/// A key (`project/name`) as a directory name.
+/// A key (`project/name`) as a directory, container or domain name: the two
+/// parts joined by `__`, each with every `_` written `_.`. Injective, so no
+/// member can name an instance onto another project's (`a/b__c` and `a__b/c`
+/// were both `a__b__c` before): an escaped part has no `__` and does not end
+/// in `_`, so the first `__` is the joint, and `_.` decodes back to `_`.
+/// Names without `_` are what they were before, so only instances with an
+/// underscore in their project or name moved (see [`legacy_dir_name`]).
 pub fn dir_name(key: &str) -> String {
-    key.replace('/', "__")
+    let escape = |part: &str| part.replace('_', "_.");
+    match key.split_once('/') {
+        Some((project, name)) => format!("{}__{}", escape(project), escape(name)),
+        None => escape(key),
+    }
+}
+
+/// An instance's directory under `root`; one kept under its legacy name
+/// (see [`legacy_dir_name`]) is moved to today's on first use.
+pub fn instance_dir(root: &std::path::Path, key: &str) -> std::path::PathBuf {
+    let dir = root.join(dir_name(key));
+    if let Some(old) = legacy_dir_name(key).map(|o| root.join(o))
+        && !dir.exists()
+        && old.is_dir()
+    {
+        match std::fs::rename(&old, &dir) {
+            Ok(()) => tracing::info!(instance = key, "moved {} to {}", old.display(), dir.display()),
+            Err(e) => tracing::warn!(instance = key, "cannot move {}: {e}", old.display()),
+        }
+    }
+    dir
+}
+
+/// The name an instance had before [`dir_name`] became injective, where it
+/// differs from today's: drivers rename what they find under it.
+pub fn legacy_dir_name(key: &str) -> Option<String> {
+    let old = key.replace('/', "__");
+    (old != dir_name(key)).then_some(old)
 }
 
 /// The driver of a kind this build or this host cannot run: it says why and
@@ -142,5 +175,30 @@ impl Driver for Absent {
     }
     fn logs<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, Vec<u8>> {
         self.refuse()
+    }
+}
+
+#[cfg(test)]
+mod naming {
+    use super::*;
+
+    #[test]
+    fn instance_names_never_collide() {
+        assert_eq!(dir_name("default/web"), "default__web", "unchanged without underscores");
+        assert_ne!(dir_name("a/b__c"), dir_name("a__b/c"));
+        assert_ne!(dir_name("a_/b"), dir_name("a/_b"));
+        assert_eq!(legacy_dir_name("default/web"), None);
+        assert_eq!(legacy_dir_name("a/b__c").as_deref(), Some("a__b__c"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn distinct_keys_have_distinct_names(
+            a in "[a-z0-9][a-z0-9._-]{0,8}", b in "[a-z0-9][a-z0-9._-]{0,8}",
+            c in "[a-z0-9][a-z0-9._-]{0,8}", d in "[a-z0-9][a-z0-9._-]{0,8}",
+        ) {
+            let (x, y) = (format!("{a}/{b}"), format!("{c}/{d}"));
+            proptest::prop_assert_eq!(x == y, dir_name(&x) == dir_name(&y));
+        }
     }
 }

@@ -20,7 +20,7 @@ use atoll_proto::InstanceSpec;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name};
+use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered};
 
 /// Output kept per instance: the log is rotated to `output.log.1` past this size.
 const LOG_ROTATE_BYTES: u64 = 8 << 20;
@@ -58,7 +58,7 @@ impl Process {
     }
 
     fn dir(&self, key: &str) -> PathBuf {
-        self.root.join(dir_name(key))
+        super::instance_dir(&self.root, key)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {

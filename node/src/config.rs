@@ -46,6 +46,10 @@ pub struct File {
     /// Find other members on the local network by mDNS (off by default).
     #[serde(default)]
     pub mdns: bool,
+    /// Run process workloads unconfined where the host cannot sandbox them
+    /// (docs/operations.md): they can then read the site's key.
+    #[serde(default)]
+    pub unsandboxed: bool,
 }
 
 /// Flags that override the file.
@@ -82,6 +86,12 @@ pub struct Flags {
     /// Find other members on the local network by mDNS.
     #[arg(long)]
     pub mdns: bool,
+    /// Run process workloads unconfined where the host cannot sandbox them
+    /// (not root, no bubblewrap, no cgroups): they can then read this site's
+    /// key and every file of the daemon's user. Without it such a host runs no
+    /// process instances.
+    #[arg(long, env = "ATOLL_UNSANDBOXED")]
+    pub unsandboxed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +109,7 @@ pub struct Settings {
     pub libvirt_pool: String,
     pub net: crate::net::Settings,
     pub join: Option<String>,
+    pub unsandboxed: bool,
 }
 
 impl Settings {
@@ -132,6 +143,7 @@ impl Settings {
         Ok(Settings {
             net,
             join: flags.join.clone(),
+            unsandboxed: flags.unsandboxed || file.unsandboxed,
             site,
             data_dir: flags.data_dir.clone().or(file.data_dir).unwrap_or_else(default_data_dir),
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("valid default")),

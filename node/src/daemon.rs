@@ -32,7 +32,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
 
     let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
     let mut drivers = Drivers::default();
-    drivers.add(Box::new(Process::new(data.join("instances"), exits_tx.clone())));
+    drivers.add(Box::new(Process::new(data.join("instances"), exits_tx.clone(), s.unsandboxed)));
     drivers.add(Box::new(Docker::connect(&s.site, exits_tx.clone()).await));
     drivers.add(vm_driver(&s, exits_tx).await?);
     for f in drivers.fingerprints() {

@@ -28,6 +28,10 @@ pub struct Flags {
     /// Peer port (QUIC and TCP) of site-1, the same way.
     #[arg(long, default_value_t = 7580)]
     pub peer_port: u16,
+    /// Run process workloads unconfined if this host cannot sandbox them
+    /// (see `atoll daemon --help`).
+    #[arg(long, env = "ATOLL_UNSANDBOXED")]
+    pub unsandboxed: bool,
 }
 
 struct Site {
@@ -98,6 +102,9 @@ async fn start_all(f: &Flags, root: &Path, sites: &mut Vec<Site>) -> anyhow::Res
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(root.join(format!("{name}.log")))?))
             .kill_on_drop(true);
+        if f.unsandboxed {
+            cmd.arg("--unsandboxed");
+        }
         let founded = data.join("db").exists();
         if k > 0 && !founded {
             let token = invite(&sites[0], root, &name).await?;

@@ -115,9 +115,11 @@ impl Daemon {
     /// A command for the `atoll` binary, in the daemon's namespace if it has one.
     fn atoll(&self) -> Command {
         match &self.netns {
+            // nsenter, not `ip netns exec`: that also mounts a fresh /sys,
+            // hiding the cgroups the process sandbox needs.
             Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(binary());
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(binary());
                 c
             }
             None => Command::new(binary()),

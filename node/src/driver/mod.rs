@@ -7,6 +7,7 @@ pub mod docker;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod process;
+pub mod sandbox;
 
 use std::future::Future;
 use std::path::PathBuf;

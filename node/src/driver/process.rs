@@ -6,8 +6,10 @@
 //! process group (signals to the daemon do not reach it) with its output in
 //! `output.log`, so it survives a daemon restart and is re-attached by pid.
 //!
-//! Limits: memory as `RLIMIT_AS` (address space, the only per-process memory
-//! limit without cgroups), cpus as CPU affinity to that many cores.
+//! Where the host can, the child runs in the sandbox of [`super::sandbox`]
+//! (own uid, namespaces, cgroup limits). Where it cannot, the driver refuses
+//! to run anything unless the operator said `unsandboxed`; then memory is
+//! limited as `RLIMIT_AS` (address space) and cpus by CPU affinity only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -20,6 +22,7 @@ use atoll_proto::InstanceSpec;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use super::sandbox::{Cell, Sandbox};
 use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered};
 
 /// Output kept per instance: the log is rotated to `output.log.1` past this size.
@@ -50,11 +53,16 @@ pub struct Process {
     root: PathBuf,
     exits: Exits,
     running: Arc<Mutex<HashMap<String, Running>>>,
+    /// The host's sandbox, or why there is none.
+    sandbox: Result<Sandbox, String>,
+    /// Run unconfined when there is no sandbox (the operator's explicit choice).
+    unsandboxed: bool,
 }
 
 impl Process {
-    pub fn new(root: PathBuf, exits: Exits) -> Self {
-        Process { root, exits, running: Arc::default() }
+    pub fn new(root: PathBuf, exits: Exits, unsandboxed: bool) -> Self {
+        let sandbox = Sandbox::detect();
+        Process { root, exits, running: Arc::default(), sandbox, unsandboxed }
     }
 
     fn dir(&self, key: &str) -> PathBuf {
@@ -65,10 +73,14 @@ impl Process {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Unpacks the image unless this digest is already unpacked there.
-    fn unpack(image: &Path, digest: &str, root: &Path) -> Result<Manifest, DriverError> {
-        let marker = root.join(".atoll-digest");
-        if std::fs::read_to_string(&marker).ok().as_deref() != Some(digest) {
+    /// Unpacks the image into `root` unless this digest is already unpacked
+    /// there. The marker and the manifest the daemon reads are kept in `dir`,
+    /// not in the root: the workload owns its root and could turn them into
+    /// links or pipes.
+    fn unpack(image: &Path, digest: &str, dir: &Path, root: &Path) -> Result<Manifest, DriverError> {
+        let marker = dir.join(".atoll-digest");
+        let unpacked = format!("{digest} {}", root.display());
+        if std::fs::read_to_string(&marker).ok() != Some(unpacked.clone()) {
             if root.exists() {
                 std::fs::remove_dir_all(root)?;
             }
@@ -78,10 +90,15 @@ impl Process {
             archive.set_preserve_permissions(true);
             // `unpack` refuses entries that would escape `root` (.., absolute paths).
             archive.unpack(root).map_err(|e| DriverError::Image(format!("not a tar archive: {e}")))?;
-            std::fs::write(&marker, digest)?;
+            let manifest = root.join("manifest.json");
+            if !std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.is_file()) {
+                return Err(DriverError::Image("the archive has no manifest.json file".into()));
+            }
+            std::fs::copy(&manifest, dir.join("manifest.json"))?;
+            std::fs::write(&marker, unpacked)?;
         }
         let mut text = String::new();
-        std::fs::File::open(root.join("manifest.json"))
+        std::fs::File::open(dir.join("manifest.json"))
             .map_err(|_| DriverError::Image("the archive has no manifest.json".into()))?
             .take(MANIFEST_MAX)
             .read_to_string(&mut text)?;
@@ -93,34 +110,69 @@ impl Process {
         Ok(m)
     }
 
+    /// Starts the run: in the sandbox, or unconfined where the operator allows it.
     fn spawn(
+        &self,
         spec: &InstanceSpec,
         dir: &Path,
         manifest: &Manifest,
-    ) -> Result<(tokio::process::Child, String), DriverError> {
-        let root = dir.join("root");
-        let program = {
-            let p = Path::new(&manifest.entrypoint[0]);
-            if p.is_absolute() { p.to_path_buf() } else { root.join(p) }
+        root: &Path,
+        uid: Option<u32>,
+    ) -> Result<(tokio::process::Child, String, Option<Cell>), DriverError> {
+        let root = root.to_path_buf();
+        let entry = &manifest.entrypoint[0];
+        let (mut cmd, cell, home) = match (&self.sandbox, uid) {
+            (Ok(sandbox), Some(uid)) => {
+                let cell = sandbox.cell(dir, uid, spec.memory_mib, spec.cpus)?;
+                let program =
+                    if Path::new(entry).is_absolute() { entry.clone() } else { format!("/instance/{entry}") };
+                (sandbox.command(&cell, &root, &program), Some(cell), PathBuf::from("/instance"))
+            }
+            (Err(_), _) if self.unsandboxed => (Self::unconfined(spec, &root, entry), None, root.clone()),
+            (Err(why), _) => return Err(DriverError::Runtime(refusal(why))),
+            (Ok(_), None) => return Err(DriverError::Runtime("no uid claimed for a sandboxed run".into())),
         };
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("output.log"))?;
-        let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&manifest.entrypoint[1..])
             .args(&spec.args)
-            .current_dir(&root)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &root)
+            .env("HOME", &home)
             .env("ATOLL_INSTANCE", &spec.key)
             .envs(&manifest.env)
             .envs(&spec.env)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0);
+            .stderr(log);
+        let child = cmd.spawn().map_err(|e| DriverError::Runtime(format!("cannot run {entry}: {e}")))?;
+        let pid = child.id().unwrap_or(0);
+        let detail = match &cell {
+            Some(c) => format!(
+                "pid {pid}; sandboxed as uid {}, memory {} MiB, {} cpus, {} pids (cgroup)",
+                c.uid,
+                spec.memory_mib,
+                spec.cpus,
+                super::sandbox::PIDS_MAX
+            ),
+            None => {
+                let cores = available_cores();
+                format!(
+                    "pid {pid}; UNSANDBOXED; memory limit {} MiB (address space), {} of {cores} cores",
+                    spec.memory_mib,
+                    (spec.cpus as usize).min(cores)
+                )
+            }
+        };
+        Ok((child, detail, cell))
+    }
+
+    /// The unconfined child: the daemon's user, `RLIMIT_AS` and CPU affinity.
+    fn unconfined(spec: &InstanceSpec, root: &Path, entry: &str) -> tokio::process::Command {
+        let program = if Path::new(entry).is_absolute() { PathBuf::from(entry) } else { root.join(entry) };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.current_dir(root).process_group(0);
         let memory = (spec.memory_mib as u64).saturating_mul(1 << 20);
-        let cores = available_cores();
-        let cpus = (spec.cpus as usize).min(cores);
+        let cpus = (spec.cpus as usize).min(available_cores());
         // SAFETY: only async-signal-safe calls (setrlimit, sched_setaffinity) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -136,24 +188,18 @@ impl Process {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| DriverError::Runtime(format!("cannot run {}: {e}", program.display())))?;
-        let mut detail = format!(
-            "pid {}; memory limit {} MiB (address space), {} of {} cores",
-            child.id().unwrap_or(0),
-            spec.memory_mib,
-            cpus,
-            cores
-        );
-        if (spec.cpus as usize) > cores {
-            detail.push_str(&format!(" (asked {}, the host has {cores})", spec.cpus));
-        }
-        Ok((child, detail))
+        cmd
     }
 
     /// Watches a run until it ends, rotating its log meanwhile.
-    fn supervise(&self, key: String, run: u64, pid: i32, child: Option<tokio::process::Child>) {
+    fn supervise(
+        &self,
+        key: String,
+        run: u64,
+        pid: i32,
+        child: Option<tokio::process::Child>,
+        cell: Option<Cell>,
+    ) {
         let (tx, rx) = watch::channel(false);
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.table().insert(key.clone(), Running { pid, run, stopping: stopping.clone(), gone: rx });
@@ -186,6 +232,15 @@ impl Process {
                     tokio::time::sleep(POLL).await;
                 },
             };
+            let (code, detail) = match cell {
+                Some(cell) => {
+                    let oom = cell.oom_killed();
+                    // The run's cgroup goes with it (what it left behind is killed).
+                    let _ = tokio::task::spawn_blocking(move || cell.remove()).await;
+                    if oom { (code, " (killed at its memory limit)".to_owned()) } else { (code, detail) }
+                }
+                None => (code, detail),
+            };
             let _ = tx.send(true);
             {
                 let mut table = running.lock().unwrap_or_else(|p| p.into_inner());
@@ -198,6 +253,14 @@ impl Process {
             }
         });
     }
+}
+
+/// Why a process instance is refused on a host that cannot sandbox it.
+fn refusal(why: &str) -> String {
+    format!(
+        "this site cannot sandbox process workloads ({why}); the operator may start it with \
+         --unsandboxed to run them unconfined (docs/operations.md)"
+    )
 }
 
 fn available_cores() -> usize {
@@ -251,9 +314,16 @@ impl Driver for Process {
     fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
             kind: Kind::Process,
-            available: true,
+            available: self.sandbox.is_ok() || self.unsandboxed,
             version: env!("CARGO_PKG_VERSION").into(),
-            detail: "supervised child processes; memory via RLIMIT_AS, cpus via affinity".into(),
+            detail: match &self.sandbox {
+                Ok(s) => format!("supervised child processes, {}", s.describe()),
+                Err(why) if self.unsandboxed => format!(
+                    "supervised child processes, UNSANDBOXED (the operator's choice; {why}): workloads run \
+                     as the daemon's user and can read its files; memory via RLIMIT_AS, cpus via affinity"
+                ),
+                Err(why) => refusal(why),
+            },
         }
     }
 
@@ -266,11 +336,25 @@ impl Driver for Process {
         Box::pin(async move {
             let dir = self.dir(&spec.key);
             std::fs::create_dir_all(&dir)?;
-            let (digest, root) = (spec.image_digest.clone(), dir.join("root"));
-            let manifest = tokio::task::spawn_blocking(move || Self::unpack(&image, &digest, &root))
+            if let Err(why) = &self.sandbox
+                && !self.unsandboxed
+            {
+                return Err(DriverError::Runtime(refusal(why)));
+            }
+            // Sandboxed, the root lives with the uid (see `sandbox::HOMES`).
+            let uid = match &self.sandbox {
+                Ok(sandbox) => Some(sandbox.claim(&dir)?),
+                Err(_) => None,
+            };
+            let root = match (&self.sandbox, uid) {
+                (Ok(sandbox), Some(uid)) => sandbox.home(uid),
+                _ => dir.join("root"),
+            };
+            let (digest, at, into) = (spec.image_digest.clone(), dir.clone(), root.clone());
+            let manifest = tokio::task::spawn_blocking(move || Self::unpack(&image, &digest, &at, &into))
                 .await
                 .map_err(|e| DriverError::Runtime(e.to_string()))??;
-            let (child, detail) = Self::spawn(spec, &dir, &manifest)?;
+            let (child, detail, cell) = self.spawn(spec, &dir, &manifest, &root, uid)?;
             let pid = child
                 .id()
                 .map(|p| p as i32)
@@ -279,7 +363,7 @@ impl Driver for Process {
             // Kept beside the run so that a daemon stopped before it recorded
             // the handle can still find the process.
             std::fs::write(dir.join(HANDLE_FILE), &handle)?;
-            self.supervise(spec.key.clone(), run, pid, Some(child));
+            self.supervise(spec.key.clone(), run, pid, Some(child), cell);
             Ok((handle, detail))
         })
     }
@@ -300,7 +384,12 @@ impl Driver for Process {
                 return Ok(Recovered::Gone { detail: format!("unreadable handle {handle:?}") });
             };
             if proc_start_time(pid) == Some(start) {
-                self.supervise(key.to_owned(), run, pid, None);
+                let cell = self
+                    .sandbox
+                    .as_ref()
+                    .ok()
+                    .and_then(|s| Some(s.cell_of(Sandbox::recorded(&self.dir(key))?)));
+                self.supervise(key.to_owned(), run, pid, None, cell);
                 Ok(Recovered::Running {
                     handle: handle.to_owned(),
                     detail: format!("pid {pid}; re-attached after daemon restart"),
@@ -338,6 +427,10 @@ impl Driver for Process {
         Box::pin(async move {
             self.stop(key, 5_000).await?;
             let dir = self.dir(key);
+            if let Ok(sandbox) = self.sandbox.clone() {
+                let at = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || sandbox.release(&at)).await;
+            }
             if dir.exists() {
                 tokio::fs::remove_dir_all(&dir).await?;
             }

@@ -8,7 +8,6 @@
 //! the instance's policy itself, from the `die` events it watches.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,8 +26,6 @@ use super::{
     Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name, legacy_dir_name,
 };
 
-/// Largest `manifest.json` read from an archive.
-const MANIFEST_MAX: u64 = 1 << 20;
 /// Log lines asked of the engine before trimming to the byte budget.
 const LOG_LINES: &str = "5000";
 
@@ -46,6 +43,8 @@ pub struct Docker {
     runs: Shared<HashMap<String, u64>>,
     /// Instances being stopped on purpose: their `die` is not a crash.
     stopping: Shared<HashSet<String>>,
+    /// Archives loaded in this daemon's life, and the image id each gave.
+    loaded: Shared<HashMap<PathBuf, String>>,
 }
 
 fn engine_error(e: bollard::errors::Error) -> DriverError {
@@ -71,6 +70,7 @@ impl Docker {
             site: site.to_owned(),
             runs: Arc::default(),
             stopping: Arc::default(),
+            loaded: Arc::default(),
         };
         let client = match bollard::Docker::connect_with_local_defaults() {
             Ok(c) => c,
@@ -100,6 +100,7 @@ impl Docker {
             site: site.to_owned(),
             runs: Arc::default(),
             stopping: Arc::default(),
+            loaded: Arc::default(),
         };
         d.watch_events(exits);
         d
@@ -166,30 +167,64 @@ impl Docker {
     }
 
     /// Loads the archive unless the engine already has its image; returns the image id.
+    /// Loads a tag-free copy of the member's archive (see [`super::archive`])
+    /// and returns the image id, which the engine must report having loaded.
+    /// Always loaded, never skipped because the engine has the id already:
+    /// an archive naming the id of an image it does not carry would run that
+    /// image. Once loaded in this daemon's life, an archive is not again.
     async fn load(&self, archive: &Path) -> Result<String, DriverError> {
-        let client = self.client()?;
-        let path = archive.to_path_buf();
-        let id = tokio::task::spawn_blocking(move || image_id(&path))
-            .await
-            .map_err(|e| DriverError::Runtime(e.to_string()))??;
-        if client.inspect_image(&id).await.is_ok() {
-            return Ok(id);
+        if let Some(id) = lock(&self.loaded).get(archive) {
+            return Ok(id.clone());
         }
+        self.client()?;
+        // One copy per load: two instances of one image may start at once.
+        static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut clean = archive.as_os_str().to_owned();
+        clean.push(format!(".load-{n}.tar"));
+        let clean = PathBuf::from(clean);
+        let (from, to) = (archive.to_path_buf(), clean.clone());
+        let id = tokio::task::spawn_blocking(move || super::archive::sanitize(&from, &to))
+            .await
+            .map_err(|e| DriverError::Runtime(e.to_string()))?;
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&clean).await;
+                return Err(e);
+            }
+        };
+        let loaded = self.import(&clean).await;
+        let _ = tokio::fs::remove_file(&clean).await;
+        let reported = loaded?;
+        if reported.as_deref() != Some(id.as_str()) {
+            return Err(DriverError::Image(format!(
+                "the engine loaded {} from an archive whose config is {id}",
+                reported.as_deref().unwrap_or("no image")
+            )));
+        }
+        lock(&self.loaded).insert(archive.to_path_buf(), id.clone());
+        Ok(id)
+    }
+
+    /// `docker load` of `archive`; the id the engine says it loaded.
+    async fn import(&self, archive: &Path) -> Result<Option<String>, DriverError> {
         let file = tokio::fs::File::open(archive).await?;
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
         let mut progress =
-            client.import_image(ImportImageOptionsBuilder::new().quiet(true).build(), body, None);
+            self.client()?.import_image(ImportImageOptionsBuilder::new().quiet(true).build(), body, None);
+        let mut id = None;
         while let Some(item) = progress.next().await {
             let info = item.map_err(engine_error)?;
             if let Some(err) = info.error_detail.and_then(|d| d.message).or(info.error) {
                 return Err(DriverError::Image(format!("docker load: {err}")));
             }
+            // "Loaded image ID: sha256:..." for an image without tags.
+            if let Some(s) = info.stream.as_deref().and_then(|s| s.trim().strip_prefix("Loaded image ID: ")) {
+                id = Some(s.to_owned());
+            }
         }
-        client
-            .inspect_image(&id)
-            .await
-            .map(|_| id)
-            .map_err(|e| DriverError::Image(format!("the engine loaded the archive but has no image {e}")))
+        Ok(id)
     }
 
     async fn remove(&self, name: &str) -> Result<(), DriverError> {
@@ -265,29 +300,6 @@ impl Docker {
 
 /// The image id of a `docker save` archive: the digest of its config blob, read
 /// from the archive's `manifest.json`.
-fn image_id(archive: &Path) -> Result<String, DriverError> {
-    let bad = |why: &str| DriverError::Image(format!("not a docker-archive: {why}"));
-    let mut tar = tar::Archive::new(std::fs::File::open(archive)?);
-    for entry in tar.entries().map_err(|e| bad(&e.to_string()))? {
-        let entry = entry.map_err(|e| bad(&e.to_string()))?;
-        let path: PathBuf = entry.path().map_err(|e| bad(&e.to_string()))?.into_owned();
-        if path != Path::new("manifest.json") {
-            continue;
-        }
-        let mut text = String::new();
-        entry.take(MANIFEST_MAX).read_to_string(&mut text)?;
-        let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-        let config = manifest[0]["Config"].as_str().ok_or_else(|| bad("manifest.json names no Config"))?;
-        // "<hex>.json" (classic layout) or "blobs/sha256/<hex>" (OCI layout).
-        let hex = config.rsplit('/').next().unwrap_or(config).trim_end_matches(".json");
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("unexpected Config name"));
-        }
-        return Ok(format!("sha256:{hex}"));
-    }
-    Err(bad("no manifest.json"))
-}
-
 impl Driver for Docker {
     fn fingerprint(&self) -> Fingerprint {
         self.fingerprint.clone()

@@ -3,6 +3,7 @@
 //! A driver starts, re-attaches to, stops and destroys workloads of one kind,
 //! and reports on its own, through the [`Exits`] channel, a workload that ends.
 
+pub mod archive;
 pub mod docker;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;

@@ -166,6 +166,29 @@ fn disk_format(format: ImageFormat) -> Result<&'static str, DriverError> {
     }
 }
 
+/// A member's qcow2 may name a file of the host as its backing file or its
+/// external data file, which qemu would then open and show the guest: such
+/// images are refused (read from the header, no tool needed).
+fn check_qcow2(image: &Path) -> Result<(), DriverError> {
+    let mut header = [0u8; 80];
+    let mut f = std::fs::File::open(image)?;
+    let n = f.read(&mut header)?;
+    let bad = |why: &str| DriverError::Image(format!("refused qcow2 image: {why}"));
+    if n < 72 || header[..4] != *b"QFI\xfb" {
+        return Err(bad("no qcow2 header"));
+    }
+    let word = |at: usize| u64::from_be_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    if word(8) != 0 {
+        return Err(bad("it has a backing file (flatten it first: qemu-img convert -O qcow2 IN OUT)"));
+    }
+    let version = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+    // Version 3's incompatible features, bit 2: an external data file.
+    if version >= 3 && (n < 80 || word(72) & 0b100 != 0) {
+        return Err(bad("it keeps its data in an external file"));
+    }
+    Ok(())
+}
+
 /// Creates (or reuses) the volume and uploads the blob into it.
 fn upload_volume(
     conn: &Connect,
@@ -222,7 +245,7 @@ fn domain_xml(name: &str, dtype: &str, spec: &InstanceSpec, disk: &str, console:
            <on_poweroff>destroy</on_poweroff><on_crash>destroy</on_crash>\
            <devices>\
              <disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>\
-               <source file='{source}'/><target dev='vda' bus='virtio'/></disk>\
+               <source file='{source}'/><backingStore/><target dev='vda' bus='virtio'/></disk>\
              <serial type='file'><source path='{console}'/><target port='0'/></serial>\
              <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>\
            </devices>\
@@ -246,8 +269,12 @@ impl Driver for Libvirt {
         Box::pin(async move {
             let conn = self.conn()?;
             let fmt = disk_format(spec.format)?;
+            if fmt == "qcow2" {
+                let image = image.clone();
+                blocking(move || check_qcow2(&image)).await?;
+            }
             let name = self.name(&spec.key);
-            let dir = self.root.join(dir_name(&spec.key));
+            let dir = super::instance_dir(&self.root, &spec.key);
             std::fs::create_dir_all(&dir)?;
             let console = dir.join("console.log");
             let capacity = std::fs::metadata(&image)?.len().max((spec.disk_mib as u64) << 20);
@@ -381,5 +408,35 @@ impl Driver for Libvirt {
         Box::pin(async move {
             Ok(super::process::tail(&super::instance_dir(&self.root, key).join("console.log"), max_bytes)?)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qcow2(dir: &Path, version: u32, backing: u64, incompatible: u64) -> PathBuf {
+        let mut h = vec![0u8; 104];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[8..16].copy_from_slice(&backing.to_be_bytes());
+        h[72..80].copy_from_slice(&incompatible.to_be_bytes());
+        let path = dir.join(format!("v{version}-{backing}-{incompatible}.qcow2"));
+        std::fs::write(&path, h).unwrap();
+        path
+    }
+
+    #[test]
+    fn qcow2_images_that_reach_for_host_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_qcow2(&qcow2(dir.path(), 3, 0, 0)).is_ok());
+        assert!(check_qcow2(&qcow2(dir.path(), 2, 0, 0)).is_ok());
+        let err = check_qcow2(&qcow2(dir.path(), 3, 512, 0)).unwrap_err().to_string();
+        assert!(err.contains("backing file"), "{err}");
+        let err = check_qcow2(&qcow2(dir.path(), 3, 0, 0b100)).unwrap_err().to_string();
+        assert!(err.contains("external"), "{err}");
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        assert!(check_qcow2(&raw).is_err());
     }
 }

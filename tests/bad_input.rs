@@ -88,3 +88,29 @@ fn wrong_input_is_refused_clearly() {
     assert_eq!(http(&addr, "GET", "/v1/health", None, b"").status, 200);
     assert_eq!(d.cli().json(&["instance", "show", "a"])["observed"], "running");
 }
+
+/// Password guessing: after five failures in a minute a user name and the
+/// guessing address are refused with 429 and a JSON body, even with the
+/// right password.
+#[test]
+fn failed_logins_are_limited() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "guessed");
+    let addr = d.addr();
+    let login = |user: &str, password: &str| {
+        let body = serde_json::json!({"user": user, "password": password}).to_string();
+        http(&addr, "POST", "/v1/login", None, body.as_bytes())
+    };
+    for _ in 0..5 {
+        let r = login("admin", "wrong-guess");
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = login("admin", &d.password);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let err: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(err["error"]["code"], "too_many", "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("too many failed logins"), "{err}");
+    // Unknown users cost a hash too, and count the same way.
+    let r = login("nobody", "x");
+    assert_eq!(r.status, 429, "the address used up its failures: {}", r.body);
+}

@@ -136,6 +136,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         max_upload: s.max_upload,
         traffic,
         uploads: Arc::new(tokio::sync::Mutex::new(())),
+        logins: Default::default(),
     };
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -143,7 +144,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut stop = stop_rx;
-    axum::serve(listener, router(state))
+    // With the client's address: failed logins are limited per address too.
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
         })

@@ -102,6 +102,15 @@ pub enum Command {
         user: String,
         password: String,
     },
+    /// A user's password hash (None: no such user), for a login checked off
+    /// the event loop by the HTTP layer, which then asks for [`Command::IssueToken`].
+    PasswordHash {
+        user: String,
+    },
+    /// A token for a user whose password the HTTP layer has just verified.
+    IssueToken {
+        user: String,
+    },
     /// Which realm the serving site belongs to (public: a client maps an
     /// endpoint to its realm before it holds a token for it); with a
     /// `challenge` (hex), the site signs a [`RealmProof`] of it.
@@ -230,7 +239,13 @@ pub fn default_wait() -> u64 {
 impl Command {
     /// Commands that need no token.
     pub fn is_public(&self) -> bool {
-        matches!(self, Command::Login { .. } | Command::Realm { .. })
+        matches!(
+            self,
+            Command::Login { .. }
+                | Command::Realm { .. }
+                | Command::PasswordHash { .. }
+                | Command::IssueToken { .. }
+        )
     }
 }
 
@@ -388,6 +403,7 @@ impl RealmProof {
 #[serde(untagged)]
 pub enum Reply {
     Token(TokenView),
+    PasswordHash(Option<String>),
     Realm(RealmView),
     Whoami(Whoami),
     User(UserView),
@@ -431,6 +447,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    TooMany(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// The site the operation needs cannot be reached now.
@@ -448,6 +466,7 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::Unsupported { .. } => 400,
             ApiError::TooLarge(_) => 413,
             ApiError::Busy(_) => 503,
+            ApiError::TooMany(_) => 429,
             ApiError::Internal(_) => 500,
             ApiError::Unreachable(_) => 504,
         }
@@ -464,6 +483,7 @@ impl ApiError {
             ApiError::Unsupported { .. } => "unsupported_kind",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Busy(_) => "busy",
+            ApiError::TooMany(_) => "too_many",
             ApiError::Internal(_) => "internal",
             ApiError::Unreachable(_) => "unreachable",
         }

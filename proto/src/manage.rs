@@ -49,6 +49,18 @@ impl Peer {
         if !auth::password_matches(password, &user.password_hash) {
             return Err(wrong());
         }
+        self.issue_token(now, &user.name)
+    }
+
+    /// The hash a login checks the password against (None: no such user).
+    pub(crate) fn password_hash(&self, name: &str) -> ApiResult {
+        Ok(Reply::PasswordHash(self.realm.user(name)?.map(|u| u.password_hash)))
+    }
+
+    /// A token for `name`, whose password the caller has verified.
+    pub(crate) fn issue_token(&mut self, now: Millis, name: &str) -> ApiResult {
+        let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
+        let user = self.realm.user(name)?.ok_or_else(wrong)?;
         let claims = Claims {
             user: user.name.clone(),
             site: self.site.clone(),

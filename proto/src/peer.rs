@@ -636,6 +636,8 @@ impl Peer {
         };
         match (cmd, user) {
             (Command::Login { user, password }, _) => Outcome::Now(self.login(now, &user, &password)),
+            (Command::PasswordHash { user }, _) => Outcome::Now(self.password_hash(&user)),
+            (Command::IssueToken { user }, _) => Outcome::Now(self.issue_token(now, &user)),
             (Command::Realm { challenge }, _) => Outcome::Now(self.realm_view(challenge)),
             (cmd, Some(user)) => self.dispatch(now, req, &user, cmd, fx),
             (_, None) => Outcome::Now(Err(ApiError::Unauthenticated("no token".into()))),
@@ -652,7 +654,7 @@ impl Peer {
     ) -> Outcome {
         use Command::*;
         let result = match cmd {
-            Login { .. } | Realm { .. } => unreachable_login(),
+            Login { .. } | Realm { .. } | PasswordHash { .. } | IssueToken { .. } => unreachable_login(),
             Whoami => self.whoami(user),
             CreateUser(n) => self.create_user(now, user, n),
             ListUsers => self.list_users(user),

@@ -1,6 +1,7 @@
 //! The REST/JSON API under `/v1`. Every route is declared once in [`routes`],
 //! which builds both the router and the OpenAPI document.
 
+mod login;
 mod openapi;
 mod upload;
 
@@ -10,11 +11,11 @@ use atoll_crdt::Resources;
 use atoll_proto::api::{Grant, NewInstance, NewProject, NewUser};
 use atoll_proto::{ApiError, Command, Reply};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use crate::driver::Drivers;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub traffic: Arc<crate::net::Traffic>,
     /// One upload at a time: chunk clean-up after a failed upload must not race another.
     pub uploads: Arc<tokio::sync::Mutex<()>>,
+    /// Failed-login limits and password-hashing permits.
+    pub logins: login::Guard,
 }
 
 /// An [`ApiError`] as an HTTP response: its status and `{"error": {"code", "message"}}`.
@@ -229,9 +232,13 @@ pub fn routes() -> Vec<Route> {
             "/v1/login",
             "Exchange a user name and password for a token",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<LoginBody>, JsonRejection>| async move {
+                |State(s): State<AppState>,
+                 peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+                 b: Result<Json<LoginBody>, JsonRejection>| async move {
                     let b = body(b)?;
-                    call(&s, &h, Command::Login { user: b.user, password: b.password }).await
+                    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+                    let reply = login::login(&s, addr, b.user, b.password).await?;
+                    Ok::<_, Failure>((StatusCode::OK, Json(reply)))
                 },
             ),
         ),

@@ -37,6 +37,12 @@ fn instances_whose_names_once_collided_stay_apart() {
     assert!(logs("a__b", "c").contains("I am c-of-a__b"));
 }
 
+/// The uid the site gave an instance of the default project.
+fn uid_of(d: &Daemon, name: &str) -> String {
+    let file = d.data.join(format!("instances/default__{name}/uid"));
+    std::fs::read_to_string(file).expect("the instance's uid").trim().to_owned()
+}
+
 /// Whether this host sandboxes process workloads; where it cannot (not root,
 /// no bubblewrap, no cgroups) the escape tests cannot run: a failure under
 /// `CI=true`, which provides all three.
@@ -68,9 +74,7 @@ fn a_workload_cannot_reach_the_site_or_its_neighbours() {
     let img = process_image(root.path(), "keeper", "echo s3cr3t-of-keeper > secret; exec sleep 600\n");
     d.cli().ok(&["image", "add", img.to_str().unwrap(), "--name", "keeper"]);
     d.cli().ok(&["instance", "create", "keeper", "--image", "keeper"]);
-    let uid =
-        std::fs::read_to_string(d.data.join("instances/default__keeper/uid")).expect("the keeper's uid");
-    let uid = uid.trim();
+    let uid = uid_of(&d, "keeper");
 
     let script = format!(
         r#"try() {{ what=$1; shift; if out=$("$@" 2>&1); then echo "ESCAPED $what: $out"; else echo "held $what"; fi; }}
@@ -133,7 +137,7 @@ fn memory_and_fork_bombs_stay_inside_the_instance() {
     d.cli().ok(&["image", "add", bomb.to_str().unwrap(), "--name", "bomb"]);
     d.cli().ok(&["instance", "create", "bomb", "--image", "bomb"]);
     std::thread::sleep(Duration::from_secs(3));
-    let uid = std::fs::read_to_string(d.data.join("instances/default__bomb/uid")).expect("the bomb's uid");
+    let uid = uid_of(&d, "bomb");
     let procs = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
@@ -141,7 +145,7 @@ fn memory_and_fork_bombs_stay_inside_the_instance() {
             status
                 .lines()
                 .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some(uid.trim()))
+                .map(|l| l.split_whitespace().nth(1) == Some(uid.as_str()))
         })
         .filter(|owned| *owned)
         .count();

@@ -146,17 +146,18 @@ impl Sandbox {
     /// [`Sandbox::claim`]), with its limits, and gives its root to the uid.
     pub fn cell(&self, dir: &Path, uid: u32, memory_mib: i64, cpus: i64) -> Result<Cell, DriverError> {
         std::fs::write(dir.join("uid"), uid.to_string())?;
-        give(&self.home(uid), uid)?;
-        std::fs::set_permissions(self.home(uid), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let cell = self.cell_of(uid);
-        let memory = (memory_mib.max(1) as u64).saturating_mul(1 << 20);
-        let quota = cpus.max(1) as u64 * 100_000;
         for d in &cell.dirs {
             std::fs::create_dir_all(d)?;
         }
         // What an earlier run left (its bubblewrap killed while the daemon
-        // was down, say) goes before this one starts.
+        // was down, say) goes first: no process of the uid may swap a
+        // directory for a link while the root is walked and given below.
         cell.kill_all();
+        give(&self.home(uid), uid)?;
+        std::fs::set_permissions(self.home(uid), std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let memory = (memory_mib.max(1) as u64).saturating_mul(1 << 20);
+        let quota = cpus.max(1) as u64 * 100_000;
         let set = |d: &Path, file: &str, value: String| {
             std::fs::write(d.join(file), &value)
                 .map_err(|e| DriverError::Runtime(format!("cannot set {}: {e}", d.join(file).display())))

@@ -27,6 +27,11 @@ fn wrong_input_is_refused_clearly() {
     assert_eq!((r.status, error_of(&r).as_str()), (401, "unauthenticated"));
     let r = http(&addr, "GET", "/v1/instances", None, b"");
     assert_eq!(r.status, 401);
+    // A stranger's body is not even read: 401, not a verdict on its shape.
+    for (method, path) in [("POST", "/v1/instances"), ("POST", "/v1/users"), ("PUT", "/v1/quotas/default")] {
+        let r = http(&addr, method, path, None, b"{not json");
+        assert_eq!((r.status, error_of(&r).as_str()), (401, "unauthenticated"), "{method} {path}");
+    }
     let err = d.cli().env("ATOLL_TOKEN", "garbage").fails(&["instance", "list"]);
     assert!(err.contains("invalid token"), "{err}");
     let err = d.cli().env("ATOLL_PASSWORD", "wrong-password").fails(&["login"]);

@@ -74,3 +74,88 @@ fn openapi_document_is_served_and_lists_the_routes() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
 }
+
+#[test]
+fn users_passwords_roles_projects_and_tokens_are_administered_and_taken_back() {
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "edge-1");
+    d.login_admin();
+    d.cli().ok(&["project", "create", "lab", "--instances", "2"]);
+    d.cli().env("ATOLL_NEW_PASSWORD", "bob-password").ok(&["user", "create", "bob"]);
+    d.cli().ok(&["role", "grant", "bob", "lab", "member"]);
+    let bob_home = tempfile::tempdir().unwrap();
+    let bob = || d.cli().home(bob_home.path());
+    bob().env("ATOLL_PASSWORD", "bob-password").ok(&["login", "--user", "bob"]);
+    let old = saved_token_at(bob_home.path(), &d.endpoint);
+
+    // Bob changes his password: the current one is checked, his old token dies,
+    // and the CLI logs him in again.
+    let err = bob()
+        .env("ATOLL_PASSWORD", "not-it")
+        .env("ATOLL_NEW_PASSWORD", "bob-new-pass")
+        .fails(&["user", "passwd"]);
+    assert!(err.contains("wrong user name or password"), "{err}");
+    let err = bob()
+        .env("ATOLL_PASSWORD", "bob-password")
+        .env("ATOLL_NEW_PASSWORD", "long-enough-1")
+        .fails(&["user", "passwd", "admin"]);
+    assert!(err.contains("only realm admins"), "{err}");
+    bob()
+        .env("ATOLL_PASSWORD", "bob-password")
+        .env("ATOLL_NEW_PASSWORD", "bob-new-pass")
+        .ok(&["user", "passwd"]);
+    assert_eq!(http(&d.addr(), "GET", "/v1/whoami", Some(&old), b"").status, 401);
+    assert_eq!(bob().json(&["whoami"])["user"], "bob");
+
+    // Logout revokes the token itself, not only the saved copy.
+    let current = saved_token_at(bob_home.path(), &d.endpoint);
+    bob().ok(&["logout"]);
+    let r = http(&d.addr(), "GET", "/v1/whoami", Some(&current), b"");
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("revoked"), "{:?}", r.json());
+    bob().env("ATOLL_PASSWORD", "bob-new-pass").ok(&["login", "--user", "bob"]);
+
+    // The admin takes bob's role, then bob, away.
+    d.cli().ok(&["role", "revoke", "bob", "lab"]);
+    assert!(bob().json(&["whoami"])["roles"].as_array().unwrap().is_empty());
+    d.cli().ok(&["token", "revoke", "bob"]);
+    assert!(bob().fails(&["whoami"]).contains("revoked"));
+    bob().env("ATOLL_PASSWORD", "bob-new-pass").ok(&["login", "--user", "bob"]);
+    d.cli().ok(&["user", "delete", "bob"]);
+    assert!(bob().fails(&["whoami"]).contains("user no longer exists"));
+    assert!(d.cli().fails(&["user", "delete", "admin"]).contains("cannot delete yourself"));
+
+    // A project with an instance stays; empty, it goes.
+    let image = process_image(root.path(), "idle", "sleep 600\n");
+    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "idle", "--project", "lab"]);
+    d.cli().ok(&[
+        "instance",
+        "create",
+        "w",
+        "--image",
+        "idle",
+        "--project",
+        "lab",
+        "--memory",
+        "32",
+        "--",
+        &d.tag(),
+    ]);
+    assert!(d.cli().fails(&["project", "delete", "lab"]).contains("still has images: idle"));
+    assert!(d.cli().fails(&["image", "rm", "lab/idle"]).contains("used by instances lab/w on edge-1"));
+    d.cli().ok(&["instance", "delete", "lab/w"]);
+    d.cli().ok(&["image", "rm", "lab/idle"]);
+    d.cli().ok(&["project", "delete", "lab"]);
+    assert!(d.cli().fails(&["quota", "show", "lab"]).contains("no project lab"));
+
+    // The genesis password changed, the daemon forgets the file that held it.
+    d.cli()
+        .env("ATOLL_PASSWORD", &d.password)
+        .env("ATOLL_NEW_PASSWORD", "admin-new-pass")
+        .ok(&["user", "passwd"]);
+    let mut d = d;
+    d.terminate();
+    d.boot();
+    assert!(!d.data.join("admin-password").exists(), "a stale admin-password stayed");
+    d.cli().env("ATOLL_PASSWORD", "admin-new-pass").ok(&["login"]);
+}

@@ -176,6 +176,46 @@ impl Entity for Removal {
     }
 }
 
+/// Tokens no site accepts any more: one token (`token` set: logout, a leaked
+/// token), or every token of `user` issued at or before `at` (a password
+/// change, `atoll token revoke`). Tokens are verified offline, so a revocation
+/// is a realm record every site checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub user: String,
+    /// SHA-256 (hex) of the one token revoked; None: all of `user`'s tokens.
+    pub token: Option<String>,
+    /// When the record may be forgotten: the revoked token's own expiry
+    /// (None for a user-wide revocation, which stays: one per user).
+    pub expires_at: Option<Millis>,
+    /// Who revoked.
+    pub by: String,
+    pub at: Millis,
+}
+
+impl Revocation {
+    /// The key of a one-token revocation.
+    pub fn token_key(digest: &str) -> String {
+        format!("t/{digest}")
+    }
+
+    /// The key of a user-wide revocation.
+    pub fn user_key(user: &str) -> String {
+        format!("u/{user}")
+    }
+}
+
+impl Entity for Revocation {
+    const COLLECTION: &'static str = "revocations";
+    const PACKED: bool = true;
+    fn key(&self) -> String {
+        match &self.token {
+            Some(digest) => Revocation::token_key(digest),
+            None => Revocation::user_key(&self.user),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,

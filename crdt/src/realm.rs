@@ -2,11 +2,29 @@
 //! quota grants. Every site holds a replica and any site may write it.
 
 use crate::doc::{Doc, DocError};
-use crate::entity::{Image, Member, Project, QuotaGrant, Removal, Resources, RoleBinding, SiteId, User};
+use crate::entity::{
+    Image, Member, Project, QuotaGrant, Removal, Resources, Revocation, RoleBinding, SiteId, User,
+};
 use crate::intent::Holder;
 use crate::{Entity, Millis};
 
 const COLLECTIONS: &[&str] = &[
+    Member::COLLECTION,
+    User::COLLECTION,
+    Project::COLLECTION,
+    RoleBinding::COLLECTION,
+    Image::COLLECTION,
+    QuotaGrant::COLLECTION,
+    Holder::COLLECTION,
+    Removal::COLLECTION,
+    Revocation::COLLECTION,
+];
+
+/// The collections a saved realm must have: realms founded before token
+/// revocation have no `revocations` map, and no site may add one later (two
+/// sites adding it concurrently would create two maps, one hiding the other),
+/// so such a realm reads as having no revocations and refuses to record one.
+const REQUIRED: &[&str] = &[
     Member::COLLECTION,
     User::COLLECTION,
     Project::COLLECTION,
@@ -35,7 +53,7 @@ impl Realm {
     }
 
     pub fn load(bytes: &[u8], site: &SiteId) -> Result<Self, DocError> {
-        Ok(Realm { doc: Doc::load(bytes, site.as_str().as_bytes(), COLLECTIONS)? })
+        Ok(Realm { doc: Doc::load(bytes, site.as_str().as_bytes(), REQUIRED)? })
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>, DocError> {
@@ -56,6 +74,27 @@ impl Realm {
 
     pub fn image(&self, project: &str, name: &str) -> Result<Option<Image>, DocError> {
         self.doc.get(&format!("{project}/{name}"))
+    }
+
+    /// Whether a token of `user` issued at `issued_at`, whose SHA-256 is
+    /// `digest`, was revoked.
+    pub fn revoked(&self, user: &str, digest: &str, issued_at: Millis) -> Result<bool, DocError> {
+        if !self.doc.has_collection(Revocation::COLLECTION) {
+            return Ok(false);
+        }
+        if self.doc.contains::<Revocation>(&Revocation::token_key(digest))? {
+            return Ok(true);
+        }
+        let all: Option<Revocation> = self.doc.get(&Revocation::user_key(user))?;
+        Ok(all.is_some_and(|r| issued_at <= r.at))
+    }
+
+    /// When `user`'s tokens were last revoked as a whole, if ever.
+    pub fn revoked_before(&self, user: &str) -> Result<Option<Millis>, DocError> {
+        if !self.doc.has_collection(Revocation::COLLECTION) {
+            return Ok(None);
+        }
+        Ok(self.doc.get::<Revocation>(&Revocation::user_key(user))?.map(|r| r.at))
     }
 
     /// The sites that hold the blob of `digest` in full.

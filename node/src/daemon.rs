@@ -112,6 +112,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("the data dir {} holds half a site; move it away to start afresh", data.display()),
     };
+    forget_changed_password(data, &peer);
     if s.join.is_some() && peer.realm().member(&site)?.is_some_and(|m| m.invitation.is_none()) {
         tracing::warn!("--join ignored: this site founded its own realm and stays in it");
     }
@@ -238,4 +239,22 @@ fn host_capacity(max_instances: i64) -> Resources {
         })
         .unwrap_or(0);
     Resources::new(max_instances, cpus, mem_kib / 1024)
+}
+
+/// Removes `admin-password` once it no longer opens the `admin` account
+/// (changed with `atoll user passwd admin`): a stale secret on disk misleads.
+fn forget_changed_password(data: &Path, peer: &Peer) {
+    let path = data.join("admin-password");
+    let Ok(password) = std::fs::read_to_string(&path) else { return };
+    let hash = peer.realm().user("admin").ok().flatten().map(|u| u.password_hash);
+    if hash.is_none_or(|h| !atoll_proto::auth::password_matches(password.trim(), &h)) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "the genesis admin password was changed: file removed")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale admin-password")
+            }
+        }
+    }
 }

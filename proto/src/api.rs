@@ -119,8 +119,30 @@ pub enum Command {
         challenge: Option<String>,
     },
     Whoami,
+    /// Checks the token only (the HTTP layer asks before reading a body).
+    Authenticate,
     CreateUser(NewUser),
     ListUsers,
+    /// Removes a user and their role bindings; their tokens die with them
+    /// (realm admins; not oneself, not the last realm admin).
+    DeleteUser {
+        name: String,
+    },
+    /// Sets `user`'s password to `password_hash` (made by the HTTP layer, off
+    /// the event loop) and revokes every token of theirs issued before. Realm
+    /// admins set anyone's; a user their own, when the HTTP layer has checked
+    /// their current password (`current_checked`).
+    SetPassword {
+        user: String,
+        password_hash: String,
+        current_checked: bool,
+    },
+    /// Revokes every token of `user` issued until now (realm admins, or the user).
+    RevokeTokens {
+        user: String,
+    },
+    /// Revokes the caller's own token.
+    Logout,
     CreateProject(NewProject),
     /// Changes how a project's rights move from now on (realm admins); rights
     /// already placed stay where they are.
@@ -130,7 +152,18 @@ pub enum Command {
     },
     ListProjects,
     GrantRole(Grant),
+    /// Removes `user`'s role in `project` (project admins).
+    RevokeRole {
+        user: String,
+        project: String,
+    },
     ListRoles,
+    /// Removes a project with its role bindings (realm admins): refused while
+    /// it has images, or instances on any site, or while a site whose
+    /// instances are not known here is out of reach.
+    DeleteProject {
+        project: String,
+    },
     SetQuota {
         project: String,
         total: Resources,
@@ -421,9 +454,21 @@ pub enum Reply {
     Sites(Vec<SiteRow>),
     Intent(IntentView),
     Intents(Vec<IntentView>),
-    Invitation { token: String, expires_at: u64 },
-    Authorized { user: String },
-    Removed { removed: String },
+    Invitation {
+        token: String,
+        expires_at: u64,
+    },
+    Authorized {
+        user: String,
+    },
+    Removed {
+        removed: String,
+    },
+    /// Tokens revoked: `user`'s one token, or all issued until `before`.
+    Revoked {
+        user: String,
+        before: Option<u64>,
+    },
 }
 
 /// Errors a caller sees, each with an HTTP status and a stable code.

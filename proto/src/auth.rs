@@ -82,7 +82,20 @@ pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), Ap
         return Err(ApiError::Unauthenticated("token expired; log in again".into()));
     }
     let user = realm.user(&claims.user)?.ok_or_else(|| bad("user no longer exists"))?;
+    // A user deleted and created again under the same name is someone else.
+    if claims.issued_at < user.created_at {
+        return Err(bad("issued before the user was created"));
+    }
+    if realm.revoked(&user.name, &token_digest(token), claims.issued_at)? {
+        return Err(ApiError::Unauthenticated("token revoked; log in again".into()));
+    }
     Ok((claims, user))
+}
+
+/// The name of a token in revocations: its SHA-256, hex.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 pub fn encode_key(key: &VerifyingKey) -> String {

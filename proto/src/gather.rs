@@ -91,6 +91,73 @@ pub enum Purpose {
         wait_ms: Millis,
         then: Box<Command>,
     },
+    /// Remove what no instance of any site uses.
+    Unused(Use),
+}
+
+/// What a removal must find unused on every site first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Use {
+    /// A project: no instance of it anywhere.
+    Project(String),
+    /// An image (`project/name`): no instance of any project runs it.
+    Image { project: String, name: String },
+}
+
+impl Use {
+    fn by(&self, inst: &Instance) -> bool {
+        match self {
+            Use::Project(p) => &inst.project == p,
+            Use::Image { project, name } => inst.image == format!("{project}/{name}"),
+        }
+    }
+}
+
+/// Refuses a removal while an instance uses it, or while a site whose
+/// instances are not current here is out of reach (it may have started one
+/// since). A part is current when it is the serving site's own, or read from
+/// the site itself or a replica synced with it now.
+pub fn check_unused(
+    what: &Use,
+    parts: &BTreeMap<SiteId, (SiteState, Vec<Instance>)>,
+) -> Result<(), ApiError> {
+    let users: Vec<String> = parts
+        .values()
+        .flat_map(|(_, insts)| insts.iter().filter(|i| what.by(i)))
+        .map(|i| format!("{}/{} on {}", i.project, i.name, i.site))
+        .collect();
+    let name = match what {
+        Use::Project(p) => format!("project {p}"),
+        Use::Image { project, name } => format!("image {project}/{name}"),
+    };
+    if !users.is_empty() {
+        let more = if users.len() > 10 { format!(" and {} more", users.len() - 10) } else { String::new() };
+        let shown: Vec<&str> = users.iter().take(10).map(String::as_str).collect();
+        return Err(ApiError::Conflict(format!(
+            "{name} is used by instances {}{more}; delete them first",
+            shown.join(", ")
+        )));
+    }
+    let unknown: Vec<String> = parts
+        .values()
+        .filter(|(state, _)| {
+            let current = match &state.source {
+                Source::Own => true,
+                Source::Replica => state.reachable,
+                Source::Asked { by } => by == &state.site,
+                Source::Remembered | Source::Unknown => false,
+            };
+            !current || state.cut
+        })
+        .map(|(state, _)| state.site.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::Unreachable(format!(
+            "cannot tell whether {name} is in use on {}: out of reach; try again when connected",
+            unknown.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A call waiting for answers.
@@ -397,6 +464,14 @@ impl Peer {
 
     fn finish_gather(&mut self, now: Millis, call: Parked, fx: &mut impl Effects) -> Outcome {
         let Parked { req, user, purpose, parts, .. } = call;
+        // A removal looks at every instance, readable by the caller or not.
+        if let Purpose::Unused(what) = &purpose {
+            let removed = check_unused(what, &parts).and_then(|()| match what {
+                Use::Project(project) => self.remove_project(project),
+                Use::Image { project, name } => self.remove_image(project, name),
+            });
+            return Outcome::Now(removed);
+        }
         let mut instances = Vec::new();
         let mut sites = Vec::new();
         for (_, (state, insts)) in parts {
@@ -405,7 +480,7 @@ impl Peer {
                 // refused as such (as on its own site), not reported missing.
                 let named = match &purpose {
                     Purpose::Find { project, name, .. } => &inst.project == project && &inst.name == name,
-                    Purpose::List => false,
+                    Purpose::List | Purpose::Unused(_) => false,
                 };
                 if named
                     && let Err(e) = auth::require(&self.realm, &user, &inst.project, Role::Reader, &inst.site)
@@ -421,7 +496,9 @@ impl Peer {
             sites.push(state);
         }
         match purpose {
-            Purpose::List => Outcome::Now(Ok(Reply::Instances(InstanceList { instances, sites }))),
+            Purpose::List | Purpose::Unused(_) => {
+                Outcome::Now(Ok(Reply::Instances(InstanceList { instances, sites })))
+            }
             Purpose::Find { project, name, wait_ms, then } => {
                 let found: Vec<Instance> =
                     instances.into_iter().filter(|i| i.project == project && i.name == name).collect();

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod driver;
 mod fetch;
 pub mod gather;
+mod identity;
 pub mod intents;
 pub mod lifecycle;
 mod manage;
@@ -29,6 +30,8 @@ pub use wire::{PeerMsg, WireError};
 mod tests;
 #[cfg(test)]
 mod tests_gather;
+#[cfg(test)]
+mod tests_identity;
 #[cfg(test)]
 mod tests_intents;
 #[cfg(test)]

@@ -11,7 +11,8 @@ use crate::api::{
     TokenView, UserView, Whoami,
 };
 use crate::auth::{self, Claims};
-use crate::peer::{Peer, StoreWrite};
+use crate::gather::{Purpose, Use};
+use crate::peer::{Effects, Outcome, Peer, ReqId, StoreWrite};
 
 /// Most sites one give names.
 pub const MAX_GIVE_TO: usize = 10_000;
@@ -38,7 +39,7 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn user_view(u: &User) -> UserView {
+pub(crate) fn user_view(u: &User) -> UserView {
     UserView { name: u.name.clone(), realm_admin: u.realm_admin, created_at: u.created_at }
 }
 
@@ -61,11 +62,16 @@ impl Peer {
     pub(crate) fn issue_token(&mut self, now: Millis, name: &str) -> ApiResult {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
         let user = self.realm.user(name)?.ok_or_else(wrong)?;
+        // A token issued in the millisecond of a revocation would be revoked too.
+        let issued_at = match self.realm.revoked_before(&user.name)? {
+            Some(at) => now.max(at + 1),
+            None => now,
+        };
         let claims = Claims {
             user: user.name.clone(),
             site: self.site.clone(),
-            issued_at: now,
-            expires_at: now + self.token_ttl,
+            issued_at,
+            expires_at: issued_at + self.token_ttl,
         };
         Ok(Reply::Token(TokenView {
             token: auth::issue(&self.key, &claims),
@@ -121,9 +127,21 @@ impl Peer {
         }
         let project =
             Project { name: n.name.clone(), description: n.description, created_at: now, spread: n.spread };
+        // A project deleted under this name may have left rights on sites
+        // (docs/architecture.md, "Identity"): the new total is set over them.
+        let left = self.realm.quota_total(&n.name)?;
+        let delta = quota_change(&n.name, left, n.quota, &self.account(&n.name)?).map_err(|e| {
+            ApiError::Conflict(format!(
+                "a project {} deleted earlier left rights totalling {left} on its sites, and this site \
+                 cannot lower them to {}: {e}; create it with a larger total, or on a site holding them",
+                n.name, n.quota
+            ))
+        })?;
         self.realm.doc.put(&project)?;
-        self.realm.add_grant(&n.name, &self.site, n.quota, now)?;
-        if n.spread == Spread::Even {
+        if delta != Resources::ZERO {
+            self.realm.add_grant(&n.name, &self.site, delta, now)?;
+        }
+        if n.spread == Spread::Even && left == Resources::ZERO {
             let others: Vec<SiteId> = self
                 .realm
                 .doc
@@ -375,19 +393,37 @@ impl Peer {
         }
     }
 
-    pub(crate) fn remove_image(&mut self, caller: &User, project: &str, name: &str) -> ApiResult {
-        auth::require(&self.realm, caller, project, Role::Member, &self.site)?;
+    /// Checks the caller (a project admin: a catalog entry may be in use by
+    /// other projects on other sites) and that the image exists, then
+    /// gathers every site's instances before removing it.
+    pub(crate) fn delete_image(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        caller: &User,
+        project: String,
+        name: String,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        let checked = auth::require(&self.realm, caller, &project, Role::Admin, &self.site).and_then(|()| {
+            match self.realm.image(&project, &name)? {
+                Some(_) => Ok(()),
+                None => Err(ApiError::NotFound(format!("no image {project}/{name}"))),
+            }
+        });
+        if let Err(e) = checked {
+            return Outcome::Now(Err(e));
+        }
+        self.gather(now, req, caller, None, Purpose::Unused(Use::Image { project, name }), fx)
+    }
+
+    /// Removes an image no instance uses (checked by the caller).
+    pub(crate) fn remove_image(&mut self, project: &str, name: &str) -> ApiResult {
         let image = self
             .realm
             .image(project, name)?
             .ok_or_else(|| ApiError::NotFound(format!("no image {project}/{name}")))?;
         let key = format!("{project}/{name}");
-        if let Some(user) = self.own.instances()?.iter().find(|i| i.image == key) {
-            return Err(ApiError::Conflict(format!(
-                "image {key} is used by instance {}/{}; delete it first",
-                user.project, user.name
-            )));
-        }
         self.realm.doc.delete::<Image>(&key)?;
         let others: Vec<Image> = self.realm.doc.list::<Image>()?;
         let digest_unused = !others.iter().any(|i| i.digest == image.digest);

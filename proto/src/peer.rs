@@ -630,6 +630,9 @@ impl Peer {
                 )));
             };
             match auth::verify(&self.realm, &token, now) {
+                Ok((claims, _)) if matches!(cmd, Command::Logout) => {
+                    return Outcome::Now(self.logout(now, &claims, &token));
+                }
                 Ok((_, user)) => Some(user),
                 Err(e) => return Outcome::Now(Err(e)),
             }
@@ -654,10 +657,20 @@ impl Peer {
     ) -> Outcome {
         use Command::*;
         let result = match cmd {
-            Login { .. } | Realm { .. } | PasswordHash { .. } | IssueToken { .. } => unreachable_login(),
+            Login { .. } | Realm { .. } | PasswordHash { .. } | IssueToken { .. } | Logout => {
+                unreachable_login()
+            }
             Whoami => self.whoami(user),
+            Authenticate => Ok(Reply::Authorized { user: user.name.clone() }),
             CreateUser(n) => self.create_user(now, user, n),
             ListUsers => self.list_users(user),
+            DeleteUser { name } => self.delete_user(user, &name),
+            SetPassword { user: name, password_hash, current_checked } => {
+                self.set_password(now, user, &name, password_hash, current_checked)
+            }
+            RevokeTokens { user: name } => self.revoke_tokens(now, user, &name),
+            RevokeRole { user: name, project } => self.revoke_role(user, &name, &project),
+            DeleteProject { project } => return self.delete_project(now, req, user, project, fx),
             CreateProject(n) => self.create_project(now, user, n),
             SetSpread { project, spread } => self.set_spread(user, &project, spread),
             ListProjects => self.list_projects(user),
@@ -671,7 +684,7 @@ impl Peer {
             RegisterImage(n) => self.register_image(now, user, n),
             ListImages => self.list_images(user),
             ShowImage { project, name } => self.show_image(user, &project, &name),
-            RemoveImage { project, name } => self.remove_image(user, &project, &name),
+            RemoveImage { project, name } => return self.delete_image(now, req, user, project, name, fx),
             CreateInstance(n) => return self.create_instance(now, req, user, n, fx),
             ListInstances { site } => return self.gather(now, req, user, site, Purpose::List, fx),
             ShowInstance { project, name } => self.show_instance(user, &project, &name),

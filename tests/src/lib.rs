@@ -398,9 +398,14 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The admin token the CLI saved for this daemon.
 pub fn saved_token(d: &Daemon) -> String {
-    let text = std::fs::read_to_string(d.home.path().join("atoll/credentials.json")).expect("credentials");
+    saved_token_at(d.home.path(), &d.endpoint)
+}
+
+/// The token the CLI saved in config dir `home` for a login at `endpoint`.
+pub fn saved_token_at(home: &Path, endpoint: &str) -> String {
+    let text = std::fs::read_to_string(home.join("atoll/credentials.json")).expect("credentials");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let realm = v["endpoints"][&d.endpoint].as_str().expect("a login at this endpoint");
+    let realm = v["endpoints"][endpoint].as_str().expect("a login at this endpoint");
     v["realms"][realm]["token"].as_str().unwrap().to_owned()
 }
 

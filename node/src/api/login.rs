@@ -104,8 +104,20 @@ pub async fn login(
     user: String,
     password: String,
 ) -> Result<Reply, Failure> {
-    s.logins.check(&user, addr, Instant::now())?;
-    let hash = match s.client.call(None, Command::PasswordHash { user: user.clone() }).await? {
+    check_password(s, addr, &user, password).await?;
+    Ok(s.client.call(None, Command::IssueToken { user }).await?)
+}
+
+/// Verifies `user`'s password off the event loop, counting a failure against
+/// the user and the client address.
+pub async fn check_password(
+    s: &AppState,
+    addr: Option<IpAddr>,
+    user: &str,
+    password: String,
+) -> Result<(), Failure> {
+    s.logins.check(user, addr, Instant::now())?;
+    let hash = match s.client.call(None, Command::PasswordHash { user: user.to_owned() }).await? {
         Reply::PasswordHash(h) => h,
         other => return Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
     };
@@ -125,10 +137,31 @@ pub async fn login(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     if !matches {
-        s.logins.failed(&user, addr, Instant::now());
+        s.logins.failed(user, addr, Instant::now());
         return Err(ApiError::Unauthenticated("wrong user name or password".into()).into());
     }
-    Ok(s.client.call(None, Command::IssueToken { user }).await?)
+    Ok(())
+}
+
+/// Hashes a new password off the event loop, under the same permits.
+pub async fn hash_new(s: &AppState, password: String) -> Result<String, Failure> {
+    if !(8..=1024).contains(&password.len()) {
+        return Err(ApiError::Invalid("password must be 8 to 1024 bytes long".into()).into());
+    }
+    let permit = s
+        .logins
+        .hashing
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::Busy("the daemon is shutting down".into()))?;
+    let hashed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        atoll_proto::auth::hash_password(&password, &mut rand::rngs::OsRng)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(hashed?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The REST/JSON API under `/v1`. Every route is declared once in [`routes`],
 //! which builds both the router and the OpenAPI document.
 
+mod identity;
 mod login;
 mod openapi;
 mod upload;
@@ -511,6 +512,9 @@ pub fn routes() -> Vec<Route> {
         ),
         route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)),
     ]
+    .into_iter()
+    .chain(identity::routes())
+    .collect()
 }
 
 #[derive(Deserialize)]
@@ -522,9 +526,25 @@ struct InviteBody {
     ttl_secs: Option<u64>,
 }
 
+/// The counters, with the fetches of images the caller may read only (an
+/// image's name is its project's business).
 async fn network(State(s): State<AppState>, h: HeaderMap) -> Result<Json<serde_json::Value>, Failure> {
-    s.client.call(bearer(&h), Command::Whoami).await?;
-    Ok(Json(serde_json::to_value(&*s.traffic).unwrap_or_default()))
+    let Reply::Whoami(me) = s.client.call(bearer(&h), Command::Whoami).await? else {
+        return Err(Failure(ApiError::Internal("unexpected reply".into())));
+    };
+    let reads = |image: &str| {
+        let project = image.split_once('/').map_or(image, |(p, _)| p);
+        me.realm_admin
+            || me
+                .roles
+                .iter()
+                .any(|b| b.project == project && b.sites.as_ref().is_none_or(|sites| sites.contains(&s.site)))
+    };
+    let mut view = serde_json::to_value(&*s.traffic).unwrap_or_default();
+    if let Some(serde_json::Value::Array(fetches)) = view.get_mut("fetches") {
+        fetches.retain(|f| f.get("image").and_then(|i| i.as_str()).is_some_and(reads));
+    }
+    Ok(Json(view))
 }
 
 async fn logs(
@@ -567,7 +587,12 @@ pub fn router(state: AppState) -> Router {
         } else {
             DefaultBodyLimit::max(MAX_JSON)
         };
-        r = r.route(route.path, route.handler.layer(limit));
+        let mut handler = route.handler.layer(limit);
+        if route.auth {
+            handler =
+                handler.layer(axum::middleware::from_fn_with_state(state.clone(), identity::authenticate));
+        }
+        r = r.route(route.path, handler);
     }
     r.fallback(|| async { Failure(ApiError::NotFound("no such API route; see /v1/openapi.json".into())) })
         .method_not_allowed_fallback(|| async {

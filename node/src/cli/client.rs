@@ -12,7 +12,7 @@ pub enum Remote<T> {
 
 pub struct Api {
     pub base: String,
-    token: Option<String>,
+    pub token: Option<String>,
     http: reqwest::Client,
 }
 

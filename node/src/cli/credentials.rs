@@ -69,6 +69,21 @@ pub fn save(realm: &str, login: Login) -> anyhow::Result<PathBuf> {
     store(&saved)
 }
 
+/// Forgets the saved login that holds `token` (after `atoll logout`);
+/// returns whether there was one.
+pub fn forget(token: &str) -> anyhow::Result<bool> {
+    let mut saved = load();
+    let realms: Vec<String> =
+        saved.realms.iter().filter(|(_, l)| l.token == token).map(|(r, _)| r.clone()).collect();
+    if realms.is_empty() {
+        return Ok(false);
+    }
+    saved.realms.retain(|r, _| !realms.contains(r));
+    saved.endpoints.retain(|_, r| !realms.contains(r));
+    store(&saved)?;
+    Ok(true)
+}
+
 /// Replaces the member keys of a saved realm login.
 fn save_members(realm: &str, members: BTreeMap<String, String>) {
     let mut saved = load();

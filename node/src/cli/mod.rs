@@ -2,6 +2,7 @@
 
 pub mod client;
 mod credentials;
+mod identity;
 mod instance;
 mod intent;
 pub mod output;
@@ -11,9 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use atoll_crdt::{Image, ImageFormat, Project, Resources, Role, RoleBinding, SiteId};
-use atoll_proto::api::{
-    Grant, ImageView, NewProject, NewUser, QuotaView, SiteView, TokenView, UserView, Whoami,
-};
+use atoll_proto::api::{Grant, ImageView, NewProject, NewUser, QuotaView, SiteView, UserView, Whoami};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -50,6 +49,12 @@ pub enum Cmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Revoke this login's token on every site and forget it here.
+    #[command(after_long_help = "Example:\n  atoll logout")]
+    Logout,
+    /// Tokens: revoke every token of a user.
+    #[command(subcommand)]
+    Token(identity::TokenCmd),
     /// Who the token belongs to, and their roles.
     #[command(after_long_help = "Example:\n  atoll whoami --output json")]
     Whoami,
@@ -167,6 +172,25 @@ pub enum UserCmd {
     /// Users of the realm (realm admins).
     #[command(after_long_help = "Example:\n  atoll user list --output json")]
     List,
+    /// Delete a user with their role bindings; their tokens stop working (realm admins).
+    #[command(after_long_help = "Example:\n  atoll user delete bob")]
+    Delete {
+        /// User name.
+        name: String,
+    },
+    /// Change a password: your own (asks for the current one, ATOLL_PASSWORD),
+    /// or, as a realm admin, anyone's. The new one comes from ATOLL_NEW_PASSWORD,
+    /// standard input or a prompt. Earlier tokens of the user are revoked.
+    #[command(
+        after_long_help = "Examples:\n  atoll user passwd\n  ATOLL_NEW_PASSWORD=... atoll user passwd bob"
+    )]
+    Passwd {
+        /// User name (default: yourself).
+        name: Option<String>,
+        /// Read the new password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +230,13 @@ pub enum ProjectCmd {
     /// Projects the caller has a role in.
     #[command(after_long_help = "Example:\n  atoll project list --output json")]
     List,
+    /// Delete a project: refused while it has images, or instances on any
+    /// site, or while a site is out of reach (realm admins).
+    #[command(after_long_help = "Example:\n  atoll project delete lab")]
+    Delete {
+        /// Project name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +257,14 @@ pub enum RoleCmd {
     /// Role bindings the caller may see.
     #[command(after_long_help = "Example:\n  atoll role list --output json")]
     List,
+    /// Take USER's role in PROJECT away (project admins).
+    #[command(after_long_help = "Example:\n  atoll role revoke bob lab")]
+    Revoke {
+        /// User name.
+        user: String,
+        /// Project name.
+        project: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,7 +335,7 @@ fn split_ref<'a>(g: &'a Global, name: &'a str) -> (&'a str, &'a str) {
     name.split_once('/').unwrap_or((&g.project, name))
 }
 
-fn read_secret(prompt: &str, env: &str, from_stdin: bool) -> anyhow::Result<String> {
+pub(crate) fn read_secret(prompt: &str, env: &str, from_stdin: bool) -> anyhow::Result<String> {
     if from_stdin {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
@@ -314,25 +353,16 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Login { user, password_stdin } => {
             let password = read_secret("Password: ", "ATOLL_PASSWORD", password_stdin)?;
-            let t: TokenView =
-                api.post("/v1/login", &serde_json::json!({"user": user, "password": password})).await?;
-            let realm: atoll_proto::api::RealmView = api.get("/v1/realm").await?;
-            let members = credentials::members(api.http(), &api.base, &t.token).await?;
-            let login = credentials::Login {
-                token: t.token,
-                user: t.user.clone(),
-                endpoint: api.base.clone(),
-                members,
-            };
-            let path = credentials::save(&realm.realm, login)?;
-            println!(
-                "Logged in as {} to realm {} at {}: the token works with every site of the realm (saved in {})",
-                t.user,
-                &realm.realm[..12.min(realm.realm.len())],
-                api.base,
-                path.display()
-            );
+            identity::login(&api, &user, password).await?;
         }
+        Cmd::Logout => identity::logout(&api).await?,
+        Cmd::Token(c) => identity::token(&api, c).await?,
+        Cmd::User(UserCmd::Delete { name }) => identity::delete_user(&api, &name).await?,
+        Cmd::User(UserCmd::Passwd { name, password_stdin }) => {
+            identity::passwd(&api, name, password_stdin).await?
+        }
+        Cmd::Role(RoleCmd::Revoke { user, project }) => identity::revoke_role(&api, &user, &project).await?,
+        Cmd::Project(ProjectCmd::Delete { name }) => identity::delete_project(&api, &name).await?,
         Cmd::Whoami => {
             let w: Whoami = api.get("/v1/whoami").await?;
             print(g.output, &w, &["USER", "REALM ADMIN", "SITE", "ROLES"], || {

@@ -1,0 +1,179 @@
+//! Identity administration: deleting users, changing passwords, revoking
+//! roles and tokens, deleting projects (docs/architecture.md, "Identity").
+//!
+//! Tokens are verified offline by every site, so taking one back is a realm
+//! record ([`Revocation`]) that every site checks once it has heard of it:
+//! a revocation reaches a site when the realm change does, like any write.
+
+use atoll_crdt::{Entity, Image, Millis, Project, Revocation, Role, RoleBinding, User};
+
+use crate::api::{ApiError, ApiResult, Reply};
+use crate::auth::{self, Claims};
+use crate::gather::{Purpose, Use};
+use crate::manage::user_view;
+use crate::peer::{Effects, Outcome, Peer, ReqId};
+
+/// Expired one-token revocations forgotten per new revocation, so that the
+/// collection stays as small as the tokens still alive.
+const PRUNE_PER_WRITE: usize = 32;
+
+impl Peer {
+    pub(crate) fn delete_user(&mut self, caller: &User, name: &str) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        let user = self.realm.user(name)?.ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
+        if user.name == caller.name {
+            return Err(ApiError::Conflict("you cannot delete yourself; ask another realm admin".into()));
+        }
+        if user.realm_admin && self.realm.doc.list::<User>()?.iter().filter(|u| u.realm_admin).count() <= 1 {
+            return Err(ApiError::Conflict(format!("{name} is the last realm admin")));
+        }
+        for b in self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.user == user.name) {
+            self.realm.doc.delete::<RoleBinding>(&format!("{}/{}", b.user, b.project))?;
+        }
+        // Tokens are refused from now on: verification needs the user record.
+        self.realm.doc.delete::<User>(name)?;
+        Ok(Reply::Removed { removed: name.to_owned() })
+    }
+
+    pub(crate) fn set_password(
+        &mut self,
+        now: Millis,
+        caller: &User,
+        name: &str,
+        password_hash: String,
+        current_checked: bool,
+    ) -> ApiResult {
+        let own = caller.name == name;
+        if !caller.realm_admin && !own {
+            return Err(ApiError::Forbidden(format!(
+                "only realm admins set another user's password ({name})"
+            )));
+        }
+        if !caller.realm_admin && !current_checked {
+            return Err(ApiError::Forbidden("give your current password to change it".into()));
+        }
+        let mut user = self.realm.user(name)?.ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
+        user.password_hash = password_hash;
+        self.realm.doc.put(&user)?;
+        // Whoever held the old password may hold a token too.
+        self.revoke(now, &caller.name, &user.name, None)?;
+        Ok(Reply::User(user_view(&user)))
+    }
+
+    pub(crate) fn revoke_tokens(&mut self, now: Millis, caller: &User, name: &str) -> ApiResult {
+        if !caller.realm_admin && caller.name != name {
+            return Err(ApiError::Forbidden(format!(
+                "only realm admins revoke another user's tokens ({name})"
+            )));
+        }
+        if self.realm.user(name)?.is_none() {
+            return Err(ApiError::NotFound(format!("no user {name}")));
+        }
+        self.revoke(now, &caller.name, name, None)?;
+        Ok(Reply::Revoked { user: name.to_owned(), before: Some(now) })
+    }
+
+    /// Revokes the token the caller presented.
+    pub(crate) fn logout(&mut self, now: Millis, claims: &Claims, token: &str) -> ApiResult {
+        let digest = auth::token_digest(token);
+        self.revoke(now, &claims.user, &claims.user, Some((digest, claims.expires_at)))?;
+        Ok(Reply::Revoked { user: claims.user.clone(), before: None })
+    }
+
+    /// Writes a revocation: of one token (its digest and expiry), or of all
+    /// of `user`'s tokens issued until `now`.
+    fn revoke(
+        &mut self,
+        now: Millis,
+        by: &str,
+        user: &str,
+        token: Option<(String, Millis)>,
+    ) -> Result<(), ApiError> {
+        if !self.realm.doc.has_collection(Revocation::COLLECTION) {
+            return Err(ApiError::Conflict(
+                "this realm was founded before tokens could be revoked; tokens end when they expire".into(),
+            ));
+        }
+        let (token, expires_at) = token.map_or((None, None), |(d, e)| (Some(d), Some(e)));
+        self.realm.doc.put(&Revocation {
+            user: user.to_owned(),
+            token,
+            expires_at,
+            by: by.to_owned(),
+            at: now,
+        })?;
+        // One-token revocations of expired tokens guard nothing any more.
+        let expired: Vec<String> = self
+            .realm
+            .doc
+            .list_prefix::<Revocation>("t/")?
+            .into_iter()
+            .filter(|r| r.expires_at.is_some_and(|e| e <= now))
+            .take(PRUNE_PER_WRITE)
+            .map(|r| r.key())
+            .collect();
+        for key in expired {
+            self.realm.doc.delete::<Revocation>(&key)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn revoke_role(&mut self, caller: &User, user: &str, project: &str) -> ApiResult {
+        auth::require(&self.realm, caller, project, Role::Admin, &self.site)?;
+        let key = format!("{user}/{project}");
+        if !self.realm.doc.delete::<RoleBinding>(&key)? {
+            return Err(ApiError::NotFound(format!("{user} has no role in project {project}")));
+        }
+        Ok(Reply::Removed { removed: key })
+    }
+
+    /// Checks what can be checked here, then gathers every site's instances
+    /// before deleting (see [`Peer::finish_use_check`]).
+    pub(crate) fn delete_project(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        caller: &User,
+        project: String,
+        fx: &mut impl Effects,
+    ) -> Outcome {
+        let checked = auth::require_realm_admin(caller).and_then(|()| {
+            if self.realm.project(&project)?.is_none() {
+                return Err(ApiError::NotFound(format!("no project {project}")));
+            }
+            let images: Vec<String> = self
+                .realm
+                .doc
+                .list_prefix::<Image>(&format!("{project}/"))?
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+            if !images.is_empty() {
+                return Err(ApiError::Conflict(format!(
+                    "project {project} still has images: {}; remove them first",
+                    images.join(", ")
+                )));
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            return Outcome::Now(Err(e));
+        }
+        self.gather(now, req, caller, None, Purpose::Unused(Use::Project(project)), fx)
+    }
+
+    /// Removes a project found unused on every site.
+    pub(crate) fn remove_project(&mut self, project: &str) -> ApiResult {
+        if self.realm.project(project)?.is_none() {
+            return Err(ApiError::NotFound(format!("no project {project}")));
+        }
+        for b in self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.project == project) {
+            self.realm.doc.delete::<RoleBinding>(&format!("{}/{}", b.user, b.project))?;
+        }
+        // The quota's grants and transfers stay: they are the sites' own
+        // records, and a project created again under this name starts from
+        // the rights they hold (its total is set, not added).
+        self.realm.doc.delete::<Project>(project)?;
+        Ok(Reply::Removed { removed: project.to_owned() })
+    }
+}

@@ -1,0 +1,212 @@
+//! Identity administration between peers of the in-test network: revocations
+//! reach every site, deletions check every site.
+
+use atoll_crdt::{Resources, Role, Spread};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::api::{Grant, NewProject, NewUser};
+use crate::tests_sync::Net;
+use crate::*;
+
+fn ok(r: ApiResult) -> Reply {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn refused(r: ApiResult) -> ApiError {
+    match r {
+        Err(e) => e,
+        Ok(reply) => panic!("accepted: {reply:?}"),
+    }
+}
+
+/// Three sites, a member `bob` of `default`, both logged in at s0.
+fn setup() -> (Net, String, String) {
+    let mut net = Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    let bob = NewUser { name: "bob".into(), password: "bob-secret-1".into(), realm_admin: false };
+    ok(net.call(0, Some(&admin), Command::CreateUser(bob)));
+    let grant = Grant { user: "bob".into(), project: "default".into(), role: Role::Member, sites: None };
+    ok(net.call(0, Some(&admin), Command::GrantRole(grant)));
+    net.settle();
+    let bob = net.login(0, "bob", "bob-secret-1");
+    (net, admin, bob)
+}
+
+fn hash(password: &str) -> String {
+    auth::hash_password(password, &mut ChaCha20Rng::seed_from_u64(3)).unwrap()
+}
+
+#[test]
+fn a_logged_out_token_is_refused_on_every_site_and_others_live_on() {
+    let (mut net, _, bob) = setup();
+    let other = net.login(1, "bob", "bob-secret-1");
+    assert!(matches!(net.call(0, Some(&bob), Command::Logout), Ok(Reply::Revoked { .. })));
+    net.settle();
+    for i in 0..3 {
+        let e = refused(net.call(i, Some(&bob), Command::Whoami));
+        assert!(e.to_string().contains("revoked"), "{e}");
+        ok(net.call(i, Some(&other), Command::Whoami));
+    }
+}
+
+#[test]
+fn a_password_change_needs_the_current_one_and_revokes_older_tokens() {
+    let (mut net, admin, bob) = setup();
+    let unproven = Command::SetPassword {
+        user: "bob".into(),
+        password_hash: hash("new-pass-1"),
+        current_checked: false,
+    };
+    assert_eq!(refused(net.call(0, Some(&bob), unproven)).status(), 403);
+    // A member sets no one else's password.
+    let other = Command::SetPassword {
+        user: "admin".into(),
+        password_hash: hash("x-pass-12"),
+        current_checked: true,
+    };
+    assert_eq!(refused(net.call(0, Some(&bob), other)).status(), 403);
+    let change =
+        Command::SetPassword { user: "bob".into(), password_hash: hash("new-pass-1"), current_checked: true };
+    ok(net.call(1, Some(&bob), change));
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(refused(net.call(i, Some(&bob), Command::Whoami)).status(), 401);
+    }
+    assert_eq!(
+        refused(net.call(2, None, Command::Login { user: "bob".into(), password: "bob-secret-1".into() }))
+            .status(),
+        401
+    );
+    let fresh = net.login(2, "bob", "new-pass-1");
+    ok(net.call(0, Some(&fresh), Command::Whoami));
+    // A realm admin resets it without the current one; the genesis admin too.
+    let reset = Command::SetPassword {
+        user: "admin".into(),
+        password_hash: hash("admin-new-1"),
+        current_checked: false,
+    };
+    ok(net.call(0, Some(&admin), reset));
+    net.settle();
+    net.login(1, "admin", "admin-new-1");
+}
+
+#[test]
+fn a_deleted_user_loses_roles_and_tokens_even_under_the_same_name_again() {
+    let (mut net, admin, bob) = setup();
+    assert_eq!(
+        refused(net.call(0, Some(&admin), Command::DeleteUser { name: "admin".into() })).status(),
+        409
+    );
+    assert_eq!(refused(net.call(0, Some(&bob), Command::DeleteUser { name: "admin".into() })).status(), 403);
+    ok(net.call(0, Some(&admin), Command::DeleteUser { name: "bob".into() }));
+    net.settle();
+    assert_eq!(refused(net.call(2, Some(&bob), Command::Whoami)).status(), 401);
+    let again = NewUser { name: "bob".into(), password: "bob-secret-1".into(), realm_admin: false };
+    ok(net.call(1, Some(&admin), Command::CreateUser(again)));
+    net.settle();
+    // The old token names the same user name, but an earlier user.
+    assert_eq!(refused(net.call(2, Some(&bob), Command::Whoami)).status(), 401);
+    let fresh = net.login(2, "bob", "bob-secret-1");
+    let Reply::Whoami(w) = ok(net.call(2, Some(&fresh), Command::Whoami)) else { panic!() };
+    assert!(w.roles.is_empty(), "roles went with the old user: {:?}", w.roles);
+}
+
+#[test]
+fn revoking_all_tokens_and_a_role() {
+    let (mut net, admin, bob) = setup();
+    assert_eq!(
+        refused(net.call(0, Some(&bob), Command::RevokeTokens { user: "admin".into() })).status(),
+        403
+    );
+    ok(net.call(0, Some(&admin), Command::RevokeTokens { user: "bob".into() }));
+    net.settle();
+    assert_eq!(refused(net.call(1, Some(&bob), Command::Whoami)).status(), 401);
+    let bob = net.login(1, "bob", "bob-secret-1");
+    ok(net.call(1, Some(&bob), Command::Whoami));
+    let revoke = Command::RevokeRole { user: "bob".into(), project: "default".into() };
+    assert_eq!(refused(net.call(1, Some(&bob), revoke.clone())).status(), 403);
+    ok(net.call(1, Some(&admin), revoke.clone()));
+    assert_eq!(refused(net.call(1, Some(&admin), revoke)).status(), 404);
+    net.settle();
+    assert_eq!(
+        refused(net.call(2, Some(&bob), Command::ShowQuota { project: "default".into() })).status(),
+        403
+    );
+}
+
+fn delete_project(net: &mut Net, at: usize, token: &str, project: &str) -> ApiResult {
+    let req = net.ask(at, token, Command::DeleteProject { project: project.into() });
+    net.settle();
+    net.reply(req).expect("answered")
+}
+
+#[test]
+fn a_project_is_deleted_only_when_no_site_runs_it_and_every_site_is_known() {
+    let (mut net, admin, _) = setup();
+    let lab = NewProject {
+        name: "lab".into(),
+        description: String::new(),
+        quota: Resources::new(6, 6, 6000),
+        spread: Spread::Even,
+    };
+    ok(net.call(0, Some(&admin), Command::CreateProject(lab)));
+    ok(net.call(0, Some(&admin), Command::RegisterImage(crate::tests::image("lab", "img"))));
+    net.settle();
+    let e = refused(delete_project(&mut net, 0, &admin, "lab"));
+    assert!(e.to_string().contains("still has images"), "{e}");
+    // The image runs on s2: the project and the image are in use there.
+    let new =
+        serde_json::from_value(serde_json::json!({"name": "w", "project": "lab", "image": "img"})).unwrap();
+    let req = net.ask(2, &admin, Command::CreateInstance(new));
+    net.settle();
+    for (i, image, _) in std::mem::take(&mut net.fetches) {
+        net.input(i, Input::Fetched { digest: image.digest, result: Ok(()) });
+    }
+    net.settle();
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Instance(_)))), "{:?}", net.reply(req));
+    let req = net.ask(0, &admin, Command::RemoveImage { project: "lab".into(), name: "img".into() });
+    net.settle();
+    let e = refused(net.reply(req).unwrap());
+    assert!(e.to_string().contains("lab/w on s2"), "{e}");
+    let req = net.ask(2, &admin, Command::DeleteInstance { project: "lab".into(), name: "w".into() });
+    net.settle();
+    assert!(net.reply(req).is_some_and(|r| r.is_ok()), "{:?}", net.reply(req));
+    // Out of reach, s2 might have started another: not while it is.
+    net.partition(2);
+    let req = net.ask(0, &admin, Command::RemoveImage { project: "lab".into(), name: "img".into() });
+    net.settle();
+    net.fire(|t| matches!(t, TimerId::GatherWait { .. }));
+    assert_eq!(refused(net.reply(req).unwrap()).status(), 504);
+    net.heal();
+    let req = net.ask(0, &admin, Command::RemoveImage { project: "lab".into(), name: "img".into() });
+    net.settle();
+    ok(net.reply(req).unwrap());
+    ok(delete_project(&mut net, 0, &admin, "lab"));
+    net.settle();
+    assert_eq!(
+        refused(net.call(1, Some(&admin), Command::ShowQuota { project: "lab".into() })).status(),
+        404
+    );
+    // Created again, its total is what is asked, not added to what sites kept.
+    let lab = NewProject {
+        name: "lab".into(),
+        description: String::new(),
+        quota: Resources::new(9, 9, 9000),
+        spread: Spread::Even,
+    };
+    ok(net.call(0, Some(&admin), Command::CreateProject(lab)));
+    let Reply::Quota(q) = ok(net.call(0, Some(&admin), Command::ShowQuota { project: "lab".into() })) else {
+        panic!()
+    };
+    assert_eq!(q.total, Resources::new(9, 9, 9000));
+}
+
+#[test]
+fn only_a_project_admin_removes_an_image() {
+    let (mut net, _, bob) = setup();
+    let req = net.ask(0, &bob, Command::RemoveImage { project: "default".into(), name: "nope".into() });
+    net.settle();
+    assert_eq!(refused(net.reply(req).unwrap()).status(), 403);
+}

@@ -134,6 +134,36 @@ pub fn require(realm: &Realm, user: &User, project: &str, need: Role, site: &Sit
     }
 }
 
+/// Whether `user` may bring `image`'s blob to `site` (a copy fills the site's
+/// disk: a write, not a read). A private image needs a member of its project;
+/// a public one a member of any project there (who may run it).
+pub fn may_copy(
+    realm: &Realm,
+    user: &User,
+    image: &atoll_crdt::Image,
+    site: &SiteId,
+) -> Result<(), ApiError> {
+    if image.visibility == atoll_crdt::Visibility::Private {
+        return require(realm, user, &image.project, Role::Member, site);
+    }
+    if user.realm_admin {
+        return Ok(());
+    }
+    let runs_somewhere = realm
+        .doc
+        .list_prefix::<RoleBinding>(&format!("{}/", user.name))?
+        .iter()
+        .any(|b| b.user == user.name && b.role >= Role::Member && applies(b, site));
+    if runs_somewhere {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "user {} is a member of no project on site {site}: copying an image needs one",
+            user.name
+        )))
+    }
+}
+
 pub fn require_realm_admin(user: &User) -> Result<(), ApiError> {
     if user.realm_admin {
         Ok(())

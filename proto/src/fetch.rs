@@ -57,6 +57,9 @@ impl Peer {
                 caller.name
             ))));
         }
+        if let Err(e) = auth::may_copy(&self.realm, caller, &image, &self.site) {
+            return Outcome::Now(Err(e));
+        }
         if matches!(self.own.replica(&image.digest), Ok(Some(_))) {
             return Outcome::Now(self.show_image(caller, project, name));
         }

@@ -122,12 +122,16 @@ impl Peer {
             return Err(ApiError::NotFound(format!("no site {site} in this realm")));
         }
         // Checked here for a prompt answer; the target checks again with its own view.
-        let need = if matches!(cmd, Command::CopyImage { .. }) {
-            atoll_crdt::Role::Reader
-        } else {
-            atoll_crdt::Role::Member
-        };
-        auth::require(&self.realm, user, project, need, site)?;
+        match cmd {
+            Command::CopyImage { project, name } => {
+                let image = self
+                    .realm
+                    .image(project, name)?
+                    .ok_or_else(|| ApiError::NotFound(format!("no image {project}/{name}")))?;
+                auth::may_copy(&self.realm, user, &image, site)?;
+            }
+            _ => auth::require(&self.realm, user, project, atoll_crdt::Role::Member, site)?,
+        }
         let command = serde_json::to_string(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
         // A fresh id: an intent overwritten by a new one would lose the new
         // operation and answer the caller with the old one's outcome.

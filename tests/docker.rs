@@ -115,11 +115,15 @@ fn published_port_serves_on_loopback() {
     }
     let root = tempfile::tempdir().unwrap();
     let Some(archive) = busybox_archive(root.path()) else { return };
-    let d = Daemon::start(root.path(), &format!("dp{}", std::process::id()));
+    // The operator lets containers publish on loopback only, in a range.
+    let config = root.path().join("site.toml");
+    std::fs::write(&config, "publish_ports = \"30000-32767\"\npublish_address = \"127.0.0.1\"\n").unwrap();
+    let site = format!("dp{}", std::process::id());
+    let d = Daemon::start_args(root.path(), &site, &[], &["--config", config.to_str().unwrap()], None);
     d.login_admin();
     d.cli().ok(&["image", "add", archive.to_str().unwrap(), "--name", "bb", "--format", "docker-archive"]);
-    let port = 20000 + (std::process::id() % 20000) as u16;
-    let publish = format!("127.0.0.1:{port}:8080");
+    let port = 30000 + (std::process::id() % 2768) as u16;
+    let publish = format!("{port}:8080");
     d.cli().ok(&[
         "instance", "create", "www", "--image", "bb", "-P", &publish, "--", "httpd", "-f", "-p", "8080",
         "-h", "/www",
@@ -131,8 +135,14 @@ fn published_port_serves_on_loopback() {
             .contains("hello from atoll")),
         "the published port does not serve"
     );
+    let shown = d.cli().json(&["instance", "show", "www"]);
+    assert_eq!(shown["ports"][0], format!("127.0.0.1:{port}:8080/tcp"), "published on the operator's address");
     let err = d.cli().fails(&["instance", "create", "bad", "--image", "bb", "-P", "99999:80"]);
     assert!(err.contains("bad port"), "{err}");
+    let err = d.cli().fails(&["instance", "create", "bad", "--image", "bb", "-P", "22:80"]);
+    assert!(err.contains("outside this site's published range 30000-32767"), "{err}");
+    let err = d.cli().fails(&["instance", "create", "bad", "--image", "bb", "-P", "0.0.0.0:30001:80"]);
+    assert!(err.contains("published on 127.0.0.1 only"), "{err}");
     d.cli().ok(&["instance", "delete", "www"]);
 }
 

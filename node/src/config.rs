@@ -33,6 +33,10 @@ pub struct File {
     pub max_upload_mib: Option<u64>,
     pub token_ttl_hours: Option<u64>,
     pub max_instances: Option<i64>,
+    /// Host ports containers may publish, `FIRST-LAST` (default 30000-32767).
+    pub publish_ports: Option<String>,
+    /// The host address they are published on (default 0.0.0.0).
+    pub publish_address: Option<String>,
     pub libvirt_uri: Option<String>,
     pub libvirt_pool: Option<String>,
     /// Peer network listen addresses (multiaddrs).
@@ -105,6 +109,7 @@ pub struct Settings {
     pub max_upload: u64,
     pub token_ttl_ms: u64,
     pub max_instances: i64,
+    pub ports: atoll_proto::lifecycle::PortPolicy,
     pub libvirt_uri: String,
     pub libvirt_pool: String,
     pub net: crate::net::Settings,
@@ -140,7 +145,16 @@ impl Settings {
             bootstrap: multiaddrs(&bootstrap)?,
             mdns: flags.mdns || file.mdns,
         };
+        let default_ports = atoll_proto::lifecycle::PortPolicy::default();
+        let ports = atoll_proto::lifecycle::PortPolicy::parse(
+            file.publish_ports
+                .as_deref()
+                .unwrap_or(&format!("{}-{}", default_ports.first, default_ports.last)),
+            file.publish_address.as_deref().unwrap_or(&default_ports.address.to_string()),
+        )
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(Settings {
+            ports,
             net,
             join: flags.join.clone(),
             unsandboxed: flags.unsandboxed || file.unsandboxed,

@@ -33,7 +33,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
     let mut drivers = Drivers::default();
     drivers.add(Box::new(Process::new(data.join("instances"), exits_tx.clone(), s.unsandboxed)));
-    drivers.add(Box::new(Docker::connect(&s.site, exits_tx.clone()).await));
+    drivers.add(Box::new(Docker::connect(&s.site, s.ports.clone(), exits_tx.clone()).await));
     drivers.add(vm_driver(&s, exits_tx).await?);
     for f in drivers.fingerprints() {
         if f.available {
@@ -78,7 +78,13 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         addrs: Vec::new(),
         invitation: None,
     };
-    let cfg = PeerConfig { key, seed: rand::thread_rng().r#gen(), descriptor, token_ttl: s.token_ttl_ms };
+    let cfg = PeerConfig {
+        key,
+        seed: rand::thread_rng().r#gen(),
+        descriptor,
+        token_ttl: s.token_ttl_ms,
+        ports: s.ports.clone(),
+    };
     let realm = store.load_doc(&DocId::Realm)?;
     let own = store.load_doc(&DocId::Site(site.clone()))?;
     let peer = match (realm, own) {

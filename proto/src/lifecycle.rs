@@ -72,7 +72,7 @@ impl Peer {
             return Err(ApiError::Invalid("disk size out of range".into()));
         }
         for p in &n.ports {
-            parse_port(p).map_err(ApiError::Invalid)?;
+            self.ports.admit(p).map_err(ApiError::Invalid)?;
         }
         if n.args.len() > MAX_ARGS || n.env.len() > MAX_ENV || n.ports.len() > MAX_PORTS {
             return Err(ApiError::Invalid(format!(
@@ -160,7 +160,12 @@ impl Peer {
             restart: n.restart,
             args: n.args,
             env: n.env,
-            ports: n.ports,
+            ports: n
+                .ports
+                .iter()
+                .map(|p| self.ports.admit(p))
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::Invalid)?,
             desired: Desired::Running,
             observed: Observed::Pending,
             reason: "admitted".into(),
@@ -480,6 +485,59 @@ pub(crate) fn inst_key(inst: &Instance) -> String {
     format!("{}/{}", inst.project, inst.name)
 }
 
+/// Which host ports and address a site lets containers publish (operator
+/// settings `publish_ports` and `publish_address`): a member must not take a
+/// port the host's own services use (ssh, the API) nor pick the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPolicy {
+    pub first: u16,
+    pub last: u16,
+    /// The one host address ports are published on.
+    pub address: std::net::IpAddr,
+}
+
+impl Default for PortPolicy {
+    /// Kubernetes' NodePort range, on every address.
+    fn default() -> Self {
+        PortPolicy { first: 30000, last: 32767, address: std::net::IpAddr::from([0, 0, 0, 0]) }
+    }
+}
+
+impl PortPolicy {
+    /// `"FIRST-LAST"` and an address.
+    pub fn parse(range: &str, address: &str) -> Result<PortPolicy, String> {
+        let (a, b) =
+            range.split_once('-').ok_or_else(|| format!("bad port range {range:?}: expected FIRST-LAST"))?;
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        let (Some(first), Some(last)) = (port(a), port(b)) else {
+            return Err(format!("bad port range {range:?}: ports are 1 to 65535"));
+        };
+        if first > last {
+            return Err(format!("bad port range {range:?}: the first port is above the last"));
+        }
+        let address = address.parse().map_err(|_| format!("bad publish address {address:?}"))?;
+        Ok(PortPolicy { first, last, address })
+    }
+
+    /// The port as it will be published: within the range, on the policy's
+    /// address (written out when the caller left it out).
+    pub fn admit(&self, spec: &str) -> Result<String, String> {
+        let p = parse_port(spec)?;
+        if !(self.first..=self.last).contains(&p.host) {
+            return Err(format!(
+                "host port {} is outside this site's published range {}-{}",
+                p.host, self.first, self.last
+            ));
+        }
+        match p.ip.as_deref().map(str::parse::<std::net::IpAddr>) {
+            None => {}
+            Some(Ok(ip)) if ip == self.address => {}
+            Some(_) => return Err(format!("ports are published on {} only on this site", self.address)),
+        }
+        Ok(format!("{}:{}:{}/{}", self.address, p.host, p.container, p.proto))
+    }
+}
+
 /// A published port: `[IP:]HOST:CONTAINER[/tcp|/udp]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
@@ -504,4 +562,25 @@ pub fn parse_port(s: &str) -> Result<Port, String> {
     };
     let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
     Ok(Port { ip, host: port(host)?, container: port(container)?, proto: proto.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_admitted_in_the_range_on_the_policy_address_only() {
+        let policy = PortPolicy::parse("30000-30010", "127.0.0.1").unwrap();
+        assert_eq!(policy.admit("30000:80").unwrap(), "127.0.0.1:30000:80/tcp");
+        assert_eq!(policy.admit("127.0.0.1:30010:53/udp").unwrap(), "127.0.0.1:30010:53/udp");
+        assert!(policy.admit("22:80").unwrap_err().contains("outside"));
+        assert!(policy.admit("30011:80").unwrap_err().contains("outside"));
+        assert!(policy.admit("0.0.0.0:30001:80").unwrap_err().contains("127.0.0.1 only"));
+        assert!(policy.admit("::1:30001:80").is_err());
+        assert!(policy.admit("30001:0").is_err());
+        assert!(PortPolicy::parse("10-5", "0.0.0.0").is_err());
+        assert!(PortPolicy::parse("0-5", "0.0.0.0").is_err());
+        assert!(PortPolicy::parse("1-5", "nowhere").is_err());
+        assert!(PortPolicy::parse("1-70000", "0.0.0.0").is_err());
+    }
 }

@@ -180,6 +180,8 @@ pub struct PeerConfig {
     /// This site's stable facts; `site` is its id.
     pub descriptor: Descriptor,
     pub token_ttl: Millis,
+    /// Host ports containers may publish here.
+    pub ports: crate::lifecycle::PortPolicy,
 }
 
 /// Who keeps which site document, cached until membership or transfers change.
@@ -211,6 +213,7 @@ pub struct Peer {
     pub(crate) rng: ChaCha20Rng,
     pub(crate) descriptor: Descriptor,
     pub(crate) token_ttl: Millis,
+    pub(crate) ports: crate::lifecycle::PortPolicy,
     pub(crate) realm: Realm,
     pub(crate) own: SiteDoc,
     /// Replicas of other sites' documents.
@@ -391,6 +394,7 @@ impl Peer {
             rng: ChaCha20Rng::from_seed(cfg.seed),
             descriptor: cfg.descriptor,
             token_ttl: cfg.token_ttl,
+            ports: cfg.ports,
             realm,
             own,
             others: BTreeMap::new(),

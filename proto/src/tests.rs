@@ -94,7 +94,7 @@ pub(crate) fn config() -> PeerConfig {
         disk_mib: 10_000,
         version: "test".into(),
     };
-    PeerConfig { key, seed: [1; 32], descriptor, token_ttl: 3_600_000 }
+    PeerConfig { key, seed: [1; 32], descriptor, token_ttl: 3_600_000, ports: Default::default() }
 }
 
 impl Harness {

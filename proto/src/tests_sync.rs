@@ -28,7 +28,7 @@ fn cfg(i: usize) -> PeerConfig {
         disk_mib: 1000,
         version: "test".into(),
     };
-    PeerConfig { key, seed: [i as u8; 32], descriptor, token_ttl: 3_600_000 }
+    PeerConfig { key, seed: [i as u8; 32], descriptor, token_ttl: 3_600_000, ports: Default::default() }
 }
 
 pub(crate) struct Net {

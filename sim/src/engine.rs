@@ -205,7 +205,7 @@ fn config(i: usize, key_seed: u64, run_seed: u64, region: &str) -> PeerConfig {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&key_seed.to_le_bytes());
     seed[8..16].copy_from_slice(&run_seed.to_le_bytes());
-    PeerConfig { key, seed, descriptor, token_ttl: 1 << 40 }
+    PeerConfig { key, seed, descriptor, token_ttl: 1 << 40, ports: Default::default() }
 }
 
 impl Sim {

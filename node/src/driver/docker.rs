@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use atoll_crdt::Kind;
 use atoll_proto::InstanceSpec;
-use atoll_proto::lifecycle::parse_port;
+use atoll_proto::lifecycle::{PortPolicy, parse_port};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions,
@@ -37,6 +37,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub struct Docker {
     client: Option<bollard::Docker>,
+    /// Checked again here: a spec from a document is not trusted to have been.
+    ports: PortPolicy,
     fingerprint: Fingerprint,
     site: String,
     /// Current run of each instance this daemon drives.
@@ -58,8 +60,9 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 impl Docker {
     /// Connects to the engine named by `DOCKER_HOST` or the local socket. An
     /// unreachable engine gives a driver that says so and refuses work.
-    pub async fn connect(site: &str, exits: Exits) -> Docker {
+    pub async fn connect(site: &str, ports: PortPolicy, exits: Exits) -> Docker {
         let unavailable = |why: String| Docker {
+            ports: ports.clone(),
             client: None,
             fingerprint: Fingerprint {
                 kind: Kind::Container,
@@ -97,6 +100,7 @@ impl Docker {
                 ),
             },
             client: Some(client),
+            ports,
             site: site.to_owned(),
             runs: Arc::default(),
             stopping: Arc::default(),
@@ -267,7 +271,7 @@ impl Docker {
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         let mut exposed = HashMap::new();
         for p in &spec.ports {
-            let p = parse_port(p).map_err(DriverError::Runtime)?;
+            let p = self.ports.admit(p).and_then(|p| parse_port(&p)).map_err(DriverError::Runtime)?;
             let key = format!("{}/{}", p.container, p.proto);
             exposed.insert(key.clone(), HashMap::new());
             bindings

@@ -83,6 +83,25 @@ fn wrong_input_is_refused_clearly() {
     let err = d.cli().fails(&["instance", "create", "c", "--image", "bare"]);
     assert!(err.contains("no manifest.json"), "{err}");
 
+    // A project's images fit its storage quota, realm-wide: 1 MiB here.
+    d.cli().ok(&["project", "create", "small", "--storage", "1"]);
+    let big = padded_process_image(root.path(), "big", "sleep 1\n", 1 << 20);
+    let err = d.cli().fails(&["image", "add", big.to_str().unwrap(), "--name", "big", "--project", "small"]);
+    assert!(err.contains("storage quota") && err.contains("HTTP 403"), "{err}");
+    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "s", "--project", "small"]);
+    d.cli().ok(&["project", "storage", "small", "4"]);
+    d.cli().ok(&["image", "add", big.to_str().unwrap(), "--name", "big", "--project", "small"]);
+    assert_eq!(
+        d.cli()
+            .json(&["project", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["storage_mib"] == 4)
+            .count(),
+        1
+    );
+
     // Unknown routes and names.
     let r = http(&addr, "GET", "/v1/nowhere", Some(&token), b"");
     assert_eq!((r.status, error_of(&r).as_str()), (404, "not_found"));

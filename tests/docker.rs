@@ -136,7 +136,11 @@ fn published_port_serves_on_loopback() {
         "the published port does not serve"
     );
     let shown = d.cli().json(&["instance", "show", "www"]);
-    assert_eq!(shown["ports"][0], format!("127.0.0.1:{port}:8080/tcp"), "published on the operator's address");
+    assert_eq!(
+        shown["ports"][0],
+        format!("127.0.0.1:{port}:8080/tcp"),
+        "published on the operator's address"
+    );
     let err = d.cli().fails(&["instance", "create", "bad", "--image", "bb", "-P", "99999:80"]);
     assert!(err.contains("bad port"), "{err}");
     let err = d.cli().fails(&["instance", "create", "bad", "--image", "bb", "-P", "22:80"]);

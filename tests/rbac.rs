@@ -174,6 +174,13 @@ fn cases() -> Vec<Case> {
             r#"{"instances":10,"cpus":20,"memory_mib":20480}"#,
             RealmAdmin,
         ),
+        case(
+            "put",
+            "/v1/projects/{project}/storage",
+            "/v1/projects/p/storage",
+            r#"{"storage_mib":1024}"#,
+            RealmAdmin,
+        ),
         case("post", "/v1/sites/invitations", "/v1/sites/invitations", r#"{"ttl_secs":60}"#, RealmAdmin),
         case("delete", "/v1/sites/{site}", "/v1/sites/not-a-member", "", RealmAdmin),
         case("delete", "/v1/users/{name}", "/v1/users/victim2", "", RealmAdmin),

@@ -241,6 +241,16 @@ pub struct Project {
     /// How its quota rights are placed and moved.
     #[serde(default)]
     pub spread: Spread,
+    /// Most MiB its catalog images may add up to, realm-wide.
+    #[serde(default = "default_storage_mib")]
+    pub storage_mib: i64,
+}
+
+/// A project's image storage when none was set: 20 GiB.
+pub const DEFAULT_STORAGE_MIB: i64 = 20 << 10;
+
+fn default_storage_mib() -> i64 {
+    DEFAULT_STORAGE_MIB
 }
 
 /// How a project's quota rights are placed at its creation and moved after

@@ -64,7 +64,7 @@ proptest! {
                     (*replica, t as u64)
                 }
                 RealmOp::PutProject { replica, name, desc } => {
-                    let p = Project { name: format!("p{name}"), description: format!("d{desc}"), created_at: 0, spread: Default::default() };
+                    let p = Project { name: format!("p{name}"), description: format!("d{desc}"), created_at: 0, spread: Default::default(), storage_mib: 1 };
                     replicas[*replica].doc.put(&p).unwrap();
                     (*replica, t as u64)
                 }

@@ -29,6 +29,13 @@ pub struct NewProject {
     /// member can provision its share at once, even cut off).
     #[serde(default = "default_spread")]
     pub spread: atoll_crdt::Spread,
+    /// Most MiB its images may add up to, realm-wide (default 20 GiB).
+    #[serde(default = "default_storage")]
+    pub storage_mib: i64,
+}
+
+fn default_storage() -> i64 {
+    atoll_crdt::DEFAULT_STORAGE_MIB
 }
 
 pub fn default_spread() -> atoll_crdt::Spread {
@@ -178,11 +185,16 @@ pub enum Command {
         to: Vec<SiteId>,
         amount: Resources,
     },
-    /// Checks that the caller holds `role` in `project` on this site (used before
-    /// accepting an upload, whose bytes never enter the peer core).
-    Authorize {
+    /// Checks that the caller may upload an image to `project` here, and how
+    /// many bytes its storage quota has room for (asked before an upload,
+    /// whose bytes never enter the peer core).
+    UploadRoom {
         project: String,
-        role: Role,
+    },
+    /// Sets how many MiB a project's images may add up to (realm admins).
+    SetStorage {
+        project: String,
+        storage_mib: i64,
     },
     RegisterImage(NewImage),
     ListImages,
@@ -460,6 +472,10 @@ pub enum Reply {
     },
     Authorized {
         user: String,
+    },
+    /// Bytes a project's storage quota has room for.
+    Room {
+        bytes: u64,
     },
     Removed {
         removed: String,

@@ -39,6 +39,17 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Largest storage quota a project may be given: 1 PiB.
+const MAX_STORAGE_MIB: i64 = 1 << 30;
+
+fn check_storage(mib: i64) -> Result<(), ApiError> {
+    if (0..=MAX_STORAGE_MIB).contains(&mib) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!("storage must be 0 to {MAX_STORAGE_MIB} MiB")))
+    }
+}
+
 pub(crate) fn user_view(u: &User) -> UserView {
     UserView { name: u.name.clone(), realm_admin: u.realm_admin, created_at: u.created_at }
 }
@@ -122,11 +133,17 @@ impl Peer {
         if !n.quota.within_limit() {
             return Err(atoll_crdt::EscrowError::OutOfRange(n.quota).into());
         }
+        check_storage(n.storage_mib)?;
         if self.realm.project(&n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("project {} already exists", n.name)));
         }
-        let project =
-            Project { name: n.name.clone(), description: n.description, created_at: now, spread: n.spread };
+        let project = Project {
+            name: n.name.clone(),
+            description: n.description,
+            created_at: now,
+            spread: n.spread,
+            storage_mib: n.storage_mib,
+        };
         // A project deleted under this name may have left rights on sites
         // (docs/architecture.md, "Identity"): the new total is set over them.
         let left = self.realm.quota_total(&n.name)?;
@@ -166,6 +183,41 @@ impl Peer {
         p.spread = spread;
         self.realm.doc.put(&p)?;
         Ok(Reply::Project(p))
+    }
+
+    pub(crate) fn set_storage(&mut self, caller: &User, project: &str, storage_mib: i64) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        check_storage(storage_mib)?;
+        let Some(mut p) = self.realm.project(project)? else {
+            return Err(ApiError::NotFound(format!("no project {project}")));
+        };
+        p.storage_mib = storage_mib;
+        self.realm.doc.put(&p)?;
+        Ok(Reply::Project(p))
+    }
+
+    /// Bytes `project`'s images may still add, from the catalog as known
+    /// here (a soft limit across a partition: two sites may each fill it).
+    fn storage_room(&self, project: &str) -> Result<u64, ApiError> {
+        let p = self
+            .realm
+            .project(project)?
+            .ok_or_else(|| ApiError::NotFound(format!("no project {project}")))?;
+        let used: u64 = self
+            .realm
+            .doc
+            .list_prefix::<Image>(&format!("{project}/"))?
+            .iter()
+            .filter(|i| i.project == project)
+            .fold(0u64, |sum, i| sum.saturating_add(i.size));
+        Ok((p.storage_mib.max(0) as u64).saturating_mul(1 << 20).saturating_sub(used))
+    }
+
+    /// What an upload may bring to `project`: the caller must be a member.
+    pub(crate) fn upload_room(&self, caller: &User, project: &str) -> ApiResult {
+        self.project_exists(project)?;
+        auth::require(&self.realm, caller, project, Role::Member, &self.site)?;
+        Ok(Reply::Room { bytes: self.storage_room(project)?.min(MAX_IMAGE_SIZE) })
     }
 
     pub(crate) fn list_projects(&self, caller: &User) -> ApiResult {
@@ -339,6 +391,13 @@ impl Peer {
         }
         if self.realm.image(&n.project, &n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("image {}/{} already exists", n.project, n.name)));
+        }
+        let room = self.storage_room(&n.project)?;
+        if n.size > room {
+            return Err(ApiError::QuotaExceeded(format!(
+                "image of {} bytes does not fit project {}'s storage quota: {room} bytes left",
+                n.size, n.project
+            )));
         }
         let image = Image {
             name: n.name,

@@ -297,6 +297,7 @@ impl Peer {
             created_at: now,
         })?;
         peer.realm.doc.put(&Project {
+            storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
             name: "default".into(),
             description: "created with the realm".into(),
             created_at: now,
@@ -683,8 +684,8 @@ impl Peer {
             SetQuota { project, total } => self.set_quota(now, user, &project, total),
             ShowQuota { project } => self.show_quota(user, &project),
             GiveQuota { project, to, amount } => self.give_quota(now, user, &project, &to, amount),
-            Authorize { project, role } => auth::require(&self.realm, user, &project, role, &self.site)
-                .map(|()| Reply::Authorized { user: user.name.clone() }),
+            UploadRoom { project } => self.upload_room(user, &project),
+            SetStorage { project, storage_mib } => self.set_storage(user, &project, storage_mib),
             RegisterImage(n) => self.register_image(now, user, n),
             ListImages => self.list_images(user),
             ShowImage { project, name } => self.show_image(user, &project, &name),

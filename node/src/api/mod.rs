@@ -161,6 +161,12 @@ struct SpreadBody {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageBody {
+    storage_mib: i64,
+}
+
+#[derive(Deserialize)]
 struct GiveBody {
     to: Vec<atoll_crdt::SiteId>,
     amount: Resources,
@@ -313,6 +319,19 @@ pub fn routes() -> Vec<Route> {
                  Path(project): Path<String>,
                  b: Result<Json<SpreadBody>, JsonRejection>| async move {
                     call(&s, &h, Command::SetSpread { project, spread: body(b)?.spread }).await
+                },
+            ),
+        ),
+        route(
+            "put",
+            "/v1/projects/{project}/storage",
+            "How many MiB a project's images may add up to, realm-wide (realm admin)",
+            put(
+                |State(s): State<AppState>,
+                 h: HeaderMap,
+                 Path(project): Path<String>,
+                 b: Result<Json<StorageBody>, JsonRejection>| async move {
+                    call(&s, &h, Command::SetStorage { project, storage_mib: body(b)?.storage_mib }).await
                 },
             ),
         ),

@@ -2,9 +2,11 @@
 //! it goes, checked against the digest the client announced, then registered.
 //! Image bytes never pass through the peer core.
 
-use atoll_crdt::{ImageFormat, Role, Visibility};
+use std::time::{Duration, Instant};
+
+use atoll_crdt::{ImageFormat, Visibility};
 use atoll_proto::api::NewImage;
-use atoll_proto::{ApiError, Command};
+use atoll_proto::{ApiError, Command, Reply};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -20,6 +22,14 @@ use crate::store::Store;
 /// Chunk size of stored images: large enough for throughput, small enough to
 /// fetch in parallel from several holders.
 pub const CHUNK: usize = 4 << 20;
+/// An upload that sends nothing for this long is dropped.
+pub const IDLE: Duration = Duration::from_secs(30);
+/// After [`GRACE`], an upload slower than this on average is dropped: uploads
+/// go one at a time, and a trickle must not hold the others back for ever.
+pub const MIN_RATE: u64 = 64 << 10;
+pub const GRACE: Duration = Duration::from_secs(60);
+/// Longest wait for the upload before this one to finish.
+pub const QUEUED: Duration = Duration::from_secs(120);
 
 #[derive(Deserialize)]
 pub struct UploadQuery {
@@ -95,11 +105,18 @@ pub async fn upload(
 ) -> Res {
     let q = query(q)?;
     let token = bearer(&h);
-    // Check access before reading a single byte.
-    s.client
-        .call(token.clone(), Command::Authorize { project: q.project.clone(), role: Role::Member })
-        .await?;
-    let _one_at_a_time = s.uploads.lock().await;
+    // Check access, and the room left in the project's storage quota, before
+    // reading a single byte.
+    let room = match s.client.call(token.clone(), Command::UploadRoom { project: q.project.clone() }).await? {
+        Reply::Room { bytes } => bytes,
+        other => return Err(Failure(ApiError::Internal(format!("unexpected reply {other:?}")))),
+    };
+    let Ok(_one_at_a_time) = tokio::time::timeout(QUEUED, s.uploads.lock()).await else {
+        return Err(Failure(ApiError::Busy(format!(
+            "another upload has held this site for over {} s; try again",
+            QUEUED.as_secs()
+        ))));
+    };
     let mut c = Chunker {
         store: &*s.store,
         whole: Sha256::new(),
@@ -108,7 +125,8 @@ pub async fn upload(
         chunks: Vec::new(),
         added: Vec::new(),
     };
-    let result = receive(&mut c, body, s.max_upload).await;
+    let limit = Limit { site: s.max_upload, room, project: q.project.clone() };
+    let result = receive(&mut c, body, &limit).await;
     let digest = match result {
         Ok(()) => format!("sha256:{}", hex::encode(c.whole.clone().finalize())),
         Err(e) => {
@@ -153,12 +171,49 @@ pub async fn upload(
     }
 }
 
-async fn receive(c: &mut Chunker<'_>, body: Body, max: u64) -> Result<(), ApiError> {
+/// What an upload may bring: the site's upload limit and the room in the
+/// project's storage quota.
+struct Limit {
+    site: u64,
+    room: u64,
+    project: String,
+}
+
+async fn receive(c: &mut Chunker<'_>, body: Body, limit: &Limit) -> Result<(), ApiError> {
     let mut stream = body.into_data_stream();
-    while let Some(frame) = stream.next().await {
+    let started = Instant::now();
+    loop {
+        let frame = match tokio::time::timeout(IDLE, stream.next()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::Invalid(format!(
+                    "upload stalled: nothing received for {} s",
+                    IDLE.as_secs()
+                )));
+            }
+        };
         let data = frame.map_err(|e| ApiError::Invalid(format!("upload interrupted: {e}")))?;
-        if c.size + data.len() as u64 > max {
-            return Err(ApiError::TooLarge(format!("image is over this site's {max}-byte upload limit")));
+        let size = c.size + data.len() as u64;
+        if size > limit.site {
+            return Err(ApiError::TooLarge(format!(
+                "image is over this site's {}-byte upload limit",
+                limit.site
+            )));
+        }
+        if size > limit.room {
+            return Err(ApiError::QuotaExceeded(format!(
+                "image is over the room left in project {}'s storage quota ({} bytes)",
+                limit.project, limit.room
+            )));
+        }
+        let elapsed = started.elapsed();
+        if elapsed > GRACE && size < MIN_RATE.saturating_mul(elapsed.as_secs()) {
+            return Err(ApiError::Invalid(format!(
+                "upload too slow: {size} bytes in {} s, under {} KiB/s",
+                elapsed.as_secs(),
+                MIN_RATE >> 10
+            )));
         }
         c.push(&data)?;
     }

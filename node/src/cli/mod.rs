@@ -217,6 +217,17 @@ pub enum ProjectCmd {
         /// here, moved only by `quota give`).
         #[arg(long, value_parser = parse_spread, default_value = "even")]
         spread: atoll_crdt::Spread,
+        /// MiB its images may add up to, realm-wide.
+        #[arg(long, default_value_t = atoll_crdt::DEFAULT_STORAGE_MIB)]
+        storage: i64,
+    },
+    /// Set how many MiB a project's images may add up to, realm-wide (realm admins).
+    #[command(after_long_help = "Example:\n  atoll project storage lab 51200")]
+    Storage {
+        /// Project name.
+        name: String,
+        /// MiB.
+        mib: i64,
     },
     /// Change how a project's rights move from now on (realm admins).
     #[command(after_long_help = "Example:\n  atoll project spread lab founder")]
@@ -450,10 +461,10 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                     .collect()
             });
         }
-        Cmd::Project(ProjectCmd::Create { name, description, instances, cpus, memory, spread }) => {
+        Cmd::Project(ProjectCmd::Create { name, description, instances, cpus, memory, spread, storage }) => {
             let quota = Resources::new(instances, cpus, memory);
-            let p: Project =
-                api.post("/v1/projects", &NewProject { name, description, quota, spread }).await?;
+            let new = NewProject { name, description, quota, spread, storage_mib: storage };
+            let p: Project = api.post("/v1/projects", &new).await?;
             println!("Created project {} (rights spread: {})", p.name, p.spread);
         }
         Cmd::Project(ProjectCmd::Spread { name, spread }) => {
@@ -461,12 +472,24 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             let p: Project = api.put(&format!("/v1/projects/{name}/spread"), &body).await?;
             println!("Project {}: rights spread {} from now on", p.name, p.spread);
         }
+        Cmd::Project(ProjectCmd::Storage { name, mib }) => {
+            let p: Project = api
+                .put(&format!("/v1/projects/{name}/storage"), &serde_json::json!({ "storage_mib": mib }))
+                .await?;
+            println!("Project {}: images may add up to {} MiB", p.name, p.storage_mib);
+        }
         Cmd::Project(ProjectCmd::List) => {
             let ps: Vec<Project> = api.get("/v1/projects").await?;
-            print(g.output, &ps, &["NAME", "SPREAD", "DESCRIPTION", "CREATED"], || {
+            print(g.output, &ps, &["NAME", "SPREAD", "STORAGE", "DESCRIPTION", "CREATED"], || {
                 ps.iter()
                     .map(|p| {
-                        vec![p.name.clone(), p.spread.to_string(), p.description.clone(), ago(p.created_at)]
+                        vec![
+                            p.name.clone(),
+                            p.spread.to_string(),
+                            format!("{} MiB", p.storage_mib),
+                            p.description.clone(),
+                            ago(p.created_at),
+                        ]
                     })
                     .collect()
             });

@@ -290,6 +290,7 @@ fn other_projects_cannot_see_or_touch() {
     h.call(
         Some(&admin),
         Command::CreateProject(NewProject {
+            storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
             name: "other".into(),
             description: String::new(),
             quota: Resources::new(1, 1, 128),

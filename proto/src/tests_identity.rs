@@ -146,6 +146,7 @@ fn delete_project(net: &mut Net, at: usize, token: &str, project: &str) -> ApiRe
 fn a_project_is_deleted_only_when_no_site_runs_it_and_every_site_is_known() {
     let (mut net, admin, _) = setup();
     let lab = NewProject {
+        storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
         name: "lab".into(),
         description: String::new(),
         quota: Resources::new(6, 6, 6000),
@@ -191,6 +192,7 @@ fn a_project_is_deleted_only_when_no_site_runs_it_and_every_site_is_known() {
     );
     // Created again, its total is what is asked, not added to what sites kept.
     let lab = NewProject {
+        storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
         name: "lab".into(),
         description: String::new(),
         quota: Resources::new(9, 9, 9000),

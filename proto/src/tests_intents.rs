@@ -289,6 +289,7 @@ fn a_refusal_says_whom_it_asked_and_what_is_out_of_reach() {
 
 fn project(name: &str, quota: atoll_crdt::Resources, spread: atoll_crdt::Spread) -> Command {
     Command::CreateProject(crate::api::NewProject {
+        storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
         name: name.into(),
         description: String::new(),
         quota,

@@ -238,6 +238,7 @@ fn a_partitioned_site_keeps_working_and_merges_when_healed() {
     // Both sides write while apart.
     let p = |name: &str| {
         Command::CreateProject(NewProject {
+            storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
             name: name.into(),
             description: String::new(),
             quota: Resources::new(1, 1, 64),
@@ -330,6 +331,7 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     let admin = net.login(0, "admin", "admin-password");
     net.silent.extend([(0, 1), (1, 0)]);
     let project = NewProject {
+        storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
         name: "lab".into(),
         description: String::new(),
         quota: Resources::new(1, 1, 64),
@@ -347,6 +349,7 @@ fn a_lost_sync_message_resets_the_pair_and_it_converges() {
     net.assert_converged();
     // A later change flows at once: the pair's state is sound again.
     let project = NewProject {
+        storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
         name: "lab2".into(),
         description: String::new(),
         quota: Resources::ZERO,

@@ -617,6 +617,7 @@ impl Sim {
         for p in self.sc.projects.clone() {
             let quota = Resources::new(p.instances, p.cpus, p.memory_mib);
             let cmd = Command::CreateProject(NewProject {
+                storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
                 name: p.name.clone(),
                 description: String::new(),
                 quota,

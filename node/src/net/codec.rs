@@ -9,11 +9,18 @@ use libp2p::StreamProtocol;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Frames {
-    /// Largest request or response accepted, in bytes.
-    pub max: usize,
+    /// Largest request accepted or sent, in bytes.
+    pub request: usize,
+    /// Largest response accepted or sent, in bytes.
+    pub response: usize,
 }
 
-impl Frames {
+/// One frame's limit.
+struct Limit {
+    max: usize,
+}
+
+impl Limit {
     async fn read<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
         let mut len = [0u8; 4];
         io.read_exact(&mut len).await?;
@@ -49,7 +56,7 @@ impl libp2p::request_response::Codec for Frames {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        self.read(io).await
+        Limit { max: self.request }.read(io).await
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -57,7 +64,7 @@ impl libp2p::request_response::Codec for Frames {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<u8>> {
-        self.read(io).await
+        Limit { max: self.response }.read(io).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -66,7 +73,7 @@ impl libp2p::request_response::Codec for Frames {
         io: &mut T,
         req: Vec<u8>,
     ) -> io::Result<()> {
-        self.write(io, req).await
+        Limit { max: self.request }.write(io, req).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -75,7 +82,7 @@ impl libp2p::request_response::Codec for Frames {
         io: &mut T,
         res: Vec<u8>,
     ) -> io::Result<()> {
-        self.write(io, res).await
+        Limit { max: self.response }.write(io, res).await
     }
 }
 
@@ -86,7 +93,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_roundtrip_and_refuse_oversized() {
-        let f = Frames { max: 8 };
+        let f = Limit { max: 8 };
         let mut buf = Cursor::new(Vec::new());
         f.write(&mut buf, b"hello".to_vec()).await.unwrap();
         buf.set_position(0);

@@ -12,6 +12,8 @@
 
 mod codec;
 mod links;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,7 +29,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self as rr, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, mdns, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify,
+    identity, mdns, ping,
 };
 use serde::Serialize;
 
@@ -37,6 +40,14 @@ use links::{Link, Transport};
 
 /// How long a non-member may stay connected to present an invitation.
 pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
+/// Non-members connected at once; beyond, a new one is closed at once.
+const MAX_STRANGERS: usize = 64;
+/// Connection limits: handshakes under way, established inbound connections
+/// (members keep one or two each), and connections per peer (QUIC, TCP and
+/// overlapping redials).
+const MAX_PENDING_INCOMING: u32 = 128;
+const MAX_INCOMING: u32 = 2048;
+const MAX_PER_PEER: u32 = 4;
 const SUMMARY_TOPIC: &str = "atoll/summary/1";
 /// Requests in flight per connection and protocol.
 const MAX_STREAMS: usize = 64;
@@ -128,6 +139,7 @@ pub struct LinkView {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     sync: rr::Behaviour<Frames>,
@@ -236,6 +248,8 @@ impl Net {
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .max_transmit_size(wire::MAX_GOSSIP)
                     .heartbeat_interval(Duration::from_secs(1))
+                    // Nothing is forwarded before the application judged it.
+                    .validate_messages()
                     .build()
                     .map_err(|e| e.to_string())?;
                 let gossip =
@@ -246,27 +260,38 @@ impl Net {
                 let sync_cfg = rr_cfg.clone().with_request_timeout(SYNC_TIMEOUT);
                 Ok(Behaviour {
                     blocked: Default::default(),
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                            .with_max_established_incoming(Some(MAX_INCOMING))
+                            .with_max_established_per_peer(Some(MAX_PER_PEER)),
+                    ),
                     identify: identify::Behaviour::new(identify::Config::new("/atoll/1".into(), k.public())),
                     ping: ping::Behaviour::new(
                         ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT),
                     ),
                     sync: rr::Behaviour::with_codec(
-                        Frames { max: wire::MAX_MESSAGE },
+                        // The answer is an acknowledgement: empty, or NOT_TAKEN.
+                        Frames { request: wire::MAX_MESSAGE, response: NOT_TAKEN.len() },
                         [(StreamProtocol::new("/atoll/sync/1"), ProtocolSupport::Full)],
                         sync_cfg,
                     ),
                     join: rr::Behaviour::with_codec(
-                        Frames { max: wire::MAX_MESSAGE },
+                        // A stranger's invitation is small; the realm sent back is not.
+                        Frames { request: wire::MAX_JOIN_REQUEST, response: wire::MAX_MESSAGE },
                         [(StreamProtocol::new("/atoll/join/1"), ProtocolSupport::Full)],
                         rr_cfg.clone(),
                     ),
                     chunk: rr::Behaviour::with_codec(
-                        Frames { max: wire::MAX_CHUNK },
+                        Frames { request: wire::MAX_CHUNK_REQUEST, response: wire::MAX_CHUNK },
                         [(StreamProtocol::new("/atoll/chunk/1"), ProtocolSupport::Full)],
                         rr_cfg.clone(),
                     ),
                     logs: rr::Behaviour::with_codec(
-                        Frames { max: wire::MAX_REMOTE_LOG as usize + 4096 },
+                        Frames {
+                            request: wire::MAX_LOGS_REQUEST,
+                            response: wire::MAX_REMOTE_LOG as usize + 4096,
+                        },
                         [(StreamProtocol::new("/atoll/logs/1"), ProtocolSupport::Full)],
                         rr_cfg,
                     ),
@@ -502,6 +527,37 @@ impl Net {
         self.members.get(peer).map(|k| k.site.clone())
     }
 
+    /// Whether a summary goes on (gossipsub forwards only what is accepted),
+    /// and what it tells. Its author is `message.source`, whose signature
+    /// gossipsub checked: a member's malformed summary, or one about another
+    /// site, blocks that member, never the honest relay that passed it on.
+    fn judge_summary(
+        &mut self,
+        message: &gossipsub::Message,
+    ) -> (gossipsub::MessageAcceptance, Option<Event>) {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let Some(author) = message.source else { return (Reject, None) };
+        let Some(from) = self.site_of(&author) else {
+            // A non-member's, or a member's we have not heard of yet: not ours to pass on.
+            tracing::debug!(%author, "summary from a non-member ignored");
+            return (Ignore, None);
+        };
+        match wire::decode::<SiteView>(&message.data, wire::MAX_GOSSIP) {
+            Ok(view) if view.descriptor.site == from => {
+                (Accept, Some(Event::Input(Input::Summary { from, view: Box::new(view) })))
+            }
+            Ok(view) => {
+                let why = format!("summary of {} signed by {from}", view.descriptor.site);
+                self.punish(author, &why);
+                (Reject, None)
+            }
+            Err(e) => {
+                self.punish(author, &format!("undecodable summary: {e}"));
+                (Reject, None)
+            }
+        }
+    }
+
     /// Blocks a peer that broke the protocol; it is refused from now on.
     fn punish(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, site = ?self.site_of(&peer), "blocking peer: {why}");
@@ -524,6 +580,11 @@ impl Net {
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let transport = Transport::of(endpoint.get_remote_address());
                 let Some(link) = self.members.get_mut(&peer_id) else {
+                    if self.strangers.len() >= MAX_STRANGERS && !self.strangers.contains_key(&peer_id) {
+                        tracing::debug!(peer = %peer_id, "too many non-members connected: closing");
+                        self.swarm.close_connection(connection_id);
+                        return None;
+                    }
                     let (_, conns) =
                         self.strangers.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
                     conns.push((connection_id, transport));
@@ -671,21 +732,15 @@ impl Net {
                 let failed = ApiError::Unreachable(format!("the instance's site did not answer: {error}"));
                 Some(Event::Logs { request: request_id, result: Err(failed) })
             }
-            BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, .. }) => {
+            BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, message_id }) => {
                 self.traffic.recv(message.data.len());
-                let from = message.source.and_then(|p| self.site_of(&p));
-                let Some(from) = from else {
-                    // Gossip relayed for a non-member: not ours to judge the relay by.
-                    tracing::debug!(relay = %propagation_source, "summary from a non-member ignored");
-                    return None;
-                };
-                match wire::decode::<SiteView>(&message.data, wire::MAX_GOSSIP) {
-                    Ok(view) => Some(Event::Input(Input::Summary { from, view: Box::new(view) })),
-                    Err(e) => {
-                        self.punish(propagation_source, &format!("undecodable summary: {e}"));
-                        None
-                    }
-                }
+                let (verdict, summary) = self.judge_summary(&message);
+                self.swarm.behaviour_mut().gossip.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    verdict,
+                );
+                summary
             }
             // Only members are dialled: a stranger found on the LAN is none of ours.
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {

@@ -1,0 +1,92 @@
+//! The gossip edge: what a summary's author may say, judged before anything
+//! is forwarded.
+
+use atoll_crdt::{Descriptor, Member, Realm, Resources, SiteId};
+use atoll_proto::api::SiteView;
+use ed25519_dalek::SigningKey;
+use libp2p::gossipsub::{self, MessageAcceptance};
+
+use super::*;
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn hex_key(k: &SigningKey) -> String {
+    hex::encode(k.verifying_key().as_bytes())
+}
+
+fn view(site: &str) -> SiteView {
+    SiteView {
+        descriptor: Descriptor {
+            site: SiteId::new(site).unwrap(),
+            operator: "op".into(),
+            region: "r".into(),
+            labels: Default::default(),
+            public_key: String::new(),
+            kinds: vec![],
+            drivers: vec![],
+            arch: "x86_64".into(),
+            capacity: Resources::ZERO,
+            disk_mib: 0,
+            version: "test".into(),
+        },
+        instances: 0,
+        running: 0,
+        images: 0,
+        allocated: Resources::ZERO,
+        live: None,
+        spare: vec![],
+    }
+}
+
+fn message(author: &SigningKey, data: Vec<u8>) -> gossipsub::Message {
+    gossipsub::Message {
+        source: peer_id(&hex_key(author)),
+        data,
+        sequence_number: Some(1),
+        topic: gossipsub::IdentTopic::new(SUMMARY_TOPIC).hash(),
+    }
+}
+
+#[tokio::test]
+async fn a_summary_is_passed_on_only_from_its_own_member_and_a_liar_is_blocked() {
+    let (a, b, c, d) = (key(1), key(2), key(3), key(4));
+    let mut net = Net::new(&a, Settings::default()).unwrap();
+    let me = SiteId::new("a").unwrap();
+    let mut realm = Realm::create(&me, 0).unwrap();
+    for (name, k) in [("a", &a), ("b", &b), ("d", &d)] {
+        let member = Member {
+            site: SiteId::new(name).unwrap(),
+            public_key: hex_key(k),
+            region: "r".into(),
+            operator: "op".into(),
+            joined_at: 0,
+            addrs: vec![],
+            invitation: None,
+        };
+        realm.doc.put(&member).unwrap();
+    }
+    net.refresh(&realm, &me);
+    let blocked = |net: &Net, k: &SigningKey| {
+        net.swarm.behaviour().blocked.blocked_peers().contains(&peer_id(&hex_key(k)).unwrap())
+    };
+
+    let (verdict, event) = net.judge_summary(&message(&b, wire::encode(&view("b"))));
+    assert_eq!(verdict, MessageAcceptance::Accept);
+    assert!(matches!(event, Some(Event::Input(Input::Summary { from, .. })) if from.as_str() == "b"));
+
+    // A stranger's summary goes no further, and costs no one anything.
+    let (verdict, event) = net.judge_summary(&message(&c, wire::encode(&view("c"))));
+    assert_eq!(verdict, MessageAcceptance::Ignore);
+    assert!(event.is_none() && !blocked(&net, &c));
+
+    // A member speaking for another site, or sending garbage, is rejected
+    // and blocked: the author, whoever relayed it.
+    let (verdict, _) = net.judge_summary(&message(&b, wire::encode(&view("d"))));
+    assert_eq!(verdict, MessageAcceptance::Reject);
+    assert!(blocked(&net, &b));
+    let (verdict, _) = net.judge_summary(&message(&d, vec![0xff; 40]));
+    assert_eq!(verdict, MessageAcceptance::Reject);
+    assert!(blocked(&net, &d));
+}

@@ -408,6 +408,7 @@ mod tests {
             joined_at: 7,
             addrs: vec![addr.into()],
             invitation: Some("nonce".into()),
+            api_cert: None,
         }
     }
 

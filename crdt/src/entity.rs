@@ -146,6 +146,10 @@ pub struct Member {
     /// The nonce of the invitation it joined with (none for the founding site).
     #[serde(default)]
     pub invitation: Option<String>,
+    /// SHA-256 of its API's TLS certificate (`sha256:<hex>`), when it serves
+    /// HTTPS: clients pin it (docs/operations.md, "HTTPS").
+    #[serde(default)]
+    pub api_cert: Option<String>,
 }
 
 impl Entity for Member {

@@ -54,6 +54,9 @@ pub struct File {
     /// (docs/operations.md): they can then read the site's key.
     #[serde(default)]
     pub unsandboxed: bool,
+    /// Serve the API over plain HTTP even beyond loopback (docs/operations.md, "HTTPS").
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Flags that override the file.
@@ -96,6 +99,10 @@ pub struct Flags {
     /// process instances.
     #[arg(long, env = "ATOLL_UNSANDBOXED")]
     pub unsandboxed: bool,
+    /// Serve the API over plain HTTP on a non-loopback address (default:
+    /// HTTPS with a self-signed certificate that clients pin).
+    #[arg(long, env = "ATOLL_INSECURE")]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +122,7 @@ pub struct Settings {
     pub net: crate::net::Settings,
     pub join: Option<String>,
     pub unsandboxed: bool,
+    pub insecure: bool,
 }
 
 impl Settings {
@@ -158,6 +166,7 @@ impl Settings {
             net,
             join: flags.join.clone(),
             unsandboxed: flags.unsandboxed || file.unsandboxed,
+            insecure: flags.insecure || file.insecure,
             site,
             data_dir: flags.data_dir.clone().or(file.data_dir).unwrap_or_else(default_data_dir),
             api: flags.api.or(file.api).unwrap_or_else(|| DEFAULT_API.parse().expect("valid default")),

@@ -77,6 +77,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         joined_at: 0,
         addrs: Vec::new(),
         invitation: None,
+        api_cert: None,
     };
     let cfg = PeerConfig {
         key,
@@ -126,6 +127,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let traffic = net.traffic.clone();
     let (runtime, client) =
         Runtime::new(peer, store.clone(), drivers.clone(), data.join("images"), Some(net));
+    // Beyond loopback the API is HTTPS, unless the operator says otherwise.
+    let tls = if s.api.ip().is_loopback() || s.insecure {
+        if !s.api.ip().is_loopback() {
+            tracing::warn!(api = %s.api, "serving the API over plain HTTP beyond loopback (--insecure)");
+        }
+        None
+    } else {
+        Some(crate::api::tls::identity(data, &[s.site.clone(), "localhost".into()])?)
+    };
+    let mut runtime = runtime;
+    runtime.serve_tls(tls.as_ref().map(|t| t.fingerprint.clone()));
     runtime.forward_exits(exits_rx);
     runtime.sample_metrics(data.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -133,8 +145,12 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
 
     let listener =
         tokio::net::TcpListener::bind(s.api).await.with_context(|| format!("cannot listen on {}", s.api))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(site = %s.site, api = %listener.local_addr()?, data = %data.display(), "serving");
-    println!("Site {} serving the API on http://{}", s.site, listener.local_addr()?);
+    if let Some(t) = &tls {
+        println!("API certificate {} (clients pin it on first use)", t.fingerprint);
+    }
+    println!("Site {} serving the API on {scheme}://{}", s.site, listener.local_addr()?);
     let state = AppState {
         client,
         site: site.clone(),
@@ -152,11 +168,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     });
     let mut stop = stop_rx;
     // With the client's address: failed logins are limited per address too.
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await?;
+    let app = router(state).into_make_service_with_connect_info::<crate::api::Caller>();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(t) => {
+            let listener = crate::api::tls::Listener::new(listener, t.config)?;
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await?
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await?,
+    }
     loop_task.await??;
     Ok(())
 }
@@ -221,7 +243,7 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(key)
 }
 
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;

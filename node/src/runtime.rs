@@ -119,6 +119,8 @@ pub struct Runtime {
     fetched: Vec<Finished>,
     /// Callers waiting for another site's instance output (at most [`MAX_LOG_WAITERS`]).
     logs: HashMap<libp2p::request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, ApiError>>>,
+    /// The API certificate's fingerprint to publish in our member record.
+    api_cert: Option<String>,
 }
 
 /// Remote logs requests in flight at once.
@@ -149,6 +151,7 @@ impl Runtime {
             fetches: Fetches::default(),
             fetched: Vec::new(),
             logs: HashMap::new(),
+            api_cert: None,
         };
         (runtime, client)
     }
@@ -186,10 +189,16 @@ impl Runtime {
         });
     }
 
+    /// Publishes the API's certificate fingerprint (None: plain HTTP) once booted.
+    pub fn serve_tls(&mut self, fingerprint: Option<String>) {
+        self.api_cert = fingerprint;
+    }
+
     /// Boots the peer, then serves inputs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), ApiError> {
         let mut fx = Outbox::default();
         self.peer.boot(now_millis(), &mut fx)?;
+        self.peer.set_api_cert(now_millis(), self.api_cert.clone(), &mut fx)?;
         self.carry_out(fx);
         // A site that just joined learnt its addresses before the loop ran.
         if let Some(addrs) = self.net.as_ref().map(Net::addresses).filter(|a| !a.is_empty()) {

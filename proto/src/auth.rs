@@ -191,6 +191,7 @@ mod tests {
                 joined_at: 0,
                 addrs: Vec::new(),
                 invitation: None,
+                api_cert: None,
             })
             .unwrap();
         realm

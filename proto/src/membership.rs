@@ -130,6 +130,9 @@ impl Peer {
         if m.addrs.len() > MAX_ADDRS {
             return Err(refused(format!("more than {MAX_ADDRS} addresses")));
         }
+        if m.api_cert.as_ref().is_some_and(|c| c.len() > 80) {
+            return Err(refused("the API certificate fingerprint is too long".into()));
+        }
         let removals: Vec<Removal> = self.realm.doc.list()?;
         if let Some(r) = removals.iter().find(|r| r.public_key == m.public_key) {
             return Err(refused(format!("this site's key was removed from the realm (as site {})", r.site)));
@@ -168,6 +171,24 @@ impl Peer {
             return Ok(());
         }
         me.addrs = addrs;
+        self.enroll(now, &me, fx)
+    }
+
+    /// Records the fingerprint of this site's API certificate (None: plain
+    /// HTTP), so that clients logged in to the realm can check it.
+    pub fn set_api_cert(
+        &mut self,
+        now: Millis,
+        fingerprint: Option<String>,
+        fx: &mut impl Effects,
+    ) -> Result<(), ApiError> {
+        let Some(mut me) = self.realm.member(&self.site)? else {
+            return Ok(());
+        };
+        if me.api_cert == fingerprint {
+            return Ok(());
+        }
+        me.api_cert = fingerprint;
         self.enroll(now, &me, fx)
     }
 

@@ -289,6 +289,7 @@ impl Peer {
             joined_at: now,
             addrs: Vec::new(),
             invitation: None,
+            api_cert: None,
         })?;
         peer.realm.doc.put(&User {
             name: "admin".into(),
@@ -332,6 +333,7 @@ impl Peer {
             joined_at: now,
             addrs: Vec::new(),
             invitation: None,
+            api_cert: None,
         };
         // The member that admitted us already entered our record (with the
         // invitation it consumed); a different key under our name is a clash.

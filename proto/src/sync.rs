@@ -364,6 +364,7 @@ mod custody_tests {
             joined_at: 0,
             addrs: Vec::new(),
             invitation: None,
+            api_cert: None,
         }
     }
 

@@ -483,6 +483,7 @@ fn site_scoped_roles_apply_only_on_their_sites() {
             joined_at: 0,
             addrs: Vec::new(),
             invitation: None,
+            api_cert: None,
         })
         .unwrap();
     h.call(

@@ -45,6 +45,7 @@ fn newcomer(name: &str, seed: u64) -> Member {
         joined_at: 0,
         addrs: vec![],
         invitation: None,
+        api_cert: None,
     }
 }
 

@@ -227,6 +227,7 @@ impl Sim {
                 joined_at: 0,
                 addrs: Vec::new(),
                 invitation: None,
+                api_cert: None,
             })
             .collect();
         // The operator enrolls every site at genesis: one realm change, not n.

@@ -1,11 +1,11 @@
 //! Routes of identity administration (docs/api.md, "Identity"): deleting
 //! users and projects, passwords, revoking roles and tokens.
 
-use std::net::SocketAddr;
-
 use atoll_proto::Command;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
+
+use super::Caller;
 use axum::http::HeaderMap;
 use axum::routing::{delete, post, put};
 use axum::{Extension, Json};
@@ -26,14 +26,14 @@ struct PasswordBody {
 async fn set_password(
     State(s): State<AppState>,
     h: HeaderMap,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    peer: Option<Extension<ConnectInfo<Caller>>>,
     Path(user): Path<String>,
     b: Result<Json<PasswordBody>, JsonRejection>,
 ) -> Res {
     let b = body(b)?;
     let current_checked = match b.current {
         Some(current) => {
-            let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+            let addr = peer.map(|Extension(ConnectInfo(Caller(a)))| a.ip());
             login::check_password(&s, addr, &user, current).await?;
             true
         }

@@ -4,6 +4,7 @@
 mod identity;
 mod login;
 mod openapi;
+pub mod tls;
 mod upload;
 
 use std::sync::Arc;
@@ -42,6 +43,25 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Mutex<()>>,
     /// Failed-login limits and password-hashing permits.
     pub logins: login::Guard,
+}
+
+/// The address of the client of a request, over plain HTTP or HTTPS (failed
+/// logins are limited per address).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::Listener>> for Caller {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::Listener>) -> Self {
+        Caller(*stream.remote_addr())
+    }
 }
 
 /// An [`ApiError`] as an HTTP response: its status and `{"error": {"code", "message"}}`.
@@ -240,10 +260,10 @@ pub fn routes() -> Vec<Route> {
             "Exchange a user name and password for a token",
             post(
                 |State(s): State<AppState>,
-                 peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+                 peer: Option<Extension<ConnectInfo<Caller>>>,
                  b: Result<Json<LoginBody>, JsonRejection>| async move {
                     let b = body(b)?;
-                    let addr = peer.map(|Extension(ConnectInfo(a))| a.ip());
+                    let addr = peer.map(|Extension(ConnectInfo(Caller(a)))| a.ip());
                     let reply = login::login(&s, addr, b.user, b.password).await?;
                     Ok::<_, Failure>((StatusCode::OK, Json(reply)))
                 },

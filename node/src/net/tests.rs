@@ -64,6 +64,7 @@ async fn a_summary_is_passed_on_only_from_its_own_member_and_a_liar_is_blocked()
             joined_at: 0,
             addrs: vec![],
             invitation: None,
+            api_cert: None,
         };
         realm.doc.put(&member).unwrap();
     }

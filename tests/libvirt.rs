@@ -79,7 +79,7 @@ fn vm_lifecycle_against_the_test_hypervisor() {
     );
     assert!(d.cli().ok(&["instance", "delete", "vm1"]).contains("Deleted"));
     assert!(!d.data.join("vms/default__vm1").exists(), "the VM's files were left behind");
-    let err = d.cli().fails(&["instance", "create", "p", "--image", "disk", "-P", "8080:80"]);
+    let err = d.cli().fails(&["instance", "create", "p", "--image", "disk", "-P", "30080:80"]);
     assert!(err.contains("containers only"), "{err}");
 }
 

@@ -159,3 +159,63 @@ fn users_passwords_roles_projects_and_tokens_are_administered_and_taken_back() {
     assert!(!d.data.join("admin-password").exists(), "a stale admin-password stayed");
     d.cli().env("ATOLL_PASSWORD", "admin-new-pass").ok(&["login"]);
 }
+
+/// A daemon on 0.0.0.0 speaks only HTTPS; the CLI pins its certificate on
+/// first use, refuses a changed one, and trusts the certificates that the
+/// realm lists for its other members.
+#[test]
+fn a_public_daemon_serves_https_and_the_cli_pins_its_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let mut d = Daemon::public(root.path(), "edge-1", None);
+    assert!(d.endpoint.starts_with("https://127.0.0.1:"), "{}", d.endpoint);
+    let first = d.certificate.clone().expect("the daemon printed its certificate");
+    let plain = format!("http://{}", d.addr());
+    let err = d.cli().env("ATOLL_ENDPOINT", &plain).fails(&["site", "show"]);
+    assert!(err.contains("cannot reach"), "plain HTTP must not be served: {err}");
+
+    let out = d.cli().env("ATOLL_PASSWORD", &d.password.clone()).run(&["login"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("first connection") && stderr.contains(&first), "{stderr}");
+    let out = d.cli().run(&["site", "show"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "pinned once: {out:?}");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = d.cli().fails(&["--fingerprint", &wrong, "site", "show"]);
+    assert!(err.contains("given with --fingerprint"), "{err}");
+
+    // A new certificate (the files deleted, as a thief with another box would
+    // present) is refused until the user pins it explicitly.
+    d.kill9();
+    std::fs::remove_file(d.data.join("api.crt")).unwrap();
+    std::fs::remove_file(d.data.join("api.key")).unwrap();
+    d.boot();
+    let second = d.certificate.clone().unwrap();
+    assert_ne!(first, second);
+    let err = d.cli().fails(&["site", "show"]);
+    assert!(err.contains("changed") && err.contains(&second), "{err}");
+    d.cli().ok(&["--fingerprint", &second, "site", "show"]);
+    d.cli().ok(&["site", "show"]);
+
+    // A second public site: the realm publishes its certificate, so the
+    // CLI logged in at the first trusts it without a first-use guess.
+    let inv = d.cli().ok(&["site", "invite", "--name", "edge-2"]).trim().to_owned();
+    let e2 = Daemon::public(root.path(), "edge-2", Some((&inv, &d.password)));
+    let published = || {
+        let sites = d.cli().json(&["site", "list"]);
+        sites
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["member"]["api_cert"] == e2.certificate.as_deref().unwrap())
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(30), published),
+        "edge-2's certificate never reached edge-1"
+    );
+    d.cli().env("ATOLL_PASSWORD", &d.password.clone()).ok(&["login"]);
+    let out = d.cli().env("ATOLL_ENDPOINT", &e2.endpoint).run(&["whoami"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("listed by its realm"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admin"), "the realm's token was used: {out:?}");
+}

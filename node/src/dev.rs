@@ -123,10 +123,10 @@ async fn start_all(f: &Flags, root: &Path, sites: &mut Vec<Site>) -> anyhow::Res
 async fn invite(first: &Site, root: &Path, name: &str) -> anyhow::Result<String> {
     let password = std::fs::read_to_string(root.join("site-1/admin-password"))
         .context("site-1 has no admin-password file; remove the dev data dir to start afresh")?;
-    let anon = Api::new(&first.endpoint, None)?;
+    let anon = Api::new(&first.endpoint, None, None)?;
     let login: TokenView =
         anon.post("/v1/login", &serde_json::json!({"user": "admin", "password": password.trim()})).await?;
-    let admin = Api::new(&first.endpoint, Some(login.token))?;
+    let admin = Api::new(&first.endpoint, Some(login.token), None)?;
     let reply: serde_json::Value =
         admin.post("/v1/sites/invitations", &serde_json::json!({"name": name})).await?;
     reply["token"].as_str().map(str::to_owned).context("the invitation reply has no token")

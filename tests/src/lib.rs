@@ -37,6 +37,11 @@ pub struct Daemon {
     /// The network namespace the daemon (and its CLI) runs in, and the
     /// address its peer network listens on there; None: loopback here.
     pub netns: Option<(String, String)>,
+    /// Whether the API listens on every address (so serves HTTPS only);
+    /// the CLI still reaches it over loopback.
+    public: bool,
+    /// The API certificate's fingerprint the daemon printed, if it serves HTTPS.
+    pub certificate: Option<String>,
 }
 
 impl Daemon {
@@ -75,10 +80,36 @@ impl Daemon {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: None,
+            public: false,
+            certificate: None,
         };
         d.boot();
         d.password = match admin_password {
             Some(p) => p.to_owned(),
+            None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
+        };
+        d
+    }
+
+    /// A daemon whose API listens on 0.0.0.0 (HTTPS), founding a realm or
+    /// joining one with `(invitation, admin password)`.
+    pub fn public(root: &Path, site: &str, join: Option<(&str, &str)>) -> Daemon {
+        let mut d = Daemon {
+            data: root.join(site),
+            site: site.into(),
+            endpoint: String::new(),
+            password: String::new(),
+            child: None,
+            home: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
+            args: join.map(|(inv, _)| vec!["--join".to_owned(), inv.to_owned()]).unwrap_or_default(),
+            netns: None,
+            public: true,
+            certificate: None,
+        };
+        d.boot();
+        d.password = match join {
+            Some((_, p)) => p.to_owned(),
             None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
         };
         d
@@ -103,6 +134,8 @@ impl Daemon {
             env: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: Some((netns.to_owned(), ip.to_owned())),
+            public: false,
+            certificate: None,
         };
         d.boot();
         d.password = match admin_password {
@@ -129,7 +162,12 @@ impl Daemon {
     /// (Re)starts the process on the same data dir and waits until it serves.
     pub fn boot(&mut self) {
         // A restart keeps the address, as an operator's would.
-        let api = if self.endpoint.is_empty() { "127.0.0.1:0".to_owned() } else { self.addr() };
+        let api = match (self.endpoint.is_empty(), self.public) {
+            (true, false) => "127.0.0.1:0".to_owned(),
+            (true, true) => "0.0.0.0:0".to_owned(),
+            (false, false) => self.addr(),
+            (false, true) => self.addr().replace("127.0.0.1:", "0.0.0.0:"),
+        };
         // Peers on loopback, on ports the system picks: tests run side by side.
         // In a namespace of its own a site has the default port to itself.
         let (quic, tcp) = match &self.netns {
@@ -151,14 +189,20 @@ impl Daemon {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut certificate = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("API certificate ") {
+                    certificate = rest.split(' ').next().map(str::to_owned);
+                }
                 if let Some(url) = line.split("serving the API on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
+                    let _ = tx.send((url.trim().replace("://0.0.0.0:", "://127.0.0.1:"), certificate.take()));
                 }
             }
         });
-        self.endpoint =
+        let (endpoint, certificate) =
             rx.recv_timeout(Duration::from_secs(60)).expect("daemon did not start serving within 60 s");
+        self.endpoint = endpoint;
+        self.certificate = certificate;
         self.child = Some(child);
     }
 
@@ -195,7 +239,7 @@ impl Daemon {
     }
 
     pub fn addr(&self) -> String {
-        self.endpoint.trim_start_matches("http://").to_owned()
+        self.endpoint.trim_start_matches("http://").trim_start_matches("https://").to_owned()
     }
 }
 

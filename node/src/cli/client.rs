@@ -4,6 +4,9 @@ use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::pin::Pin;
+use std::sync::Arc;
+
 /// The reply of an operation sent to another site.
 pub enum Remote<T> {
     Done(T),
@@ -14,30 +17,34 @@ pub struct Api {
     pub base: String,
     pub token: Option<String>,
     http: reqwest::Client,
+    pin: Arc<Pin>,
 }
 
 impl Api {
-    /// A client of `endpoint` with `token`, if one is given.
-    pub fn new(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// A client of `endpoint` with `token`, if one is given; an HTTPS
+    /// endpoint's certificate must be `fingerprint` if one is given, else is
+    /// pinned ([`super::pin`]).
+    pub fn new(endpoint: &str, token: Option<String>, fingerprint: Option<String>) -> anyhow::Result<Self> {
         let base = endpoint.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             anyhow::bail!("endpoint {base:?} must start with http:// or https://");
         }
-        Ok(Api { base, token, http: reqwest::Client::builder().build()? })
+        let (http, pin) = super::pin::client(&base, fingerprint)?;
+        Ok(Api { base, token, http, pin })
     }
 
     /// A client of `endpoint` with `token`, or else the saved login of the
     /// endpoint's realm ([`super::credentials::token_for`]).
-    pub async fn connect(endpoint: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let mut api = Api::new(endpoint, token)?;
+    pub async fn connect(
+        endpoint: &str,
+        token: Option<String>,
+        fingerprint: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut api = Api::new(endpoint, token, fingerprint)?;
         if api.token.is_none() {
             api.token = super::credentials::token_for(&api.http, &api.base).await;
         }
         Ok(api)
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -54,7 +61,7 @@ impl Api {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> anyhow::Result<Remote<T>> {
-        let v: (reqwest::StatusCode, serde_json::Value) = self.send_with_status(rb).await?;
+        let v = self.send_with_status(rb).await?;
         if v.0 == reqwest::StatusCode::ACCEPTED {
             return Ok(Remote::Pending(serde_json::from_value(v.1).context("unexpected intent reply")?));
         }
@@ -71,7 +78,7 @@ impl Api {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
-        let resp = rb.send().await.map_err(|e| anyhow!("cannot reach atoll at {}: {e}", self.base))?;
+        let resp = rb.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the reply")?;
         if !status.is_success() {
@@ -83,19 +90,26 @@ impl Api {
         ))
     }
 
-    pub async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
-        let resp = rb.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach atoll at {}: {e}\n(is the daemon running? set --endpoint or ATOLL_ENDPOINT)",
-                self.base
-            )
-        })?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.context("reading the reply")?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
+    /// Why a request got no reply: a refused certificate, else the connection.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        if let Some(why) = self.pin.refusal() {
+            return anyhow!("refused to talk to {}: {why}", self.base);
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected reply from {}", self.base))
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = format!("{cause}: {s}");
+            source = s.source();
+        }
+        anyhow!(
+            "cannot reach atoll at {}: {cause}\n(is the daemon running? set --endpoint or ATOLL_ENDPOINT)",
+            self.base
+        )
+    }
+
+    pub async fn send<T: DeserializeOwned>(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        serde_json::from_value(self.send_with_status(rb).await?.1)
+            .with_context(|| format!("unexpected reply from {}", self.base))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -119,11 +133,7 @@ impl Api {
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let resp = self
-            .req(reqwest::Method::GET, path)
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach {}: {e}", self.base))?;
+        let resp = self.req(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {

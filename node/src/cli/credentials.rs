@@ -30,6 +30,16 @@ pub struct Login {
     pub endpoint: String,
     /// Member sites and their public keys (hex), as known at login.
     pub members: BTreeMap<String, String>,
+    /// Member sites and their API certificates' fingerprints, for pinning
+    /// ([`super::pin`]).
+    #[serde(default)]
+    pub certificates: BTreeMap<String, String>,
+}
+
+/// What a realm says of its members: their keys and API certificates.
+pub struct Members {
+    pub keys: BTreeMap<String, String>,
+    pub certificates: BTreeMap<String, String>,
 }
 
 /// Where `atoll login` keeps tokens.
@@ -47,18 +57,27 @@ fn load() -> Saved {
 }
 
 fn store(saved: &Saved) -> anyhow::Result<PathBuf> {
+    write_private(&path(), &serde_json::to_vec_pretty(saved)?)
+}
+
+/// Replaces `path` with `bytes`, readable by the user only, atomically.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = path();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(saved)?.as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    std::fs::rename(&tmp, path)?;
+    Ok(path.to_owned())
+}
+
+/// The API certificates that realms the user is logged in to list for their members.
+pub fn vouched_certificates() -> std::collections::BTreeSet<String> {
+    load().realms.values().flat_map(|l| l.certificates.values().cloned()).collect()
 }
 
 /// Saves a login made at `endpoint` to `realm`.
@@ -84,11 +103,12 @@ pub fn forget(token: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Replaces the member keys of a saved realm login.
-fn save_members(realm: &str, members: BTreeMap<String, String>) {
+/// Replaces the member keys and certificates of a saved realm login.
+fn save_members(realm: &str, members: Members) {
     let mut saved = load();
     if let Some(l) = saved.realms.get_mut(realm) {
-        l.members = members;
+        l.members = members.keys;
+        l.certificates = members.certificates;
         let _ = store(&saved);
     }
 }
@@ -110,8 +130,8 @@ pub async fn token_for(http: &reqwest::Client, endpoint: &str) -> Option<String>
     let mut key = login.members.get(view.site.as_str()).cloned();
     if key.is_none() {
         // A site that joined after the login: ask the site logged in at.
-        let members = members(http, &login.endpoint, &login.token).await.ok()?;
-        key = members.get(view.site.as_str()).cloned();
+        let members = members(&login.endpoint, &login.token).await.ok()?;
+        key = members.keys.get(view.site.as_str()).cloned();
         save_members(&view.realm, members);
     }
     let key = key?;
@@ -144,12 +164,10 @@ fn check(view: &RealmView, challenge: &str, key: &str) -> Result<(), &'static st
     atoll_proto::auth::check_seal(key, &body, &sig).map_err(|_| "its proof is not signed by that site's key")
 }
 
-/// The member sites and keys of the realm, from a site the user logged in at.
-pub async fn members(
-    http: &reqwest::Client,
-    endpoint: &str,
-    token: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
+/// The member sites, keys and certificates of the realm, from a site the
+/// user logged in at (over a pinned connection of its own).
+pub async fn members(endpoint: &str, token: &str) -> anyhow::Result<Members> {
+    let (http, _) = super::pin::client(endpoint, None)?;
     let rows: Vec<serde_json::Value> = http
         .get(format!("{endpoint}/v1/sites"))
         .bearer_auth(token)
@@ -158,13 +176,15 @@ pub async fn members(
         .error_for_status()?
         .json()
         .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let m = &r["member"];
-            Some((m["site"].as_str()?.to_owned(), m["public_key"].as_str()?.to_owned()))
-        })
-        .collect())
+    let field = |name: &str| -> BTreeMap<String, String> {
+        rows.iter()
+            .filter_map(|r| {
+                let m = &r["member"];
+                Some((m["site"].as_str()?.to_owned(), m[name].as_str()?.to_owned()))
+            })
+            .collect()
+    };
+    Ok(Members { keys: field("public_key"), certificates: field("api_cert") })
 }
 
 #[cfg(test)]

@@ -24,9 +24,14 @@ pub async fn login(api: &Api, user: &str, password: String) -> anyhow::Result<()
     let t: TokenView =
         api.post("/v1/login", &serde_json::json!({"user": user, "password": password})).await?;
     let realm: atoll_proto::api::RealmView = api.get("/v1/realm").await?;
-    let members = credentials::members(api.http(), &api.base, &t.token).await?;
-    let login =
-        credentials::Login { token: t.token, user: t.user.clone(), endpoint: api.base.clone(), members };
+    let members = credentials::members(&api.base, &t.token).await?;
+    let login = credentials::Login {
+        token: t.token,
+        user: t.user.clone(),
+        endpoint: api.base.clone(),
+        members: members.keys,
+        certificates: members.certificates,
+    };
     let path = credentials::save(&realm.realm, login)?;
     println!(
         "Logged in as {} to realm {} at {}: the token works with every site of the realm (saved in {})",

@@ -6,6 +6,7 @@ mod identity;
 mod instance;
 mod intent;
 pub mod output;
+mod pin;
 mod site;
 
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ pub struct Global {
     /// API endpoint of any site.
     #[arg(long, global = true, env = "ATOLL_ENDPOINT", default_value = "http://127.0.0.1:7480")]
     pub endpoint: String,
+    /// The SHA-256 fingerprint (`sha256:HEX`) the endpoint's HTTPS certificate
+    /// must have; default: the one pinned on first use (docs/operations.md, "HTTPS").
+    #[arg(long, global = true, env = "ATOLL_FINGERPRINT")]
+    pub fingerprint: Option<String>,
     /// Token (default: the one saved by `atoll login` for this endpoint's realm).
     #[arg(long, global = true, env = "ATOLL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -360,7 +365,7 @@ pub(crate) fn read_secret(prompt: &str, env: &str, from_stdin: bool) -> anyhow::
 }
 
 pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
-    let api = Api::connect(&g.endpoint, g.token.clone()).await?;
+    let api = Api::connect(&g.endpoint, g.token.clone(), g.fingerprint.clone()).await?;
     match cmd {
         Cmd::Login { user, password_stdin } => {
             let password = read_secret("Password: ", "ATOLL_PASSWORD", password_stdin)?;

@@ -106,6 +106,14 @@ fn users_passwords_roles_projects_and_tokens_are_administered_and_taken_back() {
         .ok(&["user", "passwd"]);
     assert_eq!(http(&d.addr(), "GET", "/v1/whoami", Some(&old), b"").status, 401);
     assert_eq!(bob().json(&["whoami"])["user"], "bob");
+    // Another user's password: refused before it is checked, so a right and
+    // a wrong guess get the same answer.
+    let mine = saved_token_at(bob_home.path(), &d.endpoint);
+    for guess in [d.password.as_str(), "wrong-guess"] {
+        let body = serde_json::json!({"password": "taken-over-1", "current": guess}).to_string();
+        let r = http(&d.addr(), "PUT", "/v1/users/admin/password", Some(&mine), body.as_bytes());
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
 
     // Logout revokes the token itself, not only the saved copy.
     let current = saved_token_at(bob_home.path(), &d.endpoint);

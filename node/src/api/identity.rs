@@ -11,7 +11,8 @@ use axum::routing::{delete, post, put};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::{AppState, Failure, Res, Route, body, call, login, route};
+use super::{AppState, Failure, Res, Route, body, call, login, route, whoami};
+use atoll_proto::ApiError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,13 +32,21 @@ async fn set_password(
     b: Result<Json<PasswordBody>, JsonRejection>,
 ) -> Res {
     let b = body(b)?;
+    // Decided before any hashing: a caller who may not set this password
+    // gets neither the work nor an answer about someone else's password.
+    let me = whoami(&s, &h).await?;
+    if !me.realm_admin && me.user != user {
+        return Err(Failure(ApiError::Forbidden(format!(
+            "only realm admins set another user's password ({user})"
+        ))));
+    }
     let current_checked = match b.current {
-        Some(current) => {
+        Some(current) if me.user == user => {
             let addr = peer.map(|Extension(ConnectInfo(Caller(a)))| a.ip());
             login::check_password(&s, addr, &user, current).await?;
             true
         }
-        None => false,
+        _ => false,
     };
     let password_hash = login::hash_new(&s, b.password).await?;
     call(&s, &h, Command::SetPassword { user, password_hash, current_checked }).await

@@ -567,10 +567,16 @@ struct InviteBody {
 
 /// The counters, with the fetches of images the caller may read only (an
 /// image's name is its project's business).
+/// The caller of a request, for routes that must decide before their work.
+async fn whoami(s: &AppState, h: &HeaderMap) -> Result<atoll_proto::api::Whoami, Failure> {
+    match s.client.call(bearer(h), Command::Whoami).await? {
+        Reply::Whoami(me) => Ok(me),
+        _ => Err(Failure(ApiError::Internal("unexpected reply".into()))),
+    }
+}
+
 async fn network(State(s): State<AppState>, h: HeaderMap) -> Result<Json<serde_json::Value>, Failure> {
-    let Reply::Whoami(me) = s.client.call(bearer(&h), Command::Whoami).await? else {
-        return Err(Failure(ApiError::Internal("unexpected reply".into())));
-    };
+    let me = whoami(&s, &h).await?;
     let reads = |image: &str| {
         let project = image.split_once('/').map_or(image, |(p, _)| p);
         me.realm_admin

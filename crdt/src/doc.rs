@@ -35,6 +35,8 @@ pub enum DocError {
     Overflow(String),
     #[error("malformed change: {0}")]
     BadChange(String),
+    #[error("automerge panicked decoding {0} (malformed bytes; fuzz/README.md)")]
+    Panicked(&'static str),
     #[error("invalid name {0:?}: use 1-63 lowercase letters, digits, '-', '_' or '.'")]
     InvalidName(String),
 }
@@ -59,6 +61,15 @@ enum Stored {
 /// An automerge document with Atoll's collection layout.
 pub struct Doc {
     inner: AutoCommit,
+}
+
+/// Runs automerge on bytes from a peer or a file, turning a panic into an
+/// error: automerge has panicked on malformed input (found by
+/// `fuzz/fuzz_targets/document.rs`), and one hostile document must not stop a
+/// site. Changes applied before such a panic stay (automerge applies whole
+/// changes, each verified by its hash); the rest of the message is refused.
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, DocError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| DocError::Panicked(what))
 }
 
 impl Doc {
@@ -90,7 +101,7 @@ impl Doc {
 
     /// Loads saved bytes (a full save, optionally followed by incremental saves).
     pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
-        let inner = AutoCommit::load(bytes)?.with_actor(ActorId::from(actor));
+        let inner = guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor));
         let doc = Doc { inner };
         doc.check(collections)?;
         Ok(doc)
@@ -102,7 +113,9 @@ impl Doc {
         if bytes.is_empty() {
             return Ok(Doc::empty(actor));
         }
-        Ok(Doc { inner: AutoCommit::load(bytes)?.with_actor(ActorId::from(actor)) })
+        Ok(Doc {
+            inner: guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)),
+        })
     }
 
     /// How many entities a collection holds, without decoding them.
@@ -314,10 +327,12 @@ impl Doc {
         let mut decoded = Vec::with_capacity(changes.len());
         for c in changes {
             decoded.push(
-                automerge::Change::from_bytes(c.clone()).map_err(|e| DocError::BadChange(e.to_string()))?,
+                guarded("a change", || automerge::Change::from_bytes(c.clone()))?
+                    .map_err(|e| DocError::BadChange(e.to_string()))?,
             );
         }
-        self.inner.apply_changes(decoded)?;
+        let inner = &mut self.inner;
+        guarded("changes", move || inner.apply_changes(decoded))??;
         Ok(())
     }
 
@@ -342,8 +357,10 @@ impl Doc {
     /// Applies a peer's sync message.
     pub fn sync_in(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<(), DocError> {
         use automerge::sync::SyncDoc;
-        let msg = automerge::sync::Message::decode(msg).map_err(|e| DocError::BadChange(e.to_string()))?;
-        self.inner.sync().receive_sync_message(state, msg)?;
+        let msg = guarded("a sync message", || automerge::sync::Message::decode(msg))?
+            .map_err(|e| DocError::BadChange(e.to_string()))?;
+        let inner = &mut self.inner;
+        guarded("a sync message", move || inner.sync().receive_sync_message(state, msg))??;
         Ok(())
     }
 
@@ -397,6 +414,15 @@ fn scalar_to_json(v: &Value<'_>) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_bytes_that_panic_automerge_are_an_error() {
+        // Found by fuzz/fuzz_targets/document.rs: automerge 0.12's loader
+        // unwraps a bad integer column (the panic message is printed).
+        let bytes = include_bytes!("../../fuzz/corpus/document/automerge-load-panic");
+        let loaded = Doc::load_any(bytes, b"s");
+        assert!(matches!(loaded, Err(DocError::Panicked(_))), "{:?}", loaded.err());
+    }
     use crate::entity::{Member, SiteId};
 
     fn member(addr: &str) -> Member {

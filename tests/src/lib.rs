@@ -69,50 +69,16 @@ impl Daemon {
         args: &[&str],
         admin_password: Option<&str>,
     ) -> Daemon {
-        let data = root.join(site);
-        let mut d = Daemon {
-            data,
-            site: site.into(),
-            endpoint: String::new(),
-            password: String::new(),
-            child: None,
-            home: tempfile::tempdir().unwrap(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            netns: None,
-            public: false,
-            certificate: None,
-        };
-        d.boot();
-        d.password = match admin_password {
-            Some(p) => p.to_owned(),
-            None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
-        };
-        d
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Daemon::launch(root, site, env, args, None, false, admin_password)
     }
 
     /// A daemon whose API listens on 0.0.0.0 (HTTPS), founding a realm or
     /// joining one with `(invitation, admin password)`.
     pub fn public(root: &Path, site: &str, join: Option<(&str, &str)>) -> Daemon {
-        let mut d = Daemon {
-            data: root.join(site),
-            site: site.into(),
-            endpoint: String::new(),
-            password: String::new(),
-            child: None,
-            home: tempfile::tempdir().unwrap(),
-            env: Vec::new(),
-            args: join.map(|(inv, _)| vec!["--join".to_owned(), inv.to_owned()]).unwrap_or_default(),
-            netns: None,
-            public: true,
-            certificate: None,
-        };
-        d.boot();
-        d.password = match join {
-            Some((_, p)) => p.to_owned(),
-            None => std::fs::read_to_string(d.data.join("admin-password")).expect("admin password file"),
-        };
-        d
+        let args = join.map(|(inv, _)| vec!["--join".to_owned(), inv.to_owned()]).unwrap_or_default();
+        Daemon::launch(root, site, Vec::new(), args, None, true, join.map(|(_, p)| p))
     }
 
     /// A daemon in network namespace `netns` whose peer network listens on
@@ -124,6 +90,20 @@ impl Daemon {
         args: &[&str],
         admin_password: Option<&str>,
     ) -> Daemon {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let netns = Some((netns.to_owned(), ip.to_owned()));
+        Daemon::launch(root, site, Vec::new(), args, netns, false, admin_password)
+    }
+
+    fn launch(
+        root: &Path,
+        site: &str,
+        env: Vec<(String, String)>,
+        args: Vec<String>,
+        netns: Option<(String, String)>,
+        public: bool,
+        admin_password: Option<&str>,
+    ) -> Daemon {
         let mut d = Daemon {
             data: root.join(site),
             site: site.into(),
@@ -131,10 +111,10 @@ impl Daemon {
             password: String::new(),
             child: None,
             home: tempfile::tempdir().unwrap(),
-            env: Vec::new(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            netns: Some((netns.to_owned(), ip.to_owned())),
-            public: false,
+            env,
+            args,
+            netns,
+            public,
             certificate: None,
         };
         d.boot();

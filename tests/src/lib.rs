@@ -160,7 +160,8 @@ impl Daemon {
             .arg(&self.data)
             .args(["--listen", &quic, "--listen", &tcp])
             .args(&self.args)
-            .env("ATOLL_LOG", "warn")
+            // ATOLL_TEST_LOG (e.g. `atoll::net=debug`) to see a daemon's decisions.
+            .env("ATOLL_LOG", std::env::var("ATOLL_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -442,7 +442,13 @@ impl Net {
         }
         for (site, c) in silent {
             tracing::info!(%site, "connection silent for {:?}: closing it", links::SILENT_LIMIT);
-            self.swarm.close_connection(c);
+            if !self.swarm.close_connection(c) {
+                // The swarm no longer has it: no close event will come.
+                let peer = self.peer_of.get(&site).copied();
+                if let Some(link) = peer.and_then(|p| self.members.get_mut(&p)) {
+                    link.closed(c, now);
+                }
+            }
         }
         for (peer, addrs, condition) in dials {
             let opts = DialOpts::peer_id(peer).addresses(addrs).condition(condition).build();
@@ -604,6 +610,13 @@ impl Net {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 if let Some(link) = self.members.get_mut(&peer_id) {
                     link.closed(connection_id, Instant::now());
+                }
+                // Forget it among a stranger's connections too: one that
+                // closed before the stranger became a member must not be
+                // handed to its link (a stale QUIC entry kept the link
+                // "connected" over QUIC with UDP blocked, so it never redialled).
+                if let Some((_, conns)) = self.strangers.get_mut(&peer_id) {
+                    conns.retain(|(c, _)| *c != connection_id);
                 }
                 if num_established > 0 {
                     return None;

@@ -72,6 +72,40 @@ fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, DocError> 
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| DocError::Panicked(what))
 }
 
+/// Refuses a peer's bloom filter that automerge would store and later choke
+/// on when answering: one with entries but no bits divides by zero (found by
+/// `fuzz/fuzz_targets/sync.rs`), and a huge probe count allocates that many
+/// probes per change. Automerge itself writes 10 bits per entry and 7 probes.
+fn sound_bloom(bytes: &[u8]) -> Result<(), DocError> {
+    const LIMIT: u64 = 64;
+    let bad = |why: &str| Err(DocError::BadChange(format!("bloom filter: {why}")));
+    if bytes.is_empty() {
+        return Ok(()); // no entries
+    }
+    let mut rest = bytes;
+    let mut field = || -> Option<u64> {
+        let mut value = 0u64;
+        for (i, b) in rest.iter().enumerate().take(10) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                rest = &rest[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    };
+    let (Some(entries), Some(bits_per_entry), Some(probes)) = (field(), field(), field()) else {
+        return bad("truncated header");
+    };
+    if entries > 0 && !(1..=LIMIT).contains(&bits_per_entry) {
+        return bad("bits per entry out of range");
+    }
+    if entries > 0 && !(1..=LIMIT).contains(&probes) {
+        return bad("probe count out of range");
+    }
+    Ok(())
+}
+
 impl Doc {
     /// A new document with the given collections; `actor` names the writer.
     pub fn create(actor: &[u8], collections: &[&'static str], now: Millis) -> Result<Self, DocError> {
@@ -349,9 +383,21 @@ impl Doc {
 
     /// The next automerge sync message for a peer whose progress is `state`,
     /// or None when the peer is known to have everything.
+    ///
+    /// The state holds what the peer said it has; should automerge still
+    /// panic on it, the state is reset (a fresh sync, as after a restart)
+    /// rather than the site stopped.
     pub fn sync_out(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
         use automerge::sync::SyncDoc;
-        self.inner.sync().generate_sync_message(state).map(|m| m.encode())
+        let inner = &mut self.inner;
+        let st = &mut *state;
+        match guarded("a sync state", move || inner.sync().generate_sync_message(st).map(|m| m.encode())) {
+            Ok(msg) => msg,
+            Err(_) => {
+                *state = SyncState::new();
+                None
+            }
+        }
     }
 
     /// Applies a peer's sync message.
@@ -359,6 +405,9 @@ impl Doc {
         use automerge::sync::SyncDoc;
         let msg = guarded("a sync message", || automerge::sync::Message::decode(msg))?
             .map_err(|e| DocError::BadChange(e.to_string()))?;
+        for have in &msg.have {
+            sound_bloom(&have.bloom.to_bytes())?;
+        }
         let inner = &mut self.inner;
         guarded("a sync message", move || inner.sync().receive_sync_message(state, msg))??;
         Ok(())
@@ -422,6 +471,27 @@ mod tests {
         let bytes = include_bytes!("../../fuzz/corpus/document/automerge-load-panic");
         let loaded = Doc::load_any(bytes, b"s");
         assert!(matches!(loaded, Err(DocError::Panicked(_))), "{:?}", loaded.err());
+    }
+
+    #[test]
+    fn a_bloom_filter_without_bits_is_refused_and_the_state_stays_usable() {
+        // Found by fuzz/fuzz_targets/sync.rs: automerge 0.12 stores the
+        // filter and divides by its zero bit count when it next answers.
+        let bytes = include_bytes!("../../fuzz/corpus/sync/bloom-without-bits");
+        let mut doc = Doc::create(b"s", &["things"], 0).unwrap();
+        let mut state = SyncState::new();
+        let refused = doc.sync_in(&mut state, bytes);
+        assert!(matches!(refused, Err(DocError::BadChange(ref m)) if m.contains("bloom")), "{refused:?}");
+        assert!(doc.sync_out(&mut state).is_some());
+    }
+
+    #[test]
+    fn bloom_headers_out_of_range_are_refused() {
+        assert!(sound_bloom(&[]).is_ok());
+        assert!(sound_bloom(&[3, 10, 7, 0, 0, 0, 0]).is_ok());
+        assert!(sound_bloom(&[3, 0, 7]).is_err(), "no bits per entry");
+        assert!(sound_bloom(&[3, 10, 0x80, 0x80, 0x80, 0x80, 0x0f]).is_err(), "billions of probes");
+        assert!(sound_bloom(&[0x80]).is_err(), "truncated");
     }
     use crate::entity::{Member, SiteId};
 

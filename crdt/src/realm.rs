@@ -8,6 +8,8 @@ use crate::entity::{
 use crate::intent::Holder;
 use crate::{Entity, Millis};
 
+/// Every collection a new realm is created with. Those added after the first
+/// release come last, after [`REQUIRED`]'s.
 const COLLECTIONS: &[&str] = &[
     Member::COLLECTION,
     User::COLLECTION,
@@ -17,6 +19,7 @@ const COLLECTIONS: &[&str] = &[
     QuotaGrant::COLLECTION,
     Holder::COLLECTION,
     Removal::COLLECTION,
+    // Added later: not required of a saved realm.
     Revocation::COLLECTION,
 ];
 
@@ -24,16 +27,7 @@ const COLLECTIONS: &[&str] = &[
 /// revocation have no `revocations` map, and no site may add one later (two
 /// sites adding it concurrently would create two maps, one hiding the other),
 /// so such a realm reads as having no revocations and refuses to record one.
-const REQUIRED: &[&str] = &[
-    Member::COLLECTION,
-    User::COLLECTION,
-    Project::COLLECTION,
-    RoleBinding::COLLECTION,
-    Image::COLLECTION,
-    QuotaGrant::COLLECTION,
-    Holder::COLLECTION,
-    Removal::COLLECTION,
-];
+const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 1).0;
 
 /// The realm replica held by one site.
 pub struct Realm {

@@ -9,8 +9,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(init: {
     // Doc catches automerge's panics on malformed bytes (crdt/src/doc.rs,
     // `guarded`); libfuzzer's hook would abort on them first. A panic Doc does
-    // not catch still aborts: it cannot unwind out of the fuzzer's callback.
-    std::panic::set_hook(Box::new(|_| {}));
+    // not catch still aborts (it cannot unwind out of the fuzzer's callback),
+    // so every panic is printed: the last one printed is the culprit.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
 }, |data: &[u8]| {
     let site = SiteId::new("site-1").expect("a valid name");
     let Ok(mut realm) = Realm::create(&site, 1) else { return };

@@ -121,21 +121,12 @@ pub async fn check_password(
         Reply::PasswordHash(h) => h,
         other => return Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
     };
-    let permit = s
-        .logins
-        .hashing
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::Busy("the daemon is shutting down".into()))?;
     let known = hash.is_some();
-    let matches = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+    let matches = hashing(s, move || {
         let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
         atoll_proto::auth::password_matches(&password, hash) && known
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .await?;
     if !matches {
         s.logins.failed(user, addr, Instant::now());
         return Err(ApiError::Unauthenticated("wrong user name or password".into()).into());
@@ -148,6 +139,17 @@ pub async fn hash_new(s: &AppState, password: String) -> Result<String, Failure>
     if !(8..=1024).contains(&password.len()) {
         return Err(ApiError::Invalid("password must be 8 to 1024 bytes long".into()).into());
     }
+    let hashed =
+        hashing(s, move || atoll_proto::auth::hash_password(&password, &mut rand::rngs::OsRng)).await?;
+    Ok(hashed?)
+}
+
+/// Runs password work off the event loop under one of the hashing permits,
+/// which bound how many argon2 computations (and their memory) run at once.
+async fn hashing<T: Send + 'static>(
+    s: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Failure> {
     let permit = s
         .logins
         .hashing
@@ -155,13 +157,12 @@ pub async fn hash_new(s: &AppState, password: String) -> Result<String, Failure>
         .acquire_owned()
         .await
         .map_err(|_| ApiError::Busy("the daemon is shutting down".into()))?;
-    let hashed = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        atoll_proto::auth::hash_password(&password, &mut rand::rngs::OsRng)
+        work()
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(hashed?)
+    .map_err(|e| ApiError::Internal(e.to_string()).into())
 }
 
 #[cfg(test)]

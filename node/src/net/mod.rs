@@ -8,7 +8,8 @@
 //! instance's name in, the tail of its output out), gossipsub topic `atoll/summary/1`
 //! (each site's summary, ephemeral), identify and ping. A connection from a
 //! peer whose key is not a member's may only present an invitation, within
-//! [`STRANGER_GRACE`]; a peer that sends anything malformed is blocked.
+//! [`STRANGER_GRACE`], and is sent no summary meanwhile (its gossip score is
+//! below the graylist); a peer that sends anything malformed is blocked.
 
 mod codec;
 mod links;
@@ -42,6 +43,24 @@ use links::{Link, Transport};
 pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
 /// Non-members connected at once; beyond, a new one is closed at once.
 const MAX_STRANGERS: usize = 64;
+/// A stranger's gossip score: below gossipsub's graylist threshold (-80), so
+/// it is sent no summary, kept out of the mesh and not listened to while its
+/// grace runs; a member's is 0.
+const STRANGER_SCORE: f64 = -100.0;
+
+/// Gossip scores that say one thing: whether the peer is a member (set by the
+/// application). Gossipsub's own penalties stay off: sites share addresses
+/// behind NATs and on test hosts, and a member is judged by what it writes
+/// (`judge_summary`), not by how fast it relays.
+fn membership_score() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        ..Default::default()
+    }
+}
 /// Connection limits: handshakes under way, established inbound connections
 /// (members keep one or two each), and connections per peer (QUIC, TCP and
 /// overlapping redials).
@@ -252,8 +271,9 @@ impl Net {
                     .validate_messages()
                     .build()
                     .map_err(|e| e.to_string())?;
-                let gossip =
+                let mut gossip =
                     gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(k.clone()), gossip_cfg)?;
+                gossip.with_peer_score(membership_score(), gossipsub::PeerScoreThresholds::default())?;
                 let rr_cfg = rr::Config::default()
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_STREAMS);
@@ -352,6 +372,7 @@ impl Net {
             }
             tracing::info!(site = %r.site, by = %r.by, "site removed from the realm; refusing it");
             self.removed.insert(peer, Instant::now() + REMOVAL_GRACE);
+            self.swarm.behaviour_mut().gossip.set_application_score(&peer, STRANGER_SCORE);
             if self.connected.remove(&peer) {
                 gone.push(Input::Disconnected(r.site.clone()));
             }
@@ -383,6 +404,7 @@ impl Net {
             self.strangers.keys().filter(|p| self.members.contains_key(p)).copied().collect();
         gone.extend(welcomed.into_iter().filter_map(|p| {
             let (_, conns) = self.strangers.remove(&p)?;
+            self.swarm.behaviour_mut().gossip.set_application_score(&p, 0.0);
             let link = self.members.get_mut(&p)?;
             for (c, t) in conns {
                 link.opened(c, t, Instant::now());
@@ -591,12 +613,15 @@ impl Net {
                         self.swarm.close_connection(connection_id);
                         return None;
                     }
+                    self.swarm.behaviour_mut().gossip.set_application_score(&peer_id, STRANGER_SCORE);
                     let (_, conns) =
                         self.strangers.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
                     conns.push((connection_id, transport));
                     return None;
                 };
                 let site = link.site.clone();
+                // Scores outlive connections: one made as a stranger is lifted.
+                self.swarm.behaviour_mut().gossip.set_application_score(&peer_id, 0.0);
                 for tcp in link.opened(connection_id, transport, Instant::now()) {
                     tracing::debug!(%site, "QUIC is up: closing the TCP connection");
                     self.swarm.close_connection(tcp);

@@ -91,3 +91,74 @@ async fn a_summary_is_passed_on_only_from_its_own_member_and_a_liar_is_blocked()
     assert_eq!(verdict, MessageAcceptance::Reject);
     assert!(blocked(&net, &d));
 }
+
+/// A net on loopback QUIC, and the address it listens on.
+async fn listening(key: &SigningKey) -> (Net, String) {
+    let settings =
+        Settings { listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()], ..Default::default() };
+    let mut net = Net::new(key, settings).unwrap();
+    loop {
+        if let Event::Addrs(addrs) = net.next().await
+            && let Some(a) = addrs.first()
+        {
+            return (net, a.clone());
+        }
+    }
+}
+
+/// The realm as `me` sees it: these members, at these addresses.
+fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
+    let mut realm = Realm::create(&SiteId::new(me).unwrap(), 0).unwrap();
+    for (name, k, addr) in members {
+        let member = Member {
+            site: SiteId::new(name).unwrap(),
+            public_key: hex_key(k),
+            region: "r".into(),
+            operator: "op".into(),
+            joined_at: 0,
+            addrs: vec![(*addr).to_owned()],
+            invitation: None,
+            api_cert: None,
+        };
+        realm.doc.put(&member).unwrap();
+    }
+    realm
+}
+
+fn summary_from(ev: &Event, site: &str) -> bool {
+    matches!(ev, Event::Input(Input::Summary { from, .. }) if from.as_str() == site)
+}
+
+#[tokio::test]
+async fn a_stranger_in_its_grace_is_sent_no_summary() {
+    let (a, b, s) = (key(11), key(12), key(13));
+    let ((mut na, addr_a), (mut nb, addr_b), (mut ns, _)) =
+        (listening(&a).await, listening(&b).await, listening(&s).await);
+    let members = [("a", &a, addr_a.as_str()), ("b", &b, addr_b.as_str())];
+    na.refresh(&realm_of("a", &members), &SiteId::new("a").unwrap());
+    nb.refresh(&realm_of("b", &members), &SiteId::new("b").unwrap());
+    // The stranger believes `a` is a fellow member, so it dials `a`, subscribes
+    // and would take a's summaries; `a` does not know it.
+    ns.refresh(&realm_of("s", &[("a", &a, addr_a.as_str())]), &SiteId::new("s").unwrap());
+
+    let (mut to_b, mut to_s) = (0, 0);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + STRANGER_GRACE / 2;
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick() => {
+                for n in [&mut na, &mut nb, &mut ns] {
+                    n.tick();
+                }
+                na.publish(&view("a"));
+            }
+            _ = na.next() => {}
+            ev = nb.next() => to_b += usize::from(summary_from(&ev, "a")),
+            ev = ns.next() => to_s += usize::from(summary_from(&ev, "a")),
+        }
+    }
+    assert!(ns.reaches(&SiteId::new("a").unwrap()), "the stranger never connected: the test proves nothing");
+    assert!(na.strangers.contains_key(&ns.local_peer_id()), "a does not hold the stranger's connection");
+    assert!(to_b >= 3, "the member b heard {to_b} summaries of a");
+    assert_eq!(to_s, 0, "the stranger heard {to_s} summaries of a");
+}

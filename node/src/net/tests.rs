@@ -54,20 +54,7 @@ async fn a_summary_is_passed_on_only_from_its_own_member_and_a_liar_is_blocked()
     let (a, b, c, d) = (key(1), key(2), key(3), key(4));
     let mut net = Net::new(&a, Settings::default()).unwrap();
     let me = SiteId::new("a").unwrap();
-    let mut realm = Realm::create(&me, 0).unwrap();
-    for (name, k) in [("a", &a), ("b", &b), ("d", &d)] {
-        let member = Member {
-            site: SiteId::new(name).unwrap(),
-            public_key: hex_key(k),
-            region: "r".into(),
-            operator: "op".into(),
-            joined_at: 0,
-            addrs: vec![],
-            invitation: None,
-            api_cert: None,
-        };
-        realm.doc.put(&member).unwrap();
-    }
+    let realm = realm_of("a", &[("a", &a, ""), ("b", &b, ""), ("d", &d, "")]);
     net.refresh(&realm, &me);
     let blocked = |net: &Net, k: &SigningKey| {
         net.swarm.behaviour().blocked.blocked_peers().contains(&peer_id(&hex_key(k)).unwrap())
@@ -106,7 +93,7 @@ async fn listening(key: &SigningKey) -> (Net, String) {
     }
 }
 
-/// The realm as `me` sees it: these members, at these addresses.
+/// The realm as `me` sees it: these members, at these addresses ("" for none).
 fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
     let mut realm = Realm::create(&SiteId::new(me).unwrap(), 0).unwrap();
     for (name, k, addr) in members {
@@ -116,7 +103,7 @@ fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
             region: "r".into(),
             operator: "op".into(),
             joined_at: 0,
-            addrs: vec![(*addr).to_owned()],
+            addrs: if addr.is_empty() { vec![] } else { vec![(*addr).to_owned()] },
             invitation: None,
             api_cert: None,
         };

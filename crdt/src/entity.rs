@@ -13,6 +13,16 @@ use crate::{Entity, Millis};
 #[serde(try_from = "String", into = "String")]
 pub struct SiteId(String);
 
+impl schemars::JsonSchema for SiteId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SiteId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN})
+    }
+}
+
 impl TryFrom<String> for SiteId {
     type Error = crate::DocError;
     fn try_from(name: String) -> Result<Self, Self::Error> {
@@ -51,6 +61,7 @@ impl fmt::Display for SiteId {
 /// lowercase letters, digits, `-`, `_` and `.`, starting with a letter or digit,
 /// 1 to 63 bytes. It keeps names safe in URLs, file names and storage keys.
 pub fn is_name(s: &str) -> bool {
+    // NAME_PATTERN says the same to API clients (tested below).
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -58,11 +69,18 @@ pub fn is_name(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'))
 }
 
+/// [`is_name`] as a regular expression (with a length of 1 to 63), for
+/// API schemas.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]*$";
+
 /// A bundle of quota-counted resources. Signed so that grants can lower a total.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resources {
+    #[schemars(range(min = 0, max = Resources::LIMIT))]
     pub instances: i64,
+    #[schemars(range(min = 0, max = Resources::LIMIT))]
     pub cpus: i64,
+    #[schemars(range(min = 0, max = Resources::LIMIT))]
     pub memory_mib: i64,
 }
 
@@ -132,7 +150,7 @@ impl fmt::Display for Resources {
 }
 
 /// A member site as the realm knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     pub site: SiteId,
     /// ed25519 verifying key, hex.
@@ -162,7 +180,7 @@ impl Entity for Member {
 
 /// A site removed from the realm: its key is refused from then on, and the
 /// invitation it joined with stays spent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Removal {
     pub site: SiteId,
     pub public_key: String,
@@ -184,7 +202,7 @@ impl Entity for Removal {
 /// token), or every token of `user` issued at or before `at` (a password
 /// change, `atoll token revoke`). Tokens are verified offline, so a revocation
 /// is a realm record every site checks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Revocation {
     pub user: String,
     /// SHA-256 (hex) of the one token revoked; None: all of `user`'s tokens.
@@ -220,7 +238,7 @@ impl Entity for Revocation {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     pub name: String,
     /// argon2id PHC string.
@@ -237,7 +255,7 @@ impl Entity for User {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Project {
     pub name: String,
     pub description: String,
@@ -259,7 +277,7 @@ fn default_storage_mib() -> i64 {
 
 /// How a project's quota rights are placed at its creation and moved after
 /// (docs/architecture.md, "Rights on demand").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Spread {
     /// All rights at the creating site; they move only by `quota give`.
@@ -290,7 +308,9 @@ impl Entity for Project {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Reader,
@@ -311,7 +331,7 @@ impl std::str::FromStr for Role {
 }
 
 /// A user's role in a project, optionally only on some sites.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoleBinding {
     pub user: String,
     pub project: String,
@@ -327,7 +347,7 @@ impl Entity for RoleBinding {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
     /// A tar archive with a `manifest.json` naming the entrypoint.
@@ -361,7 +381,7 @@ impl std::str::FromStr for ImageFormat {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     Private,
@@ -369,7 +389,7 @@ pub enum Visibility {
 }
 
 /// Catalog entry of a content-addressed image.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Image {
     pub name: String,
     pub project: String,
@@ -398,7 +418,7 @@ impl Entity for Image {
 /// that holds its later writes; one record per project and site keeps reads
 /// independent of how many steps were taken. A project's total is the sum
 /// over sites.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QuotaGrant {
     pub project: String,
     pub site: SiteId,
@@ -420,7 +440,7 @@ impl Entity for QuotaGrant {
 /// total written in the giver's document, only ever raised. One record per
 /// project and recipient keeps admission independent of how many transfers
 /// were made (rights on demand writes many).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Transfer {
     pub project: String,
     pub from: SiteId,
@@ -439,7 +459,9 @@ impl Entity for Transfer {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Process,
@@ -457,7 +479,7 @@ impl fmt::Display for Kind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     Never,
@@ -477,7 +499,7 @@ impl std::str::FromStr for RestartPolicy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Desired {
     Running,
@@ -486,7 +508,7 @@ pub enum Desired {
     Deleted,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Observed {
     /// Accepted, not yet handed to the driver.
@@ -510,7 +532,7 @@ impl fmt::Display for Observed {
 }
 
 /// A workload hosted by a site. Its quota consumption lasts from creation to deletion.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Instance {
     pub name: String,
     pub project: String,
@@ -553,7 +575,7 @@ impl Entity for Instance {
 }
 
 /// Which images a site holds in full.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Replica {
     pub digest: String,
     pub size: u64,
@@ -568,7 +590,7 @@ impl Entity for Replica {
 }
 
 /// What a site found about one of its drivers when it started.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DriverInfo {
     pub kind: Kind,
     pub available: bool,
@@ -578,7 +600,7 @@ pub struct DriverInfo {
 }
 
 /// A site's stable facts, as it publishes them in its own document.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Descriptor {
     pub site: SiteId,
     pub operator: String,
@@ -611,6 +633,15 @@ mod tests {
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"edge-1\"");
         assert!(serde_json::from_str::<SiteId>("\"Bad Name\"").is_err());
         assert!(serde_json::from_str::<SiteId>("\"../x\"").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_name_pattern_says_what_is_name_checks(s in "[a-zA-Z0-9._/ -]{0,70}") {
+            let re = regex::Regex::new(NAME_PATTERN).unwrap();
+            let by_schema = re.is_match(&s) && (1..=63).contains(&s.chars().count());
+            proptest::prop_assert_eq!(is_name(&s), by_schema, "{:?}", s);
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum EscrowError {
 }
 
 /// One site's rights for one project.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Account {
     pub granted: Resources,
     pub received: Resources,

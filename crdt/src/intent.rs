@@ -11,7 +11,7 @@ use crate::doc::Entity;
 use crate::entity::SiteId;
 
 /// An operation one site asks another to carry out on a user's behalf.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Intent {
     /// `<requester>.<16 hex digits>`: unique in the realm.
     pub id: String,
@@ -35,7 +35,7 @@ impl Entity for Intent {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IntentState {
     /// Not yet seen by the target (only ever shown, never stored).
@@ -53,7 +53,7 @@ impl IntentState {
 }
 
 /// What the target made of an intent; written once `Applying`, then final.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IntentOutcome {
     pub id: String,
     pub requester: SiteId,
@@ -72,7 +72,7 @@ impl Entity for IntentOutcome {
 }
 
 /// A site holds an image's blob in full and serves its chunks to others.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Holder {
     pub digest: String,
     pub site: SiteId,

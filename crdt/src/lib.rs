@@ -9,6 +9,7 @@
 //! This crate is pure: no clock, no I/O, no OS randomness. Time comes in as
 //! [`Millis`] from the caller.
 
+pub mod chunks;
 pub mod doc;
 pub mod entity;
 pub mod escrow;

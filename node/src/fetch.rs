@@ -83,7 +83,7 @@ impl Arrived {
 }
 
 /// What `GET /v1/network` shows of a fetch under way.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Progress {
     pub image: String,
     pub digest: String,

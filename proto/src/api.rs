@@ -9,18 +9,22 @@ use atoll_crdt::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewUser {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(min = MIN_PASSWORD, max = MAX_PASSWORD))]
     pub password: String,
     #[serde(default)]
     pub realm_admin: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewProject {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
+    #[schemars(length(max = MAX_DESCRIPTION))]
     pub description: String,
     /// The project's initial quota total, credited to the site that creates it.
     #[serde(default = "default_quota")]
@@ -31,8 +35,46 @@ pub struct NewProject {
     pub spread: atoll_crdt::Spread,
     /// Most MiB its images may add up to, realm-wide (default 20 GiB).
     #[serde(default = "default_storage")]
+    #[schemars(range(min = 0, max = MAX_STORAGE_MIB))]
     pub storage_mib: i64,
 }
+
+/// Per-instance limits on what users may ask.
+pub const MAX_CPUS: i64 = 1024;
+pub const MAX_MEMORY_MIB: i64 = 1 << 22;
+pub const MAX_DISK_MIB: i64 = MAX_MEMORY_MIB * 16;
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ENV: usize = 256;
+pub const MAX_PORTS: usize = 64;
+/// Passwords, in characters.
+pub const MIN_PASSWORD: usize = 8;
+pub const MAX_PASSWORD: usize = 1024;
+/// Refuses a password shorter or longer than the rule (in characters, as
+/// the API schema counts).
+pub fn check_password(password: &str) -> Result<(), ApiError> {
+    if (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(format!("password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long")))
+    }
+}
+
+/// A project's description, in characters.
+pub const MAX_DESCRIPTION: usize = 1024;
+/// Most sites one `quota give` names.
+pub const MAX_GIVE_TO: usize = 10_000;
+/// Largest storage quota a project may be given: 1 PiB.
+pub const MAX_STORAGE_MIB: i64 = 1 << 30;
+/// `[IP:]HOST:CONTAINER[/tcp|/udp]`: an IPv4 address, ports 1 to 65535
+/// (`[0-9]`, not `\d`, which some regex engines read as any Unicode digit).
+pub const PORT_PATTERN: &str = concat!(
+    "^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[.]){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]):)?",
+    "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]):",
+    "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])",
+    "(/tcp|/udp)?$"
+);
+/// An image of the project (`name`) or a public one (`project/name`).
+pub const IMAGE_REF_PATTERN: &str = r"^([a-z0-9][a-z0-9._-]{0,62}/)?[a-z0-9][a-z0-9._-]{0,62}$";
 
 fn default_storage() -> i64 {
     atoll_crdt::DEFAULT_STORAGE_MIB
@@ -46,17 +88,20 @@ pub fn default_quota() -> Resources {
     Resources::new(10, 20, 20 * 1024)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Grant {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub user: String,
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub project: String,
     pub role: Role,
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub sites: Option<Vec<SiteId>>,
 }
 
 /// An image whose blob the caller has already stored and verified.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewImage {
     pub name: String,
     pub project: String,
@@ -68,26 +113,36 @@ pub struct NewImage {
     pub chunks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewInstance {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     pub project: String,
     /// `name` of an image of the project, or `project/name` of a public image.
+    #[schemars(pattern(IMAGE_REF_PATTERN))]
     pub image: String,
     #[serde(default = "one")]
+    #[schemars(range(min = 1, max = MAX_CPUS))]
     pub cpus: i64,
     #[serde(default = "default_memory")]
+    #[schemars(range(min = 1, max = MAX_MEMORY_MIB))]
     pub memory_mib: i64,
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_DISK_MIB))]
     pub disk_mib: i64,
     #[serde(default = "default_restart")]
     pub restart: RestartPolicy,
     #[serde(default)]
+    #[schemars(length(max = MAX_ARGS))]
     pub args: Vec<String>,
     #[serde(default)]
+    #[schemars(extend("maxProperties" = MAX_ENV))]
     pub env: BTreeMap<String, String>,
-    /// `[IP:]HOST:CONTAINER[/tcp|/udp]`, containers only.
+    /// `[IP:]HOST:CONTAINER[/tcp|/udp]`, containers only; host ports from
+    /// the site's configured range.
     #[serde(default)]
+    #[schemars(length(max = MAX_PORTS), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
 }
 
@@ -294,21 +349,21 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenView {
     pub token: String,
     pub user: String,
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserView {
     pub name: String,
     pub realm_admin: bool,
     pub created_at: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QuotaView {
     pub project: String,
     pub total: Resources,
@@ -327,7 +382,7 @@ pub struct QuotaView {
 }
 
 /// A site's rights for a project, as the serving site knows them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteRights {
     pub site: SiteId,
     pub reachable: bool,
@@ -341,7 +396,7 @@ pub struct SiteRights {
 
 /// Changing figures of a site, sampled by the shell. Volatile: kept in memory,
 /// never in a document's history.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostMetrics {
     pub at: u64,
     /// 1-minute load average.
@@ -350,7 +405,7 @@ pub struct HostMetrics {
     pub free_disk_mib: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteView {
     pub descriptor: Descriptor,
     pub instances: usize,
@@ -369,7 +424,7 @@ pub struct SiteView {
 pub const MAX_SPARE_SHOWN: usize = 64;
 
 /// One member site as seen from the serving site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteRow {
     pub member: Member,
     /// Whether the serving site has a connection to it now.
@@ -381,7 +436,7 @@ pub struct SiteRow {
 }
 
 /// A catalog entry and the sites holding its blob.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImageView {
     #[serde(flatten)]
     pub image: Image,
@@ -389,7 +444,7 @@ pub struct ImageView {
 }
 
 /// A cross-site operation and what became of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IntentView {
     pub intent: String,
     pub requester: SiteId,
@@ -403,7 +458,7 @@ pub struct IntentView {
     pub settled_at: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Whoami {
     pub user: String,
     pub realm_admin: bool,
@@ -413,7 +468,7 @@ pub struct Whoami {
 
 /// The realm a site belongs to: the hash of the realm document's first
 /// change, the same on every member for good.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RealmView {
     pub realm: String,
     pub site: SiteId,
@@ -428,7 +483,7 @@ pub struct RealmView {
 }
 
 /// What a site signs to prove to a client that it is `site` of `realm`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RealmProof {
     /// Always [`RealmProof::PURPOSE`]: the seal is good for nothing else.
@@ -444,7 +499,7 @@ impl RealmProof {
     pub const MAX_CHALLENGE: usize = 64;
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Reply {
     Token(TokenView),
@@ -466,10 +521,7 @@ pub enum Reply {
     Sites(Vec<SiteRow>),
     Intent(IntentView),
     Intents(Vec<IntentView>),
-    Invitation {
-        token: String,
-        expires_at: u64,
-    },
+    Invitation(InvitationView),
     Authorized {
         user: String,
     },
@@ -477,14 +529,34 @@ pub enum Reply {
     Room {
         bytes: u64,
     },
-    Removed {
-        removed: String,
-    },
-    /// Tokens revoked: `user`'s one token, or all issued until `before`.
-    Revoked {
-        user: String,
-        before: Option<u64>,
-    },
+    Removed(Removed),
+    Revoked(Revoked),
+}
+
+impl Reply {
+    pub fn removed(what: impl Into<String>) -> Reply {
+        Reply::Removed(Removed { removed: what.into() })
+    }
+}
+
+/// What a deletion removed (`project/name` or a name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Removed {
+    pub removed: String,
+}
+
+/// Tokens revoked: `user`'s one token, or all issued until `before`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Revoked {
+    pub user: String,
+    pub before: Option<u64>,
+}
+
+/// An invitation for a new site (`atoll join TOKEN`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InvitationView {
+    pub token: String,
+    pub expires_at: u64,
 }
 
 /// Errors a caller sees, each with an HTTP status and a stable code.
@@ -523,8 +595,9 @@ impl ApiError {
             ApiError::Unauthenticated(_) => 401,
             ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => 403,
             ApiError::NotFound(_) => 404,
-            ApiError::Conflict(_) => 409,
-            ApiError::Invalid(_) | ApiError::Unsupported { .. } => 400,
+            // A site that cannot run the kind: its state, not the request's form.
+            ApiError::Conflict(_) | ApiError::Unsupported { .. } => 409,
+            ApiError::Invalid(_) => 400,
             ApiError::TooLarge(_) => 413,
             ApiError::Busy(_) => 503,
             ApiError::TooMany(_) => 429,

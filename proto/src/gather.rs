@@ -33,7 +33,7 @@ pub const MAX_HEARD: usize = 1024;
 pub const MAX_HEARD_INSTANCES: usize = 65_536;
 
 /// Where a site's part of the view came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The serving site itself.
@@ -49,7 +49,7 @@ pub enum Source {
 }
 
 /// One site's part of a realm-wide view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SiteState {
     pub site: SiteId,
     /// Whether the site itself is connected to the serving site now.
@@ -65,7 +65,7 @@ pub struct SiteState {
 
 /// The instances of the realm, or of one site, and where each site's part
 /// came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceList {
     pub instances: Vec<Instance>,
     pub sites: Vec<SiteState>,

@@ -32,7 +32,7 @@ impl Peer {
         }
         // Tokens are refused from now on: verification needs the user record.
         self.realm.doc.delete::<User>(name)?;
-        Ok(Reply::Removed { removed: name.to_owned() })
+        Ok(Reply::removed(name.to_owned()))
     }
 
     pub(crate) fn set_password(
@@ -70,14 +70,14 @@ impl Peer {
             return Err(ApiError::NotFound(format!("no user {name}")));
         }
         self.revoke(now, &caller.name, name, None)?;
-        Ok(Reply::Revoked { user: name.to_owned(), before: Some(now) })
+        Ok(Reply::Revoked(crate::api::Revoked { user: name.to_owned(), before: Some(now) }))
     }
 
     /// Revokes the token the caller presented.
     pub(crate) fn logout(&mut self, now: Millis, claims: &Claims, token: &str) -> ApiResult {
         let digest = auth::token_digest(token);
         self.revoke(now, &claims.user, &claims.user, Some((digest, claims.expires_at)))?;
-        Ok(Reply::Revoked { user: claims.user.clone(), before: None })
+        Ok(Reply::Revoked(crate::api::Revoked { user: claims.user.clone(), before: None }))
     }
 
     /// Writes a revocation: of one token (its digest and expiry), or of all
@@ -124,7 +124,7 @@ impl Peer {
         if !self.realm.doc.delete::<RoleBinding>(&key)? {
             return Err(ApiError::NotFound(format!("{user} has no role in project {project}")));
         }
-        Ok(Reply::Removed { removed: key })
+        Ok(Reply::removed(key))
     }
 
     /// Checks what can be checked here, then gathers every site's instances
@@ -174,6 +174,6 @@ impl Peer {
         // records, and a project created again under this name starts from
         // the rights they hold (its total is set, not added).
         self.realm.doc.delete::<Project>(project)?;
-        Ok(Reply::Removed { removed: project.to_owned() })
+        Ok(Reply::removed(project.to_owned()))
     }
 }

@@ -48,7 +48,7 @@ impl Settled {
     fn from_result(result: ApiResult) -> Settled {
         match result {
             Ok(Reply::Instance(i)) => Settled::Instance(Box::new(i)),
-            Ok(Reply::Removed { removed }) => Settled::Removed(removed),
+            Ok(Reply::Removed(r)) => Settled::Removed(r.removed),
             Ok(Reply::Image(v)) => Settled::Image(Box::new(v)),
             Ok(other) => Settled::Failed(ApiError::Internal(format!("unexpected reply {other:?}"))),
             Err(e) => Settled::Failed(e),
@@ -58,7 +58,7 @@ impl Settled {
     fn into_result(self) -> ApiResult {
         match self {
             Settled::Instance(i) => Ok(Reply::Instance(*i)),
-            Settled::Removed(removed) => Ok(Reply::Removed { removed }),
+            Settled::Removed(removed) => Ok(Reply::removed(removed)),
             Settled::Image(v) => Ok(Reply::Image(*v)),
             Settled::Failed(e) => Err(e),
         }

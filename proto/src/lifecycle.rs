@@ -6,7 +6,10 @@
 
 use atoll_crdt::{Desired, Instance, Kind, Millis, Observed, RestartPolicy, Role, User};
 
-use crate::api::{ApiError, ApiResult, NewInstance, Reply};
+use crate::api::{
+    ApiError, ApiResult, MAX_ARGS, MAX_CPUS, MAX_DISK_MIB, MAX_ENV, MAX_MEMORY_MIB, MAX_PORTS, NewInstance,
+    Reply,
+};
 use crate::auth;
 use crate::driver::{DriverCmd, DriverEvent, InstanceSpec};
 use crate::manage::check_name;
@@ -19,12 +22,6 @@ const BACKOFF_BASE_MS: u64 = 1_000;
 const BACKOFF_MAX_MS: u64 = 60_000;
 /// A run that lasted this long resets the backoff.
 const STABLE_RUN_MS: u64 = 60_000;
-/// Per-instance limits on what users may ask.
-const MAX_CPUS: i64 = 1024;
-const MAX_MEMORY_MIB: i64 = 1 << 22;
-const MAX_ARGS: usize = 256;
-const MAX_ENV: usize = 256;
-const MAX_PORTS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verb {
@@ -68,11 +65,13 @@ impl Peer {
         if !(1..=MAX_MEMORY_MIB).contains(&n.memory_mib) {
             return Err(ApiError::Invalid(format!("memory must be 1 to {MAX_MEMORY_MIB} MiB")));
         }
-        if !(0..=MAX_MEMORY_MIB * 16).contains(&n.disk_mib) {
+        if !(0..=MAX_DISK_MIB).contains(&n.disk_mib) {
             return Err(ApiError::Invalid("disk size out of range".into()));
         }
         for p in &n.ports {
-            self.ports.admit(p).map_err(ApiError::Invalid)?;
+            parse_port(p).map_err(ApiError::Invalid)?;
+            // Well formed but outside what this site publishes: its policy.
+            self.ports.admit(p).map_err(ApiError::Conflict)?;
         }
         if n.args.len() > MAX_ARGS || n.env.len() > MAX_ENV || n.ports.len() > MAX_PORTS {
             return Err(ApiError::Invalid(format!(
@@ -127,7 +126,7 @@ impl Peer {
             })?;
         let kind = image.format.kind();
         if !n.ports.is_empty() && kind != Kind::Container {
-            return Err(ApiError::Invalid(format!(
+            return Err(ApiError::Conflict(format!(
                 "ports are published for containers only, not {kind} instances"
             )));
         }
@@ -391,7 +390,7 @@ impl Peer {
                         return;
                     }
                     self.runs.remove(key);
-                    self.answer_waiters(key, &Ok(Reply::Removed { removed: key.to_owned() }));
+                    self.answer_waiters(key, &Ok(Reply::removed(key.to_owned())));
                     return;
                 }
             }
@@ -560,13 +559,23 @@ pub fn parse_port(s: &str) -> Result<Port, String> {
         [ip, h, c] if ip.parse::<std::net::IpAddr>().is_ok() => (Some(ip.to_string()), h, c),
         _ => return Err(bad()),
     };
-    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    // Digits only, no leading zero or sign: what PORT_PATTERN says.
+    let digits = |p: &str| !p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit());
+    let port = |p: &str| p.parse::<u16>().ok().filter(|n| *n > 0 && digits(p)).ok_or_else(bad);
     Ok(Port { ip, host: port(host)?, container: port(container)?, proto: proto.into() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn the_port_pattern_says_what_parse_port_reads(s in "([0-9]{1,3}[.:]){0,5}[0-9+]{0,6}(/tcp|/udp|/x)?") {
+            let re = regex::Regex::new(crate::api::PORT_PATTERN).unwrap();
+            proptest::prop_assert_eq!(parse_port(&s).is_ok(), re.is_match(&s), "{:?}", s);
+        }
+    }
 
     #[test]
     fn ports_are_admitted_in_the_range_on_the_policy_address_only() {

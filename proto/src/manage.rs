@@ -7,15 +7,12 @@ use atoll_crdt::{
 };
 
 use crate::api::{
-    ApiError, ApiResult, Grant, ImageView, NewImage, NewProject, NewUser, QuotaView, Reply, SiteView,
-    TokenView, UserView, Whoami,
+    ApiError, ApiResult, Grant, ImageView, MAX_GIVE_TO, MAX_STORAGE_MIB, NewImage, NewProject, NewUser,
+    QuotaView, Reply, SiteView, TokenView, UserView, Whoami,
 };
 use crate::auth::{self, Claims};
 use crate::gather::{Purpose, Use};
 use crate::peer::{Effects, Outcome, Peer, ReqId, StoreWrite};
-
-/// Most sites one give names.
-pub const MAX_GIVE_TO: usize = 10_000;
 
 /// Largest image the catalog accepts: 64 GiB.
 pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
@@ -38,9 +35,6 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
         )))
     }
 }
-
-/// Largest storage quota a project may be given: 1 PiB.
-const MAX_STORAGE_MIB: i64 = 1 << 30;
 
 fn check_storage(mib: i64) -> Result<(), ApiError> {
     if (0..=MAX_STORAGE_MIB).contains(&mib) {
@@ -105,9 +99,7 @@ impl Peer {
     pub(crate) fn create_user(&mut self, now: Millis, caller: &User, n: NewUser) -> ApiResult {
         auth::require_realm_admin(caller)?;
         check_name("user", &n.name)?;
-        if !(8..=1024).contains(&n.password.len()) {
-            return Err(ApiError::Invalid("password must be 8 to 1024 bytes long".into()));
-        }
+        crate::api::check_password(&n.password)?;
         if self.realm.user(&n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("user {} already exists", n.name)));
         }
@@ -134,6 +126,12 @@ impl Peer {
             return Err(atoll_crdt::EscrowError::OutOfRange(n.quota).into());
         }
         check_storage(n.storage_mib)?;
+        if n.description.chars().count() > crate::api::MAX_DESCRIPTION {
+            return Err(ApiError::Invalid(format!(
+                "a description has at most {} characters",
+                crate::api::MAX_DESCRIPTION
+            )));
+        }
         if self.realm.project(&n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("project {} already exists", n.name)));
         }
@@ -311,15 +309,21 @@ impl Peer {
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in to {
-            if s == &self.site || self.realm.member(s)?.is_none() {
-                return Err(ApiError::Invalid(format!("{s} is not another member site")));
+            if s == &self.site {
+                return Err(ApiError::Conflict(format!("{s} is this site: give to other members")));
+            }
+            if self.realm.member(s)?.is_none() {
+                return Err(ApiError::NotFound(format!("no member site {s}")));
             }
             if !seen.insert(s) {
                 return Err(ApiError::Invalid(format!("{s} is named twice")));
             }
         }
-        if !amount.is_non_negative() || amount == Resources::ZERO {
-            return Err(ApiError::Invalid(format!("nothing to give: {amount}")));
+        if !amount.is_non_negative() {
+            return Err(ApiError::Invalid(format!("a negative amount cannot be given: {amount}")));
+        }
+        if amount == Resources::ZERO {
+            return self.quota_view(project); // nothing moves
         }
         if !amount.within_limit() {
             return Err(atoll_crdt::EscrowError::OutOfRange(amount).into());
@@ -499,7 +503,7 @@ impl Peer {
             image.chunks.iter().filter(|c| !others.iter().any(|o| o.chunks.contains(c))).cloned().collect();
         self.deferred
             .push(StoreWrite::DeleteBlob { digest: digest_unused.then_some(image.digest), chunks: unused });
-        Ok(Reply::Removed { removed: key })
+        Ok(Reply::removed(key))
     }
 
     pub(crate) fn show_site(&self) -> ApiResult {

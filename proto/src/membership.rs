@@ -101,7 +101,7 @@ impl Peer {
             addrs,
         };
         let token = format!("{INVITE_PREFIX}{}", auth::seal(&self.key, &inv));
-        Ok(Reply::Invitation { token, expires_at: inv.expires_at })
+        Ok(Reply::Invitation(crate::api::InvitationView { token, expires_at: inv.expires_at }))
     }
 
     /// Checks a join request and enrols the newcomer; returns the realm
@@ -215,7 +215,7 @@ impl Peer {
             at: now,
         })?;
         self.summaries.remove(site);
-        Ok(Reply::Removed { removed: site.to_string() })
+        Ok(Reply::removed(site.to_string()))
     }
 
     pub(crate) fn on_summary(&mut self, now: Millis, from: SiteId, view: SiteView) {

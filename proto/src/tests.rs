@@ -270,7 +270,7 @@ fn instance_lifecycle_replies_after_durable_writes() {
     let cmd = h.take_driver().unwrap();
     assert!(matches!(cmd, DriverCmd::Destroy { .. }));
     h.driver_says(&cmd, DriverEvent::Destroyed);
-    assert!(matches!(h.take_reply(del), Some(Ok(Reply::Removed { .. }))));
+    assert!(matches!(h.take_reply(del), Some(Ok(Reply::Removed(_)))));
     let err = h
         .call(Some(&token), Command::ShowInstance { project: "default".into(), name: "web".into() })
         .unwrap_err();

@@ -66,7 +66,7 @@ fn an_instance_created_through_another_site_runs_there_once() {
     let delete = Command::DeleteInstance { project: "default".into(), name: "web".into() };
     let req = net.ask(2, &token, remote(&net, 1, 30_000, delete));
     net.settle();
-    assert!(matches!(net.reply(req), Some(Ok(Reply::Removed { .. }))), "{:?}", net.reply(req));
+    assert!(matches!(net.reply(req), Some(Ok(Reply::Removed(_)))), "{:?}", net.reply(req));
     assert!(instance_on(&net, 1, "web").is_none());
     net.assert_converged();
 }

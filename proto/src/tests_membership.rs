@@ -30,7 +30,7 @@ fn founder() -> (Peer, String) {
 fn invite(p: &mut Peer, token: &str, name: Option<&str>) -> String {
     let name = name.map(|n| SiteId::new(n).unwrap());
     match call(p, T0, Some(token), Command::InviteSite { name, ttl_secs: Some(60) }) {
-        Ok(Reply::Invitation { token, .. }) => token,
+        Ok(Reply::Invitation(v)) => v.token,
         other => panic!("no invitation: {other:?}"),
     }
 }

@@ -1,23 +1,22 @@
 //! Routes of identity administration (docs/api.md, "Identity"): deleting
 //! users and projects, passwords, revoking roles and tokens.
 
-use atoll_proto::Command;
-use axum::extract::rejection::JsonRejection;
+use atoll_proto::api::{MAX_PASSWORD, MIN_PASSWORD, Removed, Revoked, UserView};
+use atoll_proto::{ApiError, Command};
+use axum::Extension;
 use axum::extract::{ConnectInfo, Path, State};
-
-use super::Caller;
 use axum::http::HeaderMap;
 use axum::routing::{delete, post, put};
-use axum::{Extension, Json};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{AppState, Failure, Res, Route, body, call, login, route, whoami};
-use atoll_proto::ApiError;
+use super::{AppState, Body, Caller, Failure, Res, Route, body, call, login, route, whoami};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordBody {
     /// The new password.
+    #[schemars(length(min = MIN_PASSWORD, max = MAX_PASSWORD))]
     password: String,
     /// The caller's current password: needed to change one's own unless a realm admin.
     #[serde(default)]
@@ -29,7 +28,7 @@ async fn set_password(
     h: HeaderMap,
     peer: Option<Extension<ConnectInfo<Caller>>>,
     Path(user): Path<String>,
-    b: Result<Json<PasswordBody>, JsonRejection>,
+    b: Body<PasswordBody>,
 ) -> Res {
     let b = body(b)?;
     // Decided before any hashing: a caller who may not set this password
@@ -61,13 +60,13 @@ pub fn routes() -> Vec<Route> {
             delete(|State(s): State<AppState>, h: HeaderMap, Path(name): Path<String>| async move {
                 call(&s, &h, Command::DeleteUser { name }).await
             }),
-        ),
+        ).reply::<Removed>(),
         route(
             "put",
             "/v1/users/{name}/password",
             "Set a user's password (realm admin, or the user with `current`); revokes the user's earlier tokens",
             put(set_password),
-        ),
+        ).body::<PasswordBody>().reply::<UserView>(),
         route(
             "delete",
             "/v1/users/{name}/tokens",
@@ -75,7 +74,7 @@ pub fn routes() -> Vec<Route> {
             delete(|State(s): State<AppState>, h: HeaderMap, Path(user): Path<String>| async move {
                 call(&s, &h, Command::RevokeTokens { user }).await
             }),
-        ),
+        ).reply::<Revoked>(),
         route(
             "post",
             "/v1/logout",
@@ -83,7 +82,7 @@ pub fn routes() -> Vec<Route> {
             post(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::Logout).await },
             ),
-        ),
+        ).reply::<Revoked>(),
         route(
             "delete",
             "/v1/roles/{project}/{user}",
@@ -93,7 +92,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::RevokeRole { user, project }).await
                 },
             ),
-        ),
+        ).reply::<Removed>(),
         route(
             "delete",
             "/v1/projects/{project}",
@@ -101,7 +100,7 @@ pub fn routes() -> Vec<Route> {
             delete(|State(s): State<AppState>, h: HeaderMap, Path(project): Path<String>| async move {
                 call(&s, &h, Command::DeleteProject { project }).await
             }),
-        ),
+        ).reply::<Removed>(),
     ]
 }
 

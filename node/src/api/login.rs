@@ -136,9 +136,7 @@ pub async fn check_password(
 
 /// Hashes a new password off the event loop, under the same permits.
 pub async fn hash_new(s: &AppState, password: String) -> Result<String, Failure> {
-    if !(8..=1024).contains(&password.len()) {
-        return Err(ApiError::Invalid("password must be 8 to 1024 bytes long".into()).into());
-    }
+    atoll_proto::api::check_password(&password)?;
     let hashed =
         hashing(s, move || atoll_proto::auth::hash_password(&password, &mut rand::rngs::OsRng)).await?;
     Ok(hashed?)

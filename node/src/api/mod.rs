@@ -10,7 +10,12 @@ mod upload;
 use std::sync::Arc;
 
 use atoll_crdt::Resources;
-use atoll_proto::api::{Grant, NewInstance, NewProject, NewUser};
+use atoll_crdt::{Instance, Project, RoleBinding};
+use atoll_proto::api::{
+    Grant, ImageView, IntentView, InvitationView, NewInstance, NewProject, NewUser, QuotaView, RealmView,
+    Removed, SiteRow, SiteView, TokenView, UserView, Whoami,
+};
+use atoll_proto::gather::InstanceList;
 use atoll_proto::{ApiError, Command, Reply};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
@@ -18,6 +23,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Extension, Json, Router};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::driver::Drivers;
@@ -89,8 +95,46 @@ fn bearer(h: &HeaderMap) -> Option<String> {
     v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Failure> {
-    b.map(|Json(v)| v).map_err(|r| {
+/// A JSON body read as the OpenAPI document describes it: an object (serde
+/// would also read a struct from an array of its fields), whose integers may
+/// be written `3.0` (JSON has one number type; JSON Schema calls 3.0 an
+/// integer, serde would not).
+pub struct Object<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        if !v.is_object() {
+            return Err(D::Error::custom("expected a JSON object"));
+        }
+        integral_floats_as_integers(&mut v);
+        T::deserialize(v).map(Object).map_err(D::Error::custom)
+    }
+}
+
+fn integral_floats_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Exactly representable as i64 (2^63 itself is not).
+            if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+/// What a route with a JSON body extracts: the rejection is turned into a
+/// JSON error by [`body`].
+type Body<T> = Result<Json<Object<T>>, JsonRejection>;
+
+fn body<T>(b: Body<T>) -> Result<T, Failure> {
+    b.map(|Json(Object(v))| v).map_err(|r| {
         Failure(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!("request body is over {MAX_JSON} bytes"))
         } else {
@@ -113,25 +157,33 @@ async fn call(s: &AppState, h: &HeaderMap, cmd: Command) -> Res {
 }
 
 /// `?site=S&wait=SECS` on operations that may target another site.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Target {
     site: Option<atoll_crdt::SiteId>,
     /// Seconds to wait for the target's outcome (default 30).
+    #[schemars(range(max = MAX_WAIT_SECS))]
     wait: Option<u64>,
 }
 
 type TargetQuery = Result<Query<Target>, QueryRejection>;
 
+/// Longest `?wait=` (the peer's bound on a waiting call).
+const MAX_WAIT_SECS: u64 = atoll_proto::intents::MAX_WAIT / 1000;
+
+fn wait_ms(secs: Option<u64>) -> Result<u64, Failure> {
+    match secs {
+        None => Ok(atoll_proto::api::default_wait()),
+        Some(s) if s <= MAX_WAIT_SECS => Ok(s * 1000),
+        Some(_) => Err(Failure(ApiError::Invalid(format!("wait at most {MAX_WAIT_SECS} s")))),
+    }
+}
+
 /// The command, sent to `site` when one is named.
 fn routed(q: TargetQuery, cmd: Command) -> Result<Command, Failure> {
     let t = query(q)?;
     Ok(match t.site {
-        Some(site) => Command::Remote {
-            site,
-            wait_ms: t.wait.map_or_else(atoll_proto::api::default_wait, |s| s.saturating_mul(1000)),
-            then: Box::new(cmd),
-        },
+        Some(site) => Command::Remote { site, wait_ms: wait_ms(t.wait)?, then: Box::new(cmd) },
         None => cmd,
     })
 }
@@ -140,7 +192,7 @@ fn routed(q: TargetQuery, cmd: Command) -> Result<Command, Failure> {
 /// with it, on that site (as an intent when `remote` and the site is another).
 fn anywhere(q: TargetQuery, cmd: Command, remote: bool) -> Result<Command, Failure> {
     let t = query(q)?;
-    let wait_ms = t.wait.map_or_else(atoll_proto::api::default_wait, |s| s.saturating_mul(1000));
+    let wait_ms = wait_ms(t.wait)?;
     Ok(match t.site {
         Some(site) if remote => Command::Remote { site, wait_ms, then: Box::new(cmd) },
         site => Command::Anywhere { site, wait_ms, then: Box::new(cmd) },
@@ -148,46 +200,50 @@ fn anywhere(q: TargetQuery, cmd: Command, remote: bool) -> Result<Command, Failu
 }
 
 /// `?challenge=HEX` on the realm route.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Challenge {
+    #[schemars(pattern(r"^[0-9a-fA-F]{1,64}$"))]
     challenge: Option<String>,
 }
 
 /// `?site=S` on listings.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SiteOnly {
     site: Option<atoll_crdt::SiteId>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Wait {
-    #[serde(default)]
-    wait: u64,
+    /// Seconds to wait for the intent to settle (default 0).
+    #[schemars(range(max = MAX_WAIT_SECS))]
+    wait: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct LoginBody {
     user: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SpreadBody {
     spread: atoll_crdt::Spread,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StorageBody {
+    #[schemars(range(min = 0, max = atoll_proto::api::MAX_STORAGE_MIB))]
     storage_mib: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct GiveBody {
+    #[schemars(length(min = 1, max = atoll_proto::api::MAX_GIVE_TO), extend("uniqueItems" = true))]
     to: Vec<atoll_crdt::SiteId>,
     amount: Resources,
 }
@@ -196,13 +252,13 @@ async fn give(
     State(s): State<AppState>,
     h: HeaderMap,
     Path(project): Path<String>,
-    b: Result<Json<GiveBody>, JsonRejection>,
+    b: Body<GiveBody>,
 ) -> Res {
     let b = body(b)?;
     call(&s, &h, Command::GiveQuota { project, to: b.to, amount: b.amount }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     #[serde(default = "default_tail")]
@@ -220,7 +276,42 @@ pub struct Route {
     pub summary: &'static str,
     /// Whether the route needs a bearer token.
     pub auth: bool,
+    /// What it reads and answers, for the OpenAPI document.
+    pub shapes: openapi::Shapes,
     handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn body<T: JsonSchema>(mut self) -> Self {
+        self.shapes.body = Some(openapi::reference::<T>);
+        self
+    }
+
+    fn query<T: JsonSchema>(mut self) -> Self {
+        self.shapes.query = Some(openapi::fields::<T>);
+        self
+    }
+
+    fn reply<T: JsonSchema>(mut self) -> Self {
+        self.shapes.reply = Some(openapi::reference::<T>);
+        self
+    }
+
+    fn text(mut self) -> Self {
+        self.shapes.text = true;
+        self
+    }
+
+    /// Takes `?site=S&wait=SECS` and may answer with an intent.
+    fn remote(mut self) -> Self {
+        self.shapes.remote = true;
+        self.query::<Target>()
+    }
+}
+
+#[derive(serde::Serialize, JsonSchema)]
+struct Health {
+    status: &'static str,
 }
 
 fn route(
@@ -234,6 +325,7 @@ fn route(
         path,
         summary,
         auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json" | "/v1/realm"),
+        shapes: openapi::Shapes::default(),
         handler,
     }
 }
@@ -246,14 +338,14 @@ pub fn routes() -> Vec<Route> {
             "get",
             "/v1/health",
             "Liveness probe",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        ),
+            get(|| async { Json(Health { status: "ok" }) }),
+        ).reply::<Health>(),
         route(
             "get",
             "/v1/openapi.json",
             "This document",
             get(|| async { Json(openapi::document(&routes())) }),
-        ),
+        ).reply::<serde_json::Value>(),
         route(
             "post",
             "/v1/login",
@@ -261,14 +353,14 @@ pub fn routes() -> Vec<Route> {
             post(
                 |State(s): State<AppState>,
                  peer: Option<Extension<ConnectInfo<Caller>>>,
-                 b: Result<Json<LoginBody>, JsonRejection>| async move {
+                 b: Body<LoginBody>| async move {
                     let b = body(b)?;
                     let addr = peer.map(|Extension(ConnectInfo(Caller(a)))| a.ip());
                     let reply = login::login(&s, addr, b.user, b.password).await?;
                     Ok::<_, Failure>((StatusCode::OK, Json(reply)))
                 },
             ),
-        ),
+        ).body::<LoginBody>().reply::<TokenView>(),
         route(
             "get",
             "/v1/realm",
@@ -278,13 +370,13 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::Realm { challenge: query(q)?.challenge }).await
                 },
             ),
-        ),
+        ).query::<Challenge>().reply::<RealmView>(),
         route(
             "get",
             "/v1/whoami",
             "The caller, its roles and the serving site",
             get(|State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::Whoami).await }),
-        ),
+        ).reply::<Whoami>(),
         route(
             "get",
             "/v1/site",
@@ -292,7 +384,7 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ShowSite).await },
             ),
-        ),
+        ).reply::<SiteView>(),
         route(
             "get",
             "/v1/users",
@@ -300,17 +392,17 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListUsers).await },
             ),
-        ),
+        ).reply::<Vec<UserView>>(),
         route(
             "post",
             "/v1/users",
             "Create a user (realm admin)",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewUser>, JsonRejection>| async move {
+                |State(s): State<AppState>, h: HeaderMap, b: Body<NewUser>| async move {
                     call(&s, &h, Command::CreateUser(body(b)?)).await
                 },
             ),
-        ),
+        ).body::<NewUser>().reply::<UserView>(),
         route(
             "get",
             "/v1/projects",
@@ -318,17 +410,17 @@ pub fn routes() -> Vec<Route> {
             get(|State(s): State<AppState>, h: HeaderMap| async move {
                 call(&s, &h, Command::ListProjects).await
             }),
-        ),
+        ).reply::<Vec<Project>>(),
         route(
             "post",
             "/v1/projects",
             "Create a project with its quota (realm admin)",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<NewProject>, JsonRejection>| async move {
+                |State(s): State<AppState>, h: HeaderMap, b: Body<NewProject>| async move {
                     call(&s, &h, Command::CreateProject(body(b)?)).await
                 },
             ),
-        ),
+        ).body::<NewProject>().reply::<Project>(),
         route(
             "put",
             "/v1/projects/{project}/spread",
@@ -337,11 +429,11 @@ pub fn routes() -> Vec<Route> {
                 |State(s): State<AppState>,
                  h: HeaderMap,
                  Path(project): Path<String>,
-                 b: Result<Json<SpreadBody>, JsonRejection>| async move {
+                 b: Body<SpreadBody>| async move {
                     call(&s, &h, Command::SetSpread { project, spread: body(b)?.spread }).await
                 },
             ),
-        ),
+        ).body::<SpreadBody>().reply::<Project>(),
         route(
             "put",
             "/v1/projects/{project}/storage",
@@ -350,11 +442,11 @@ pub fn routes() -> Vec<Route> {
                 |State(s): State<AppState>,
                  h: HeaderMap,
                  Path(project): Path<String>,
-                 b: Result<Json<StorageBody>, JsonRejection>| async move {
+                 b: Body<StorageBody>| async move {
                     call(&s, &h, Command::SetStorage { project, storage_mib: body(b)?.storage_mib }).await
                 },
             ),
-        ),
+        ).body::<StorageBody>().reply::<Project>(),
         route(
             "get",
             "/v1/roles",
@@ -362,17 +454,17 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListRoles).await },
             ),
-        ),
+        ).reply::<Vec<RoleBinding>>(),
         route(
             "post",
             "/v1/roles",
             "Grant a role in a project, optionally on some sites",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<Grant>, JsonRejection>| async move {
+                |State(s): State<AppState>, h: HeaderMap, b: Body<Grant>| async move {
                     call(&s, &h, Command::GrantRole(body(b)?)).await
                 },
             ),
-        ),
+        ).body::<Grant>().reply::<RoleBinding>(),
         route(
             "get",
             "/v1/quotas/{project}",
@@ -380,7 +472,7 @@ pub fn routes() -> Vec<Route> {
             get(|State(s): State<AppState>, h: HeaderMap, Path(project): Path<String>| async move {
                 call(&s, &h, Command::ShowQuota { project }).await
             }),
-        ),
+        ).reply::<QuotaView>(),
         route(
             "put",
             "/v1/quotas/{project}",
@@ -389,11 +481,11 @@ pub fn routes() -> Vec<Route> {
                 |State(s): State<AppState>,
                  h: HeaderMap,
                  Path(project): Path<String>,
-                 b: Result<Json<Resources>, JsonRejection>| async move {
+                 b: Body<Resources>| async move {
                     call(&s, &h, Command::SetQuota { project, total: body(b)? }).await
                 },
             ),
-        ),
+        ).body::<Resources>().reply::<QuotaView>(),
         route(
             "get",
             "/v1/images",
@@ -401,9 +493,9 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListImages).await },
             ),
-        ),
-        route("post", "/v1/images", "Upload an image: raw body, metadata in the query", post(upload::upload)),
-        route("post", "/v1/quotas/{project}/give", "Give quota rights held here to another site", post(give)),
+        ).reply::<Vec<ImageView>>(),
+        route("post", "/v1/images", "Upload an image: raw body, metadata in the query", post(upload::upload)).query::<upload::UploadQuery>().reply::<ImageView>(),
+        route("post", "/v1/quotas/{project}/give", "Give quota rights held here to another site", post(give)).body::<GiveBody>().reply::<QuotaView>(),
         route(
             "get",
             "/v1/images/{project}/{name}",
@@ -411,7 +503,7 @@ pub fn routes() -> Vec<Route> {
             get(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
                 call(&s, &h, Command::ShowImage { project, name }).await
             }),
-        ),
+        ).reply::<ImageView>(),
         route(
             "delete",
             "/v1/images/{project}/{name}",
@@ -419,7 +511,7 @@ pub fn routes() -> Vec<Route> {
             delete(|State(s): State<AppState>, h: HeaderMap, Path((project, name)): P2| async move {
                 call(&s, &h, Command::RemoveImage { project, name }).await
             }),
-        ),
+        ).reply::<Removed>(),
         route(
             "post",
             "/v1/images/{project}/{name}/copy",
@@ -429,7 +521,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, routed(q, Command::CopyImage { project, name })?).await
                 },
             ),
-        ),
+        ).remote().reply::<ImageView>(),
         route(
             "get",
             "/v1/intents",
@@ -437,7 +529,7 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListIntents).await },
             ),
-        ),
+        ).reply::<Vec<IntentView>>(),
         route(
             "get",
             "/v1/intents/{id}",
@@ -447,11 +539,11 @@ pub fn routes() -> Vec<Route> {
                  h: HeaderMap,
                  Path(id): Path<String>,
                  q: Result<Query<Wait>, QueryRejection>| async move {
-                    let wait_ms = query(q)?.wait.saturating_mul(1000);
+                    let wait_ms = wait_ms(Some(query(q)?.wait.unwrap_or(0)))?;
                     call(&s, &h, Command::ShowIntent { id, wait_ms }).await
                 },
             ),
-        ),
+        ).query::<Wait>().reply::<IntentView>(),
         route(
             "get",
             "/v1/instances",
@@ -461,7 +553,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::ListInstances { site: query(q)?.site }).await
                 },
             ),
-        ),
+        ).query::<SiteOnly>().reply::<InstanceList>(),
         route(
             "post",
             "/v1/instances",
@@ -470,11 +562,11 @@ pub fn routes() -> Vec<Route> {
                 |State(s): State<AppState>,
                  h: HeaderMap,
                  q: TargetQuery,
-                 b: Result<Json<NewInstance>, JsonRejection>| async move {
+                 b: Body<NewInstance>| async move {
                     call(&s, &h, routed(q, Command::CreateInstance(body(b)?))?).await
                 },
             ),
-        ),
+        ).remote().body::<NewInstance>().reply::<Instance>(),
         route(
             "get",
             "/v1/instances/{project}/{name}",
@@ -484,7 +576,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, anywhere(q, Command::ShowInstance { project, name }, false)?).await
                 },
             ),
-        ),
+        ).remote().reply::<Instance>(),
         route(
             "delete",
             "/v1/instances/{project}/{name}",
@@ -494,7 +586,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, anywhere(q, Command::DeleteInstance { project, name }, true)?).await
                 },
             ),
-        ),
+        ).remote().reply::<Removed>(),
         route(
             "post",
             "/v1/instances/{project}/{name}/start",
@@ -504,7 +596,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, anywhere(q, Command::StartInstance { project, name }, true)?).await
                 },
             ),
-        ),
+        ).remote().reply::<Instance>(),
         route(
             "post",
             "/v1/instances/{project}/{name}/stop",
@@ -514,13 +606,13 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, anywhere(q, Command::StopInstance { project, name }, true)?).await
                 },
             ),
-        ),
+        ).remote().reply::<Instance>(),
         route(
             "get",
             "/v1/instances/{project}/{name}/logs",
             "The tail of an instance's output (text), wherever it runs (?site=S narrows the search; at most 1 MiB from another site)",
             get(logs),
-        ),
+        ).query::<LogsQuery>().text(),
         route(
             "get",
             "/v1/sites",
@@ -528,18 +620,18 @@ pub fn routes() -> Vec<Route> {
             get(
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListSites).await },
             ),
-        ),
+        ).reply::<Vec<SiteRow>>(),
         route(
             "post",
             "/v1/sites/invitations",
             "An invitation for a new site to join the realm (realm admins)",
             post(
-                |State(s): State<AppState>, h: HeaderMap, b: Result<Json<InviteBody>, JsonRejection>| async move {
+                |State(s): State<AppState>, h: HeaderMap, b: Body<InviteBody>| async move {
                     let b = body(b)?;
                     call(&s, &h, Command::InviteSite { name: b.name, ttl_secs: b.ttl_secs }).await
                 },
             ),
-        ),
+        ).body::<InviteBody>().reply::<InvitationView>(),
         route(
             "delete",
             "/v1/sites/{site}",
@@ -548,20 +640,21 @@ pub fn routes() -> Vec<Route> {
                 let site = atoll_crdt::SiteId::new(&site).map_err(|e| ApiError::Invalid(e.to_string()))?;
                 call(&s, &h, Command::RemoveSite { site }).await
             }),
-        ),
-        route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)),
+        ).reply::<Removed>(),
+        route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)).reply::<crate::net::Traffic>(),
     ]
     .into_iter()
     .chain(identity::routes())
     .collect()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct InviteBody {
     #[serde(default)]
     name: Option<atoll_crdt::SiteId>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = atoll_proto::membership::MAX_INVITE_TTL / 1000))]
     ttl_secs: Option<u64>,
 }
 

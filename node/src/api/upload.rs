@@ -31,15 +31,18 @@ pub const GRACE: Duration = Duration::from_secs(60);
 /// Longest wait for the upload before this one to finish.
 pub const QUEUED: Duration = Duration::from_secs(120);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct UploadQuery {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     name: String,
     #[serde(default = "default_project")]
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
     project: String,
     format: ImageFormat,
     #[serde(default = "private")]
     visibility: Visibility,
     /// `sha256:<hex>` the client computed; the upload fails if the bytes differ.
+    #[schemars(pattern(r"^sha256:[0-9a-f]{64}$"))]
     digest: Option<String>,
 }
 

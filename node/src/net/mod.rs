@@ -121,7 +121,7 @@ pub struct Settings {
 
 /// Application bytes and messages through the network (payloads, without
 /// QUIC/TLS/noise framing), for `GET /v1/network` and the benchmarks.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct Traffic {
     pub sent_msgs: AtomicU64,
     pub sent_bytes: AtomicU64,
@@ -131,8 +131,10 @@ pub struct Traffic {
     /// for breaking the protocol.
     pub refused_peers: AtomicU64,
     /// Image fetches under way (refreshed every second).
+    #[schemars(with = "Vec<crate::fetch::Progress>")]
     pub fetches: std::sync::Mutex<Vec<crate::fetch::Progress>>,
     /// The connections to each member, by transport (refreshed every second).
+    #[schemars(with = "Vec<LinkView>")]
     pub links: std::sync::Mutex<Vec<LinkView>>,
 }
 
@@ -148,7 +150,7 @@ impl Traffic {
 }
 
 /// A member and how we are connected to it, for `GET /v1/network`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LinkView {
     pub site: SiteId,
     pub quic: usize,

@@ -114,9 +114,14 @@ impl<R: Hash + Eq + Copy> Fetches<R> {
         {
             return None;
         }
-        if image.chunk_size as usize > atoll_proto::wire::MAX_CHUNK {
-            let why = format!("chunks of {} bytes are over the fetch limit", image.chunk_size);
-            return Some((image.digest, Err(why)));
+        // The manifest came from a peer's document: a chunk size of 0, a
+        // hash that is a path, or a size its chunks do not cover is refused.
+        if let Err(why) = atoll_proto::blob::check(&image.digest, image.size, image.chunk_size, &image.chunks)
+        {
+            return Some((
+                image.digest,
+                Err(format!("the catalog's manifest of this image is unusable: {why}")),
+            ));
         }
         if self.active.len() >= MAX_ACTIVE {
             self.queued.push_back((image, holders));

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod blob;
 pub mod driver;
 mod fetch;
 pub mod gather;

@@ -14,9 +14,6 @@ use crate::auth::{self, Claims};
 use crate::gather::{Purpose, Use};
 use crate::peer::{Effects, Outcome, Peer, ReqId, StoreWrite};
 
-/// Largest image the catalog accepts: 64 GiB.
-pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
-
 /// Each of `sites` sites' share of `total` split evenly, and the remainder
 /// (kept by the creating site), component by component.
 pub fn even_split(total: Resources, sites: usize) -> (Resources, Resources) {
@@ -215,7 +212,7 @@ impl Peer {
     pub(crate) fn upload_room(&self, caller: &User, project: &str) -> ApiResult {
         self.project_exists(project)?;
         auth::require(&self.realm, caller, project, Role::Member, &self.site)?;
-        Ok(Reply::Room { bytes: self.storage_room(project)?.min(MAX_IMAGE_SIZE) })
+        Ok(Reply::Room { bytes: self.storage_room(project)?.min(crate::blob::MAX_IMAGE_SIZE) })
     }
 
     pub(crate) fn list_projects(&self, caller: &User) -> ApiResult {
@@ -379,20 +376,7 @@ impl Peer {
         check_name("image", &n.name)?;
         self.project_exists(&n.project)?;
         auth::require(&self.realm, caller, &n.project, Role::Member, &self.site)?;
-        if n.size > MAX_IMAGE_SIZE {
-            return Err(ApiError::Invalid(format!(
-                "image of {} bytes is over the {MAX_IMAGE_SIZE}-byte limit",
-                n.size
-            )));
-        }
-        let expected_chunks = n.size.div_ceil(n.chunk_size.max(1));
-        let well_formed = n.digest.strip_prefix("sha256:").is_some_and(is_sha256_hex)
-            && n.chunk_size > 0
-            && n.chunks.len() as u64 == expected_chunks
-            && n.chunks.iter().all(|c| is_sha256_hex(c));
-        if !well_formed {
-            return Err(ApiError::Invalid("image digest or chunk list is malformed".into()));
-        }
+        crate::blob::check(&n.digest, n.size, n.chunk_size, &n.chunks).map_err(ApiError::Invalid)?;
         if self.realm.image(&n.project, &n.name)?.is_some() {
             return Err(ApiError::Conflict(format!("image {}/{} already exists", n.project, n.name)));
         }
@@ -538,8 +522,4 @@ impl Peer {
         spare.truncate(crate::api::MAX_SPARE_SHOWN);
         Ok(spare)
     }
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

@@ -188,9 +188,12 @@ impl Docker {
         clean.push(format!(".load-{n}.tar"));
         let clean = PathBuf::from(clean);
         let (from, to) = (archive.to_path_buf(), clean.clone());
-        let id = tokio::task::spawn_blocking(move || super::archive::sanitize(&from, &to))
-            .await
-            .map_err(|e| DriverError::Runtime(e.to_string()))?;
+        let id = tokio::task::spawn_blocking(move || -> Result<String, DriverError> {
+            let out = std::io::BufWriter::new(std::fs::File::create(&to)?);
+            Ok(atoll_image::docker::sanitize(std::io::BufReader::new(std::fs::File::open(&from)?), out)?)
+        })
+        .await
+        .map_err(|e| DriverError::Runtime(e.to_string()))?;
         let id = match id {
             Ok(id) => id,
             Err(e) => {
@@ -302,8 +305,6 @@ impl Docker {
     }
 }
 
-/// The image id of a `docker save` archive: the digest of its config blob, read
-/// from the archive's `manifest.json`.
 impl Driver for Docker {
     fn fingerprint(&self) -> Fingerprint {
         self.fingerprint.clone()

@@ -3,7 +3,6 @@
 //! A driver starts, re-attaches to, stops and destroys workloads of one kind,
 //! and reports on its own, through the [`Exits`] channel, a workload that ends.
 
-pub mod archive;
 pub mod docker;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
@@ -32,6 +31,15 @@ pub enum DriverError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Runtime(String),
+}
+
+impl From<atoll_image::ImageError> for DriverError {
+    fn from(e: atoll_image::ImageError) -> Self {
+        match e {
+            atoll_image::ImageError::Unusable(why) => DriverError::Image(why),
+            atoll_image::ImageError::Io(e) => DriverError::Io(e),
+        }
+    }
 }
 
 pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DriverError>> + Send + 'a>>;

@@ -11,15 +11,15 @@
 //! to run anything unless the operator said `unsandboxed`; then memory is
 //! limited as `RLIMIT_AS` (address space) and cpus by CPU affinity only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_crdt::Kind;
+use atoll_image::process::Manifest;
 use atoll_proto::InstanceSpec;
-use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::sandbox::{Cell, Sandbox};
@@ -29,16 +29,8 @@ use super::{Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recover
 const LOG_ROTATE_BYTES: u64 = 8 << 20;
 /// How often a re-attached process (not our child) is checked, and logs rotated.
 const POLL: Duration = Duration::from_secs(1);
-const MANIFEST_MAX: u64 = 64 << 10;
 /// The run's handle, written at start.
 const HANDLE_FILE: &str = "handle";
-
-#[derive(Deserialize)]
-struct Manifest {
-    entrypoint: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-}
 
 struct Running {
     pid: i32,
@@ -85,11 +77,7 @@ impl Process {
                 std::fs::remove_dir_all(root)?;
             }
             std::fs::create_dir_all(root)?;
-            let file = std::fs::File::open(image)?;
-            let mut archive = tar::Archive::new(file);
-            archive.set_preserve_permissions(true);
-            // `unpack` refuses entries that would escape `root` (.., absolute paths).
-            archive.unpack(root).map_err(|e| DriverError::Image(format!("not a tar archive: {e}")))?;
+            atoll_image::process::unpack(std::io::BufReader::new(std::fs::File::open(image)?), root)?;
             let manifest = root.join("manifest.json");
             if !std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.is_file()) {
                 return Err(DriverError::Image("the archive has no manifest.json file".into()));
@@ -97,17 +85,9 @@ impl Process {
             std::fs::copy(&manifest, dir.join("manifest.json"))?;
             std::fs::write(&marker, unpacked)?;
         }
-        let mut text = String::new();
-        std::fs::File::open(dir.join("manifest.json"))
-            .map_err(|_| DriverError::Image("the archive has no manifest.json".into()))?
-            .take(MANIFEST_MAX)
-            .read_to_string(&mut text)?;
-        let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| DriverError::Image(format!("manifest.json: {e}")))?;
-        if m.entrypoint.is_empty() {
-            return Err(DriverError::Image("manifest.json has an empty entrypoint".into()));
-        }
-        Ok(m)
+        let text = std::fs::File::open(dir.join("manifest.json"))
+            .map_err(|_| DriverError::Image("the archive has no manifest.json".into()))?;
+        Ok(atoll_image::process::manifest(text)?)
     }
 
     /// Starts the run: in the sandbox, or unconfined where the operator allows it.

@@ -7,22 +7,23 @@
 //! image then run is the one whose content the member uploaded.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::DriverError;
+use crate::ImageError;
 
 /// manifest.json and the image config are small; anything larger is refused.
 const SMALL_MAX: u64 = 1 << 20;
 
-/// Writes the tag-free copy of `archive` to `out` and returns the image id
-/// (`sha256:<hex of the config>`), checked against the config's content.
-pub fn sanitize(archive: &Path, out: &Path) -> Result<String, DriverError> {
-    let bad = |why: String| DriverError::Image(format!("not a usable docker-archive: {why}"));
-    let mut input = tar::Archive::new(std::fs::File::open(archive)?);
-    let mut output = tar::Builder::new(std::fs::File::create(out)?);
+/// Writes the tag-free copy of the archive read from `archive` to `out` and
+/// returns the image id (`sha256:<hex of the config>`), checked against the
+/// config's content.
+pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageError> {
+    let bad = |why: String| ImageError::Unusable(format!("not a usable docker-archive: {why}"));
+    let mut input = tar::Archive::new(archive);
+    let mut output = tar::Builder::new(out);
     output.mode(tar::HeaderMode::Complete);
     // Hashes of the small regular files: the config is one of them, and the
     // manifest may come before or after it.
@@ -125,7 +126,8 @@ mod tests {
         let config = br#"{"architecture":"amd64"}"#;
         let hex = hex::encode(Sha256::digest(config));
         let out = dir.path().join("out.tar");
-        let id = sanitize(&archive(dir.path(), config, &hex), &out).unwrap();
+        let input = std::fs::File::open(archive(dir.path(), config, &hex)).unwrap();
+        let id = sanitize(input, std::fs::File::create(&out).unwrap()).unwrap();
         assert_eq!(id, format!("sha256:{hex}"));
         let names = names(&out);
         assert!(!names.contains(&"repositories".to_owned()), "{names:?}");
@@ -146,7 +148,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The id of an image the engine may hold, with a config that is not its.
         let other = "a".repeat(64);
-        let err = sanitize(&archive(dir.path(), b"{}", &other), &dir.path().join("out.tar")).unwrap_err();
+        let input = std::fs::File::open(archive(dir.path(), b"{}", &other)).unwrap();
+        let err = sanitize(input, std::io::sink()).unwrap_err();
         assert!(err.to_string().contains("does not hash"), "{err}");
     }
 }

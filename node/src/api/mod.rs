@@ -302,12 +302,48 @@ impl Route {
         self
     }
 
+    fn links(mut self, links: &'static [openapi::Link]) -> Self {
+        self.shapes.links = links;
+        self
+    }
+
     /// Takes `?site=S&wait=SECS` and may answer with an intent.
     fn remote(mut self) -> Self {
         self.shapes.remote = true;
         self.query::<Target>()
     }
 }
+
+/// What an instance, image, project, user or role binding created is then
+/// operated on by (OpenAPI links, for clients and schemathesis).
+const BY_PROJECT_NAME: &[(&str, &str)] = &[("project", "project"), ("name", "name")];
+const INSTANCE_LINKS: &[openapi::Link] = &[
+    openapi::Link { to: ("get", "/v1/instances/{project}/{name}"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("post", "/v1/instances/{project}/{name}/stop"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("post", "/v1/instances/{project}/{name}/start"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("get", "/v1/instances/{project}/{name}/logs"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("delete", "/v1/instances/{project}/{name}"), params: BY_PROJECT_NAME },
+];
+const IMAGE_LINKS: &[openapi::Link] = &[
+    openapi::Link { to: ("get", "/v1/images/{project}/{name}"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("post", "/v1/images/{project}/{name}/copy"), params: BY_PROJECT_NAME },
+    openapi::Link { to: ("delete", "/v1/images/{project}/{name}"), params: BY_PROJECT_NAME },
+];
+const PROJECT_LINKS: &[openapi::Link] = &[
+    openapi::Link { to: ("get", "/v1/quotas/{project}"), params: &[("project", "name")] },
+    openapi::Link { to: ("put", "/v1/quotas/{project}"), params: &[("project", "name")] },
+    openapi::Link { to: ("put", "/v1/projects/{project}/spread"), params: &[("project", "name")] },
+    openapi::Link { to: ("put", "/v1/projects/{project}/storage"), params: &[("project", "name")] },
+    openapi::Link { to: ("delete", "/v1/projects/{project}"), params: &[("project", "name")] },
+];
+const USER_LINKS: &[openapi::Link] = &[
+    openapi::Link { to: ("put", "/v1/users/{name}/password"), params: &[("name", "name")] },
+    openapi::Link { to: ("delete", "/v1/users/{name}"), params: &[("name", "name")] },
+];
+const ROLE_LINKS: &[openapi::Link] = &[openapi::Link {
+    to: ("delete", "/v1/roles/{project}/{user}"),
+    params: &[("project", "project"), ("user", "user")],
+}];
 
 #[derive(serde::Serialize, JsonSchema)]
 struct Health {
@@ -402,7 +438,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::CreateUser(body(b)?)).await
                 },
             ),
-        ).body::<NewUser>().reply::<UserView>(),
+        ).body::<NewUser>().reply::<UserView>().links(USER_LINKS),
         route(
             "get",
             "/v1/projects",
@@ -420,7 +456,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::CreateProject(body(b)?)).await
                 },
             ),
-        ).body::<NewProject>().reply::<Project>(),
+        ).body::<NewProject>().reply::<Project>().links(PROJECT_LINKS),
         route(
             "put",
             "/v1/projects/{project}/spread",
@@ -464,7 +500,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, Command::GrantRole(body(b)?)).await
                 },
             ),
-        ).body::<Grant>().reply::<RoleBinding>(),
+        ).body::<Grant>().reply::<RoleBinding>().links(ROLE_LINKS),
         route(
             "get",
             "/v1/quotas/{project}",
@@ -494,7 +530,7 @@ pub fn routes() -> Vec<Route> {
                 |State(s): State<AppState>, h: HeaderMap| async move { call(&s, &h, Command::ListImages).await },
             ),
         ).reply::<Vec<ImageView>>(),
-        route("post", "/v1/images", "Upload an image: raw body, metadata in the query", post(upload::upload)).query::<upload::UploadQuery>().reply::<ImageView>(),
+        route("post", "/v1/images", "Upload an image: raw body, metadata in the query", post(upload::upload)).query::<upload::UploadQuery>().reply::<ImageView>().links(IMAGE_LINKS),
         route("post", "/v1/quotas/{project}/give", "Give quota rights held here to another site", post(give)).body::<GiveBody>().reply::<QuotaView>(),
         route(
             "get",
@@ -566,7 +602,7 @@ pub fn routes() -> Vec<Route> {
                     call(&s, &h, routed(q, Command::CreateInstance(body(b)?))?).await
                 },
             ),
-        ).remote().body::<NewInstance>().reply::<Instance>(),
+        ).remote().body::<NewInstance>().reply::<Instance>().links(INSTANCE_LINKS),
         route(
             "get",
             "/v1/instances/{project}/{name}",

@@ -37,6 +37,27 @@ pub struct Shapes {
     /// then that site's answer or, while it has not settled, the intent
     /// (202 Accepted).
     pub remote: bool,
+    /// Operations on what a successful reply names (OpenAPI links, which
+    /// schemathesis follows in its stateful phase).
+    pub links: &'static [Link],
+}
+
+/// An operation on the thing a reply names: `(method, path)` and, for each
+/// of its path parameters, the reply's field that fills it.
+pub struct Link {
+    pub to: (&'static str, &'static str),
+    pub params: &'static [(&'static str, &'static str)],
+}
+
+/// A stable `operationId`: `get /v1/instances/{project}/{name}` is
+/// `get_v1_instances_project_name`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_owned();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        id.push('_');
+        id.extend(part.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()));
+    }
+    id
 }
 
 fn error() -> Value {
@@ -79,12 +100,36 @@ fn operation(r: &Route, g: &mut SchemaGenerator) -> Value {
         };
         ok["content"] = json!({"application/json": {"schema": schema}});
     }
+    if !r.shapes.links.is_empty() {
+        let links: serde_json::Map<String, Value> = r
+            .shapes
+            .links
+            .iter()
+            .map(|l| {
+                let params: serde_json::Map<String, Value> = l
+                    .params
+                    .iter()
+                    .map(|(p, field)| (p.to_string(), json!(format!("$response.body#/{field}"))))
+                    .collect();
+                (
+                    operation_id(l.to.0, l.to.1),
+                    json!({"operationId": operation_id(l.to.0, l.to.1), "parameters": params}),
+                )
+            })
+            .collect();
+        ok["links"] = Value::Object(links);
+    }
     let mut responses = json!({"200": ok, "4XX": error()});
     if r.shapes.remote {
         let intent = reference::<atoll_proto::api::IntentView>(g).to_value();
         responses["202"] = json!({"description": "sent to the site, not settled yet", "content": {"application/json": {"schema": intent}}});
     }
-    let mut op = json!({"summary": r.summary, "parameters": params, "responses": responses});
+    let mut op = json!({
+        "operationId": operation_id(r.method, r.path),
+        "summary": r.summary,
+        "parameters": params,
+        "responses": responses,
+    });
     if r.auth {
         op["security"] = json!([{"bearer": []}]);
     }
@@ -152,6 +197,19 @@ mod tests {
         for piece in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
             let name = piece.split('"').next().unwrap();
             assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        }
+        // Every link names an operation of the document, and fills each of
+        // its path parameters.
+        for r in &routes {
+            for l in r.shapes.links {
+                let target = routes.iter().find(|t| (t.method, t.path) == l.to);
+                let target =
+                    target.unwrap_or_else(|| panic!("{} {} links to a missing {:?}", r.method, r.path, l.to));
+                let wanted: Vec<&str> =
+                    target.path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).collect();
+                let given: Vec<&str> = l.params.iter().map(|(p, _)| *p).collect();
+                assert_eq!(wanted, given, "{} {} -> {:?}", r.method, r.path, l.to);
+            }
         }
         let new_instance = &doc["components"]["schemas"]["NewInstance"];
         assert_eq!(new_instance["properties"]["cpus"]["maximum"], Value::from(atoll_proto::api::MAX_CPUS));

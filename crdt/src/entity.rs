@@ -342,6 +342,9 @@ pub struct RoleBinding {
 
 impl Entity for RoleBinding {
     const COLLECTION: &'static str = "roles";
+    /// Written whole: merged field by field, concurrent grants of admin on
+    /// one site and reader on every site could make admin on every site.
+    const PACKED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.user, self.project)
     }

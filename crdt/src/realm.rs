@@ -58,8 +58,23 @@ impl Realm {
         self.doc.get(name)
     }
 
+    /// A member, unless it was removed. A removal deletes the member record,
+    /// but a rewrite of that record (new addresses) concurrent with the
+    /// removal survives the merge (automerge keeps a put over a concurrent
+    /// delete): the removal record, written with the key it removed, stays
+    /// the word on that key.
     pub fn member(&self, site: &SiteId) -> Result<Option<Member>, DocError> {
-        self.doc.get(site.as_str())
+        let Some(member) = self.doc.get::<Member>(site.as_str())? else { return Ok(None) };
+        let removed = self.doc.get::<Removal>(site.as_str())?;
+        Ok(removed.is_none_or(|r| r.public_key != member.public_key).then_some(member))
+    }
+
+    /// Every member, removed ones left out (see [`Realm::member`]).
+    pub fn members(&self) -> Result<Vec<Member>, DocError> {
+        let removals: Vec<Removal> = self.doc.list()?;
+        let mut members: Vec<Member> = self.doc.list()?;
+        members.retain(|m| !removals.iter().any(|r| r.site == m.site && r.public_key == m.public_key));
+        Ok(members)
     }
 
     pub fn role(&self, user: &str, project: &str) -> Result<Option<RoleBinding>, DocError> {
@@ -155,6 +170,73 @@ mod tests {
         let loaded = Realm::load(&bytes, &site).unwrap();
         assert_eq!(loaded.user("admin").unwrap().unwrap().name, "admin");
         assert!(loaded.user("nobody").unwrap().is_none());
+    }
+
+    fn binding(role: crate::Role, sites: Option<Vec<SiteId>>) -> RoleBinding {
+        RoleBinding { user: "bob".into(), project: "p".into(), role, sites }
+    }
+
+    /// Bob is a member on site s1. Two sites change that concurrently: admin
+    /// on s1 here, reader on every site there. Merged field by field, the
+    /// role of one and the sites of the other make admin on every site, which
+    /// nobody granted; a binding is one value, so one grant wins whole.
+    #[test]
+    fn concurrent_grants_merge_into_one_of_them() {
+        let s1 = SiteId::new("s1").unwrap();
+        let written = [binding(crate::Role::Admin, Some(vec![s1.clone()])), binding(crate::Role::Reader, None)];
+        // Both actor orders, so that each side wins the conflict once.
+        for (here, there) in [(b"s1", b"s2"), (b"s2", b"s1")] {
+            let mut a = Realm { doc: Realm::create(&s1, 1).unwrap().doc.fork_as(here) };
+            a.doc.put(&binding(crate::Role::Member, Some(vec![s1.clone()]))).unwrap();
+            a.doc.commit(2);
+            let mut b = Realm { doc: a.doc.fork_as(there) };
+            a.doc.put(&written[0]).unwrap();
+            a.doc.commit(3);
+            b.doc.put(&written[1]).unwrap();
+            b.doc.commit(3);
+            a.doc.merge(&mut b.doc).unwrap();
+            let merged = a.role("bob", "p").unwrap().unwrap();
+            assert!(written.contains(&merged), "{merged:?} was never granted");
+        }
+    }
+
+    /// A member rewrites its record (new addresses) while an admin removes
+    /// it: the merged realm keeps the rewrite, and the member stays removed.
+    #[test]
+    fn a_member_rewritten_while_removed_stays_removed() {
+        let s1 = SiteId::new("s1").unwrap();
+        let s2 = SiteId::new("s2").unwrap();
+        let member = |addr: &str| Member {
+            site: s2.clone(),
+            public_key: "ab".repeat(32),
+            region: "eu".into(),
+            operator: "op".into(),
+            joined_at: 1,
+            addrs: vec![addr.into()],
+            invitation: None,
+            api_cert: None,
+        };
+        let mut a = Realm::create(&s1, 1).unwrap();
+        a.doc.put(&member("/ip4/1")).unwrap();
+        a.doc.commit(2);
+        let mut b = Realm { doc: a.doc.fork_as(b"s2") };
+        a.doc.delete::<Member>("s2").unwrap();
+        a.doc
+            .put(&Removal {
+                site: s2.clone(),
+                public_key: "ab".repeat(32),
+                invitation: None,
+                by: "admin".into(),
+                at: 3,
+            })
+            .unwrap();
+        a.doc.commit(3);
+        b.doc.put(&member("/ip4/2")).unwrap();
+        b.doc.commit(3);
+        a.doc.merge(&mut b.doc).unwrap();
+        assert!(a.doc.get::<Member>("s2").unwrap().is_some(), "the test needs the record to come back");
+        assert!(a.member(&s2).unwrap().is_none());
+        assert!(a.members().unwrap().iter().all(|m| m.site != s2));
     }
 
     #[test]

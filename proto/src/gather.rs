@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use atoll_crdt::{Entity, Instance, Member, Millis, Role, SiteId, User};
+use atoll_crdt::{Entity, Instance, Millis, Role, SiteId, User};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, Command, Reply};
@@ -356,7 +356,7 @@ impl Peer {
                 Ok(None) => return Outcome::Now(Err(ApiError::NotFound(format!("no member site {s}")))),
                 Err(e) => return Outcome::Now(Err(e.into())),
             },
-            None => match self.realm.doc.list::<Member>() {
+            None => match self.realm.members() {
                 Ok(members) => members.into_iter().map(|m| m.site).collect(),
                 Err(e) => return Outcome::Now(Err(e.into())),
             },

@@ -2,8 +2,8 @@
 
 use atoll_crdt::escrow::quota_change;
 use atoll_crdt::{
-    Account, Holder, Image, Member, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId,
-    Spread, User, Visibility, is_name,
+    Account, Holder, Image, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId, Spread,
+    User, Visibility, is_name,
 };
 
 use crate::api::{
@@ -154,14 +154,8 @@ impl Peer {
             self.realm.add_grant(&n.name, &self.site, delta, now)?;
         }
         if n.spread == Spread::Even && left == Resources::ZERO {
-            let others: Vec<SiteId> = self
-                .realm
-                .doc
-                .list::<Member>()?
-                .into_iter()
-                .map(|m| m.site)
-                .filter(|s| s != &self.site)
-                .collect();
+            let others: Vec<SiteId> =
+                self.realm.members()?.into_iter().map(|m| m.site).filter(|s| s != &self.site).collect();
             let (share, _) = even_split(n.quota, others.len() + 1);
             if share != Resources::ZERO {
                 self.transfer(now, &n.name, &others, share)?;

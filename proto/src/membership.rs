@@ -233,7 +233,7 @@ impl Peer {
 
     /// Every member, with what this site knows of it right now.
     pub(crate) fn list_sites(&self, now: Millis) -> ApiResult {
-        let members: Vec<Member> = self.realm.doc.list()?;
+        let members = self.realm.members()?;
         let mut own = Some(self.summary()?);
         let rows = members
             .into_iter()

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::{Account, Entity, Instance, Member, Millis, Resources, SiteId, User};
+use atoll_crdt::{Account, Entity, Instance, Millis, Resources, SiteId, User};
 
 use crate::api::{ApiError, NewInstance, Reply, SiteRights};
 use crate::lifecycle::inst_key;
@@ -532,7 +532,7 @@ impl Peer {
     /// for sites whose documents are held here, free rights from the last
     /// summary for the others.
     pub(crate) fn rights_by_site(&self, project: &str) -> Result<Vec<SiteRights>, ApiError> {
-        let members: Vec<Member> = self.realm.doc.list()?;
+        let members = self.realm.members()?;
         let mut rows = Vec::with_capacity(members.len());
         for m in members {
             let site = m.site;

@@ -227,7 +227,7 @@ impl Net {
     /// Re-reads membership from the realm; returns `Connected` inputs for peers
     /// that just became members while connected (a site that joined through us).
     pub fn refresh(&mut self, realm: &Realm, me: &SiteId) -> Vec<Input> {
-        let members: Vec<Member> = realm.doc.list().unwrap_or_default();
+        let members: Vec<Member> = realm.members().unwrap_or_default();
         // Removed sites are refused at the transport from now on.
         let mut gone = Vec::new();
         for r in realm.doc.list::<atoll_crdt::Removal>().unwrap_or_default() {

@@ -183,7 +183,8 @@ mod tests {
     #[test]
     fn concurrent_grants_merge_into_one_of_them() {
         let s1 = SiteId::new("s1").unwrap();
-        let written = [binding(crate::Role::Admin, Some(vec![s1.clone()])), binding(crate::Role::Reader, None)];
+        let written =
+            [binding(crate::Role::Admin, Some(vec![s1.clone()])), binding(crate::Role::Reader, None)];
         // Both actor orders, so that each side wins the conflict once.
         for (here, there) in [(b"s1", b"s2"), (b"s2", b"s1")] {
             let mut a = Realm { doc: Realm::create(&s1, 1).unwrap().doc.fork_as(here) };

@@ -134,6 +134,40 @@ pub fn require(realm: &Realm, user: &User, project: &str, need: Role, site: &Sit
     }
 }
 
+/// Fails unless `caller` may set or remove a binding of `project` on the
+/// sites of `scope` (None: every site): a realm admin anywhere, a project
+/// admin only within the sites of their own binding. A role change never
+/// reaches wider than its author's reach: an admin on some sites cannot make
+/// anyone (themselves included) admin on others, nor change a binding that
+/// reaches beyond theirs.
+pub fn require_scope(
+    realm: &Realm,
+    caller: &User,
+    project: &str,
+    scope: Option<&[SiteId]>,
+) -> Result<(), ApiError> {
+    if caller.realm_admin {
+        return Ok(());
+    }
+    let Some(own) = realm.role(&caller.name, project)? else {
+        return Err(ApiError::Forbidden(format!("user {} has no role in project {project}", caller.name)));
+    };
+    let within = match (own.sites.as_deref(), scope) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(own), Some(scope)) => scope.iter().all(|s| own.contains(s)),
+    };
+    if within {
+        Ok(())
+    } else {
+        let own = own.sites.unwrap_or_default().iter().map(SiteId::to_string).collect::<Vec<_>>().join(", ");
+        Err(ApiError::Forbidden(format!(
+            "user {} is admin of project {project} on {own} only: roles beyond those sites need a wider admin",
+            caller.name
+        )))
+    }
+}
+
 /// Whether `user` may bring `image`'s blob to `site` (a copy fills the site's
 /// disk: a write, not a read). A private image needs a member of its project;
 /// a public one a member of any project there (who may run it).

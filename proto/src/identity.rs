@@ -121,9 +121,11 @@ impl Peer {
     pub(crate) fn revoke_role(&mut self, caller: &User, user: &str, project: &str) -> ApiResult {
         auth::require(&self.realm, caller, project, Role::Admin, &self.site)?;
         let key = format!("{user}/{project}");
-        if !self.realm.doc.delete::<RoleBinding>(&key)? {
+        let Some(old) = self.realm.role(user, project)? else {
             return Err(ApiError::NotFound(format!("{user} has no role in project {project}")));
-        }
+        };
+        auth::require_scope(&self.realm, caller, project, old.sites.as_deref())?;
+        self.realm.doc.delete::<RoleBinding>(&key)?;
         Ok(Reply::removed(key))
     }
 

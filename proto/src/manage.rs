@@ -235,6 +235,11 @@ impl Peer {
                 }
             }
         }
+        // Neither the new binding nor the one it replaces may reach beyond the caller.
+        auth::require_scope(&self.realm, caller, &g.project, g.sites.as_deref())?;
+        if let Some(old) = self.realm.role(&g.user, &g.project)? {
+            auth::require_scope(&self.realm, caller, &g.project, old.sites.as_deref())?;
+        }
         let binding = RoleBinding { user: g.user, project: g.project, role: g.role, sites: g.sites };
         self.realm.doc.put(&binding)?;
         Ok(Reply::Role(binding))

@@ -1,7 +1,7 @@
 //! Identity administration between peers of the in-test network: revocations
 //! reach every site, deletions check every site.
 
-use atoll_crdt::{Resources, Role, Spread};
+use atoll_crdt::{Resources, Role, SiteId, Spread};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -211,4 +211,37 @@ fn only_a_project_admin_removes_an_image() {
     let req = net.ask(0, &bob, Command::RemoveImage { project: "default".into(), name: "nope".into() });
     net.settle();
     assert_eq!(refused(net.reply(req).unwrap()).status(), 403);
+}
+
+/// An admin of `default` on s0 only (carol) stays within s0: she cannot
+/// make herself or anyone admin elsewhere, nor touch a wider binding.
+#[test]
+fn a_site_scoped_admin_grants_and_revokes_within_her_sites_only() {
+    let (mut net, admin, _) = setup();
+    let s0 = net.site(0);
+    let s1 = net.site(1);
+    for name in ["carol", "dave"] {
+        let user = NewUser { name: name.into(), password: format!("{name}-secret-1"), realm_admin: false };
+        ok(net.call(0, Some(&admin), Command::CreateUser(user)));
+    }
+    let grant = |user: &str, role, sites: Option<Vec<SiteId>>| {
+        Command::GrantRole(Grant { user: user.into(), project: "default".into(), role, sites })
+    };
+    ok(net.call(0, Some(&admin), grant("carol", Role::Admin, Some(vec![s0.clone()]))));
+    net.settle();
+    let carol = net.login(0, "carol", "carol-secret-1");
+    // Herself on every site, or dave on s1: beyond her reach.
+    for g in [grant("carol", Role::Admin, None), grant("dave", Role::Reader, Some(vec![s1.clone()]))] {
+        assert!(matches!(refused(net.call(0, Some(&carol), g)), ApiError::Forbidden(_)));
+    }
+    // Within s0: fine.
+    ok(net.call(0, Some(&carol), grant("dave", Role::Member, Some(vec![s0.clone()]))));
+    // bob is a member on every site: neither rewritten nor revoked by her.
+    let narrower = grant("bob", Role::Reader, Some(vec![s0.clone()]));
+    assert!(matches!(refused(net.call(0, Some(&carol), narrower)), ApiError::Forbidden(_)));
+    let revoke = Command::RevokeRole { user: "bob".into(), project: "default".into() };
+    assert!(matches!(refused(net.call(0, Some(&carol), revoke)), ApiError::Forbidden(_)));
+    // Her own binding is unchanged, and a realm admin still reaches everywhere.
+    assert_eq!(net.peers[0].realm().role("carol", "default").unwrap().unwrap().sites, Some(vec![s0]));
+    ok(net.call(0, Some(&admin), grant("dave", Role::Admin, None)));
 }

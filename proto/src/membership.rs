@@ -150,6 +150,11 @@ impl Peer {
         if let Some(user) = members.iter().find(|x| x.invitation.as_deref() == Some(inv.nonce.as_str())) {
             return Err(refused(format!("the invitation was already used by site {}", user.site)));
         }
+        // One key, one site: a second name for a member's key would let that
+        // member speak as two sites (tokens, documents, escrow shares).
+        if let Some(holder) = members.iter().find(|x| x.public_key == m.public_key) {
+            return Err(refused(format!("this key is already site {}'s", holder.site)));
+        }
         let member = Member { joined_at: now, invitation: Some(inv.nonce), ..m.clone() };
         self.enroll(now, &member, fx)?;
         Ok(self.realm.doc.save())

@@ -78,6 +78,10 @@ fn an_invitation_admits_one_site_once() {
     let fresh = invite(&mut a, &admin, None);
     let taken = join(&mut a, T0 + 6, &fresh, &newcomer("edge-2", 5)).unwrap_err();
     assert!(taken.to_string().contains("taken"), "{taken}");
+    // A member's key under a new name is refused: one key, one site.
+    let second_name = Member { site: SiteId::new("edge-5").unwrap(), ..b.clone() };
+    let twice = join(&mut a, T0 + 6, &fresh, &second_name).unwrap_err();
+    assert!(twice.to_string().contains("already site edge-2's"), "{twice}");
     let Ok(Reply::Sites(rows)) = call(&mut a, T0 + 7, Some(&admin), Command::ListSites) else { panic!() };
     let rows: Vec<SiteRow> = rows;
     assert_eq!(rows.len(), 3);

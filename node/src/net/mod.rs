@@ -574,6 +574,13 @@ impl Net {
             }) => {
                 self.traffic.recv(request.len());
                 match wire::decode::<JoinRequest>(&request, wire::MAX_JOIN_REQUEST) {
+                    // The connection's handshake proved the key of `peer`: a
+                    // joiner may only enrol that key, never another's.
+                    Ok(request) if peer_id(&request.member.public_key) != Some(peer) => {
+                        let why = "join refused: the key in the request is not the key of this connection";
+                        self.answer_join(channel, Err(ApiError::Forbidden(why.into())));
+                        None
+                    }
                     Ok(request) => Some(Event::Join { request, channel }),
                     Err(e) => {
                         self.punish(peer, &format!("undecodable join request: {e}"));

@@ -149,3 +149,43 @@ async fn a_stranger_in_its_grace_is_sent_no_summary() {
     assert!(to_b >= 3, "the member b heard {to_b} summaries of a");
     assert_eq!(to_s, 0, "the stranger heard {to_s} summaries of a");
 }
+
+/// A joiner proves its key by the connection's handshake: a join request
+/// that enrols another key (a member's, say) is refused by the network
+/// layer, and the core never sees it.
+#[tokio::test]
+async fn a_join_request_for_another_key_than_the_connections_is_refused() {
+    use atoll_proto::membership::{INVITE_PREFIX, Invitation};
+    let (a, joiner, victim) = (key(21), key(22), key(23));
+    let ((mut na, addr_a), (mut nj, _)) = (listening(&a).await, listening(&joiner).await);
+    let inv = Invitation {
+        issuer: SiteId::new("a").unwrap(),
+        admin: "admin".into(),
+        name: None,
+        expires_at: u64::MAX,
+        nonce: "n".into(),
+        addrs: vec![addr_a],
+    };
+    let token = format!("{INVITE_PREFIX}{}", atoll_proto::auth::seal(&a, &inv));
+    let member = Member {
+        site: SiteId::new("edge").unwrap(),
+        public_key: hex_key(&victim),
+        region: "r".into(),
+        operator: "op".into(),
+        joined_at: 0,
+        addrs: vec![],
+        invitation: None,
+        api_cert: None,
+    };
+    let core_saw = tokio::spawn(async move {
+        loop {
+            if let Event::Join { .. } = na.next().await {
+                return;
+            }
+        }
+    });
+    let refused = nj.join(&token, member).await.unwrap_err().to_string();
+    assert!(refused.contains("not the key of this connection"), "{refused}");
+    assert!(!core_saw.is_finished(), "the request reached the core");
+    core_saw.abort();
+}

@@ -193,8 +193,12 @@ pub struct Removal {
 impl Entity for Removal {
     const COLLECTION: &'static str = "removals";
     const PACKED: bool = true;
+    /// Keyed by the key removed, so that removals are final: a later removal
+    /// (of another key, under the same name in an older realm) cannot
+    /// overwrite one. Realms from before keep records keyed by site name;
+    /// readers match on the fields, never on the key.
     fn key(&self) -> String {
-        self.site.0.clone()
+        self.public_key.clone()
     }
 }
 

@@ -65,8 +65,9 @@ impl Realm {
     /// the word on that key.
     pub fn member(&self, site: &SiteId) -> Result<Option<Member>, DocError> {
         let Some(member) = self.doc.get::<Member>(site.as_str())? else { return Ok(None) };
-        let removed = self.doc.get::<Removal>(site.as_str())?;
-        Ok(removed.is_none_or(|r| r.public_key != member.public_key).then_some(member))
+        let removals: Vec<Removal> = self.doc.list()?;
+        Ok((!removals.iter().any(|r| r.site == member.site && r.public_key == member.public_key))
+            .then_some(member))
     }
 
     /// Every member, removed ones left out (see [`Realm::member`]).

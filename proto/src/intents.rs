@@ -355,6 +355,14 @@ impl Peer {
         // Each intent's effects stand or fall alone.
         self.flush(now, fx);
         let parsed = (|| {
+            // A removed site's requests die with it (docs/operations.md,
+            // "A stolen site"), however they reach this one.
+            if !self.is_member(&intent.requester) {
+                return Err(ApiError::Forbidden(format!(
+                    "site {} is not a member of the realm (removed)",
+                    intent.requester
+                )));
+            }
             let user = self
                 .realm
                 .user(&intent.user)?

@@ -137,6 +137,11 @@ impl Peer {
         if let Some(r) = removals.iter().find(|r| r.public_key == m.public_key) {
             return Err(refused(format!("this site's key was removed from the realm (as site {})", r.site)));
         }
+        // A removed site's name stays taken: its document, replicated by its
+        // custodians, would otherwise become a newcomer's history.
+        if removals.iter().any(|r| r.site == m.site) {
+            return Err(refused(format!("site name {} belonged to a removed site; choose another", m.site)));
+        }
         if let Some(r) = removals.iter().find(|r| r.invitation.as_deref() == Some(inv.nonce.as_str())) {
             return Err(refused(format!("the invitation was already used by site {}", r.site)));
         }

@@ -393,3 +393,19 @@ fn rights_that_moved_away_are_found_through_hints() {
         }
     }
 }
+
+/// s0 asks s1 (cut off) for an instance, and is removed from the realm
+/// before s1 hears of it: s1 refuses the intent once it knows of the removal.
+#[test]
+fn an_intent_from_a_removed_site_is_refused() {
+    let (mut net, admin) = setup(3);
+    net.partition(1);
+    let _ = net.ask(0, &admin, remote(&net, 1, 5_000, Command::CreateInstance(new_instance("db", "img"))));
+    net.settle();
+    net.call(2, Some(&admin), Command::RemoveSite { site: net.site(0) }).unwrap();
+    net.settle();
+    net.heal();
+    net.settle();
+    assert!(net.peers[1].realm().member(&net.site(0)).unwrap().is_none(), "s1 never heard of the removal");
+    assert!(instance_on(&net, 1, "db").is_none(), "the removed site's intent was applied");
+}

@@ -142,8 +142,16 @@ fn a_removed_site_cannot_come_back_with_its_key_or_invitation() {
     let fresh = invite(&mut a, &admin, None);
     let back = join(&mut a, T0, &fresh, &b);
     assert!(matches!(&back, Err(ApiError::Forbidden(m)) if m.contains("removed")), "{back:?}");
-    // Another site may take the name, with a key of its own and an unused invitation.
-    join(&mut a, T0, &fresh, &newcomer("edge-2", 3)).unwrap();
+    // Its name stays taken, even by another key (the removed site's document
+    // lives on at its custodians); another name is fine.
+    let reused = join(&mut a, T0, &fresh, &newcomer("edge-2", 3));
+    assert!(matches!(&reused, Err(ApiError::Forbidden(m)) if m.contains("removed site")), "{reused:?}");
+    join(&mut a, T0, &fresh, &newcomer("edge-3", 3)).unwrap();
+    // Removing that one too keeps the first removal: removals are keyed by key.
+    call(&mut a, T0, Some(&admin), Command::RemoveSite { site: SiteId::new("edge-3").unwrap() }).unwrap();
+    let newest = invite(&mut a, &admin, None);
+    let back = join(&mut a, T0, &newest, &b);
+    assert!(matches!(&back, Err(ApiError::Forbidden(m)) if m.contains("removed")), "{back:?}");
     let gone = call(&mut a, T0, Some(&admin), Command::RemoveSite { site: SiteId::new("nowhere").unwrap() });
     assert!(matches!(gone, Err(ApiError::NotFound(_))));
 }

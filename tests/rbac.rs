@@ -102,6 +102,8 @@ fn cases() -> Vec<Case> {
         case("get", "/v1/instances", "/v1/instances", "", NoRole),
         case("get", "/v1/sites", "/v1/sites", "", NoRole),
         case("get", "/v1/network", "/v1/network", "", NoRole),
+        // Open to loopback clients (these are); a token from elsewhere.
+        case("get", "/metrics", "/metrics", "", Nobody),
         case("get", "/v1/quotas/{project}", "/v1/quotas/p", "", Reader),
         hidden(case("get", "/v1/images/{project}/{name}", "/v1/images/p/img", "", Reader)),
         case("get", "/v1/instances/{project}/{name}", "/v1/instances/p/w", "", Reader),

@@ -160,6 +160,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         traffic,
         uploads: Arc::new(tokio::sync::Mutex::new(())),
         logins: Default::default(),
+        exporter: Default::default(),
     };
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -433,7 +433,12 @@ impl Runtime {
             }
             net.tick();
             match summary {
-                Some(Ok(view)) => net.publish(&view),
+                Some(Ok(view)) => {
+                    net.publish(&view);
+                    if let Ok(mut p) = net.traffic.published.lock() {
+                        *p = Some(view);
+                    }
+                }
                 Some(Err(e)) => tracing::warn!("cannot summarise this site: {e}"),
                 None => {}
             }

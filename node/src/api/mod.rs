@@ -4,6 +4,7 @@
 mod identity;
 mod login;
 mod openapi;
+mod prometheus;
 pub mod tls;
 mod upload;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub uploads: Arc<tokio::sync::Mutex<()>>,
     /// Failed-login limits and password-hashing permits.
     pub logins: login::Guard,
+    /// The API latency series behind `/metrics`.
+    pub exporter: prometheus::Exporter,
 }
 
 /// The address of the client of a request, over plain HTTP or HTTPS (failed
@@ -297,8 +300,8 @@ impl Route {
         self
     }
 
-    fn text(mut self) -> Self {
-        self.shapes.text = true;
+    fn text(mut self, media: &'static str) -> Self {
+        self.shapes.text = Some(media);
         self
     }
 
@@ -360,7 +363,8 @@ fn route(
         method,
         path,
         summary,
-        auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json" | "/v1/realm"),
+        // `/metrics` checks the caller itself: open on loopback.
+        auth: !matches!(path, "/v1/login" | "/v1/health" | "/v1/openapi.json" | "/v1/realm" | "/metrics"),
         shapes: openapi::Shapes::default(),
         handler,
     }
@@ -648,7 +652,7 @@ pub fn routes() -> Vec<Route> {
             "/v1/instances/{project}/{name}/logs",
             "The tail of an instance's output (text), wherever it runs (?site=S narrows the search; at most 1 MiB from another site)",
             get(logs),
-        ).query::<LogsQuery>().text(),
+        ).query::<LogsQuery>().text("text/plain"),
         route(
             "get",
             "/v1/sites",
@@ -678,6 +682,13 @@ pub fn routes() -> Vec<Route> {
             }),
         ).reply::<Removed>(),
         route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)).reply::<crate::net::Traffic>(),
+        route(
+            "get",
+            "/metrics",
+            "The serving site's figures in the Prometheus text format (open to loopback clients, a token from elsewhere)",
+            get(prometheus::scrape),
+        )
+        .text(prometheus::MEDIA_TYPE),
     ]
     .into_iter()
     .chain(identity::routes())
@@ -768,6 +779,8 @@ pub fn router(state: AppState) -> Router {
         }
         r = r.route(route.path, handler);
     }
+    // Inside the routing, where the matched route's template is known.
+    r = r.layer(axum::middleware::from_fn_with_state(state.clone(), prometheus::observe));
     r.fallback(|| async { Failure(ApiError::NotFound("no such API route; see /v1/openapi.json".into())) })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, Json(serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}})))

@@ -31,8 +31,8 @@ pub struct Shapes {
     pub query: Option<SchemaFn>,
     /// The JSON reply.
     pub reply: Option<SchemaFn>,
-    /// The reply is plain text (instance logs).
-    pub text: bool,
+    /// The reply is text of this media type (instance logs, metrics).
+    pub text: Option<&'static str>,
     /// The operation may be sent to another site (`?site=`): the reply is
     /// then that site's answer or, while it has not settled, the intent
     /// (202 Accepted).
@@ -90,8 +90,8 @@ fn operation(r: &Route, g: &mut SchemaGenerator) -> Value {
     }
     let reply = r.shapes.reply.map(|f| f(g).to_value());
     let mut ok = json!({"description": "success"});
-    if r.shapes.text {
-        ok["content"] = json!({"text/plain": {"schema": {"type": "string"}}});
+    if let Some(media) = r.shapes.text {
+        ok["content"] = json!({media: {"schema": {"type": "string"}}});
     } else if let Some(reply) = &reply {
         let schema = if r.shapes.remote {
             json!({"anyOf": [reply, reference::<atoll_proto::api::IntentView>(g).to_value()]})
@@ -185,7 +185,12 @@ mod tests {
             assert!(op.is_object(), "{} {} missing", r.method, r.path);
             let has_body = op.get("requestBody").is_some();
             assert_eq!(has_body, r.shapes.body.is_some() || r.path == "/v1/images" && r.method == "post");
-            assert!(r.shapes.reply.is_some() || r.shapes.text, "{} {} has no reply schema", r.method, r.path);
+            assert!(
+                r.shapes.reply.is_some() || r.shapes.text.is_some(),
+                "{} {} has no reply schema",
+                r.method,
+                r.path
+            );
         }
         assert_eq!(
             doc["paths"]["/v1/instances/{project}/{name}"]["get"]["parameters"].as_array().unwrap().len(),

@@ -94,6 +94,10 @@ pub struct Traffic {
     /// The connections to each member, by transport (refreshed every second).
     #[schemars(with = "Vec<LinkView>")]
     pub links: std::sync::Mutex<Vec<LinkView>>,
+    /// The summary this site last gossiped (for `/metrics`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub published: std::sync::Mutex<Option<SiteView>>,
 }
 
 impl Traffic {

@@ -1,0 +1,192 @@
+//! `GET /metrics` in the Prometheus text format (prometheus-client): what a
+//! site's operator graphs. Open to clients on loopback (a local Prometheus
+//! or agent), a valid token needed from anywhere else (docs/operations.md,
+//! "Metrics").
+//!
+//! Figures come from where the daemon already keeps them: the summary this
+//! site last gossiped (instances, images, allocated resources, host
+//! figures, spare rights), the peer network's counters and links, and the
+//! API's own latency histogram, observed by [`observe`] on every request.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::{AppState, Failure};
+
+/// What the encoder writes: OpenMetrics text, which Prometheus reads.
+pub const MEDIA_TYPE: &str = "application/openmetrics-text";
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Latency buckets: 1 ms to about 16 s, doubling.
+const BUCKETS: u16 = 15;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    method: String,
+    /// The route's template (`/v1/instances/{project}/{name}`), never the
+    /// path itself: names would make one series per instance.
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectLabel {
+    project: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    site: String,
+    transport: &'static str,
+}
+
+/// The series that live between scrapes.
+#[derive(Clone)]
+pub struct Exporter {
+    api: Family<RouteLabels, Histogram>,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        fn latency() -> Histogram {
+            Histogram::new(exponential_buckets(0.001, 2.0, BUCKETS))
+        }
+        Exporter { api: Family::new_with_constructor(latency as fn() -> Histogram) }
+    }
+}
+
+/// Times every request of the router into `atoll_api_request_duration_seconds`.
+pub async fn observe(
+    State(s): State<AppState>,
+    route: Option<MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let labels = RouteLabels {
+        method,
+        route: route.map_or_else(|| "unmatched".to_owned(), |r| r.as_str().to_owned()),
+        status: resp.status().as_u16(),
+    };
+    s.exporter.api.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
+    r.register(name, help, ConstGauge::new(v));
+}
+
+/// The text exposition of this site's figures now.
+pub fn render(s: &AppState) -> Result<String, std::fmt::Error> {
+    let mut r = Registry::with_prefix("atoll");
+    r.register(
+        "api_request_duration_seconds",
+        "Time to answer an API request, by route template and status",
+        s.exporter.api.clone(),
+    );
+    let t = &s.traffic;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    r.register("peer_sent_bytes", "Payload bytes sent to peers", ConstCounter::new(load(&t.sent_bytes)));
+    r.register("peer_sent_messages", "Messages sent to peers", ConstCounter::new(load(&t.sent_msgs)));
+    r.register(
+        "peer_received_bytes",
+        "Payload bytes received from peers",
+        ConstCounter::new(load(&t.recv_bytes)),
+    );
+    r.register(
+        "peer_received_messages",
+        "Messages received from peers",
+        ConstCounter::new(load(&t.recv_msgs)),
+    );
+    r.register(
+        "peers_refused",
+        "Non-members that left without joining, and peers blocked for breaking the protocol",
+        ConstCounter::new(load(&t.refused_peers)),
+    );
+    let links: Family<PeerLabels, ConstGaugeCell> = Family::default();
+    if let Ok(views) = t.links.lock() {
+        for l in views.iter() {
+            for (transport, n) in [("quic", l.quic), ("tcp", l.tcp)] {
+                links.get_or_create(&PeerLabels { site: l.site.to_string(), transport }).set(n as i64);
+            }
+        }
+        gauge(&mut r, "peers_connected", "Member sites with at least one open connection", {
+            views.iter().filter(|l| l.quic + l.tcp > 0).count() as i64
+        });
+    }
+    r.register("peer_connections", "Open connections to each member site, by transport", links);
+    if let Ok(fetches) = t.fetches.lock() {
+        gauge(&mut r, "image_fetches", "Image fetches under way", fetches.len() as i64);
+    }
+    let published = t.published.lock().ok().and_then(|p| p.clone());
+    if let Some(v) = published {
+        gauge(&mut r, "instances", "Instances on this site", v.instances as i64);
+        gauge(&mut r, "instances_running", "Instances running on this site", v.running as i64);
+        gauge(&mut r, "images", "Image blobs held by this site", v.images as i64);
+        gauge(&mut r, "allocated_cpus", "CPUs held by this site's instances", v.allocated.cpus);
+        gauge(&mut r, "allocated_memory_mib", "Memory held by this site's instances", v.allocated.memory_mib);
+        gauge(&mut r, "capacity_cpus", "CPUs this site offers", v.descriptor.capacity.cpus);
+        gauge(&mut r, "capacity_memory_mib", "Memory this site offers", v.descriptor.capacity.memory_mib);
+        if let Some(h) = v.live {
+            r.register("host_load1", "The host's 1-minute load average", ConstGauge::new(h.load));
+            gauge(&mut r, "host_free_memory_mib", "The host's free memory", h.free_memory_mib);
+            gauge(&mut r, "host_free_disk_mib", "Free disk under the data dir", h.free_disk_mib);
+        }
+        let spare: Family<ProjectLabel, ConstGaugeCell> = Family::default();
+        for (project, rights) in &v.spare {
+            spare.get_or_create(&ProjectLabel { project: project.clone() }).set(rights.instances);
+        }
+        r.register("spare_instance_rights", "Instance rights this site holds free, by project", spare);
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r)?;
+    Ok(out)
+}
+
+/// Whether a client at `from` may scrape without a token: on loopback only
+/// (an address unknown is not loopback).
+fn open_to(from: Option<std::net::IpAddr>) -> bool {
+    from.is_some_and(|a| a.is_loopback())
+}
+
+/// A gauge set once per scrape, in a family.
+type ConstGaugeCell = prometheus_client::metrics::gauge::Gauge;
+
+/// `GET /metrics`: open to loopback clients, a token from elsewhere.
+pub async fn scrape(
+    State(s): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<super::Caller>>>,
+    h: axum::http::HeaderMap,
+) -> Result<Response, Failure> {
+    let from = peer.map(|axum::Extension(axum::extract::ConnectInfo(super::Caller(a)))| a.ip());
+    if !open_to(from) {
+        s.client.call(super::bearer(&h), atoll_proto::Command::Authenticate).await?;
+    }
+    let body = render(&s).map_err(|e| Failure(atoll_proto::ApiError::Internal(e.to_string())))?;
+    let kind = HeaderValue::from_static(CONTENT_TYPE);
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, kind)], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_scrapes_without_a_token() {
+        assert!(open_to(Some("127.0.0.1".parse().unwrap())));
+        assert!(open_to(Some("::1".parse().unwrap())));
+        assert!(!open_to(Some("10.0.0.7".parse().unwrap())));
+        assert!(!open_to(None));
+    }
+}

@@ -1,0 +1,82 @@
+//! `GET /metrics` read by the Prometheus project's own parser (the Python
+//! client's OpenMetrics parser): it must parse, and its figures must be the
+//! site's. `ATOLL_PYTHON` names a Python with `prometheus_client` (`.ci/run`
+//! installs one); without it the test is skipped, except under `CI=true`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use atoll_e2e::*;
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps(out))
+"#;
+
+fn python() -> Option<String> {
+    let python = std::env::var("ATOLL_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python).args(["-c", "import prometheus_client"]).output().ok()?.status.success();
+    ok.then_some(python)
+}
+
+/// The samples of a scrape, by name: `[[labels, value], ...]`.
+fn parse(python: &str, text: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the scrape: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn value(samples: &serde_json::Value, name: &str) -> Option<f64> {
+    samples[name][0][1].as_f64()
+}
+
+#[test]
+fn metrics_parse_and_say_what_the_site_holds() {
+    let Some(python) = python() else {
+        unavailable("no Python with prometheus_client (pip install prometheus-client, or set ATOLL_PYTHON)");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "site-1");
+    d.login_admin();
+    let dir = tempfile::tempdir().unwrap();
+    let image = process_image(dir.path(), "sleeper", "sleep 600");
+    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "sleeper"]);
+    d.cli().ok(&["instance", "create", "s1", "--image", "sleeper", "--memory", "32", "--", &d.tag()]);
+    d.cli().ok(&["instance", "list"]);
+    // The summary is published every few seconds: wait for one that counts the instance.
+    let mut samples = serde_json::Value::Null;
+    let counted = eventually(Duration::from_secs(30), || {
+        let r = http(&d.addr(), "GET", "/metrics", None, b"");
+        assert_eq!(r.status, 200, "{}", r.body);
+        samples = parse(&python, &r.body);
+        value(&samples, "atoll_instances") == Some(1.0)
+    });
+    assert!(counted, "no scrape counted the instance: {samples}");
+    assert_eq!(value(&samples, "atoll_images"), Some(1.0));
+    assert_eq!(value(&samples, "atoll_allocated_memory_mib"), Some(32.0));
+    // The API's latency, by route template (never by instance name).
+    let api = samples["atoll_api_request_duration_seconds_count"].as_array().expect("API latency series");
+    let routes: Vec<&str> = api.iter().filter_map(|s| s[0]["route"].as_str()).collect();
+    assert!(routes.contains(&"/v1/instances"), "{routes:?}");
+    assert!(!routes.iter().any(|r| r.contains("s1")), "a series per instance: {routes:?}");
+    d.cli().ok(&["instance", "delete", "s1"]);
+}

@@ -71,7 +71,13 @@ pub async fn observe(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let method = req.method().as_str().to_owned();
+    // Methods are any token a client sends: only the API's own make a
+    // series, or a scanner could grow the family without bound.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD") => m,
+        _ => "other",
+    }
+    .to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
     let labels = RouteLabels {

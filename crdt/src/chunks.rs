@@ -29,6 +29,30 @@ pub const INFLATE_RATIO: usize = 32;
 /// Inflated bytes allowed whatever the input's size.
 pub const INFLATE_FLOOR: usize = 1 << 20;
 
+/// Whether `bytes` is a whole-document chunk (what automerge's V2 sync sends
+/// on a first exchange) rather than a change.
+pub fn is_document(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && bytes[..4] == MAGIC && bytes[8] == DOCUMENT
+}
+
+/// The chunks of a sequence (one element of a sync message may hold several
+/// changes back to back: automerge loads it as one incremental save).
+pub fn split(bytes: &[u8]) -> Result<Vec<&[u8]>, DocError> {
+    let mut out = Vec::new();
+    let mut input = Reader { rest: bytes };
+    while !input.rest.is_empty() {
+        let start = input.rest;
+        if input.take(4)? != MAGIC {
+            return Err(bad("bad magic bytes"));
+        }
+        input.take(5)?; // checksum and type
+        let len = input.uleb()?;
+        input.take(len)?;
+        out.push(&start[..start.len() - input.rest.len()]);
+    }
+    Ok(out)
+}
+
 fn bad(why: &str) -> DocError {
     DocError::BadChange(format!("automerge chunk: {why}"))
 }

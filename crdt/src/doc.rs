@@ -60,7 +60,9 @@ enum Stored {
 
 /// An automerge document with Atoll's collection layout.
 pub struct Doc {
-    inner: AutoCommit,
+    pub(crate) inner: AutoCommit,
+    /// Who signed each change (crate::provenance).
+    pub(crate) ledger: crate::provenance::Ledger,
 }
 
 /// Runs automerge on bytes from a peer or a file, turning a panic into an
@@ -68,7 +70,7 @@ pub struct Doc {
 /// `fuzz/fuzz_targets/document.rs`), and one hostile document must not stop a
 /// site. Changes applied before such a panic stay (automerge applies whole
 /// changes, each verified by its hash); the rest of the message is refused.
-fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, DocError> {
+pub(crate) fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T, DocError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| DocError::Panicked(what))
 }
 
@@ -120,15 +122,29 @@ impl Doc {
         nonce: &[u8],
         now: Millis,
     ) -> Result<Self, DocError> {
+        Doc::create_rooted(actor, collections, &[("nonce", ScalarValue::Bytes(nonce.to_vec()))], now)
+    }
+
+    /// Same, with `root` scalars written in the first change (empty ones skipped).
+    pub fn create_rooted(
+        actor: &[u8],
+        collections: &[&'static str],
+        root: &[(&str, ScalarValue)],
+        now: Millis,
+    ) -> Result<Self, DocError> {
         let mut inner = AutoCommit::new().with_actor(ActorId::from(actor));
         inner.put(automerge::ROOT, "schema", SCHEMA)?;
-        if !nonce.is_empty() {
-            inner.put(automerge::ROOT, "nonce", ScalarValue::Bytes(nonce.to_vec()))?;
+        for (name, value) in root {
+            let empty = matches!(value, ScalarValue::Bytes(b) if b.is_empty())
+                || matches!(value, ScalarValue::Str(s) if s.is_empty());
+            if !empty {
+                inner.put(automerge::ROOT, *name, value.clone())?;
+            }
         }
         for c in collections {
             inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
         }
-        let mut doc = Doc { inner };
+        let mut doc = Doc { inner, ledger: Default::default() };
         doc.commit(now);
         Ok(doc)
     }
@@ -137,7 +153,7 @@ impl Doc {
     pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
         crate::chunks::check(bytes)?;
         let inner = guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor));
-        let doc = Doc { inner };
+        let doc = Doc { inner, ledger: Default::default() };
         doc.check(collections)?;
         Ok(doc)
     }
@@ -151,6 +167,7 @@ impl Doc {
         crate::chunks::check(bytes)?;
         Ok(Doc {
             inner: guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)),
+            ledger: Default::default(),
         })
     }
 
@@ -179,7 +196,7 @@ impl Doc {
         Ok(())
     }
 
-    fn collection(&self, name: &'static str) -> Result<ObjId, DocError> {
+    pub(crate) fn collection(&self, name: &'static str) -> Result<ObjId, DocError> {
         match self.inner.get(automerge::ROOT, name)? {
             Some((Value::Object(ObjType::Map), id)) => Ok(id),
             _ => Err(DocError::MissingCollection(name)),
@@ -197,6 +214,35 @@ impl Doc {
             },
             _ => Ok(None),
         }
+    }
+
+    /// Reads one entity as of `heads` (the state a change's author saw).
+    pub fn get_at<T: Entity>(&self, key: &str, heads: &[ChangeHash]) -> Result<Option<T>, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        match self.inner.get_at(&coll, key, heads)? {
+            Some((Value::Object(ObjType::Map), obj)) => {
+                let mut map = serde_json::Map::new();
+                for item in self.inner.map_range_at(&obj, .., heads) {
+                    if let v @ Value::Scalar(_) = item.value.into_value() {
+                        map.insert(item.key.to_string(), scalar_to_json(&v));
+                    }
+                }
+                self.decode_json::<T>(serde_json::from_value(Json::Object(map)), key).map(Some)
+            }
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
+                ScalarValue::Bytes(b) => self.decode::<T>(&Stored::Packed(b.clone()), key).map(Some),
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// A scalar at the document's root as of `heads` (`schema`, `founder`).
+    pub fn root_at(&self, name: &str, heads: &[ChangeHash]) -> Result<Option<Json>, DocError> {
+        Ok(match self.inner.get_at(automerge::ROOT, name, heads)? {
+            Some((v @ Value::Scalar(_), _)) => Some(scalar_to_json(&v)),
+            _ => None,
+        })
     }
 
     /// Every entity of a collection, in key order.
@@ -246,6 +292,10 @@ impl Doc {
                 serde_json::from_value(Json::Object(map))
             }
         };
+        self.decode_json(decoded, key)
+    }
+
+    fn decode_json<T: Entity>(&self, decoded: serde_json::Result<T>, key: &str) -> Result<T, DocError> {
         decoded.map_err(|e| DocError::Decode {
             collection: T::COLLECTION,
             key: key.to_owned(),
@@ -352,6 +402,12 @@ impl Doc {
         Some(first.hash().to_string())
     }
 
+    /// The actor of the document's first change: for the realm, its founder.
+    pub fn genesis_actor(&mut self) -> Option<Vec<u8>> {
+        let first = self.inner.get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
+        Some(first.actor_id().to_bytes().to_vec())
+    }
+
     /// Encoded changes the holder of `have` lacks.
     pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
         self.inner.get_changes(have).into_iter().map(|mut c| c.bytes().into_owned()).collect()
@@ -381,21 +437,43 @@ impl Doc {
     /// An empty replica, to be filled by the sync protocol from a peer that holds
     /// the document (a site document this site has not seen yet).
     pub fn empty(actor: &[u8]) -> Doc {
-        Doc { inner: AutoCommit::new().with_actor(ActorId::from(actor)) }
+        Doc { inner: AutoCommit::new().with_actor(ActorId::from(actor)), ledger: Default::default() }
     }
 
     /// The next automerge sync message for a peer whose progress is `state`,
-    /// or None when the peer is known to have everything.
+    /// with the signatures of the changes it carries, or None when the peer
+    /// is known to have everything.
     ///
     /// The state holds what the peer said it has; should automerge still
     /// panic on it, the state is reset (a fresh sync, as after a restart)
     /// rather than the site stopped.
-    pub fn sync_out(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
+    pub fn sync_out(&mut self, state: &mut SyncState) -> Option<(Vec<u8>, Vec<crate::Signed>)> {
         use automerge::sync::SyncDoc;
+        // A peer whose heads we lack only because we refused them would be
+        // answered for ever (each side's heads differ): then we speak only
+        // when we have changes to send.
+        let stuck = self.stuck_on_refused(state);
+        let saved = stuck.then(|| state.clone());
         let inner = &mut self.inner;
         let st = &mut *state;
+        // What the message carries is what it adds to the state's sent hashes.
+        let before = st.sent_hashes.len();
+        let sent_before = (before > 0).then(|| st.sent_hashes.clone());
         match guarded("a sync state", move || inner.sync().generate_sync_message(st).map(|m| m.encode())) {
-            Ok(msg) => msg,
+            Ok(Some(msg)) => {
+                let new: Vec<ChangeHash> = state
+                    .sent_hashes
+                    .iter()
+                    .filter(|h| sent_before.as_ref().is_none_or(|b| !b.contains(*h)))
+                    .copied()
+                    .collect();
+                if let Some(saved) = saved.filter(|_| new.is_empty()) {
+                    *state = saved;
+                    return None;
+                }
+                Some((msg, self.signatures(new)))
+            }
+            Ok(None) => None,
             Err(_) => {
                 *state = SyncState::new();
                 None
@@ -403,20 +481,42 @@ impl Doc {
         }
     }
 
-    /// Applies a peer's sync message.
-    pub fn sync_in(&mut self, state: &mut SyncState, msg: &[u8]) -> Result<(), DocError> {
+    /// Whether every head of the peer's that we lack is a change we refused.
+    fn stuck_on_refused(&self, state: &SyncState) -> bool {
+        let Some(theirs) = &state.their_heads else { return false };
+        let lacking = ReadDoc::get_missing_deps(&self.inner, theirs);
+        !lacking.is_empty() && lacking.iter().all(|h| self.ledger.is_refused(&h.0))
+    }
+
+    /// Applies a peer's sync message, each change it carries passing `gate`
+    /// first (crate::provenance); `sigs` came beside the message.
+    pub fn sync_in(
+        &mut self,
+        state: &mut SyncState,
+        msg: &[u8],
+        sigs: &[crate::Signed],
+        gate: &mut dyn crate::Gate,
+    ) -> Result<crate::Received, DocError> {
         use automerge::sync::SyncDoc;
-        let msg = guarded("a sync message", || automerge::sync::Message::decode(msg))?
+        let mut msg = guarded("a sync message", || automerge::sync::Message::decode(msg))?
             .map_err(|e| DocError::BadChange(e.to_string()))?;
         for have in &msg.have {
             sound_bloom(&have.bloom.to_bytes())?;
         }
-        for chunks in msg.changes.iter() {
-            crate::chunks::check(chunks)?;
+        let chunks: Vec<Vec<u8>> = msg.changes.iter().map(<[u8]>::to_vec).collect();
+        for chunk in &chunks {
+            crate::chunks::check(chunk)?;
         }
+        // The changes go through the gate; automerge sees the rest of the
+        // message (heads, needs, bloom filters) with none, and first: seeing
+        // the sender's heads already held, it would take the message for an
+        // acknowledgement and not answer, and the sender would never learn
+        // what we now hold.
+        msg.changes = automerge::sync::ChunkList::empty();
+        let changes = crate::provenance::changes_of(&chunks)?;
         let inner = &mut self.inner;
         guarded("a sync message", move || inner.sync().receive_sync_message(state, msg))??;
-        Ok(())
+        self.admit(changes, sigs, gate)
     }
 
     /// A 32-byte digest of the current heads: equal digests, equal documents.
@@ -431,9 +531,16 @@ impl Doc {
         h.finalize().into()
     }
 
+    /// Writes from now on as `actor`. Atoll's sites never do (a change under
+    /// another site's name is refused by every other site); tests and
+    /// tampered builds do, to show that.
+    pub fn set_actor(&mut self, actor: &[u8]) {
+        self.inner.set_actor(ActorId::from(actor));
+    }
+
     /// A copy acting as `actor` (a new replica of the same document).
     pub fn fork_as(&mut self, actor: &[u8]) -> Doc {
-        Doc { inner: self.inner.fork().with_actor(ActorId::from(actor)) }
+        Doc { inner: self.inner.fork().with_actor(ActorId::from(actor)), ledger: Default::default() }
     }
 }
 
@@ -489,9 +596,16 @@ mod tests {
         let bytes = include_bytes!("../../fuzz/corpus/sync/bloom-without-bits");
         let mut doc = Doc::create(b"s", &["things"], 0).unwrap();
         let mut state = SyncState::new();
-        let refused = doc.sync_in(&mut state, bytes);
+        let refused = doc.sync_in(&mut state, bytes, &[], &mut Anyone);
         assert!(matches!(refused, Err(DocError::BadChange(ref m)) if m.contains("bloom")), "{refused:?}");
         assert!(doc.sync_out(&mut state).is_some());
+    }
+
+    struct Anyone;
+    impl crate::Gate for Anyone {
+        fn admit(&mut self, _: &Doc, _: &crate::Incoming<'_>) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     #[test]

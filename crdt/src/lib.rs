@@ -14,13 +14,16 @@ pub mod doc;
 pub mod entity;
 pub mod escrow;
 pub mod intent;
+pub mod provenance;
 pub mod realm;
 pub mod site;
 
+pub use automerge::{Change, ChangeHash};
 pub use doc::{Doc, DocError, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};
 pub use intent::{Holder, Intent, IntentOutcome, IntentState};
+pub use provenance::{Gate, Incoming, Ledger, Received, Refused, Signed};
 pub use realm::Realm;
 pub use site::SiteDoc;
 

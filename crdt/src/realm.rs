@@ -29,6 +29,9 @@ const COLLECTIONS: &[&str] = &[
 /// so such a realm reads as having no revocations and refuses to record one.
 const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 1).0;
 
+/// Root key of the founder's public key, written in the realm's first change.
+pub const FOUNDER: &str = "founder";
+
 /// The realm replica held by one site.
 pub struct Realm {
     pub doc: Doc,
@@ -42,8 +45,20 @@ impl Realm {
 
     /// A new realm whose first change carries `nonce` (random, from the
     /// founder): its identity, [`Doc::genesis`], is then its own.
-    pub fn found(site: &SiteId, nonce: &[u8], now: Millis) -> Result<Self, DocError> {
-        Ok(Realm { doc: Doc::create_unique(site.as_str().as_bytes(), COLLECTIONS, nonce, now)? })
+    /// `key` (the founder's public key, hex) is written there too: the
+    /// founder's changes that enrol it are signed before any member record
+    /// names its key (crate::provenance).
+    pub fn found(site: &SiteId, key: &str, nonce: &[u8], now: Millis) -> Result<Self, DocError> {
+        use automerge::ScalarValue;
+        let root = [("nonce", ScalarValue::Bytes(nonce.to_vec())), (FOUNDER, ScalarValue::Str(key.into()))];
+        Ok(Realm { doc: Doc::create_rooted(site.as_str().as_bytes(), COLLECTIONS, &root, now)? })
+    }
+
+    /// A realm from a document filled change by change (a joining site's
+    /// verified copy): the layout must be complete.
+    pub fn from_doc(doc: Doc) -> Result<Self, DocError> {
+        doc.check(REQUIRED)?;
+        Ok(Realm { doc })
     }
 
     pub fn load(bytes: &[u8], site: &SiteId) -> Result<Self, DocError> {

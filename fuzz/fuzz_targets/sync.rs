@@ -3,8 +3,18 @@
 //! message leaves the realm readable.
 #![no_main]
 
-use atoll_crdt::{Realm, SiteId, SyncState};
+use atoll_crdt::{Doc, Gate, Incoming, Realm, SiteId, SyncState};
 use libfuzzer_sys::fuzz_target;
+
+/// Takes every change, so that the fuzzer reaches automerge's apply path
+/// (the real gates refuse unsigned changes before it).
+struct Anyone;
+
+impl Gate for Anyone {
+    fn admit(&mut self, _: &Doc, _: &Incoming<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 fuzz_target!(init: {
     // Doc catches automerge's panics on malformed bytes (crdt/src/doc.rs,
@@ -16,7 +26,7 @@ fuzz_target!(init: {
     let site = SiteId::new("site-1").expect("a valid name");
     let Ok(mut realm) = Realm::create(&site, 1) else { return };
     let mut state = SyncState::new();
-    let _ = realm.doc.sync_in(&mut state, data);
+    let _ = realm.doc.sync_in(&mut state, data, &[], &mut Anyone);
     let _ = realm.user("admin");
     let _ = realm.member(&site);
     let _ = realm.project("default");

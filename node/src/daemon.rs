@@ -91,14 +91,16 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     let peer = match (realm, own) {
         (Some(realm), Some(own)) => {
             let mut others = Vec::new();
+            let mut sigs = std::collections::BTreeMap::new();
             for id in store.docs()? {
+                sigs.insert(id.clone(), store.load_sigs(&id)?);
                 if let DocId::Site(s) = &id
                     && s != &site
                 {
                     others.push((s.clone(), store.load_doc(&id)?.unwrap_or_default()));
                 }
             }
-            Peer::restore(cfg, &realm, &own, &others).context("the stored state does not load")?
+            Peer::restore(cfg, &realm, &own, &others, &sigs).context("the stored state does not load")?
         }
         (None, None) if s.join.is_some() => {
             let token = s.join.as_deref().unwrap_or_default();

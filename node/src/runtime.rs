@@ -255,11 +255,28 @@ impl Runtime {
         let mut fx = Outbox::default();
         self.peer.handle(now_millis(), input, &mut fx);
         self.carry_out(fx);
+        self.log_refusals();
         // Fetches that ended while carrying out (nothing was missing, say).
         while let Some((digest, result)) = self.fetched.pop() {
             let mut fx = Outbox::default();
             self.peer.handle(now_millis(), Input::Fetched { digest, result }, &mut fx);
             self.carry_out(fx);
+        }
+    }
+
+    /// Changes the provenance gates refused: logged with their author, counted.
+    fn log_refusals(&mut self) {
+        let refused = self.peer.take_refusals();
+        if refused.is_empty() {
+            return;
+        }
+        for (from, doc, r) in refused {
+            tracing::warn!(%from, %doc, author = %r.author, change = %r.change, "change refused: {}", r.why);
+        }
+        if let Some(net) = self.net.as_ref() {
+            net.traffic
+                .refused_changes
+                .store(self.peer.refused_count(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -512,6 +529,7 @@ impl Runtime {
         match w {
             StoreWrite::Append { doc, bytes } => self.store.append_doc(doc, bytes),
             StoreWrite::Snapshot { doc, bytes } => self.store.replace_doc(doc, bytes),
+            StoreWrite::Sigs { doc, bytes } => self.store.append_sigs(doc, bytes),
             StoreWrite::DeleteBlob { digest, chunks } => {
                 if let Some(d) = digest {
                     self.store.delete_blob(d)?;

@@ -36,6 +36,10 @@ pub trait Store: Send + Sync + 'static {
     fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     /// Every document with a log.
     fn docs(&self) -> Result<Vec<DocId>, StoreError>;
+    /// Appends signature records to a document's ledger (docs/architecture.md, "Provenance").
+    fn append_sigs(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// A document's ledger: every record appended, in order (empty if none).
+    fn load_sigs(&self, doc: &DocId) -> Result<Vec<u8>, StoreError>;
     /// Stores a chunk under its sha256 (hex); returns false if it was already there.
     fn put_chunk(&self, hash: &str, bytes: &[u8]) -> Result<bool, StoreError>;
     fn get_chunk(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -52,6 +56,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct Disk {
     db: sled::Db,
     docs: sled::Tree,
+    /// Each document's signatures, appended like its log, never compacted.
+    sigs: sled::Tree,
     /// Chunks stored in sled by earlier versions; read and deleted, never written.
     chunks: sled::Tree,
     blobs: sled::Tree,
@@ -82,6 +88,7 @@ impl Disk {
         std::fs::create_dir_all(&chunk_dir)?;
         Ok(Disk {
             docs: db.open_tree("docs")?,
+            sigs: db.open_tree("sigs")?,
             chunks: db.open_tree("chunks")?,
             blobs: db.open_tree("blobs")?,
             db,
@@ -107,9 +114,9 @@ impl Disk {
         p
     }
 
-    fn next_key(&self, doc: &DocId) -> Result<Vec<u8>, StoreError> {
+    fn next_key(tree: &sled::Tree, doc: &DocId) -> Result<Vec<u8>, StoreError> {
         let prefix = Self::prefix(doc);
-        let seq = match self.docs.scan_prefix(&prefix).next_back() {
+        let seq = match tree.scan_prefix(&prefix).next_back() {
             Some(entry) => {
                 let (k, _) = entry?;
                 let tail: [u8; 8] = k[prefix.len()..]
@@ -139,9 +146,23 @@ impl Store for Disk {
 
     fn append_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
         // Only the event loop writes documents, so read-then-insert does not race.
-        let key = self.next_key(doc)?;
+        let key = Self::next_key(&self.docs, doc)?;
         self.docs.insert(key, bytes)?;
         Ok(())
+    }
+
+    fn append_sigs(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        let key = Self::next_key(&self.sigs, doc)?;
+        self.sigs.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn load_sigs(&self, doc: &DocId) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.sigs.scan_prefix(Self::prefix(doc)) {
+            out.extend_from_slice(&entry?.1);
+        }
+        Ok(out)
     }
 
     fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
@@ -311,7 +332,11 @@ mod tests {
         assert!(matches!(Disk::open(dir.path()), Err(StoreError::Locked(_))), "one process per data dir");
         assert_eq!(store.load_doc(&doc).unwrap().unwrap(), b"ABCDe");
         assert_eq!(store.load_doc(&other).unwrap().unwrap(), b"zz");
-        assert_eq!(store.docs().unwrap(), vec![DocId::Realm, other]);
+        assert_eq!(store.docs().unwrap(), vec![DocId::Realm, other.clone()]);
+        store.append_sigs(&doc, b"s1").unwrap();
+        store.append_sigs(&doc, b"s2").unwrap();
+        assert_eq!(store.load_sigs(&doc).unwrap(), b"s1s2");
+        assert!(store.load_sigs(&other).unwrap().is_empty());
     }
 
     #[test]

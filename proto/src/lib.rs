@@ -17,6 +17,7 @@ pub mod lifecycle;
 mod manage;
 pub mod membership;
 pub mod peer;
+pub mod provenance;
 mod rebalance;
 mod refetch;
 pub mod sync;
@@ -37,5 +38,7 @@ mod tests_identity;
 mod tests_intents;
 #[cfg(test)]
 mod tests_membership;
+#[cfg(test)]
+mod tests_provenance;
 #[cfg(test)]
 mod tests_sync;

@@ -148,7 +148,7 @@ impl Peer {
         let members: Vec<Member> = self.realm.doc.list()?;
         if let Some(same) = members.iter().find(|x| x.site == m.site) {
             if same.public_key == m.public_key && same.invitation.as_deref() == Some(inv.nonce.as_str()) {
-                return Ok(self.realm.doc.save());
+                return Ok(self.realm_bytes());
             }
             return Err(refused(format!("site name {} is taken", m.site)));
         }
@@ -162,7 +162,7 @@ impl Peer {
         }
         let member = Member { joined_at: now, invitation: Some(inv.nonce), ..m.clone() };
         self.enroll(now, &member, fx)?;
-        Ok(self.realm.doc.save())
+        Ok(self.realm_bytes())
     }
 
     /// Records where this site listens, so that invitations and other members

@@ -51,6 +51,9 @@ pub enum StoreWrite {
     Append { doc: DocId, bytes: Vec<u8> },
     /// A whole document replacing its log.
     Snapshot { doc: DocId, bytes: Vec<u8> },
+    /// Signatures of a document's changes to append to its ledger
+    /// (`atoll_crdt::Ledger::encode` records).
+    Sigs { doc: DocId, bytes: Vec<u8> },
     /// An image's blob is gone: drop its index (when no other image has the same
     /// digest) and the chunks no other image references.
     DeleteBlob { digest: Option<String>, chunks: Vec<String> },
@@ -171,6 +174,8 @@ pub enum Sabotage {
     SyncReset,
     /// Never ask peers for quota rights (refusals while rights are in reach).
     Rebalance,
+    /// Apply every change from a peer without checking who wrote it.
+    Provenance,
 }
 
 pub struct PeerConfig {
@@ -264,6 +269,10 @@ pub struct Peer {
     /// request id -> (intent, requester).
     pub(crate) applying: BTreeMap<ReqId, (String, SiteId)>,
     pub(crate) next_intent_req: ReqId,
+    /// Changes from peers the gates refused (crate::provenance).
+    pub(crate) refusals: crate::provenance::Refusals,
+    /// The realm's first author, once read.
+    founder: Option<Option<Vec<u8>>>,
 }
 
 impl Peer {
@@ -275,7 +284,7 @@ impl Peer {
         // founded by a site of the same name in the same millisecond.
         let mut nonce = [0u8; 16];
         ChaCha20Rng::from_seed(cfg.seed).fill_bytes(&mut nonce);
-        let realm = Realm::found(&site, &nonce, now)?;
+        let realm = Realm::found(&site, &cfg.descriptor.public_key, &nonce, now)?;
         let own = SiteDoc::create(&site, now)?;
         let mut peer = Peer::assemble(cfg, realm, own);
         peer.unsaved = true;
@@ -320,31 +329,24 @@ impl Peer {
     /// and the right to join are obtained is the shell's business.)
     pub fn join(cfg: PeerConfig, now: Millis, realm: &[u8]) -> Result<Peer, ApiError> {
         let site = cfg.descriptor.site.clone();
-        let realm = Realm::load(realm, &site)?;
+        let realm = crate::provenance::verified_realm(realm, &site)?;
         let own = SiteDoc::create(&site, now)?;
         let mut peer = Peer::assemble(cfg, realm, own);
         peer.unsaved = true;
         let d = &peer.descriptor;
-        let member = Member {
-            site: site.clone(),
-            public_key: d.public_key.clone(),
-            region: d.region.clone(),
-            operator: d.operator.clone(),
-            joined_at: now,
-            addrs: Vec::new(),
-            invitation: None,
-            api_cert: None,
-        };
-        // The member that admitted us already entered our record (with the
-        // invitation it consumed); a different key under our name is a clash.
+        // The member that admitted us entered our record (with the invitation
+        // it consumed): a site cannot enrol itself, since no other member
+        // would take its changes (crate::provenance).
         match peer.realm.member(&site)? {
-            Some(m) if m.public_key == member.public_key => {}
+            Some(m) if m.public_key == d.public_key => {}
             Some(_) => {
                 return Err(ApiError::Conflict(format!(
                     "site name {site} belongs to another key in this realm"
                 )));
             }
-            None => peer.realm.doc.put(&member)?,
+            None => {
+                return Err(ApiError::Forbidden(format!("the realm copy does not enrol site {site}")));
+            }
         }
         peer.realm.doc.commit(now);
         Ok(peer)
@@ -371,20 +373,26 @@ impl Peer {
         Ok(())
     }
 
-    /// A peer from its saved documents: the realm, its own, and its replicas of others'.
+    /// A peer from its saved documents: the realm, its own, and its replicas
+    /// of others', each with its ledger of signatures (`sigs`, by document).
     pub fn restore(
         cfg: PeerConfig,
         realm: &[u8],
         own: &[u8],
         others: &[(SiteId, Vec<u8>)],
+        sigs: &BTreeMap<DocId, Vec<u8>>,
     ) -> Result<Peer, DocError> {
         let site = cfg.descriptor.site.clone();
-        let realm = Realm::load(realm, &site)?;
-        let own = SiteDoc::load(own, &site, &site)?;
+        let mut realm = Realm::load(realm, &site)?;
+        let mut own = SiteDoc::load(own, &site, &site)?;
+        let ledger = |id: &DocId| sigs.get(id).map(Vec::as_slice).unwrap_or_default();
+        realm.doc.load_ledger(ledger(&DocId::Realm));
+        own.doc.load_ledger(ledger(&DocId::Site(site.clone())));
         let mut peer = Peer::assemble(cfg, realm, own);
         for (owner, bytes) in others {
             // A replica saved before its first sync completed may be empty.
-            let doc = atoll_crdt::Doc::load_any(bytes, site.as_str().as_bytes())?;
+            let mut doc = atoll_crdt::Doc::load_any(bytes, site.as_str().as_bytes())?;
+            doc.load_ledger(ledger(&DocId::Site(owner.clone())));
             peer.others.insert(owner.clone(), SiteDoc { site: owner.clone(), doc });
         }
         Ok(peer)
@@ -426,11 +434,32 @@ impl Peer {
             intent_waiters: BTreeMap::new(),
             applying: BTreeMap::new(),
             next_intent_req: crate::intents::INTENT_REQ,
+            refusals: crate::provenance::Refusals::default(),
+            founder: None,
         }
     }
 
     pub fn site(&self) -> &SiteId {
         &self.site
+    }
+
+    /// The realm's first author (read once: the first change never changes).
+    pub(crate) fn founder(&mut self) -> Option<Vec<u8>> {
+        if self.founder.is_none() {
+            self.founder = Some(self.realm.doc.genesis_actor());
+        }
+        self.founder.clone().flatten()
+    }
+
+    /// Changes from peers refused since the last call, for the shell to log:
+    /// (the peer that sent it, the document, what and why).
+    pub fn take_refusals(&mut self) -> Vec<(SiteId, DocId, atoll_crdt::Refused)> {
+        self.refusals.take()
+    }
+
+    /// How many changes from peers were refused since this peer started.
+    pub fn refused_count(&self) -> u64 {
+        self.refusals.count
     }
 
     /// The realm this site belongs to (computed once: its first change never
@@ -486,9 +515,10 @@ impl Peer {
         &self.realm
     }
 
-    /// The realm document's saved bytes (what a joining site starts from).
+    /// The realm document with its signatures, as a joining site gets it
+    /// (see [`Peer::join`]).
     pub fn realm_bytes(&mut self) -> Vec<u8> {
-        self.realm.doc.save()
+        crate::provenance::realm_copy(&mut self.realm, &self.key)
     }
 
     /// This site's own document.
@@ -504,6 +534,12 @@ impl Peer {
         };
         docs.sort();
         docs
+    }
+
+    /// Whether this site holds change `hash` of document `id` (the
+    /// simulator's check that no forged change was taken).
+    pub fn holds_change(&mut self, id: &DocId, hash: &[u8; 32]) -> bool {
+        self.doc_mut(id).is_some_and(|d| d.holds(hash))
     }
 
     /// The heads digest of one document, if held.
@@ -738,11 +774,22 @@ impl Peer {
     /// received from a peer) to the shell.
     pub(crate) fn flush(&mut self, now: Millis, fx: &mut impl Effects) {
         let site = DocId::Site(self.site.clone());
+        let mut sign = crate::provenance::signer(&self.key);
+        for doc in [&mut self.realm.doc, &mut self.own.doc] {
+            doc.commit(now);
+            doc.sign_own(&mut sign);
+        }
         let docs = [(DocId::Realm, &mut self.realm.doc), (site, &mut self.own.doc)]
             .into_iter()
             .chain(self.others.iter_mut().map(|(s, d)| (DocId::Site(s.clone()), &mut d.doc)));
         for (id, doc) in docs {
             doc.commit(now);
+            // Signatures first: a change stored without its signature could
+            // not be relayed after a crash.
+            let sigs = doc.ledger_mut().take_unsaved();
+            if !sigs.is_empty() {
+                fx.persist(StoreWrite::Sigs { doc: id.clone(), bytes: atoll_crdt::Ledger::encode(&sigs) });
+            }
             let bytes = doc.save_incremental();
             if bytes.is_empty() {
                 continue;

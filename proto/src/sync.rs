@@ -200,8 +200,8 @@ impl Peer {
     fn sync_to(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) {
         let key = (peer.clone(), id.clone());
         let mut state = self.sync.remove(&key).unwrap_or_default();
-        if let Some(msg) = self.doc_mut(id).and_then(|d| d.sync_out(&mut state)) {
-            fx.send(peer, PeerMsg::Sync { doc: id.clone(), msg });
+        if let Some((msg, sigs)) = self.doc_mut(id).and_then(|d| d.sync_out(&mut state)) {
+            fx.send(peer, PeerMsg::Sync { doc: id.clone(), msg, sigs });
         }
         self.sync.insert(key, state);
     }
@@ -253,16 +253,19 @@ impl Peer {
             PeerMsg::RightsGiven { project, amount, hints } => {
                 self.on_rights_given(now, &from, &project, amount, &hints, fx)
             }
-            PeerMsg::Sync { doc, msg } => {
+            PeerMsg::Sync { doc, msg, sigs } => {
                 if !self.ensure_doc(&from, &doc) {
                     return;
                 }
                 let key = (from.clone(), doc.clone());
                 let mut state = self.sync.remove(&key).unwrap_or_default();
-                let applied = self.doc_mut(&doc).map(|d| d.sync_in(&mut state, &msg));
+                let applied = self.sync_in(&doc, &mut state, &msg, &sigs);
                 self.sync.insert(key, state);
                 match applied {
-                    Some(Ok(())) => self.sync_to(&from, &doc, fx),
+                    Some(Ok(received)) => {
+                        self.refusals.note(&from, &doc, received.refused);
+                        self.sync_to(&from, &doc, fx)
+                    }
                     // A malformed message: drop its sync progress and start over next round.
                     Some(Err(_)) | None => {
                         self.sync.remove(&(from, doc));
@@ -272,7 +275,30 @@ impl Peer {
         }
     }
 
-    /// Offers changed documents to every connected peer.
+    /// Applies a sync message to document `id`, every change passing the
+    /// document's gate (crate::provenance).
+    fn sync_in(
+        &mut self,
+        id: &DocId,
+        state: &mut atoll_crdt::SyncState,
+        msg: &[u8],
+        sigs: &[atoll_crdt::Signed],
+    ) -> Option<Result<atoll_crdt::Received, atoll_crdt::DocError>> {
+        use crate::provenance::{Members, Owner, key_of};
+        let open = self.breaks(crate::peer::Sabotage::Provenance);
+        match id {
+            DocId::Realm => {
+                let founder = self.founder();
+                let mut gate = Members { founder, open };
+                Some(self.realm.doc.sync_in(state, msg, sigs, &mut gate))
+            }
+            DocId::Site(owner) => {
+                let mut gate = Owner { site: owner.clone(), key: key_of(&self.realm, owner), open };
+                self.doc_mut(id).map(|d| d.sync_in(state, msg, sigs, &mut gate))
+            }
+        }
+    }
+
     /// Tells connected peers about changed documents: local changes are pushed
     /// as sync messages (one round trip to every peer); changes received from
     /// `relayed_from` are announced to the others as heads only, which they

@@ -117,6 +117,9 @@ impl Harness {
                 Fx::Persist(StoreWrite::Append { doc, bytes }) => {
                     self.store.entry(doc.to_string()).or_default().extend(bytes);
                 }
+                Fx::Persist(StoreWrite::Sigs { doc, bytes }) => {
+                    self.store.entry(format!("sigs/{doc}")).or_default().extend(bytes);
+                }
                 Fx::Send(to) => panic!("a lone site sent a message to {to}"),
                 other => self.fx.0.push(other),
             }
@@ -178,7 +181,12 @@ impl Harness {
     }
 
     fn restarted(&self) -> Harness {
-        let peer = Peer::restore(config(), &self.store["realm"], &self.store["site/edge-1"], &[]).unwrap();
+        let sigs = [DocId::Realm, DocId::Site(SiteId::new("edge-1").unwrap())]
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), self.store.get(&format!("sigs/{id}"))?.clone())))
+            .collect();
+        let peer =
+            Peer::restore(config(), &self.store["realm"], &self.store["site/edge-1"], &[], &sigs).unwrap();
         let mut h =
             Harness { peer, fx: Recorder::default(), store: self.store.clone(), now: self.now, req: 100 };
         let mut fx = Recorder::default();

@@ -13,7 +13,7 @@ use crate::*;
 
 type Out = Outbox;
 
-fn cfg(i: usize) -> PeerConfig {
+pub(crate) fn cfg(i: usize) -> PeerConfig {
     let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(i as u64));
     let descriptor = Descriptor {
         site: SiteId::new(&format!("s{i}")).unwrap(),
@@ -29,6 +29,21 @@ fn cfg(i: usize) -> PeerConfig {
         version: "test".into(),
     };
     PeerConfig { key, seed: [i as u8; 32], descriptor, token_ttl: 3_600_000, ports: Default::default() }
+}
+
+/// A site's membership record, as the admitting member enters it.
+pub(crate) fn member_of(c: &PeerConfig) -> atoll_crdt::Member {
+    let d = &c.descriptor;
+    atoll_crdt::Member {
+        site: d.site.clone(),
+        public_key: d.public_key.clone(),
+        region: d.region.clone(),
+        operator: d.operator.clone(),
+        joined_at: 0,
+        addrs: Vec::new(),
+        invitation: None,
+        api_cert: None,
+    }
 }
 
 pub(crate) struct Net {
@@ -53,7 +68,9 @@ pub(crate) struct Net {
 impl Net {
     pub fn new(n: usize) -> Net {
         let mut first = Peer::genesis(cfg(0), 0, "admin-password").unwrap();
-        let realm = first.realm.doc.save();
+        let members: Vec<atoll_crdt::Member> = (1..n).map(|i| member_of(&cfg(i))).collect();
+        first.enroll_all(0, &members, &mut Outbox::default()).unwrap();
+        let realm = first.realm_bytes();
         let mut peers = vec![first];
         for i in 1..n {
             peers.push(Peer::join(cfg(i), 0, &realm).unwrap());
@@ -271,7 +288,10 @@ fn garbage_from_a_peer_is_dropped() {
     let from = net.site(1);
     net.input(
         0,
-        Input::Message { from: from.clone(), msg: PeerMsg::Sync { doc: DocId::Realm, msg: vec![0xff; 64] } },
+        Input::Message {
+            from: from.clone(),
+            msg: PeerMsg::Sync { doc: DocId::Realm, msg: vec![0xff; 64], sigs: Vec::new() },
+        },
     );
     let stranger = SiteId::new("stranger").unwrap();
     net.input(0, Input::Message { from: stranger.clone(), msg: PeerMsg::Digest { docs: vec![] } });
@@ -280,7 +300,7 @@ fn garbage_from_a_peer_is_dropped() {
         0,
         Input::Message {
             from,
-            msg: PeerMsg::Sync { doc: DocId::Site(stranger.clone()), msg: vec![1, 2, 3] },
+            msg: PeerMsg::Sync { doc: DocId::Site(stranger.clone()), msg: vec![1, 2, 3], sigs: Vec::new() },
         },
     );
     assert!(!net.peers[0].others.contains_key(&stranger));

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::peer::DocId;
 
 /// Wire version; a peer refuses messages of a version it does not speak.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest message a peer sends or accepts.
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Most documents named in one digest.
@@ -50,8 +50,9 @@ pub struct ChunkRequest {
 pub enum PeerMsg {
     /// The heads digest of every document the sender holds.
     Digest { docs: Vec<(DocId, [u8; 32])> },
-    /// One automerge sync protocol message for one document.
-    Sync { doc: DocId, msg: Vec<u8> },
+    /// One automerge sync protocol message for one document, with the
+    /// signatures of the changes it carries (crate::provenance).
+    Sync { doc: DocId, msg: Vec<u8>, sigs: Vec<atoll_crdt::Signed> },
     /// New heads of some documents, relayed after a change received from a
     /// third peer: the receiver pulls those that differ (instead of every peer
     /// pushing every change to every other).
@@ -136,7 +137,8 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let m = PeerMsg::Sync { doc: DocId::Realm, msg: vec![1, 2, 3] };
+        let sigs = vec![atoll_crdt::Signed { change: [7; 32], sig: [9; 64] }];
+        let m = PeerMsg::Sync { doc: DocId::Realm, msg: vec![1, 2, 3], sigs };
         assert_eq!(PeerMsg::decode(&m.encode()).unwrap(), m);
     }
 
@@ -162,7 +164,7 @@ mod tests {
         /// Every message decodes to itself.
         #[test]
         fn any_message_roundtrips(msg in prop::collection::vec(any::<u8>(), 0..256), n in 0..8usize) {
-            let sync = PeerMsg::Sync { doc: DocId::Realm, msg: msg.clone() };
+            let sync = PeerMsg::Sync { doc: DocId::Realm, msg: msg.clone(), sigs: Vec::new() };
             prop_assert_eq!(PeerMsg::decode(&sync.encode()).unwrap(), sync);
             let digest = PeerMsg::Digest { docs: (0..n).map(|i| (DocId::Realm, [i as u8; 32])).collect() };
             prop_assert_eq!(PeerMsg::decode(&digest.encode()).unwrap(), digest);

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::checks::Checks;
 use crate::scenario::{Scenario, Step};
 
+mod forge;
 mod steps;
 
 const ADMIN_PASSWORD: &str = "sim-admin-password";
@@ -171,6 +172,9 @@ pub struct Sim {
     pub stats: crate::report::Stats,
     pub checks: Checks,
     index: HashMap<SiteId, usize>,
+    /// Forged changes sent (`forge` steps): no site may hold one.
+    forged: Vec<(atoll_proto::DocId, [u8; 32])>,
+    last_forgery: Option<PeerMsg>,
 }
 
 /// A site's configuration: its key comes from `key_seed` (the same across
@@ -282,6 +286,8 @@ impl Sim {
             stats: Default::default(),
             checks: Checks::default(),
             index,
+            forged: Vec::new(),
+            last_forgery: None,
         };
         sim.build_overlay(&custody);
         sim
@@ -356,6 +362,9 @@ impl Sim {
                 StoreWrite::Append { doc, bytes } => store.entry(doc.to_string()).or_default().extend(bytes),
                 StoreWrite::Snapshot { doc, bytes } => {
                     store.insert(doc.to_string(), bytes);
+                }
+                StoreWrite::Sigs { doc, bytes } => {
+                    store.entry(format!("sigs/{doc}")).or_default().extend(bytes)
                 }
                 StoreWrite::DeleteBlob { .. } => {}
             }
@@ -730,6 +739,7 @@ impl Sim {
             self.now = self.now.max(horizon);
         }
         self.stats.settled_at = self.now;
+        self.check_forged();
         self.checks.finish(self.now, &mut self.sites, &self.sc);
         if self.checks.converged == Some(true) {
             self.quiet_window();

@@ -66,6 +66,8 @@ enum Rule {
     SyncReset,
     /// Never ask peers for quota rights.
     Rebalance,
+    /// Apply peers' changes without checking who wrote them.
+    Provenance,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -78,6 +80,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Escrow => Sabotage::Escrow,
         Rule::SyncReset => Sabotage::SyncReset,
         Rule::Rebalance => Sabotage::Rebalance,
+        Rule::Provenance => Sabotage::Provenance,
     })
 }
 

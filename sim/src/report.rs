@@ -26,6 +26,9 @@ pub struct Stats {
     /// Rights on demand: asks and answers sent, and their bytes.
     pub rights_messages: u64,
     pub rights_bytes: u64,
+    /// Forged messages sent (`forge` steps) and changes the peers refused.
+    pub forged: u64,
+    pub refused_changes: u64,
     /// (time, share of live sites agreeing on the realm), once a second.
     pub samples: Vec<(Millis, f64)>,
     pub settled_at: Millis,
@@ -63,6 +66,8 @@ pub struct Report {
     /// travel in sync messages).
     pub rights_messages: u64,
     pub rights_bytes: u64,
+    pub forged: u64,
+    pub refused_changes: u64,
     pub persisted_total_bytes: usize,
     pub persisted_max_site_bytes: usize,
     pub peak_rss_kib: u64,
@@ -109,6 +114,8 @@ impl Report {
                         }
                         None => format!("create {} x{} at s{}", c.project, c.count, c.site),
                     }
+                } else if let Some(f) = &s.forge {
+                    format!("s{} forges {:?} as s{}", f.site, f.what, f.victim)
                 } else {
                     "nothing".into()
                 };
@@ -138,6 +145,8 @@ impl Report {
             quiet_sync_messages: sim.stats.quiet_sync_messages,
             rights_messages: sim.stats.rights_messages,
             rights_bytes: sim.stats.rights_bytes,
+            forged: sim.stats.forged,
+            refused_changes: sim.stats.refused_changes,
             persisted_total_bytes: total,
             persisted_max_site_bytes: max,
             peak_rss_kib: peak_rss_kib(),
@@ -173,6 +182,7 @@ impl Report {
              messages {} ({} bytes, {} dropped by the network)\n\
              instances created {}, refused for quota {} ({} while the project's total had room, {} while a site in reach held spare rights); intents applied {}, refused {}\n\
              rights asked and answered: {} messages, {} bytes\n\
+             forged messages sent {}; changes refused by the peers {}\n\
              instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
              persisted state: {} bytes over all sites, {} bytes at the largest\n\
              peak memory {} MiB\n",
@@ -190,6 +200,8 @@ impl Report {
             self.intents_failed,
             self.rights_messages,
             self.rights_bytes,
+            self.forged,
+            self.refused_changes,
             self.failed_fetching,
             self.quiet_sync_messages,
             self.persisted_total_bytes,

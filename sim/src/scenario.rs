@@ -127,6 +127,35 @@ pub struct Step {
     /// A `quota give` from one site to others, as a project admin would ask it
     /// (any figures: the peer must refuse what would break the escrow).
     pub give: Option<Give>,
+    /// A member sends what no honest peer would (a forger's message).
+    pub forge: Option<Forge>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forge {
+    /// The forging member.
+    pub site: usize,
+    /// The site it writes as (or whose document it writes into).
+    pub victim: usize,
+    pub what: Forgery,
+    /// The project of a forged transfer.
+    #[serde(default)]
+    pub project: String,
+}
+
+/// What a forger sends.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forgery {
+    /// Quota rights from the victim to the forger, in the victim's document.
+    Transfer,
+    /// A realm admin user, in the realm under the victim's name.
+    Realm,
+    /// A sync message of malformed bytes.
+    Garbage,
+    /// The previous forged message again.
+    Replay,
 }
 
 #[derive(Debug, Clone, Deserialize)]

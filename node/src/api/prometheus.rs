@@ -120,6 +120,11 @@ pub fn render(s: &AppState) -> Result<String, std::fmt::Error> {
         "Non-members that left without joining, and peers blocked for breaking the protocol",
         ConstCounter::new(load(&t.refused_peers)),
     );
+    r.register(
+        "changes_refused",
+        "Changes from peers refused because their author may not write them or did not sign them",
+        ConstCounter::new(load(&t.refused_changes)),
+    );
     let links: Family<PeerLabels, ConstGaugeCell> = Family::default();
     if let Ok(views) = t.links.lock() {
         for l in views.iter() {

@@ -88,6 +88,8 @@ pub struct Traffic {
     /// Connections of non-members that ended without a join, and peers blocked
     /// for breaking the protocol.
     pub refused_peers: AtomicU64,
+    /// Changes from peers refused by the provenance gates (docs/architecture.md, "Provenance").
+    pub refused_changes: AtomicU64,
     /// Image fetches under way (refreshed every second).
     #[schemars(with = "Vec<crate::fetch::Progress>")]
     pub fetches: std::sync::Mutex<Vec<crate::fetch::Progress>>,

@@ -122,6 +122,9 @@ impl Sim {
                 }
             }
         }
+        if let Some(f) = &step.forge {
+            self.forge(f);
+        }
         if let Some(g) = &step.give {
             let to = g.to.iter().map(|t| self.sites[*t].id.clone()).collect();
             let amount = Resources::new(g.instances, g.cpus, g.memory_mib);
@@ -213,7 +216,18 @@ impl Sim {
             })
             .filter_map(|(o, v)| Some((o?, v.clone())))
             .collect();
-        let mut peer = match Peer::restore(cfg, &realm, &own, &others) {
+        let sigs: std::collections::BTreeMap<atoll_proto::DocId, Vec<u8>> = s
+            .store
+            .iter()
+            .filter_map(|(k, v)| {
+                let id = match k.strip_prefix("sigs/")? {
+                    "realm" => atoll_proto::DocId::Realm,
+                    other => atoll_proto::DocId::Site(SiteId::new(other.strip_prefix("site/")?).ok()?),
+                };
+                Some((id, v.clone()))
+            })
+            .collect();
+        let mut peer = match Peer::restore(cfg, &realm, &own, &others, &sigs) {
             Ok(p) => p,
             Err(e) => {
                 self.checks.violation(self.now, format!("s{i} cannot restart from its persisted state: {e}"));

@@ -1,0 +1,172 @@
+//! Who may write which document (docs/architecture.md, "Provenance"): the
+//! gates every change from a peer passes before it is applied or stored, and
+//! the record of what they refused.
+//!
+//! - A site document takes changes from its owner only, signed with the key
+//!   the realm binds to the owner's name.
+//! - The realm takes changes from sites that were members when they wrote
+//!   them: the author's member record, and no removal of its key, as of the
+//!   change's dependencies. The founder's first changes (which enrol it) are
+//!   checked against the key written in the realm's first change.
+
+use std::collections::VecDeque;
+
+use atoll_crdt::{ChangeHash, Doc, Gate, Incoming, Member, Realm, Refused, Removal, Signed, SiteId};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+
+use crate::auth::decode_key;
+use crate::peer::DocId;
+
+/// Refusals kept for the shell to log (the count goes on beyond).
+pub const MAX_RECENT: usize = 64;
+
+/// Signs one of our own changes.
+pub fn signer(key: &SigningKey) -> impl FnMut(&[u8]) -> [u8; 64] + '_ {
+    move |message| key.sign(message).to_bytes()
+}
+
+fn check_sig(key_hex: &str, change: &Incoming<'_>) -> Result<(), String> {
+    let sig = change.sig.ok_or("unsigned")?;
+    let key = decode_key(key_hex).ok_or("its author's key is unreadable")?;
+    key.verify(&Signed::message(&change.hash), &Signature::from_bytes(sig))
+        .map_err(|_| "its signature does not verify with its author's key".to_owned())
+}
+
+/// The key the realm binds to `site`'s name, removed or not (a name belongs
+/// to one key for good: docs/architecture.md, "Membership").
+pub fn key_of(realm: &Realm, site: &SiteId) -> Option<String> {
+    if let Ok(Some(m)) = realm.doc.get::<Member>(site.as_str()) {
+        return Some(m.public_key);
+    }
+    let removals: Vec<Removal> = realm.doc.list().ok()?;
+    removals.into_iter().find(|r| &r.site == site).map(|r| r.public_key)
+}
+
+/// A site document's gate: its owner's changes only.
+pub struct Owner {
+    pub site: SiteId,
+    pub key: Option<String>,
+    /// Admit anything (the `Provenance` sabotage).
+    pub open: bool,
+}
+
+impl Gate for Owner {
+    fn admit(&mut self, _doc: &Doc, change: &Incoming<'_>) -> Result<(), String> {
+        if self.open {
+            return Ok(());
+        }
+        if change.actor != self.site.as_str().as_bytes() {
+            return Err(format!("written into {}'s document by another site", self.site));
+        }
+        let key = self.key.as_deref().ok_or("its owner's key is not in the realm")?;
+        check_sig(key, change)
+    }
+}
+
+/// The realm's gate: members as of what the change's author saw.
+pub struct Members {
+    /// The realm's first author, whose key the first change names.
+    pub founder: Option<Vec<u8>>,
+    pub open: bool,
+}
+
+impl Members {
+    fn key_at(&self, doc: &Doc, site: &SiteId, heads: &[ChangeHash]) -> Result<String, String> {
+        let read = |e: atoll_crdt::DocError| e.to_string();
+        let key = match doc.get_at::<Member>(site.as_str(), heads).map_err(read)? {
+            Some(m) => m.public_key,
+            None if self.founder.as_deref() == Some(site.as_str().as_bytes()) => doc
+                .root_at(atoll_crdt::realm::FOUNDER, heads)
+                .map_err(read)?
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .ok_or("the realm names no founder key")?,
+            None => return Err("its author was not a member (never, or no longer)".into()),
+        };
+        // Removals are keyed by the key removed (older realms: by site name).
+        let removed = doc.get_at::<Removal>(&key, heads).map_err(read)?.is_some()
+            || doc
+                .get_at::<Removal>(site.as_str(), heads)
+                .map_err(read)?
+                .is_some_and(|r| r.public_key == key);
+        if removed {
+            return Err("its author had been removed".into());
+        }
+        Ok(key)
+    }
+}
+
+impl Gate for Members {
+    fn admit(&mut self, doc: &Doc, change: &Incoming<'_>) -> Result<(), String> {
+        if self.open || change.genesis {
+            return Ok(());
+        }
+        if change.deps.is_empty() {
+            return Err("a second first change".into());
+        }
+        let site = SiteId::new(&change.author()).map_err(|_| "its author is not a site name".to_owned())?;
+        let key = self.key_at(doc, &site, change.deps)?;
+        check_sig(&key, change)
+    }
+}
+
+/// What the gates refused, for the shell to log and count.
+#[derive(Default)]
+pub struct Refusals {
+    pub count: u64,
+    recent: VecDeque<(SiteId, DocId, Refused)>,
+}
+
+impl Refusals {
+    pub(crate) fn note(&mut self, from: &SiteId, doc: &DocId, refused: Vec<Refused>) {
+        for r in refused {
+            self.count += 1;
+            if self.recent.len() == MAX_RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((from.clone(), doc.clone(), r));
+        }
+    }
+
+    /// Refusals since the last call: (the peer that sent it, the document, what).
+    pub fn take(&mut self) -> Vec<(SiteId, DocId, Refused)> {
+        self.recent.drain(..).collect()
+    }
+}
+
+/// The realm as a joining site receives it: the saved document and the
+/// signatures of its changes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RealmCopy {
+    doc: Vec<u8>,
+    sigs: Vec<u8>,
+}
+
+pub(crate) fn realm_copy(realm: &mut Realm, key: &SigningKey) -> Vec<u8> {
+    // Changes of ours not flushed yet (a realm just founded) are signed now.
+    realm.doc.sign_own(&mut signer(key));
+    let sigs = realm.doc.ledger().save();
+    crate::wire::encode(&RealmCopy { doc: realm.doc.save(), sigs })
+}
+
+/// A realm copy passed change by change through the realm's gate: a joining
+/// site takes nothing its authors did not sign, whoever handed it over.
+pub(crate) fn verified_realm(bytes: &[u8], site: &SiteId) -> Result<Realm, crate::api::ApiError> {
+    use crate::api::ApiError;
+    let copy: RealmCopy = crate::wire::decode(bytes, crate::wire::MAX_MESSAGE)
+        .map_err(|e| ApiError::Invalid(format!("realm copy: {e}")))?;
+    let changes = atoll_crdt::provenance::changes_in(&copy.doc)?;
+    let founder = changes.iter().find(|c| c.deps().is_empty()).map(|c| c.actor_id().to_bytes().to_vec());
+    let mut doc = Doc::empty(site.as_str().as_bytes());
+    let sigs = atoll_crdt::Ledger::parse(&copy.sigs);
+    let received = doc.admit(changes, &sigs, &mut Members { founder, open: false })?;
+    if let Some(r) = received.refused.first() {
+        return Err(ApiError::Forbidden(format!(
+            "the realm copy holds a change its author did not sign ({} by {}: {})",
+            r.change, r.author, r.why
+        )));
+    }
+    if received.waiting > 0 {
+        return Err(ApiError::Invalid("the realm copy lacks changes others depend on".into()));
+    }
+    Ok(Realm::from_doc(doc)?)
+}

@@ -1,0 +1,125 @@
+//! What change provenance costs (docs/benchmarks.md, "Change provenance"):
+//! signing a change, passing changes through the real gates (a site
+//! document's and the realm's) against an open gate, and the bytes the
+//! signatures add to sync messages.
+//!
+//!     cargo build --release -p atoll-sim && ./target/release/provenance-bench [CHANGES]
+
+use std::time::{Duration, Instant};
+
+use atoll_crdt::{Descriptor, Doc, Gate, Kind, Realm, Resources, SiteId, SyncState, User};
+use atoll_proto::provenance::{Members, Owner, signer};
+use ed25519_dalek::SigningKey;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const REPEAT: usize = 3;
+
+fn descriptor(site: &SiteId, key: &SigningKey, disk: i64) -> Descriptor {
+    Descriptor {
+        site: site.clone(),
+        operator: "op".into(),
+        region: "eu".into(),
+        labels: Default::default(),
+        public_key: hex::encode(key.verifying_key().as_bytes()),
+        kinds: vec![Kind::Process],
+        drivers: vec![],
+        arch: "x86_64".into(),
+        capacity: Resources::new(10, 4, 4096),
+        disk_mib: disk,
+        version: "bench".into(),
+    }
+}
+
+/// Sends every change of `from` to a new empty replica through `gate`, by
+/// the sync protocol; returns the time, the message bytes and the bytes of
+/// the signatures beside them.
+fn sync_into(from: &mut Doc, gate: &mut dyn Gate) -> (Duration, usize, usize) {
+    let mut to = Doc::empty(b"bench-replica");
+    let (mut s1, mut s2) = (SyncState::new(), SyncState::new());
+    let (mut msg_bytes, mut sig_bytes) = (0, 0);
+    let started = Instant::now();
+    for _ in 0..100 {
+        let out = from.sync_out(&mut s1);
+        if let Some((msg, sigs)) = &out {
+            msg_bytes += msg.len();
+            sig_bytes += postcard::to_stdvec(sigs).map(|b| b.len()).unwrap_or(0);
+            let got = to.sync_in(&mut s2, msg, sigs, gate).expect("sync");
+            assert!(got.refused.is_empty(), "refused: {:?}", got.refused.first());
+        }
+        let back = to.sync_out(&mut s2);
+        if let Some((msg, sigs)) = &back {
+            from.sync_in(&mut s1, msg, sigs, &mut Members { founder: None, open: true }).expect("sync back");
+        }
+        if out.is_none() && back.is_none() {
+            break;
+        }
+    }
+    assert_eq!(to.digest(), from.digest(), "the replica did not converge");
+    (started.elapsed(), msg_bytes, sig_bytes)
+}
+
+fn best(mut runs: impl FnMut() -> (Duration, usize, usize)) -> (Duration, usize, usize) {
+    (0..REPEAT).map(|_| runs()).min_by_key(|r| r.0).expect("runs")
+}
+
+fn per_change(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n as f64
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(2000);
+    let key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(1));
+    let site = SiteId::new("s1")?;
+    let key_hex = hex::encode(key.verifying_key().as_bytes());
+
+    // A site document of n changes (the descriptor rewritten n times).
+    let mut own = atoll_crdt::SiteDoc::create(&site, 0)?.doc;
+    for i in 0..n {
+        own.put(&descriptor(&site, &key, i as i64))?;
+        own.commit(i as u64 * 1000);
+    }
+    let started = Instant::now();
+    let signed = own.sign_own(&mut signer(&key));
+    let sign = started.elapsed();
+    let open = best(|| sync_into(&mut own, &mut Owner { site: site.clone(), key: None, open: true }));
+    let gated = best(|| {
+        sync_into(&mut own, &mut Owner { site: site.clone(), key: Some(key_hex.clone()), open: false })
+    });
+
+    // A realm of n changes by its founder (a user created in each).
+    let mut realm = Realm::found(&site, &key_hex, b"bench-nonce", 0)?;
+    for i in 0..n {
+        realm.doc.put(&User {
+            name: format!("u{i}"),
+            password_hash: String::new(),
+            realm_admin: false,
+            created_at: i as u64,
+        })?;
+        realm.doc.commit(i as u64 * 1000);
+    }
+    realm.doc.sign_own(&mut signer(&key));
+    let founder = Some(site.as_str().as_bytes().to_vec());
+    let realm_open = best(|| sync_into(&mut realm.doc, &mut Members { founder: None, open: true }));
+    let realm_gated =
+        best(|| sync_into(&mut realm.doc, &mut Members { founder: founder.clone(), open: false }));
+
+    println!("changes: {n} per document ({signed} signed), best of {REPEAT} runs");
+    println!("sign (ed25519):              {:>8.1} us per change", per_change(sign, signed));
+    for (what, open, gated) in [("site document", open, gated), ("realm", realm_open, realm_gated)] {
+        println!(
+            "{what:<14} sync, open gate: {:>8.1} us per change; through the gate: {:>8.1} us per change (+{:.1})",
+            per_change(open.0, n),
+            per_change(gated.0, n),
+            per_change(gated.0.saturating_sub(open.0), n)
+        );
+        println!(
+            "{what:<14} bytes: {} of sync messages, {} of signatures beside them ({:.1} per change, +{:.0}%)",
+            gated.1,
+            gated.2,
+            gated.2 as f64 / n as f64,
+            100.0 * gated.2 as f64 / gated.1.max(1) as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! A member that forges (`forge` steps, docs/scenarios.md): the simulator
+//! crafts, from a member's store and key, messages no honest peer would send,
+//! and delivers them as that member over the simulated network. Checked at
+//! the end: no other site holds any forged change.
+
+use atoll_crdt::{Doc, Resources, Transfer, User};
+use atoll_proto::{DocId, Outbox, PeerMsg};
+
+use super::{Sim, config};
+use crate::scenario::{Forge, Forgery};
+
+impl Sim {
+    pub(super) fn forge(&mut self, f: &Forge) {
+        let (forger, victim) = (f.site, f.victim);
+        let victim_id = self.sites[victim].id.clone();
+        let forger_id = self.sites[forger].id.clone();
+        let (doc_id, key) = match f.what {
+            Forgery::Realm => (DocId::Realm, "realm".to_owned()),
+            _ => (DocId::Site(victim_id.clone()), format!("site/{victim_id}")),
+        };
+        let msg = match f.what {
+            Forgery::Garbage => PeerMsg::Sync { doc: doc_id, msg: vec![0x42; 300], sigs: Vec::new() },
+            Forgery::Replay => match self.last_forgery.clone() {
+                Some(m) => m,
+                None => return,
+            },
+            _ => {
+                // The victim's document as the forger could hold it.
+                let Some(bytes) = self.sites[victim].store.get(&key) else { return };
+                let Ok(mut doc) = Doc::load_any(bytes, victim_id.as_str().as_bytes()) else { return };
+                let before = doc.heads();
+                let written = match f.what {
+                    Forgery::Transfer => doc.put(&Transfer {
+                        project: f.project.clone(),
+                        from: victim_id.clone(),
+                        to: forger_id.clone(),
+                        count: 1,
+                        total: Resources::new(1_000, 1_000, 1 << 20),
+                        at: self.now,
+                    }),
+                    _ => doc.put(&User {
+                        name: format!("forged-by-{forger_id}"),
+                        password_hash: String::new(),
+                        realm_admin: true,
+                        created_at: self.now,
+                    }),
+                };
+                if written.is_err() {
+                    return;
+                }
+                doc.commit(self.now);
+                // Signed with the forger's own key: it has no other.
+                let s = &self.sites[forger];
+                let cfg = config(forger, s.key_seed, 0, &self.sc.sites.regions[s.region]);
+                doc.sign_own(&mut atoll_proto::provenance::signer(&cfg.key));
+                let (msg, sigs) = doc.push_message(&before);
+                for hash in doc.heads() {
+                    self.forged.push((doc_id.clone(), hash.0));
+                }
+                PeerMsg::Sync { doc: doc_id, msg, sigs }
+            }
+        };
+        self.last_forgery = Some(msg.clone());
+        self.stats.forged += 1;
+        let mut fx = Outbox::default();
+        for (j, s) in self.sites.iter().enumerate() {
+            if j != forger {
+                fx.sends.push((s.id.clone(), msg.clone()));
+            }
+        }
+        self.carry_out(forger, fx);
+    }
+
+    /// Every forged change must be held by no site but the forger (which
+    /// never applied it: the simulator forged outside its peer).
+    pub(super) fn check_forged(&mut self) {
+        let forged = std::mem::take(&mut self.forged);
+        for (i, s) in self.sites.iter_mut().enumerate() {
+            let Some(peer) = s.peer.as_mut() else { continue };
+            for (doc, hash) in &forged {
+                if peer.holds_change(doc, hash) {
+                    let what = format!("s{i} took a forged change into {doc}: {}", hex::encode(hash));
+                    self.checks.violation(self.now, what);
+                }
+            }
+        }
+        let refused: u64 = self.sites.iter().filter_map(|s| s.peer.as_ref()).map(|p| p.refused_count()).sum();
+        self.stats.refused_changes = refused;
+        self.forged = forged;
+    }
+}

@@ -121,6 +121,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("the data dir {} holds half a site; move it away to start afresh", data.display()),
     };
+    #[cfg(feature = "tamper")]
+    let peer = tamper(peer);
     forget_changed_password(data, &peer);
     if s.join.is_some() && peer.realm().member(&site)?.is_some_and(|m| m.invitation.is_none()) {
         tracing::warn!("--join ignored: this site founded its own realm and stays in it");
@@ -288,4 +290,15 @@ fn forget_changed_password(data: &Path, peer: &Peer) {
             }
         }
     }
+}
+
+/// A tampered build (`--features tamper`) breaks the rule ATOLL_TAMPER names;
+/// tests/provenance.rs shows that the other sites refuse what it writes.
+#[cfg(feature = "tamper")]
+fn tamper(mut peer: Peer) -> Peer {
+    if std::env::var("ATOLL_TAMPER").as_deref() == Ok("forge") {
+        tracing::warn!("TAMPERED BUILD: writing into other sites' documents at each repair round");
+        peer.sabotage(atoll_proto::Sabotage::Forge);
+    }
+    peer
 }

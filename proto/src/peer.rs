@@ -176,6 +176,9 @@ pub enum Sabotage {
     Rebalance,
     /// Apply every change from a peer without checking who wrote it.
     Provenance,
+    /// A tampered member: at each repair round, give itself quota rights in
+    /// every other site's document it holds (crate::provenance::forge_rights).
+    Forge,
 }
 
 pub struct PeerConfig {
@@ -598,6 +601,9 @@ impl Peer {
             Input::Metrics(m) => self.metrics = Some(m),
             Input::Timer(TimerId::Repair) => {
                 self.collect_intents(now);
+                if self.breaks(Sabotage::Forge) {
+                    crate::provenance::forge_rights(self);
+                }
                 self.on_repair(fx)
             }
             Input::Connected(site) => {

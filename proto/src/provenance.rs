@@ -133,6 +133,28 @@ impl Refusals {
     }
 }
 
+/// What a tampered member does (`Sabotage::Forge`): in every other site's
+/// document it holds, gives itself quota rights of project `default` from
+/// that site and rewrites its descriptor with a huge capacity. Every other
+/// site must refuse both.
+pub(crate) fn forge_rights(peer: &mut crate::Peer) {
+    let me = peer.site.clone();
+    for (owner, doc) in peer.others.iter_mut() {
+        let _ = doc.doc.put(&atoll_crdt::Transfer {
+            project: "default".into(),
+            from: owner.clone(),
+            to: me.clone(),
+            count: 1,
+            total: atoll_crdt::Resources::new(1000, 1000, 1 << 20),
+            at: 0,
+        });
+        if let Ok(Some(mut d)) = doc.descriptor() {
+            d.capacity = atoll_crdt::Resources::new(1 << 20, 1 << 20, 1 << 40);
+            let _ = doc.doc.put(&d);
+        }
+    }
+}
+
 /// The realm as a joining site receives it: the saved document and the
 /// signatures of its changes.
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -135,8 +135,15 @@ impl Daemon {
                 c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(binary());
                 c
             }
-            None => Command::new(binary()),
+            None => Command::new(self.program()),
         }
+    }
+
+    /// The daemon's binary: the one built with the tests, unless its
+    /// environment names another (`ATOLL_TEST_BINARY`: a tampered build).
+    fn program(&self) -> PathBuf {
+        let other = self.env.iter().find(|(k, _)| k == "ATOLL_TEST_BINARY");
+        other.map(|(_, v)| PathBuf::from(v)).unwrap_or_else(binary)
     }
 
     /// (Re)starts the process on the same data dir and waits until it serves.

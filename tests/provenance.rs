@@ -1,0 +1,98 @@
+//! A tampered member among honest ones (docs/architecture.md, "Provenance"):
+//! a build with the `tamper` feature, started with `ATOLL_TAMPER=forge`,
+//! gives itself quota rights in every other site's document it holds, at each
+//! repair round (every 30 s). The honest sites refuse every such change,
+//! count it in `/metrics` and keep their state, while the tampered site
+//! believes its own forgery.
+//!
+//! Needs the tampered binary: `.ci/run` builds it with the simulator's
+//! sabotage build and runs this test with ATOLL_TAMPERED_BIN set:
+//!
+//!     cargo build --release -p atoll --features tamper
+//!     ATOLL_TAMPERED_BIN=target/release/atoll cargo test -p atoll --test provenance -- --ignored
+
+use std::time::Duration;
+
+use atoll_e2e::{Daemon, eventually, http};
+
+fn invite(d: &Daemon, name: &str) -> String {
+    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
+}
+
+fn reachable(d: &Daemon, n: usize) -> bool {
+    let rows = d.cli().json(&["site", "list"]);
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
+}
+
+/// `atoll_changes_refused_total` on `d` (its /metrics is open to loopback).
+fn refused(d: &Daemon) -> u64 {
+    let body = http(&d.addr(), "GET", "/metrics", None, b"").body;
+    body.lines()
+        .find_map(|l| l.strip_prefix("atoll_changes_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The rights of project `default` each site holds, as `d` knows them.
+fn rights(d: &Daemon) -> Vec<(String, i64)> {
+    let v = d.cli().json(&["quota", "show", "default", "--by-site"]);
+    let mut rows: Vec<(String, i64)> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["site"].as_str().unwrap_or("").to_owned(), r["free"]["instances"].as_i64().unwrap_or(-1)))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+#[ignore = "needs a tampered build in ATOLL_TAMPERED_BIN (.ci/run's sabotage stage runs it)"]
+fn a_tampered_member_cannot_give_itself_rights_in_other_sites_documents() {
+    let Ok(tampered) = std::env::var("ATOLL_TAMPERED_BIN") else {
+        panic!(
+            "ATOLL_TAMPERED_BIN names no tampered build (cargo build --release -p atoll --features tamper)"
+        );
+    };
+    let tampered = std::fs::canonicalize(&tampered).expect("the tampered binary exists");
+    let root = tempfile::tempdir().unwrap();
+    let a = Daemon::start(root.path(), "site-a");
+    a.login_admin();
+    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    b.login_admin();
+    let env = [("ATOLL_TEST_BINARY", tampered.to_str().unwrap()), ("ATOLL_TAMPER", "forge")];
+    let inv = invite(&a, "site-m");
+    let m = Daemon::start_args(root.path(), "site-m", &env, &["--join", &inv], Some(&a.password));
+    m.login_admin();
+    for d in [&a, &b, &m] {
+        assert!(
+            eventually(Duration::from_secs(20), || reachable(d, 3)),
+            "{} does not reach every site",
+            d.site
+        );
+    }
+    let before_a = rights(&a);
+    let before_b = rights(&b);
+    // The first repair round comes 30 s after start.
+    assert!(
+        eventually(Duration::from_secs(70), || refused(&a) > 0 && refused(&b) > 0),
+        "the honest sites refused nothing (a: {}, b: {})",
+        refused(&a),
+        refused(&b)
+    );
+    // The tampered site believes its forgery; the others never took it.
+    assert!(
+        eventually(Duration::from_secs(10), || rights(&m).iter().any(|(s, n)| s == "site-m" && *n >= 1000)),
+        "the tampered build did not forge: {:?}",
+        rights(&m)
+    );
+    assert_eq!(rights(&a), before_a, "site-a's view of the rights changed");
+    assert_eq!(rights(&b), before_b, "site-b's view of the rights changed");
+    // The honest sites still work together.
+    a.cli().ok(&["project", "create", "after"]);
+    assert!(
+        eventually(Duration::from_secs(10), || b.cli().run(&["quota", "show", "after"]).status.success()),
+        "a change of site-a's no longer reaches site-b"
+    );
+}

@@ -454,19 +454,39 @@ impl Doc {
         // when we have changes to send.
         let stuck = self.stuck_on_refused(state);
         let saved = stuck.then(|| state.clone());
+        let wanted = self.ledger.wanted(&self.inner);
         let inner = &mut self.inner;
         let st = &mut *state;
         // What the message carries is what it adds to the state's sent hashes.
         let before = st.sent_hashes.len();
         let sent_before = (before > 0).then(|| st.sent_hashes.clone());
-        match guarded("a sync state", move || inner.sync().generate_sync_message(st).map(|m| m.encode())) {
-            Ok(Some(msg)) => {
-                let new: Vec<ChangeHash> = state
-                    .sent_hashes
-                    .iter()
-                    .filter(|h| sent_before.as_ref().is_none_or(|b| !b.contains(*h)))
-                    .copied()
-                    .collect();
+        // Changes held back for a missing dependency are not in automerge's
+        // queue, so it would not ask for that dependency: we do (a change a
+        // bloom filter's false positive kept from us is asked for by hash).
+        let generated = guarded("a sync state", move || {
+            inner.sync().generate_sync_message(st).map(|mut m| {
+                for h in wanted {
+                    if !m.need.contains(&h) {
+                        m.need.push(h);
+                    }
+                }
+                let whole = m.changes.iter().any(crate::chunks::is_document);
+                (m.encode(), whole)
+            })
+        });
+        match generated {
+            Ok(Some((msg, whole))) => {
+                // A whole document carries every change, those sent before too.
+                let new: Vec<ChangeHash> = if whole {
+                    self.inner.get_changes(&[]).iter().map(automerge::Change::hash).collect()
+                } else {
+                    state
+                        .sent_hashes
+                        .iter()
+                        .filter(|h| sent_before.as_ref().is_none_or(|b| !b.contains(*h)))
+                        .copied()
+                        .collect()
+                };
                 if let Some(saved) = saved.filter(|_| new.is_empty()) {
                     *state = saved;
                     return None;

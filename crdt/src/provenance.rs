@@ -124,8 +124,10 @@ pub struct Ledger {
     scanned: Vec<ChangeHash>,
     /// Changes whose dependencies have not arrived, with their signatures.
     waiting: Vec<(Change, Option<[u8; 64]>)>,
-    /// Changes refused once: refused again without a second look.
-    refused: BTreeSet<[u8; 32]>,
+    /// Changes refused once, refused again without a second look; `true`
+    /// when for good, `false` when a signature arriving later may change the
+    /// verdict (it came unsigned, or depends on one that did).
+    refused: BTreeMap<[u8; 32], bool>,
 }
 
 /// Most refused hashes remembered (beyond, a refused change is judged again).
@@ -142,7 +144,7 @@ impl Ledger {
 
     /// Whether change `hash` was refused (and is remembered: at most [`MAX_REFUSED`]).
     pub fn is_refused(&self, hash: &[u8; 32]) -> bool {
-        self.refused.contains(hash)
+        self.refused.contains_key(hash)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,6 +173,24 @@ impl Ledger {
     /// Every signature, in the stored form (a whole-ledger snapshot).
     pub fn save(&self) -> Vec<u8> {
         self.sigs.iter().flat_map(|(change, sig)| Signed { change: *change, sig: *sig }.to_record()).collect()
+    }
+
+    /// The missing dependencies of the changes held back (at most 64 named).
+    pub(crate) fn wanted(&self, doc: &automerge::AutoCommit) -> Vec<ChangeHash> {
+        if self.waiting.is_empty() {
+            return Vec::new();
+        }
+        let held_back: BTreeSet<ChangeHash> = self.waiting.iter().map(|(c, _)| c.hash()).collect();
+        let deps: BTreeSet<ChangeHash> = self
+            .waiting
+            .iter()
+            .flat_map(|(c, _)| c.deps().iter().copied())
+            .filter(|d| !held_back.contains(d))
+            .collect();
+        let deps: Vec<ChangeHash> = deps.into_iter().collect();
+        let mut missing = automerge::ReadDoc::get_missing_deps(doc, &deps);
+        missing.truncate(64);
+        missing
     }
 
     /// Signatures added since the last call, to persist.
@@ -300,14 +320,25 @@ impl Doc {
         }
         let mut ready: Vec<ChangeHash> = blocked.iter().filter(|(_, n)| **n == 0).map(|(h, _)| *h).collect();
         let mut report = Received::default();
-        let mut doomed: BTreeSet<ChangeHash> = BTreeSet::new();
+        // Changes of this batch depending on a refused one, and whether for good.
+        let mut doomed: BTreeMap<ChangeHash, bool> = BTreeMap::new();
+        let refused_dep = |ledger: &Ledger, c: &Change| -> Option<bool> {
+            c.deps().iter().filter_map(|d| ledger.refused.get(&d.0).copied()).reduce(|a, b| a || b)
+        };
         while let Some(hash) = ready.pop() {
             let Some((change, sig)) = pending.remove(&hash) else { continue };
-            let verdict = if doomed.contains(&hash) {
-                Err("depends on a refused change".to_owned())
-            } else if self.ledger.refused.contains(&hash.0) {
-                Err("refused before".to_owned())
-            } else if !self.inner.get_missing_deps(change.deps()).is_empty() {
+            let earlier = self.ledger.refused.get(&hash.0).copied();
+            let verdict = if let Some(&for_good) = doomed.get(&hash) {
+                Err(("depends on a refused change".to_owned(), for_good))
+            } else if let Some(for_good) = earlier.filter(|f| *f || sig.is_none()) {
+                Err(("refused before".to_owned(), for_good))
+            } else if refused_dep(&self.ledger, &change) == Some(true) {
+                // Its dependency will never be applied: waiting would only
+                // fill the queue (a forger's way to make every message cost).
+                Err(("depends on a refused change".to_owned(), true))
+            } else if refused_dep(&self.ledger, &change).is_some()
+                || !self.inner.get_missing_deps(change.deps()).is_empty()
+            {
                 // A dependency neither held nor in this batch: wait for it.
                 if self.ledger.waiting.len() < MAX_WAITING {
                     self.ledger.waiting.push((change, sig));
@@ -322,10 +353,11 @@ impl Doc {
                     sig: sig.as_ref(),
                     genesis: empty && change.deps().is_empty() && report.applied == 0,
                 };
-                gate.admit(self, &incoming)
+                gate.admit(self, &incoming).map_err(|why| (why, sig.is_some()))
             };
             match verdict {
                 Ok(()) => {
+                    self.ledger.refused.remove(&hash.0);
                     let inner = &mut self.inner;
                     guarded("a change", move || inner.apply_changes([change]))??;
                     if let Some(sig) = sig {
@@ -333,16 +365,19 @@ impl Doc {
                     }
                     report.applied += 1;
                 }
-                Err(why) => {
-                    if self.ledger.refused.len() < MAX_REFUSED {
-                        self.ledger.refused.insert(hash.0);
+                Err((why, for_good)) => {
+                    if self.ledger.refused.len() < MAX_REFUSED || earlier.is_some() {
+                        self.ledger.refused.insert(hash.0, for_good);
                     }
                     report.refused.push(Refused {
                         author: String::from_utf8_lossy(change.actor_id().to_bytes()).into_owned(),
                         change: hash.to_string(),
                         why,
                     });
-                    doomed.extend(dependents.get(&hash).into_iter().flatten().copied());
+                    for d in dependents.get(&hash).into_iter().flatten() {
+                        let was = doomed.get(d).copied().unwrap_or(false);
+                        doomed.insert(*d, was || for_good);
+                    }
                 }
             }
             for d in dependents.remove(&hash).unwrap_or_default() {
@@ -501,13 +536,13 @@ mod tests {
         // The forger writes as itself, then as "a" on top of its own change
         // (a real signature it cannot make; here: the wrong stand-in).
         let mut forger = a.fork_as(b"x");
-        write(&mut forger, "stolen", 1, 1000);
-        forger.inner.set_actor(automerge::ActorId::from(b"a".as_slice()));
-        write(&mut forger, "also", 2, 2000);
         let mut sign_wrong = |_: &[u8]| [0xee; 64];
+        write(&mut forger, "stolen", 1, 1000);
         forger.sign_own(&mut sign_wrong);
-        forger.inner.set_actor(automerge::ActorId::from(b"x".as_slice()));
+        forger.set_actor(b"a");
+        write(&mut forger, "also", 2, 2000);
         forger.sign_own(&mut sign_wrong);
+        forger.set_actor(b"x");
         // Meanwhile a writes honestly.
         write(&mut a, "honest", 3, 3000);
         a.sign_own(&mut fake_sig);
@@ -520,11 +555,16 @@ mod tests {
         let got = sync(&mut a, &mut b, &mut gate);
         assert_eq!((got.applied, got.refused.len()), (1, 0));
         assert_eq!(read(&b, "honest"), Some(3));
-        // Offered again, a refused change is not judged again.
+        // Offered again, a refused change is not judged again, and one
+        // offered alone whose dependency was refused does not wait for it.
         let judged = gate.judged;
         let changes = forger.inner.get_changes(&[]);
         let again = b.admit(changes, &[], &mut gate).unwrap();
         assert_eq!(again.refused.len(), 2);
+        write(&mut forger, "more", 4, 4000);
+        let more = forger.inner.get_changes(&[]).pop().unwrap();
+        let alone = b.admit(vec![more], &[], &mut gate).unwrap();
+        assert_eq!((alone.refused.len(), alone.waiting), (1, 0), "{alone:?}");
         assert_eq!(gate.judged, judged, "remembered, not re-judged");
     }
 

@@ -9,7 +9,7 @@
 //! sabotage build and runs this test with ATOLL_TAMPERED_BIN set:
 //!
 //!     cargo build --release -p atoll --features tamper
-//!     ATOLL_TAMPERED_BIN=target/release/atoll cargo test -p atoll --test provenance -- --ignored
+//!     ATOLL_TAMPERED_BIN=$PWD/target/release/atoll cargo test -p atoll --test provenance -- --ignored
 
 use std::time::Duration;
 

@@ -9,16 +9,6 @@ use atoll_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn invite(d: &Daemon, name: &str) -> String {
-    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
-}
-
-fn reachable(d: &Daemon, n: usize) -> bool {
-    let rows = d.cli().json(&["site", "list"]);
-    let rows = rows.as_array().cloned().unwrap_or_default();
-    rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
-}
-
 /// The sites holding `image`, as `d` knows; none while its catalog entry has
 /// not reached `d`.
 fn holders(d: &Daemon, image: &str) -> Vec<String> {
@@ -38,12 +28,12 @@ fn images_and_instance_operations_cross_sites() {
     let root = tempfile::tempdir().unwrap();
     let a = Daemon::start(root.path(), "site-a");
     a.login_admin();
-    let mut b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
-    let c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    let mut b = Daemon::join(root.path(), "site-b", &a.invite("site-b"), &a.password);
+    let c = Daemon::join(root.path(), "site-c", &a.invite("site-c"), &a.password);
     b.login_admin();
     c.login_admin();
     for d in [&a, &b, &c] {
-        assert!(eventually(WAIT, || reachable(d, 3)), "{} does not reach every site", d.site);
+        assert!(eventually(WAIT, || d.reaches(3)), "{} does not reach every site", d.site);
     }
     // Quota rights for B and C (the realm's first site holds them all).
     for site in ["site-b", "site-c"] {
@@ -105,12 +95,12 @@ fn rights_move_on_demand_and_refusals_say_where_they_are() {
     let root = tempfile::tempdir().unwrap();
     let mut a = Daemon::start(root.path(), "site-a");
     a.login_admin();
-    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
-    let c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    let b = Daemon::join(root.path(), "site-b", &a.invite("site-b"), &a.password);
+    let c = Daemon::join(root.path(), "site-c", &a.invite("site-c"), &a.password);
     b.login_admin();
     c.login_admin();
     for d in [&a, &b, &c] {
-        assert!(eventually(WAIT, || reachable(d, 3)), "{} does not reach every site", d.site);
+        assert!(eventually(WAIT, || d.reaches(3)), "{} does not reach every site", d.site);
     }
     let file = process_image(root.path(), "sleeper", "sleep 600\n");
     a.cli().ok(&["image", "add", file.to_str().unwrap(), "--name", "sleeper"]);
@@ -125,7 +115,7 @@ fn rights_move_on_demand_and_refusals_say_where_they_are() {
 
     // Site-a goes; what it still holds is out of reach.
     a.kill9();
-    assert!(eventually(WAIT, || !reachable(&c, 3)));
+    assert!(eventually(WAIT, || !c.reaches(3)));
     let mut refusal = None;
     for i in 0..12 {
         let name = format!("c{i}");
@@ -163,8 +153,8 @@ fn the_realm_wide_view_lists_reads_and_acts_across_sites() {
     let root = tempfile::tempdir().unwrap();
     let a = Daemon::start(root.path(), "site-a");
     a.login_admin();
-    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
-    let mut c = Daemon::join(root.path(), "site-c", &invite(&a, "site-c"), &a.password);
+    let b = Daemon::join(root.path(), "site-b", &a.invite("site-b"), &a.password);
+    let mut c = Daemon::join(root.path(), "site-c", &a.invite("site-c"), &a.password);
     // One login, on A, serves every endpoint of the realm: B and C prove
     // they are members before the CLI sends them the token.
     let home = a.home.path().to_owned();
@@ -242,7 +232,7 @@ fn the_realm_wide_view_lists_reads_and_acts_across_sites() {
 
     // C dies: A still lists its instance, marked unreachable with its age.
     c.kill9();
-    assert!(eventually(WAIT, || !reachable(&a, 3)));
+    assert!(eventually(WAIT, || !a.reaches(3)));
     let list = a.cli().json(&["instance", "list"]);
     assert!(list["instances"].as_array().unwrap().iter().any(|i| i["name"] == "on-site-c"), "{list}");
     let state = list["sites"].as_array().unwrap().iter().find(|s| s["site"] == "site-c").cloned().unwrap();

@@ -9,10 +9,6 @@ use atoll_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn invite(d: &Daemon, name: &str) -> String {
-    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
-}
-
 fn rows(d: &Daemon) -> Vec<serde_json::Value> {
     d.cli().json(&["site", "list"]).as_array().cloned().unwrap_or_default()
 }
@@ -27,8 +23,8 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
     let root = tempfile::tempdir().unwrap();
     let a = Daemon::start(root.path(), "site-a");
     a.login_admin();
-    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
-    let for_c = invite(&a, "site-c");
+    let b = Daemon::join(root.path(), "site-b", &a.invite("site-b"), &a.password);
+    let for_c = a.invite("site-c");
     let mut c = Daemon::join(root.path(), "site-c", &for_c, &a.password);
     b.login_admin();
     c.login_admin();

@@ -15,16 +15,6 @@ use std::time::Duration;
 
 use atoll_e2e::{Daemon, eventually, http};
 
-fn invite(d: &Daemon, name: &str) -> String {
-    d.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
-}
-
-fn reachable(d: &Daemon, n: usize) -> bool {
-    let rows = d.cli().json(&["site", "list"]);
-    let rows = rows.as_array().cloned().unwrap_or_default();
-    rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
-}
-
 /// `atoll_changes_refused_total` on `d` (its /metrics is open to loopback).
 fn refused(d: &Daemon) -> u64 {
     let body = http(&d.addr(), "GET", "/metrics", None, b"").body;
@@ -59,18 +49,14 @@ fn a_tampered_member_cannot_give_itself_rights_in_other_sites_documents() {
     let root = tempfile::tempdir().unwrap();
     let a = Daemon::start(root.path(), "site-a");
     a.login_admin();
-    let b = Daemon::join(root.path(), "site-b", &invite(&a, "site-b"), &a.password);
+    let b = Daemon::join(root.path(), "site-b", &a.invite("site-b"), &a.password);
     b.login_admin();
     let env = [("ATOLL_TEST_BINARY", tampered.to_str().unwrap()), ("ATOLL_TAMPER", "forge")];
-    let inv = invite(&a, "site-m");
+    let inv = a.invite("site-m");
     let m = Daemon::start_args(root.path(), "site-m", &env, &["--join", &inv], Some(&a.password));
     m.login_admin();
     for d in [&a, &b, &m] {
-        assert!(
-            eventually(Duration::from_secs(20), || reachable(d, 3)),
-            "{} does not reach every site",
-            d.site
-        );
+        assert!(eventually(Duration::from_secs(20), || d.reaches(3)), "{} does not reach every site", d.site);
     }
     let before_a = rights(&a);
     let before_b = rights(&b);

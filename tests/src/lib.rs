@@ -217,6 +217,18 @@ impl Daemon {
     }
 
     /// Logs the CLI in as admin (token saved under this daemon's `home`).
+    /// An invitation for site `name`, sealed by this site (as the realm admin).
+    pub fn invite(&self, name: &str) -> String {
+        self.cli().ok(&["site", "invite", "--name", name]).trim().to_owned()
+    }
+
+    /// Whether this site lists `n` members, every one reachable.
+    pub fn reaches(&self, n: usize) -> bool {
+        let rows = self.cli().json(&["site", "list"]);
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        rows.len() == n && rows.iter().all(|r| r["reachable"] == true)
+    }
+
     pub fn login_admin(&self) {
         self.cli().env("ATOLL_PASSWORD", &self.password.clone()).ok(&["login"]);
     }

@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::DocId;
 
-/// Wire version; a peer refuses messages of a version it does not speak.
+/// The newest wire version this build writes.
 pub const VERSION: u16 = 2;
+/// The oldest wire version this build still reads and writes: the previous
+/// release's (docs/architecture.md, "Versions side by side"). A peer writes
+/// each other peer the newest version both speak, learnt when they connect,
+/// and this one until it knows; so a peer of the previous release never gets
+/// a message it would misread.
+pub const OLDEST: u16 = 2;
 /// Largest message a peer sends or accepts.
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Most documents named in one digest.
@@ -85,21 +91,64 @@ struct Envelope<T> {
     msg: T,
 }
 
+/// The wire versions a peer reads and writes, as it advertises them when
+/// connecting (`wire/OLDEST-NEWEST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Speaks {
+    pub oldest: u16,
+    pub newest: u16,
+}
+
+impl Speaks {
+    /// This build.
+    pub const HERE: Speaks = Speaks { oldest: OLDEST, newest: VERSION };
+    /// A peer that advertises no range: release 0.1.0, which spoke version 2 only.
+    pub const UNADVERTISED: Speaks = Speaks { oldest: 2, newest: 2 };
+
+    /// The version two peers use: the newest both speak, if any.
+    pub fn with(self, other: Speaks) -> Option<u16> {
+        let v = self.newest.min(other.newest);
+        (v >= self.oldest.max(other.oldest)).then_some(v)
+    }
+
+    /// The token a peer puts in its self-description.
+    pub fn advert(self) -> String {
+        format!("wire/{}-{}", self.oldest, self.newest)
+    }
+
+    /// The range in a peer's self-description: [`Speaks::UNADVERTISED`] when
+    /// it names none; None when the token is malformed.
+    pub fn from_advert(description: &str) -> Option<Speaks> {
+        let Some(token) = description.split_whitespace().find_map(|t| t.strip_prefix("wire/")) else {
+            return Some(Speaks::UNADVERTISED);
+        };
+        let (oldest, newest) = token.split_once('-')?;
+        let (oldest, newest) = (oldest.parse().ok()?, newest.parse().ok()?);
+        (oldest <= newest).then_some(Speaks { oldest, newest })
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum WireError {
     #[error("message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
     TooLarge(usize),
     #[error("malformed message: {0}")]
     Malformed(String),
-    #[error("wire version {0} is not spoken here (this peer speaks {VERSION})")]
+    #[error("wire version {0} is not spoken here (this peer speaks {OLDEST} to {VERSION})")]
     Version(u16),
     #[error("digest names {0} documents, over the limit of {MAX_DIGEST}")]
     TooMany(usize),
 }
 
-/// Encodes any message between peers (sync, gossip, join) in the versioned envelope.
+/// Encodes a message for any peer of this or the previous release (gossip to
+/// all, a join request, answers): in the oldest version spoken here.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    postcard::to_stdvec(&Envelope { version: VERSION, msg }).unwrap_or_default()
+    encode_as(OLDEST, msg)
+}
+
+/// Encodes a message in the versioned envelope, for a peer that speaks `version`.
+pub fn encode_as<T: Serialize>(version: u16, msg: &T) -> Vec<u8> {
+    postcard::to_stdvec(&Envelope { version, msg }).unwrap_or_default()
 }
 
 /// Decodes a message of at most `max` bytes.
@@ -108,7 +157,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireEr
         return Err(WireError::TooLarge(bytes.len()));
     }
     let env: Envelope<T> = postcard::from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
-    if env.version != VERSION {
+    if !(OLDEST..=VERSION).contains(&env.version) {
         return Err(WireError::Version(env.version));
     }
     Ok(env.msg)
@@ -117,6 +166,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireEr
 impl PeerMsg {
     pub fn encode(&self) -> Vec<u8> {
         encode(self)
+    }
+
+    /// Encodes for a peer with which `version` was negotiated ([`Speaks::with`]).
+    pub fn encode_as(&self, version: u16) -> Vec<u8> {
+        encode_as(version, self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
@@ -148,6 +202,27 @@ mod tests {
         let env = Envelope { version: 99, msg: PeerMsg::Digest { docs: vec![] } };
         assert!(matches!(decode::<u8>(&encode(&7u8), 0), Err(WireError::TooLarge(_))));
         assert_eq!(PeerMsg::decode(&postcard::to_stdvec(&env).unwrap()), Err(WireError::Version(99)));
+    }
+
+    #[test]
+    fn versions_are_negotiated_from_adverts() {
+        let here = Speaks::HERE;
+        assert_eq!(Speaks::from_advert(&format!("atoll/9.9.9 {}", here.advert())), Some(here));
+        // The previous release advertised nothing: it speaks version 2.
+        assert_eq!(Speaks::from_advert("rust-libp2p/0.47.0"), Some(Speaks::UNADVERTISED));
+        assert_eq!(here.with(Speaks::UNADVERTISED), Some(2));
+        for junk in ["wire/", "wire/3", "wire/a-b", "wire/5-4", "wire/70000-1"] {
+            assert_eq!(Speaks::from_advert(junk), None, "{junk}");
+        }
+        // The newest version both speak; none when the ranges do not meet.
+        let (old, new) = (Speaks { oldest: 2, newest: 3 }, Speaks { oldest: 3, newest: 5 });
+        assert_eq!(old.with(new), Some(3));
+        assert_eq!(new.with(old), Some(3));
+        assert_eq!(Speaks { oldest: 2, newest: 2 }.with(new), None);
+        // What is written for a negotiated version reads back here.
+        let m = PeerMsg::Heads { docs: vec![] };
+        assert_eq!(PeerMsg::decode(&m.encode_as(here.with(here).unwrap())).unwrap(), m);
+        assert_eq!(PeerMsg::decode(&m.encode_as(VERSION + 1)), Err(WireError::Version(VERSION + 1)));
     }
 
     proptest! {

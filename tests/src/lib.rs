@@ -90,9 +90,33 @@ impl Daemon {
         args: &[&str],
         admin_password: Option<&str>,
     ) -> Daemon {
+        Daemon::start_in_as(root, site, (netns, ip), args, admin_password, None)
+    }
+
+    /// Same, running `program` (another build of atoll: the previous
+    /// release, a tampered one) for the daemon and its CLI; None: this build.
+    pub fn start_in_as(
+        root: &Path,
+        site: &str,
+        (netns, ip): (&str, &str),
+        args: &[&str],
+        admin_password: Option<&str>,
+        program: Option<&Path>,
+    ) -> Daemon {
         let args = args.iter().map(|a| a.to_string()).collect();
         let netns = Some((netns.to_owned(), ip.to_owned()));
-        Daemon::launch(root, site, Vec::new(), args, netns, false, admin_password)
+        let env = program.map(|p| vec![("ATOLL_TEST_BINARY".to_owned(), p.display().to_string())]);
+        Daemon::launch(root, site, env.unwrap_or_default(), args, netns, false, admin_password)
+    }
+
+    /// Starts `program` (None: this build) on the stopped daemon's data dir
+    /// and addresses: an upgrade in place.
+    pub fn restart_as(&mut self, program: Option<&Path>) {
+        self.env.retain(|(k, _)| k != "ATOLL_TEST_BINARY");
+        if let Some(p) = program {
+            self.env.push(("ATOLL_TEST_BINARY".to_owned(), p.display().to_string()));
+        }
+        self.boot();
     }
 
     fn launch(
@@ -132,7 +156,7 @@ impl Daemon {
             // hiding the cgroups the process sandbox needs.
             Some((ns, _)) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(binary());
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(self.program());
                 c
             }
             None => Command::new(self.program()),

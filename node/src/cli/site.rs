@@ -21,6 +21,7 @@ pub async fn list(g: &Global, api: &Api) -> anyhow::Result<()> {
         "LOAD",
         "FREE MEMORY",
         "LABELS",
+        "VERSION",
     ];
     print(g.output, &rows, &headers, || {
         rows.iter()
@@ -47,9 +48,10 @@ pub async fn list(g: &Global, api: &Api) -> anyhow::Result<()> {
                             format!("{:.2}", live.load),
                             format!("{} MiB", live.free_memory_mib),
                             labels.join(","),
+                            d.version.clone(),
                         ]);
                     }
-                    None => row.extend(std::iter::repeat_n("-".to_owned(), 7)),
+                    None => row.extend(std::iter::repeat_n("-".to_owned(), 8)),
                 }
                 row
             })

@@ -65,6 +65,13 @@ pub struct Link {
     /// The dial under way named QUIC addresses only.
     quic_only_dial: bool,
     next_upgrade: Instant,
+    /// The wire version negotiated at connect (None: not yet known, so the
+    /// oldest spoken here; docs/architecture.md, "Versions side by side").
+    pub wire: Option<u16>,
+    /// Its ranges do not meet ours: nothing is sent to it.
+    pub incompatible: bool,
+    /// The release it runs, as it describes itself (None: 0.1.0, which did not say).
+    pub release: Option<String>,
 }
 
 impl Link {
@@ -77,6 +84,9 @@ impl Link {
             quic_failures: 0,
             quic_only_dial: false,
             next_upgrade: now + UPGRADE_EVERY,
+            wire: None,
+            incompatible: false,
+            release: None,
         }
     }
 
@@ -166,15 +176,38 @@ impl Link {
             // Try again at once: the peer may have restarted, or one
             // connection of several was closed for a better one.
             self.next_dial = now;
+            // It may come back as another release: learn its versions again.
+            self.wire = None;
+            self.incompatible = false;
             return true;
         }
         false
     }
 }
 
+/// The release a peer names in its identify agent (`atoll/0.2.0 wire/2-2`),
+/// cut to what a release can look like (a member chooses the text).
+pub fn release(agent: &str) -> Option<String> {
+    let release = agent.strip_prefix("atoll/")?.split(' ').next()?;
+    let plausible = !release.is_empty()
+        && release.len() <= 32
+        && release.chars().all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c));
+    plausible.then(|| release.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn releases_are_read_from_agents() {
+        assert_eq!(release("atoll/0.2.0 wire/2-2").as_deref(), Some("0.2.0"));
+        assert_eq!(release("atoll/1.0.0-rc.1+x").as_deref(), Some("1.0.0-rc.1+x"));
+        for odd in ["rust-libp2p/0.47.0", "atoll/", "atoll/\u{1b}[31m", &format!("atoll/{}", "9".repeat(40))]
+        {
+            assert_eq!(release(odd), None, "{odd}");
+        }
+    }
 
     fn link(now: Instant) -> Link {
         let addrs = ["/ip4/10.0.0.1/udp/7481/quic-v1", "/ip4/10.0.0.1/tcp/7481"];

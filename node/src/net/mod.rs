@@ -119,6 +119,11 @@ pub struct LinkView {
     pub site: SiteId,
     pub quic: usize,
     pub tcp: usize,
+    /// The release it runs, as it said when it connected (None: not known
+    /// yet, or 0.1.0, which did not say).
+    pub release: Option<String>,
+    /// The wire version spoken with it.
+    pub wire: u16,
 }
 
 /// What the event loop has to act on after a network event.
@@ -306,6 +311,8 @@ impl Net {
                 site: l.site.clone(),
                 quic: l.count(Transport::Quic),
                 tcp: l.count(Transport::Tcp),
+                release: l.release.clone(),
+                wire: l.wire.unwrap_or(wire::OLDEST),
             })
             .collect();
         links.sort_by(|a, b| a.site.cmp(&b.site));
@@ -362,7 +369,11 @@ impl Net {
             tracing::debug!(%to, "not connected; the next repair round catches up");
             return;
         };
-        let bytes = msg.encode();
+        let link = self.members.get(&peer);
+        if link.is_some_and(|l| l.incompatible) {
+            return;
+        }
+        let bytes = msg.encode_as(link.and_then(|l| l.wire).unwrap_or(wire::OLDEST));
         self.traffic.sent(bytes.len());
         self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
     }
@@ -695,10 +706,18 @@ impl Net {
                 None
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if self.members.contains_key(&peer_id) {
-                    for a in info.listen_addrs {
-                        self.swarm.add_peer_address(peer_id, a);
-                    }
+                let link = self.members.get_mut(&peer_id)?;
+                let speaks = wire::Speaks::from_advert(&info.agent_version);
+                link.wire = speaks.and_then(|s| s.with(wire::Speaks::HERE));
+                link.incompatible = link.wire.is_none();
+                link.release = links::release(&info.agent_version);
+                if link.incompatible {
+                    tracing::warn!(site = %link.site, agent = %info.agent_version.chars().take(80).collect::<String>(),
+                        "this site speaks no wire version this build speaks ({}): nothing is sent to it until one of you is upgraded",
+                        wire::Speaks::HERE.advert());
+                }
+                for a in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, a);
                 }
                 None
             }

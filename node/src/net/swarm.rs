@@ -112,7 +112,15 @@ pub(super) fn build(keys: identity::Keypair, mdns: bool) -> Result<Swarm<Behavio
                         .with_max_established_incoming(Some(MAX_INCOMING))
                         .with_max_established_per_peer(Some(MAX_PER_PEER)),
                 ),
-                identify: identify::Behaviour::new(identify::Config::new("/atoll/1".into(), k.public())),
+                // The agent names the release and the wire versions spoken, which
+                // peers negotiate from (docs/architecture.md, "Versions side by side").
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/atoll/1".into(), k.public()).with_agent_version(format!(
+                        "atoll/{} {}",
+                        env!("CARGO_PKG_VERSION"),
+                        wire::Speaks::HERE.advert()
+                    )),
+                ),
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT),
                 ),

@@ -1,0 +1,196 @@
+//! Versions side by side (docs/architecture.md, "Versions side by side"): an
+//! atoll of the previous release (the commit named in `.ci/previous-release`,
+//! built by `.ci/run` into `ATOLL_PREVIOUS_BIN`) and this build, each site in
+//! a network namespace of its own (`atoll_e2e::netlab`).
+//!
+//! Site 1 (previous) founds the realm, site 2 (this build) joins through it,
+//! site 3 (previous) joins through site 2. The mixed atoll then creates
+//! instances on every site, boots images held by a site of the other release
+//! through a third site, and comes through a partition of the new site and
+//! its heal. Then the previous-release sites are upgraded one at a time while
+//! the others keep serving: each comes back with its instances and its peers
+//! see it run this release.
+//!
+//! Needs root (namespaces, iptables) and the previous binary: ignored by
+//! `cargo test`; `.ci/run` runs it with `--ignored`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use atoll_e2e::netlab::Lab;
+use atoll_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn name(i: usize) -> String {
+    format!("site-{}", i + 1)
+}
+
+/// The names of the instances `d` lists realm-wide, with their sites.
+fn listed(d: &Daemon) -> Vec<(String, String)> {
+    let list = d.cli().json(&["instance", "list"]);
+    let mut seen: Vec<(String, String)> = list["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["observed"] == "running")
+        .map(|i| (i["name"].as_str().unwrap_or("").to_owned(), i["site"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// What site `i` knows of its link to `to` (`GET /v1/network`), this build only.
+fn link(lab: &Lab, i: usize, d: &Daemon, to: &str) -> serde_json::Value {
+    let token = saved_token(d);
+    let addr = d.addr();
+    let reply = lab.within(i, || http(&addr, "GET", "/v1/network", Some(&token), b""));
+    let links = reply.json()["links"].clone();
+    links.as_array().into_iter().flatten().find(|l| l["site"] == to).cloned().unwrap_or_default()
+}
+
+/// The release `d` knows site `site` runs (from its gossiped descriptor).
+fn release(d: &Daemon, site: &str) -> Option<String> {
+    let rows = d.cli().json(&["site", "list"]);
+    let row = rows.as_array()?.iter().find(|r| r["member"]["site"] == site)?.clone();
+    row["summary"]["descriptor"]["version"].as_str().map(str::to_owned)
+}
+
+/// Creates instance `instance` of `image` on `site` through `via`; it must run.
+fn create(via: &Daemon, instance: &str, image: &str, site: &str, tag: &str) {
+    let out = via.cli().ok(&["instance", "create", instance, "--image", image, "--site", site, "--", tag]);
+    assert!(out.contains("running"), "{instance} on {site} through {}: {out}", via.site);
+}
+
+#[test]
+#[ignore = "needs the previous release's binary (ATOLL_PREVIOUS_BIN) and root; .ci/run runs it"]
+fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
+    let Some(previous) = std::env::var_os("ATOLL_PREVIOUS_BIN").map(PathBuf::from) else {
+        return unavailable("ATOLL_PREVIOUS_BIN names no previous release binary (.ci/run builds one)");
+    };
+    assert!(previous.exists(), "{} does not exist", previous.display());
+    let lab = match Lab::create(3) {
+        Ok(lab) => lab,
+        Err(why) => return unavailable(&format!("no network namespaces: {why}")),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let at = |i: usize| (lab.ns(i), lab.ip(i));
+    let start = |i: usize, join: Option<(&str, &str)>, program: Option<&std::path::Path>| {
+        let (ns, ip) = at(i);
+        let args: Vec<&str> = join.map(|(inv, _)| vec!["--join", inv]).unwrap_or_default();
+        let d = Daemon::start_in_as(root.path(), &name(i), (&ns, &ip), &args, join.map(|j| j.1), program);
+        d.login_admin();
+        d
+    };
+    // Previous, this build, previous; each joining through the other release.
+    let first = start(0, None, Some(&previous));
+    let password = first.password.clone();
+    let inv = first.invite(&name(1));
+    let second = start(1, Some((&inv, &password)), None);
+    let inv = second.invite(&name(2));
+    let third = start(2, Some((&inv, &password)), Some(&previous));
+    let mut sites = vec![first, second, third];
+    for d in &sites {
+        assert!(eventually(WAIT, || d.reaches(3)), "{} does not reach every site", d.site);
+    }
+    // This build speaks the previous release's wire version to it, and
+    // tells that it does not know which release it runs.
+    let seen = link(&lab, 1, &sites[1], &name(0));
+    assert_eq!(seen["wire"], atoll_proto::wire::OLDEST, "{seen}");
+    assert!(seen["release"].is_null(), "{seen}");
+    assert!(eventually(WAIT, || release(&sites[1], &name(0)).is_some()), "no summary of site-1");
+    let previous_version = release(&sites[1], &name(0)).unwrap_or_default();
+    assert_ne!(previous_version, env!("CARGO_PKG_VERSION"), "the previous release has the same version");
+
+    let total = ["--instances", "30", "--cpus", "30", "--memory", "8192"];
+    sites[0].cli().ok(&[&["quota", "set", "default"][..], &total].concat());
+    for i in 1..3 {
+        let share = ["--instances", "8", "--cpus", "8", "--memory", "2048"];
+        sites[0].cli().ok(&[&["quota", "give", "default", "--to", &name(i)][..], &share].concat());
+    }
+    // Each release's image boots on a site of the other, through a third.
+    let new_image = process_image(root.path(), "from-new", "sleep 600\n");
+    sites[1].cli().ok(&["image", "add", new_image.to_str().unwrap(), "--name", "from-new"]);
+    let old_image = process_image(root.path(), "from-old", "sleep 600\n");
+    sites[2].cli().ok(&["image", "add", old_image.to_str().unwrap(), "--name", "from-old"]);
+    for d in &sites {
+        let both = || {
+            d.cli().run(&["image", "show", "from-new"]).status.success()
+                && d.cli().run(&["image", "show", "from-old"]).status.success()
+        };
+        assert!(eventually(WAIT, both), "the catalog never reached {}", d.site);
+    }
+    create(&sites[0], "new-on-old", "from-new", &name(2), &sites[2].tag());
+    create(&sites[2], "old-on-new", "from-old", &name(1), &sites[1].tag());
+    for (i, d) in sites.iter().enumerate() {
+        create(d, &format!("local-{}", i + 1), "from-new", &name(i), &d.tag());
+    }
+
+    // The new site cut off: both sides go on; an intent for it waits.
+    lab.isolate(1).unwrap();
+    assert!(eventually(WAIT, || !sites[0].reaches(3) && !sites[1].reaches(3)), "the cut was not noticed");
+    create(&sites[1], "cut-local", "from-new", &name(1), &sites[1].tag());
+    let out = sites[0].cli().ok(&[
+        "instance",
+        "create",
+        "across",
+        "--image",
+        "from-new",
+        "--site",
+        &name(1),
+        "--wait",
+        "1",
+        "--",
+        &sites[1].tag(),
+    ]);
+    assert!(out.contains("pending"), "{out}");
+    let intent = out.split_whitespace().nth(1).expect("an intent id").to_owned();
+    lab.heal().unwrap();
+    let shown = sites[0].cli().json(&["intent", "show", &intent, "--wait", "60"]);
+    assert_eq!(shown["state"], "done", "{shown}");
+    let mut want: Vec<(String, String)> = vec![
+        ("across".into(), name(1)),
+        ("cut-local".into(), name(1)),
+        ("local-1".into(), name(0)),
+        ("local-2".into(), name(1)),
+        ("local-3".into(), name(2)),
+        ("new-on-old".into(), name(2)),
+        ("old-on-new".into(), name(1)),
+    ];
+    want.sort();
+    for d in &sites {
+        assert!(eventually(WAIT, || listed(d) == want), "{} lists {:?}", d.site, listed(d));
+    }
+
+    // A rolling upgrade: one previous-release site at a time, while the
+    // others serve.
+    for i in [0, 2] {
+        sites[i].terminate();
+        let other = (i + 1) % 3;
+        let label = format!("while-{}-down", i + 1);
+        create(&sites[other], &label, "from-new", &name(other), &sites[other].tag());
+        want.push((label, name(other)));
+        want.sort();
+        sites[i].restart_as(None);
+        for d in &sites {
+            assert!(
+                eventually(WAIT, || d.reaches(3)),
+                "{} does not reach every site after the upgrade",
+                d.site
+            );
+        }
+        let now = env!("CARGO_PKG_VERSION");
+        for d in &sites {
+            let upgraded = || release(d, &name(i)).as_deref() == Some(now);
+            assert!(eventually(WAIT, upgraded), "{} sees {} run {:?}", d.site, name(i), release(d, &name(i)));
+        }
+        let seen = link(&lab, 1, &sites[1], &name(i));
+        assert_eq!(seen["release"], now, "{seen}");
+        assert_eq!(seen["wire"], atoll_proto::wire::VERSION, "{seen}");
+        for d in &sites {
+            assert!(eventually(WAIT, || listed(d) == want), "{} lists {:?}", d.site, listed(d));
+        }
+    }
+    // All on this build: an intent across sites still goes through.
+    create(&sites[2], "after", "from-old", &name(0), &sites[0].tag());
+}

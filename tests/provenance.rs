@@ -3,7 +3,9 @@
 //! gives itself quota rights in every other site's document it holds, at each
 //! repair round (every 30 s). The honest sites refuse every such change,
 //! count it in `/metrics` and keep their state, while the tampered site
-//! believes its own forgery.
+//! believes its own forgery. It also seals itself a realm-admin token without
+//! the admin's password (docs/architecture.md, "Delegated authority"): the
+//! honest sites refuse it, as the admin's key did not sign it.
 //!
 //! Needs the tampered binary: `.ci/run` builds it with the simulator's
 //! sabotage build and runs this test with ATOLL_TAMPERED_BIN set:
@@ -60,6 +62,13 @@ fn a_tampered_member_cannot_give_itself_rights_in_other_sites_documents() {
     }
     let before_a = rights(&a);
     let before_b = rights(&b);
+    // Its own admin token is no token elsewhere.
+    let forged = std::fs::read_to_string(m.data.join("forged-admin-token")).expect("the forged token");
+    for d in [&a, &b] {
+        let reply = http(&d.addr(), "GET", "/v1/users", Some(forged.trim()), b"");
+        assert_eq!(reply.status, 401, "{} took the forged admin token: {}", d.site, reply.body);
+        assert!(reply.body.contains("not signed by the user"), "{}", reply.body);
+    }
     // The first repair round comes 30 s after start.
     assert!(
         eventually(Duration::from_secs(70), || refused(&a) > 0 && refused(&b) > 0),

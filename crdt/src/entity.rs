@@ -250,6 +250,22 @@ pub struct User {
     /// May create users and projects, set quotas and grant any role.
     pub realm_admin: bool,
     pub created_at: Millis,
+    /// The user's signing key, derived from their password: tokens carry its
+    /// signature (docs/architecture.md, "Delegated authority"). None for
+    /// users who have not logged in since their realm was made by a release
+    /// without user keys.
+    #[serde(default)]
+    pub key: Option<UserKey>,
+}
+
+/// A user's public key and the salt that derives its private half from the
+/// password (argon2id), so that no site stores what signs as the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UserKey {
+    /// 16 random bytes, hex.
+    pub salt: String,
+    /// ed25519 verifying key, hex.
+    pub public: String,
 }
 
 impl Entity for User {

@@ -179,7 +179,13 @@ mod tests {
         let mut realm = Realm::create(&site, 1_000).unwrap();
         realm
             .doc
-            .put(&User { name: "admin".into(), password_hash: "h".into(), realm_admin: true, created_at: 1 })
+            .put(&User {
+                name: "admin".into(),
+                password_hash: "h".into(),
+                realm_admin: true,
+                created_at: 1,
+                key: None,
+            })
             .unwrap();
         realm.doc.commit(2_000);
         let bytes = realm.doc.save();

@@ -11,7 +11,13 @@ fn site(i: usize) -> SiteId {
 }
 
 fn user(name: &str, admin: bool) -> User {
-    User { name: name.into(), password_hash: format!("h-{name}"), realm_admin: admin, created_at: 0 }
+    User {
+        name: name.into(),
+        password_hash: format!("h-{name}"),
+        realm_admin: admin,
+        created_at: 0,
+        key: None,
+    }
 }
 
 /// A write any replica of the realm may make.

@@ -122,7 +122,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         _ => anyhow::bail!("the data dir {} holds half a site; move it away to start afresh", data.display()),
     };
     #[cfg(feature = "tamper")]
-    let peer = tamper(peer);
+    let peer = tamper(peer, data);
     forget_changed_password(data, &peer);
     if s.join.is_some() && peer.realm().member(&site)?.is_some_and(|m| m.invitation.is_none()) {
         tracing::warn!("--join ignored: this site founded its own realm and stays in it");
@@ -294,11 +294,17 @@ fn forget_changed_password(data: &Path, peer: &Peer) {
 
 /// A tampered build (`--features tamper`) breaks the rule ATOLL_TAMPER names;
 /// tests/provenance.rs shows that the other sites refuse what it writes.
+/// With `forge` it also writes a realm-admin token that it sealed alone into
+/// `forged-admin-token` in its data dir.
 #[cfg(feature = "tamper")]
-fn tamper(mut peer: Peer) -> Peer {
+fn tamper(mut peer: Peer, data: &std::path::Path) -> Peer {
     if std::env::var("ATOLL_TAMPER").as_deref() == Ok("forge") {
         tracing::warn!("TAMPERED BUILD: writing into other sites' documents at each repair round");
         peer.sabotage(atoll_proto::Sabotage::Forge);
+        let token = peer.forge_token("admin", now_millis());
+        if let Err(e) = std::fs::write(data.join("forged-admin-token"), token) {
+            tracing::warn!("forged token not written: {e}");
+        }
     }
     peer
 }

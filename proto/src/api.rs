@@ -164,14 +164,19 @@ pub enum Command {
         user: String,
         password: String,
     },
-    /// A user's password hash (None: no such user), for a login checked off
-    /// the event loop by the HTTP layer, which then asks for [`Command::IssueToken`].
-    PasswordHash {
+    /// A user's record (None: no such user), for a login checked off the
+    /// event loop by the HTTP layer ([`crate::auth::unlock`]), which then
+    /// asks for [`Command::IssueToken`].
+    Credentials {
         user: String,
     },
-    /// A token for a user whose password the HTTP layer has just verified.
+    /// A token for a user whose password the HTTP layer has just verified,
+    /// signed with the key it unlocked (never serialized: the HTTP layer
+    /// and the peer share a process).
     IssueToken {
         user: String,
+        #[serde(skip)]
+        key: Option<crate::auth::Unlocked>,
     },
     /// Which realm the serving site belongs to (public: a client maps an
     /// endpoint to its realm before it holds a token for it); with a
@@ -198,6 +203,9 @@ pub enum Command {
         user: String,
         password_hash: String,
         current_checked: bool,
+        /// The key the new password derives ([`crate::auth::new_user_key`]).
+        #[serde(default)]
+        key: Option<atoll_crdt::UserKey>,
     },
     /// Revokes every token of `user` issued until now (realm admins, or the user).
     RevokeTokens {
@@ -343,7 +351,7 @@ impl Command {
             self,
             Command::Login { .. }
                 | Command::Realm { .. }
-                | Command::PasswordHash { .. }
+                | Command::Credentials { .. }
                 | Command::IssueToken { .. }
         )
     }
@@ -503,7 +511,7 @@ impl RealmProof {
 #[serde(untagged)]
 pub enum Reply {
     Token(TokenView),
-    PasswordHash(Option<String>),
+    Credentials(Option<Box<atoll_crdt::User>>),
     Realm(RealmView),
     Whoami(Whoami),
     User(UserView),

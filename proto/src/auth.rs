@@ -1,12 +1,15 @@
 //! Passwords, tokens and access checks.
 //!
-//! A token is `base64url(claims JSON) "." base64url(ed25519 signature)`, signed by
+//! A token is `base64url(claims JSON) "." base64url(ed25519 signature)`, sealed by
 //! the issuing site. Any site verifies it offline against the issuer's public key
-//! in the realm membership, so logins keep working through a partition.
+//! in the realm membership, so logins keep working through a partition. For a
+//! user with a key (docs/architecture.md, "Delegated authority") the claims
+//! also carry the user's own signature, made with the key their password
+//! derives: a site that never saw the password cannot make one.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use atoll_crdt::{Realm, Role, RoleBinding, SiteId, User};
+use atoll_crdt::{Realm, Role, RoleBinding, SiteId, User, UserKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -25,6 +28,76 @@ pub struct Claims {
     pub site: SiteId,
     pub issued_at: u64,
     pub expires_at: u64,
+    /// The user's signature (base64url) over these claims without it. Sites
+    /// of the release before user keys ignore it and check the seal only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_sig: Option<String>,
+}
+
+impl Claims {
+    /// What the user signs: the claims without their signature.
+    fn signed_by_user(&self) -> Vec<u8> {
+        serde_json::to_vec(&Claims { user_sig: None, ..self.clone() }).unwrap_or_default()
+    }
+}
+
+/// A user's private key, unlocked by their password for one token: never
+/// stored, never sent (serde skips it where it travels in a command, and
+/// Debug hides it).
+#[derive(Clone)]
+pub struct Unlocked {
+    pub key: SigningKey,
+    /// The key to record for a user who had none (their first login since
+    /// user keys); None when the user's record holds this key already.
+    pub record: Option<UserKey>,
+}
+
+impl std::fmt::Debug for Unlocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let public = encode_key(&self.key.verifying_key());
+        f.debug_struct("Unlocked").field("public", &public).field("record", &self.record).finish()
+    }
+}
+
+/// The signing key `password` derives with `salt` (hex): argon2id, at the
+/// cost of a password hash, so that guessing a password from a public key
+/// costs what guessing it from the hash does.
+pub fn user_key(password: &str, salt_hex: &str) -> Result<SigningKey, ApiError> {
+    let salt =
+        hex::decode(salt_hex).map_err(|_| ApiError::Internal("a user key's salt is not hex".into()))?;
+    let mut seed = [0u8; 32];
+    Argon2::default()
+        .hash_password_into(password.as_bytes(), &salt, &mut seed)
+        .map_err(|e| ApiError::Internal(format!("user key derivation: {e}")))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A fresh key for `password` (a new user, a new password), with its record.
+pub fn new_user_key(password: &str, rng: &mut (impl RngCore + CryptoRng)) -> Result<Unlocked, ApiError> {
+    let mut salt = [0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let salt = hex::encode(salt);
+    let key = user_key(password, &salt)?;
+    let record = UserKey { salt, public: encode_key(&key.verifying_key()) };
+    Ok(Unlocked { key, record: Some(record) })
+}
+
+/// Checks `password` against `user`: with their key when they have one
+/// (the derived public key must match), else against the password hash, and
+/// then makes them a key to record. None: wrong password.
+pub fn unlock(
+    password: &str,
+    user: &User,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<Option<Unlocked>, ApiError> {
+    match &user.key {
+        Some(k) => {
+            let key = user_key(password, &k.salt)?;
+            Ok((encode_key(&key.verifying_key()) == k.public).then_some(Unlocked { key, record: None }))
+        }
+        None if password_matches(password, &user.password_hash) => new_user_key(password, rng).map(Some),
+        None => Ok(None),
+    }
 }
 
 pub fn hash_password(password: &str, rng: &mut (impl RngCore + CryptoRng)) -> Result<String, ApiError> {
@@ -41,8 +114,12 @@ pub fn password_matches(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub fn issue(key: &SigningKey, claims: &Claims) -> String {
-    seal(key, claims)
+/// A token sealed by the issuing site (`key`) and, when the user's key is
+/// unlocked, signed by the user too.
+pub fn issue(key: &SigningKey, claims: &Claims, user: Option<&SigningKey>) -> String {
+    let mut claims = claims.clone();
+    claims.user_sig = user.map(|u| B64.encode(u.sign(&claims.signed_by_user()).to_bytes()));
+    seal(key, &claims)
 }
 
 /// `base64url(JSON) "." base64url(signature)`: the form of tokens and invitations.
@@ -82,6 +159,18 @@ pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), Ap
         return Err(ApiError::Unauthenticated("token expired; log in again".into()));
     }
     let user = realm.user(&claims.user)?.ok_or_else(|| bad("user no longer exists"))?;
+    // A user with a key signs their own tokens: a member's seal alone (a
+    // site that never saw the password) is not enough.
+    if let Some(k) = &user.key {
+        let sig: [u8; 64] = claims
+            .user_sig
+            .as_deref()
+            .and_then(|s| B64.decode(s).ok())
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| bad("not signed by the user"))?;
+        check_seal(&k.public, &claims.signed_by_user(), &sig)
+            .map_err(|_| bad("the user's signature does not verify"))?;
+    }
     // A user deleted and created again under the same name is someone else.
     if claims.issued_at < user.created_at {
         return Err(bad("issued before the user was created"));
@@ -213,7 +302,7 @@ mod tests {
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
-    fn realm_with(site: &SiteId, key: &SigningKey) -> Realm {
+    fn realm_with(site: &SiteId, key: &SigningKey, ann: Option<UserKey>) -> Realm {
         let mut realm = Realm::create(site, 0).unwrap();
         realm
             .doc
@@ -235,6 +324,7 @@ mod tests {
                 password_hash: String::new(),
                 realm_admin: false,
                 created_at: 0,
+                key: ann,
             })
             .unwrap();
         realm.doc.commit(0);
@@ -246,14 +336,15 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let key = SigningKey::generate(&mut rng);
         let site = SiteId::new("a").unwrap();
-        let realm = realm_with(&site, &key);
-        let claims = Claims { user: "ann".into(), site: site.clone(), issued_at: 0, expires_at: 100 };
-        let token = issue(&key, &claims);
+        let realm = realm_with(&site, &key, None);
+        let claims =
+            Claims { user: "ann".into(), site: site.clone(), issued_at: 0, expires_at: 100, user_sig: None };
+        let token = issue(&key, &claims, None);
         assert_eq!(verify(&realm, &token, 50).unwrap().0, claims);
         assert!(matches!(verify(&realm, &token, 100), Err(ApiError::Unauthenticated(_))));
         // A token signed by a key that is not the member's.
         let other = SigningKey::generate(&mut rng);
-        assert!(verify(&realm, &issue(&other, &claims), 50).is_err());
+        assert!(verify(&realm, &issue(&other, &claims, None), 50).is_err());
         // Tampered claims.
         let (_, sig) = token.split_once('.').unwrap();
         let forged = Claims { user: "root".into(), ..claims };
@@ -262,6 +353,43 @@ mod tests {
         for junk in ["", ".", "a.b", "x".repeat(5000).as_str()] {
             assert!(verify(&realm, junk, 50).is_err());
         }
+    }
+
+    /// A user with a key: a member's seal alone, or the signature of another
+    /// key, is refused; the user's own signature is needed and enough.
+    #[test]
+    fn a_keyed_user_signs_their_own_tokens() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let site_key = SigningKey::generate(&mut rng);
+        let site = SiteId::new("a").unwrap();
+        let ann = new_user_key("ann-secret-1", &mut rng).unwrap();
+        let realm = realm_with(&site, &site_key, ann.record.clone());
+        let claims = Claims { user: "ann".into(), site, issued_at: 0, expires_at: 100, user_sig: None };
+        let sealed_only = issue(&site_key, &claims, None);
+        let e = verify(&realm, &sealed_only, 50).unwrap_err();
+        assert!(e.to_string().contains("not signed by the user"), "{e}");
+        let impostor = SigningKey::generate(&mut rng);
+        assert!(verify(&realm, &issue(&site_key, &claims, Some(&impostor)), 50).is_err());
+        let token = issue(&site_key, &claims, Some(&ann.key));
+        assert_eq!(verify(&realm, &token, 50).unwrap().1.name, "ann");
+        // The password unlocks that key again; another does not.
+        let user = realm.user("ann").unwrap().unwrap();
+        let again = unlock("ann-secret-1", &user, &mut rng).unwrap().unwrap();
+        assert_eq!(again.key.verifying_key(), ann.key.verifying_key());
+        assert!(again.record.is_none(), "nothing new to record");
+        assert!(unlock("ann-secret-2", &user, &mut rng).unwrap().is_none());
+        // A user without a key gets one made on a right password only.
+        let legacy =
+            User { password_hash: hash_password("old-secret-1", &mut rng).unwrap(), key: None, ..user };
+        assert!(unlock("wrong-secret", &legacy, &mut rng).unwrap().is_none());
+        let made = unlock("old-secret-1", &legacy, &mut rng).unwrap().unwrap();
+        let record = made.record.clone().expect("a key to record");
+        assert_eq!(
+            record.public,
+            encode_key(&user_key("old-secret-1", &record.salt).unwrap().verifying_key())
+        );
+        // Its Debug shows no private key.
+        assert!(!format!("{made:?}").contains(&hex::encode(made.key.to_bytes())));
     }
 
     #[test]

@@ -570,7 +570,13 @@ mod tests {
     fn call(waiting: &[(&str, &str)]) -> Parked {
         Parked {
             req: 1,
-            user: User { name: "u".into(), password_hash: String::new(), realm_admin: false, created_at: 0 },
+            user: User {
+                name: "u".into(),
+                password_hash: String::new(),
+                realm_admin: false,
+                created_at: 0,
+                key: None,
+            },
             site: None,
             purpose: Purpose::List,
             waiting: waiting.iter().map(|(a, b)| (s(a), s(b))).collect(),

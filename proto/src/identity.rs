@@ -40,7 +40,7 @@ impl Peer {
         now: Millis,
         caller: &User,
         name: &str,
-        password_hash: String,
+        (password_hash, key): (String, Option<atoll_crdt::UserKey>),
         current_checked: bool,
     ) -> ApiResult {
         let own = caller.name == name;
@@ -54,6 +54,8 @@ impl Peer {
         }
         let mut user = self.realm.user(name)?.ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
         user.password_hash = password_hash;
+        // Tokens signed with the old key stop verifying too.
+        user.key = key;
         self.realm.doc.put(&user)?;
         // Whoever held the old password may hold a token too.
         self.revoke(now, &caller.name, &user.name, None)?;

@@ -10,7 +10,7 @@ use crate::api::{
     ApiError, ApiResult, Grant, ImageView, MAX_GIVE_TO, MAX_STORAGE_MIB, NewImage, NewProject, NewUser,
     QuotaView, Reply, SiteView, TokenView, UserView, Whoami,
 };
-use crate::auth::{self, Claims};
+use crate::auth::{self, Claims, Unlocked};
 use crate::gather::{Purpose, Use};
 use crate::peer::{Effects, Outcome, Peer, ReqId, StoreWrite};
 
@@ -49,21 +49,34 @@ impl Peer {
     pub(crate) fn login(&mut self, now: Millis, name: &str, password: &str) -> ApiResult {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
         let user = self.realm.user(name)?.ok_or_else(wrong)?;
-        if !auth::password_matches(password, &user.password_hash) {
-            return Err(wrong());
-        }
-        self.issue_token(now, &user.name)
+        let unlocked = auth::unlock(password, &user, &mut self.rng)?.ok_or_else(wrong)?;
+        self.issue_token(now, &user.name, Some(unlocked))
     }
 
-    /// The hash a login checks the password against (None: no such user).
-    pub(crate) fn password_hash(&self, name: &str) -> ApiResult {
-        Ok(Reply::PasswordHash(self.realm.user(name)?.map(|u| u.password_hash)))
+    /// The record a login checks the password against (None: no such user).
+    pub(crate) fn credentials(&self, name: &str) -> ApiResult {
+        Ok(Reply::Credentials(self.realm.user(name)?.map(Box::new)))
     }
 
-    /// A token for `name`, whose password the caller has verified.
-    pub(crate) fn issue_token(&mut self, now: Millis, name: &str) -> ApiResult {
+    /// A token for `name`, whose password the caller has verified and whose
+    /// key it unlocked (None: a token sealed by this site only, which sites
+    /// accept for users without a key). A user without a key gets the one
+    /// unlocked recorded: their first login since user keys.
+    pub(crate) fn issue_token(&mut self, now: Millis, name: &str, key: Option<auth::Unlocked>) -> ApiResult {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
-        let user = self.realm.user(name)?.ok_or_else(wrong)?;
+        let mut user = self.realm.user(name)?.ok_or_else(wrong)?;
+        match (&user.key, &key) {
+            (Some(k), Some(u)) if k.public != auth::encode_key(&u.key.verifying_key()) => {
+                // The password changed between the check and now.
+                return Err(wrong());
+            }
+            (Some(_), None) => return Err(wrong()),
+            (None, Some(Unlocked { record: Some(record), .. })) => {
+                user.key = Some(record.clone());
+                self.realm.doc.put(&user)?;
+            }
+            _ => {}
+        }
         // A token issued in the millisecond of a revocation would be revoked too.
         let issued_at = match self.realm.revoked_before(&user.name)? {
             Some(at) => now.max(at + 1),
@@ -74,9 +87,10 @@ impl Peer {
             site: self.site.clone(),
             issued_at,
             expires_at: issued_at + self.token_ttl,
+            user_sig: None,
         };
         Ok(Reply::Token(TokenView {
-            token: auth::issue(&self.key, &claims),
+            token: auth::issue(&self.key, &claims, key.as_ref().map(|k| &k.key)),
             user: user.name,
             expires_at: claims.expires_at,
         }))
@@ -101,7 +115,8 @@ impl Peer {
             return Err(ApiError::Conflict(format!("user {} already exists", n.name)));
         }
         let password_hash = auth::hash_password(&n.password, &mut self.rng)?;
-        let user = User { name: n.name, password_hash, realm_admin: n.realm_admin, created_at: now };
+        let key = auth::new_user_key(&n.password, &mut self.rng)?.record;
+        let user = User { name: n.name, password_hash, realm_admin: n.realm_admin, created_at: now, key };
         self.realm.doc.put(&user)?;
         Ok(Reply::User(user_view(&user)))
     }

@@ -38,6 +38,10 @@ fn hash(password: &str) -> String {
     auth::hash_password(password, &mut ChaCha20Rng::seed_from_u64(3)).unwrap()
 }
 
+fn key(password: &str) -> Option<atoll_crdt::UserKey> {
+    auth::new_user_key(password, &mut ChaCha20Rng::seed_from_u64(4)).unwrap().record
+}
+
 #[test]
 fn a_logged_out_token_is_refused_on_every_site_and_others_live_on() {
     let (mut net, _, bob) = setup();
@@ -58,6 +62,7 @@ fn a_password_change_needs_the_current_one_and_revokes_older_tokens() {
         user: "bob".into(),
         password_hash: hash("new-pass-1"),
         current_checked: false,
+        key: key("new-pass-1"),
     };
     assert_eq!(refused(net.call(0, Some(&bob), unproven)).status(), 403);
     // A member sets no one else's password.
@@ -65,10 +70,15 @@ fn a_password_change_needs_the_current_one_and_revokes_older_tokens() {
         user: "admin".into(),
         password_hash: hash("x-pass-12"),
         current_checked: true,
+        key: key("x-pass-12"),
     };
     assert_eq!(refused(net.call(0, Some(&bob), other)).status(), 403);
-    let change =
-        Command::SetPassword { user: "bob".into(), password_hash: hash("new-pass-1"), current_checked: true };
+    let change = Command::SetPassword {
+        user: "bob".into(),
+        password_hash: hash("new-pass-1"),
+        current_checked: true,
+        key: key("new-pass-1"),
+    };
     ok(net.call(1, Some(&bob), change));
     net.settle();
     for i in 0..3 {
@@ -86,6 +96,7 @@ fn a_password_change_needs_the_current_one_and_revokes_older_tokens() {
         user: "admin".into(),
         password_hash: hash("admin-new-1"),
         current_checked: false,
+        key: key("admin-new-1"),
     };
     ok(net.call(0, Some(&admin), reset));
     net.settle();

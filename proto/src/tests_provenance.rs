@@ -15,7 +15,7 @@ fn forge(net: &mut Net, write: impl FnOnce(&mut Peer)) {
 }
 
 fn user(name: &str) -> User {
-    User { name: name.into(), password_hash: String::new(), realm_admin: true, created_at: 0 }
+    User { name: name.into(), password_hash: String::new(), realm_admin: true, created_at: 0, key: None }
 }
 
 fn honest_converged(net: &mut Net) {

@@ -47,8 +47,8 @@ async fn set_password(
         }
         _ => false,
     };
-    let password_hash = login::hash_new(&s, b.password).await?;
-    call(&s, &h, Command::SetPassword { user, password_hash, current_checked }).await
+    let (password_hash, key) = login::hash_new(&s, b.password).await?;
+    call(&s, &h, Command::SetPassword { user, password_hash, current_checked, key: Some(key) }).await
 }
 
 pub fn routes() -> Vec<Route> {

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use atoll_crdt::UserKey;
+use atoll_proto::auth::Unlocked;
 use atoll_proto::{ApiError, Command, Reply};
 
 use super::{AppState, Failure};
@@ -104,42 +106,50 @@ pub async fn login(
     user: String,
     password: String,
 ) -> Result<Reply, Failure> {
-    check_password(s, addr, &user, password).await?;
-    Ok(s.client.call(None, Command::IssueToken { user }).await?)
+    let key = check_password(s, addr, &user, password).await?;
+    Ok(s.client.call(None, Command::IssueToken { user, key: Some(key) }).await?)
 }
 
 /// Verifies `user`'s password off the event loop, counting a failure against
-/// the user and the client address.
+/// the user and the client address; returns the user's key it unlocks.
 pub async fn check_password(
     s: &AppState,
     addr: Option<IpAddr>,
     user: &str,
     password: String,
-) -> Result<(), Failure> {
+) -> Result<Unlocked, Failure> {
     s.logins.check(user, addr, Instant::now())?;
-    let hash = match s.client.call(None, Command::PasswordHash { user: user.to_owned() }).await? {
-        Reply::PasswordHash(h) => h,
+    let record = match s.client.call(None, Command::Credentials { user: user.to_owned() }).await? {
+        Reply::Credentials(u) => u,
         other => return Err(ApiError::Internal(format!("unexpected reply {other:?}")).into()),
     };
-    let known = hash.is_some();
-    let matches = hashing(s, move || {
-        let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
-        atoll_proto::auth::password_matches(&password, hash) && known
+    let unlocked = hashing(s, move || match record {
+        Some(user) => atoll_proto::auth::unlock(&password, &user, &mut rand::rngs::OsRng),
+        None => {
+            // As costly as a known user's check.
+            let _ = atoll_proto::auth::password_matches(&password, dummy_hash());
+            Ok(None)
+        }
     })
-    .await?;
-    if !matches {
+    .await??;
+    unlocked.ok_or_else(|| {
         s.logins.failed(user, addr, Instant::now());
-        return Err(ApiError::Unauthenticated("wrong user name or password".into()).into());
-    }
-    Ok(())
+        ApiError::Unauthenticated("wrong user name or password".into()).into()
+    })
 }
 
-/// Hashes a new password off the event loop, under the same permits.
-pub async fn hash_new(s: &AppState, password: String) -> Result<String, Failure> {
+/// Hashes a new password and derives its key off the event loop, under the
+/// same permits.
+pub async fn hash_new(s: &AppState, password: String) -> Result<(String, UserKey), Failure> {
     atoll_proto::api::check_password(&password)?;
-    let hashed =
-        hashing(s, move || atoll_proto::auth::hash_password(&password, &mut rand::rngs::OsRng)).await?;
-    Ok(hashed?)
+    let made = hashing(s, move || {
+        let rng = &mut rand::rngs::OsRng;
+        let hash = atoll_proto::auth::hash_password(&password, rng)?;
+        let key = atoll_proto::auth::new_user_key(&password, rng)?.record;
+        key.map(|k| (hash, k)).ok_or_else(|| ApiError::Internal("no key made".into()))
+    })
+    .await?;
+    Ok(made?)
 }
 
 /// Runs password work off the event loop under one of the hashing permits,

@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             password_hash: String::new(),
             realm_admin: false,
             created_at: i as u64,
+            key: None,
         })?;
         realm.doc.commit(i as u64 * 1000);
     }

@@ -43,6 +43,7 @@ impl Sim {
                         password_hash: String::new(),
                         realm_admin: true,
                         created_at: self.now,
+                        key: None,
                     }),
                 };
                 if written.is_err() {

@@ -176,7 +176,7 @@ pub enum Command {
     IssueToken {
         user: String,
         #[serde(skip)]
-        key: Option<crate::auth::Unlocked>,
+        key: Option<Box<crate::auth::Unlocked>>,
     },
     /// Which realm the serving site belongs to (public: a client maps an
     /// endpoint to its realm before it holds a token for it); with a

@@ -50,7 +50,7 @@ impl Peer {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
         let user = self.realm.user(name)?.ok_or_else(wrong)?;
         let unlocked = auth::unlock(password, &user, &mut self.rng)?.ok_or_else(wrong)?;
-        self.issue_token(now, &user.name, Some(unlocked))
+        self.issue_token(now, &user.name, Some(Box::new(unlocked)))
     }
 
     /// The record a login checks the password against (None: no such user).
@@ -62,10 +62,10 @@ impl Peer {
     /// key it unlocked (None: a token sealed by this site only, which sites
     /// accept for users without a key). A user without a key gets the one
     /// unlocked recorded: their first login since user keys.
-    pub(crate) fn issue_token(&mut self, now: Millis, name: &str, key: Option<auth::Unlocked>) -> ApiResult {
+    pub(crate) fn issue_token(&mut self, now: Millis, name: &str, key: Option<Box<Unlocked>>) -> ApiResult {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
         let mut user = self.realm.user(name)?.ok_or_else(wrong)?;
-        match (&user.key, &key) {
+        match (&user.key, key.as_deref()) {
             (Some(k), Some(u)) if k.public != auth::encode_key(&u.key.verifying_key()) => {
                 // The password changed between the check and now.
                 return Err(wrong());

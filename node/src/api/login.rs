@@ -107,7 +107,7 @@ pub async fn login(
     password: String,
 ) -> Result<Reply, Failure> {
     let key = check_password(s, addr, &user, password).await?;
-    Ok(s.client.call(None, Command::IssueToken { user, key: Some(key) }).await?)
+    Ok(s.client.call(None, Command::IssueToken { user, key: Some(Box::new(key)) }).await?)
 }
 
 /// Verifies `user`'s password off the event loop, counting a failure against

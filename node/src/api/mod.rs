@@ -1,6 +1,7 @@
 //! The REST/JSON API under `/v1`. Every route is declared once in [`routes`],
 //! which builds both the router and the OpenAPI document.
 
+mod dashboard;
 mod identity;
 mod login;
 mod openapi;
@@ -781,6 +782,7 @@ pub fn router(state: AppState) -> Router {
     }
     // Inside the routing, where the matched route's template is known.
     r = r.layer(axum::middleware::from_fn_with_state(state.clone(), prometheus::observe));
+    r = r.merge(dashboard::routes());
     r.fallback(|| async { Failure(ApiError::NotFound("no such API route; see /v1/openapi.json".into())) })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, Json(serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}})))

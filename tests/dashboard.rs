@@ -58,6 +58,12 @@ fn the_dashboard_shows_the_atoll_and_drives_an_instance() {
     assert!(out.status.success(), "the dashboard failed in the browser:\n{said}");
     println!("{said}screenshot: {}", shot.display());
     c.kill9();
+    // The CLI draws the same matrix: site-c's row unknown, and a reaches b only.
+    let matrix = a.cli().ok(&["site", "reach"]);
+    assert!(matrix.lines().any(|l| l.starts_with("site-c") && l.matches('?').count() == 2), "{matrix}");
+    let view = a.cli().json(&["site", "reach"]);
+    let of_a = view.as_array().unwrap().iter().find(|v| v["site"] == "site-a").cloned().unwrap_or_default();
+    assert_eq!(of_a["reaches"], serde_json::json!(["site-b"]), "{view}");
     // What the browser did happened: the instance is on site-b, stopped.
     let shown = a.cli().json(&["instance", "show", "from-browser", "--site", &b.site]);
     assert_eq!(shown["observed"], "stopped", "{shown}");

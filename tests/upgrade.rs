@@ -51,6 +51,20 @@ fn link(lab: &Lab, i: usize, d: &Daemon, to: &str) -> serde_json::Value {
     links.as_array().into_iter().flatten().find(|l| l["site"] == to).cloned().unwrap_or_default()
 }
 
+/// Who reaches whom, as site `i` can tell (`GET /v1/sites/reachability`):
+/// per site, the sites it reaches, or None when unknown.
+fn reach(lab: &Lab, i: usize, d: &Daemon) -> Vec<(String, Option<Vec<String>>)> {
+    let token = saved_token(d);
+    let addr = d.addr();
+    let reply = lab.within(i, || http(&addr, "GET", "/v1/sites/reachability", Some(&token), b""));
+    let view = reply.json();
+    let names = |v: &serde_json::Value| -> Option<Vec<String>> {
+        Some(v.as_array()?.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+    };
+    let rows = view.as_array().cloned().unwrap_or_default();
+    rows.iter().map(|r| (r["site"].as_str().unwrap_or("").to_owned(), names(&r["reaches"]))).collect()
+}
+
 /// The release `d` knows site `site` runs (from its gossiped descriptor).
 fn release(d: &Daemon, site: &str) -> Option<String> {
     let rows = d.cli().json(&["site", "list"]);
@@ -100,6 +114,12 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
     let seen = link(&lab, 1, &sites[1], &name(0));
     assert_eq!(seen["wire"], atoll_proto::wire::OLDEST, "{seen}");
     assert!(seen["release"].is_null(), "{seen}");
+    // A question of wire version 3 goes to no site of the previous release:
+    // their rows are unknown, and they stay connected.
+    let view = reach(&lab, 1, &sites[1]);
+    let others = Some(vec![name(0), name(2)]);
+    assert_eq!(view, vec![(name(0), None), (name(1), others), (name(2), None)]);
+    assert!(sites[0].reaches(3) && sites[2].reaches(3), "an old site lost a new one");
     assert!(eventually(WAIT, || release(&sites[1], &name(0)).is_some()), "no summary of site-1");
     let previous_version = release(&sites[1], &name(0)).unwrap_or_default();
     assert_ne!(previous_version, env!("CARGO_PKG_VERSION"), "the previous release has the same version");
@@ -198,6 +218,10 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
             assert!(eventually(WAIT, || listed(d) == want), "{} lists {:?}", d.site, listed(d));
         }
     }
-    // All on this build: an intent across sites still goes through.
+    // All on this build: every site answers who it reaches.
+    let all = |i: usize| (0..3).filter(|j| *j != i).map(name).collect::<Vec<_>>();
+    let full: Vec<_> = (0..3).map(|i| (name(i), Some(all(i)))).collect();
+    assert!(eventually(WAIT, || reach(&lab, 1, &sites[1]) == full), "{:?}", reach(&lab, 1, &sites[1]));
+    // An intent across sites still goes through.
     create(&sites[2], "after", "from-old", &name(0), &sites[0].tag());
 }

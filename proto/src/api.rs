@@ -326,6 +326,8 @@ pub enum Command {
     ShowSite,
     /// Every member site, with reachability, last-seen time and live figures.
     ListSites,
+    /// Which members each member reaches, as far as the serving site can ask.
+    Reachability,
     /// Removes a site from the realm (realm admins).
     RemoveSite {
         site: SiteId,
@@ -527,6 +529,7 @@ pub enum Reply {
     Instances(crate::gather::InstanceList),
     Site(SiteView),
     Sites(Vec<SiteRow>),
+    Reachability(Vec<crate::reach::Sees>),
     Intent(IntentView),
     Intents(Vec<IntentView>),
     Invitation(InvitationView),

@@ -18,6 +18,7 @@ mod manage;
 pub mod membership;
 pub mod peer;
 pub mod provenance;
+pub mod reach;
 mod rebalance;
 mod refetch;
 pub mod sync;

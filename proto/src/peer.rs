@@ -77,6 +77,8 @@ pub enum TimerId {
     /// A call waiting for other sites' parts of the realm-wide view is answered
     /// with what it has.
     GatherWait { id: u64 },
+    /// A call waiting for other sites' views of who they reach is answered.
+    ReachWait { id: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -265,6 +267,7 @@ pub struct Peer {
     pub(crate) rebalance: crate::rebalance::Rebalance,
     /// Calls waiting for other sites' parts of the realm-wide view.
     pub(crate) gather: crate::gather::Gather,
+    pub(crate) reach: crate::reach::Reach,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -422,6 +425,7 @@ impl Peer {
             refetch: crate::refetch::Refetch::default(),
             rebalance: crate::rebalance::Rebalance::default(),
             gather: crate::gather::Gather::default(),
+            reach: crate::reach::Reach::default(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,
@@ -635,6 +639,7 @@ impl Peer {
             Input::Timer(TimerId::RightsWait { id, last: false }) => self.on_rights_nudge(now, id, fx),
             Input::Timer(TimerId::RightsWait { id, last: true }) => self.on_rights_wait(now, id, fx),
             Input::Timer(TimerId::GatherWait { id }) => self.on_gather_wait(now, id, fx),
+            Input::Timer(TimerId::ReachWait { id }) => self.on_reach_wait(id, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());
@@ -784,6 +789,7 @@ impl Peer {
             ShowIntent { id, wait_ms } => return self.show_intent(req, user, id, wait_ms, fx),
             ShowSite => self.show_site(),
             ListSites => self.list_sites(now),
+            Reachability => return self.reachability(req, fx),
             RemoveSite { site } => self.remove_site(now, user, &site),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));

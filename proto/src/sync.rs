@@ -250,6 +250,8 @@ impl Peer {
                 let told = instances.map(|instances| crate::gather::Told { instances, as_of, cut });
                 self.on_instances_told(now, &from, id, &site, told, fx)
             }
+            PeerMsg::ReachAsk { id } => self.on_reach_ask(&from, id, fx),
+            PeerMsg::ReachTold { id, reaches } => self.on_reach_told(&from, id, reaches, fx),
             PeerMsg::RightsGiven { project, amount, hints } => {
                 self.on_rights_given(now, &from, &project, amount, &hints, fx)
             }

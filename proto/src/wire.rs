@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::DocId;
 
-/// The newest wire version this build writes.
-pub const VERSION: u16 = 2;
+/// The newest wire version this build writes. 3: `ReachAsk`/`ReachTold`.
+pub const VERSION: u16 = 3;
 /// The oldest wire version this build still reads and writes: the previous
 /// release's (docs/architecture.md, "Versions side by side"). A peer writes
 /// each other peer the newest version both speak, learnt when they connect,
@@ -83,6 +83,10 @@ pub enum PeerMsg {
         as_of: Option<atoll_crdt::Millis>,
         cut: bool,
     },
+    /// Asks which members the receiver has a connection to now (wire 3).
+    ReachAsk { id: u64 },
+    /// The answer: at most [`crate::reach::MAX_REACHES`] sites (wire 3).
+    ReachTold { id: u64, reaches: Vec<atoll_crdt::SiteId> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +172,15 @@ impl PeerMsg {
         encode(self)
     }
 
+    /// The wire version that introduced this message: a peer that speaks an
+    /// older one is never sent it (it would not decode it).
+    pub fn since(&self) -> u16 {
+        match self {
+            PeerMsg::ReachAsk { .. } | PeerMsg::ReachTold { .. } => 3,
+            _ => 2,
+        }
+    }
+
     /// Encodes for a peer with which `version` was negotiated ([`Speaks::with`]).
     pub fn encode_as(&self, version: u16) -> Vec<u8> {
         encode_as(version, self)
@@ -179,6 +192,11 @@ impl PeerMsg {
             && docs.len() > MAX_DIGEST
         {
             return Err(WireError::TooMany(docs.len()));
+        }
+        if let PeerMsg::ReachTold { reaches, .. } = &msg
+            && reaches.len() > crate::reach::MAX_REACHES
+        {
+            return Err(WireError::TooMany(reaches.len()));
         }
         Ok(msg)
     }
@@ -211,6 +229,9 @@ mod tests {
         // The previous release advertised nothing: it speaks version 2.
         assert_eq!(Speaks::from_advert("rust-libp2p/0.47.0"), Some(Speaks::UNADVERTISED));
         assert_eq!(here.with(Speaks::UNADVERTISED), Some(2));
+        // What a version-2 peer would misread is never for it.
+        assert_eq!(PeerMsg::ReachAsk { id: 1 }.since(), 3);
+        assert_eq!(PeerMsg::Heads { docs: vec![] }.since(), 2);
         for junk in ["wire/", "wire/3", "wire/a-b", "wire/5-4", "wire/70000-1"] {
             assert_eq!(Speaks::from_advert(junk), None, "{junk}");
         }

@@ -49,6 +49,8 @@ try:
     driver.find_element(By.NAME, "password").send_keys(password)
     driver.find_element(By.CSS_SELECTOR, "#login button").click()
     until("three reachable sites", lambda: len(rows("sites")) == 3 and all(r[2] == "yes" for r in rows("sites")))
+    # Every site reaches the two others: six "yes" in the matrix.
+    until("who sees whom", lambda: sum(c == "yes" for r in rows("reach") for c in r) == 6)
     print("dashboard: logged in; sites:", [r[0] for r in rows("sites")])
 
     form = driver.find_element(By.ID, "create")
@@ -75,6 +77,9 @@ try:
     os.kill(int(victim), signal.SIGKILL)
     killed_at = time.time()
     until("the killed site unreachable", lambda: any(r[2] == "no" for r in rows("sites")))
+    # Its row unknown, and the others no longer reach it.
+    until("the cut in the matrix", lambda: sum(c == "no" for r in rows("reach") for c in r) == 2
+          and sum(c == "?" for r in rows("reach") for c in r) == 2)
     print(f"dashboard: a killed site shows unreachable after {time.time() - killed_at:.1f} s")
     time.sleep(2.5)  # one more poll, so that the picture shows every table filled
     driver.save_screenshot(screenshot)

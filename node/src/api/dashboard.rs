@@ -50,6 +50,7 @@ mod tests {
         let api: Vec<_> = crate::api::routes().into_iter().map(|r| r.path).collect();
         for used in [
             "/v1/sites",
+            "/v1/sites/reachability",
             "/v1/instances",
             "/v1/images",
             "/v1/projects",

@@ -663,6 +663,14 @@ pub fn routes() -> Vec<Route> {
             ),
         ).reply::<Vec<SiteRow>>(),
         route(
+            "get",
+            "/v1/sites/reachability",
+            "Which members each member reaches now, as far as the serving site can ask (null: unknown)",
+            get(|State(s): State<AppState>, h: HeaderMap| async move {
+                call(&s, &h, Command::Reachability).await
+            }),
+        ).reply::<Vec<atoll_proto::reach::Sees>>(),
+        route(
             "post",
             "/v1/sites/invitations",
             "An invitation for a new site to join the realm (realm admins)",

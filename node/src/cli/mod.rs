@@ -97,6 +97,9 @@ pub enum SiteCmd {
     /// Every site of the realm: reachability, last seen, capabilities, live figures.
     #[command(after_long_help = "Example:\n  atoll site list --output json")]
     List,
+    /// Who sees whom: the sites each site reaches now (? where the serving site cannot ask).
+    #[command(after_long_help = "Example:\n  atoll site reach --output json")]
+    Reach,
     /// Print an invitation for a new site (realm admins).
     #[command(after_long_help = "Example:\n  atoll site invite --name edge-lyon-1 --ttl 600")]
     Invite {
@@ -440,6 +443,7 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             }
         }
         Cmd::Site(SiteCmd::List) => site::list(&g, &api).await?,
+        Cmd::Site(SiteCmd::Reach) => site::reach(&g, &api).await?,
         Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,
         Cmd::Site(SiteCmd::Remove { site }) => {
             let _: serde_json::Value = api.delete(&format!("/v1/sites/{site}")).await?;

@@ -1,10 +1,32 @@
 //! `atoll site list|invite`: the realm's sites as the serving site sees them.
 
 use atoll_proto::api::SiteRow;
+use atoll_proto::reach::Sees;
 
 use super::Global;
 use super::client::Api;
 use super::output::{self, Format, ago, print};
+
+/// A matrix: a row per site, what it reaches (yes/no), `?` where unknown.
+pub async fn reach(g: &Global, api: &Api) -> anyhow::Result<()> {
+    let view: Vec<Sees> = api.get("/v1/sites/reachability").await?;
+    let names: Vec<String> = view.iter().map(|v| v.site.to_string()).collect();
+    let headers: Vec<&str> = std::iter::once("SEES").chain(names.iter().map(String::as_str)).collect();
+    print(g.output, &view, &headers, || {
+        view.iter()
+            .map(|v| {
+                let cells = view.iter().map(|other| match &v.reaches {
+                    _ if other.site == v.site => "-".to_owned(),
+                    None => "?".to_owned(),
+                    Some(r) if r.contains(&other.site) => "yes".to_owned(),
+                    Some(_) => "no".to_owned(),
+                });
+                std::iter::once(v.site.to_string()).chain(cells).collect()
+            })
+            .collect()
+    });
+    Ok(())
+}
 
 pub async fn list(g: &Global, api: &Api) -> anyhow::Result<()> {
     let rows: Vec<SiteRow> = api.get("/v1/sites").await?;

@@ -373,7 +373,13 @@ impl Net {
         if link.is_some_and(|l| l.incompatible) {
             return;
         }
-        let bytes = msg.encode_as(link.and_then(|l| l.wire).unwrap_or(wire::OLDEST));
+        let version = link.and_then(|l| l.wire).unwrap_or(wire::OLDEST);
+        if msg.since() > version {
+            // It would not decode it: the asking call goes without its answer.
+            tracing::debug!(%to, version, "message of a newer wire version not sent");
+            return;
+        }
+        let bytes = msg.encode_as(version);
         self.traffic.sent(bytes.len());
         self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
     }

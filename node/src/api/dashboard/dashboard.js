@@ -65,7 +65,8 @@ function bytes(n) {
 
 function fill(tableId, rows) {
   const body = $(tableId).tBodies[0];
-  body.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map((c) => c instanceof Node && c.tagName === "TD" ? c : el("td", {}, c)))));
+  const cell = (c) => (c instanceof Node && (c.tagName === "TD" || c.tagName === "TH") ? c : el("td", {}, c));
+  body.replaceChildren(...rows.map((cells) => el("tr", {}, ...cells.map(cell))));
 }
 
 function options(select, values) {
@@ -80,14 +81,16 @@ function showError(e) {
 
 async function refresh() {
   try {
-    const [sites, list, images, projects, intents] = await Promise.all([
+    const [sites, reach, list, images, projects, intents] = await Promise.all([
       api("GET", "/v1/sites"),
+      api("GET", "/v1/sites/reachability"),
       api("GET", "/v1/instances"),
       api("GET", "/v1/images"),
       api("GET", "/v1/projects"),
       api("GET", "/v1/intents"),
     ]);
     renderSites(sites);
+    renderReach(reach);
     renderInstances(list);
     renderImages(images);
     const names = projects.map((p) => p.name);
@@ -117,6 +120,22 @@ function renderSites(sites) {
       d ? d.version : "-",
     ];
   }));
+}
+
+// Rows: observers; columns: the sites they may reach.
+function renderReach(view) {
+  const names = view.map((v) => v.site);
+  $("reach").tHead.replaceChildren(el("tr", {}, el("th", {}, ""), ...names.map((n) => el("th", {}, n))));
+  fill("reach", view.map((v) => [
+    el("th", {}, v.site),
+    ...names.map((n) => {
+      if (n === v.site) return el("td", { class: "self" }, "—");
+      if (!v.reaches) return el("td", { class: "unknown", title: "not known" }, "?");
+      const sees = v.reaches.includes(n);
+      return el("td", { class: sees ? "yes" : "no", title: `${v.site} ${sees ? "reaches" : "does not reach"} ${n}` },
+        state(sees ? "yes" : "no"));
+    }),
+  ]));
 }
 
 function act(inst, what) {
@@ -231,6 +250,7 @@ async function loggedIn() {
   const me = await api("GET", "/v1/whoami");
   $("who").textContent = `${me.user} on ${me.site}`;
   $("serving").textContent = me.site;
+  for (const e of document.querySelectorAll(".serving")) e.textContent = me.site;
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;

@@ -1,6 +1,6 @@
 //! The web dashboard in a real browser: headless Chromium, driven by
 //! Selenium (`tests/dashboard/browse.py`), against three daemons on
-//! loopback. It logs in, sees the three sites, creates an instance on
+//! loopback. It logs in, sees the three sites, uploads an image, creates an instance on
 //! another site through the form, sees it run, stops it, and sees a killed
 //! site marked unreachable. The last picture is saved as
 //! `dashboard.png` in cargo's test tmp dir (docs/dashboard.png is one).
@@ -48,10 +48,12 @@ fn the_dashboard_shows_the_atoll_and_drives_an_instance() {
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dashboard/browse.py");
     let victim = c.pid().expect("site-c runs").to_string();
+    let upload = process_image(root.path(), "to-upload", "exec sleep 700\n");
     let out = Command::new(&python)
         .arg(&script)
         .args([&a.endpoint, &a.password, "default/sleeper", &b.site, &victim])
         .arg(&shot)
+        .arg(&upload)
         .output()
         .expect("run the browser script");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -67,4 +69,6 @@ fn the_dashboard_shows_the_atoll_and_drives_an_instance() {
     // What the browser did happened: the instance is on site-b, stopped.
     let shown = a.cli().json(&["instance", "show", "from-browser", "--site", &b.site]);
     assert_eq!(shown["observed"], "stopped", "{shown}");
+    let uploaded = a.cli().json(&["image", "show", "uploaded"]);
+    assert_eq!(uploaded["holders"], serde_json::json!(["site-a"]), "{uploaded}");
 }

@@ -1,9 +1,9 @@
 """Drives the dashboard in headless Chromium (tests/dashboard.rs runs it).
 
 Arguments: endpoint, admin password, image, site to create on, pid of a
-site to kill, screenshot path. Logs in, sees every site reachable, creates an
-instance on another site, sees it run, stops it, kills a site and sees it
-marked unreachable. Exits non-zero with a message on the first check that fails.
+site to kill, screenshot path, a process image file to upload. Logs in, sees
+every site reachable, uploads an image, creates an instance on another site,
+sees it run, stops it, kills a site and sees it marked unreachable. Exits non-zero with a message on the first check that fails.
 """
 
 import os
@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-endpoint, password, image, site, victim, screenshot = sys.argv[1:7]
+endpoint, password, image, site, victim, screenshot, upload = sys.argv[1:8]
 
 options = webdriver.ChromeOptions()
 for arg in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"]:
@@ -52,6 +52,13 @@ try:
     # Every site reaches the two others: six "yes" in the matrix.
     until("who sees whom", lambda: sum(c == "yes" for r in rows("reach") for c in r) == 6)
     print("dashboard: logged in; sites:", [r[0] for r in rows("sites")])
+
+    up = driver.find_element(By.ID, "upload")
+    up.find_element(By.NAME, "file").send_keys(upload)
+    up.find_element(By.NAME, "name").send_keys("uploaded")
+    up.find_element(By.CSS_SELECTOR, "button").click()
+    until("the uploaded image", lambda: any(r[1] == "uploaded" and r[5] != "nobody" for r in rows("images")))
+    print("dashboard: uploaded an image:", next(r for r in rows("images") if r[1] == "uploaded"))
 
     form = driver.find_element(By.ID, "create")
     until("the image in the create form",

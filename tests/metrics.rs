@@ -80,3 +80,97 @@ fn metrics_parse_and_say_what_the_site_holds() {
     assert!(!routes.iter().any(|r| r.contains("s1")), "a series per instance: {routes:?}");
     d.cli().ok(&["instance", "delete", "s1"]);
 }
+
+/// CPU seconds and resident bytes of `root` and its descendants, as `/proc`
+/// says (read here independently of the daemon).
+fn proc_tree(root: u32) -> (f64, u64) {
+    let mut parent = std::collections::HashMap::new();
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .map(|f| f.parse::<i64>().unwrap_or(0).max(0) as u64)
+            .collect();
+        parent.insert(pid, fields[1] as u32);
+        ticks.insert(pid, fields[11] + fields[12] + fields[13] + fields[14]);
+    }
+    let in_tree = |mut p: u32| loop {
+        if p == root {
+            return true;
+        }
+        match parent.get(&p) {
+            Some(&q) if q != 0 && q != p => p = q,
+            _ => return false,
+        }
+    };
+    let (mut cpu, mut rss) = (0u64, 0u64);
+    for (&pid, &t) in &ticks {
+        if in_tree(pid) {
+            cpu += t;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            rss += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (cpu as f64 / hz, rss)
+}
+
+/// A busy process instance: what `/metrics` says it uses agrees with
+/// `/proc` within 10% (CPU over a few seconds, resident memory).
+#[test]
+fn a_busy_instance_uses_what_proc_says() {
+    let Some(python) = python() else {
+        unavailable("no Python with prometheus_client (pip install prometheus-client, or set ATOLL_PYTHON)");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(root.path(), "site-1");
+    d.login_admin();
+    let image = process_image(root.path(), "spinner", "while :; do :; done\n");
+    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "spinner"]);
+    d.cli().ok(&["instance", "create", "busy", "--image", "spinner", "--memory", "64", "--", &d.tag()]);
+    let shown = d.cli().json(&["instance", "show", "busy"]);
+    let reason = shown["reason"].as_str().unwrap_or_default();
+    let pid: u32 = reason
+        .strip_prefix("pid ")
+        .and_then(|r| r.split(';').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {reason:?}"));
+    let measure = || {
+        let before = proc_tree(pid);
+        let r = http(&d.addr(), "GET", "/metrics", None, b"");
+        let after = proc_tree(pid);
+        let samples = parse(&python, &r.body);
+        let of = |name: &str| {
+            samples[name]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s[0]["instance"] == "default/busy" && s[0]["kind"] == "process")
+                .and_then(|s| s[1].as_f64())
+                .unwrap_or_else(|| panic!("no {name} of default/busy in {samples}"))
+        };
+        let proc_cpu = (before.0 + after.0) / 2.0;
+        let proc_rss = (before.1 + after.1) as f64 / 2.0;
+        (of("atoll_instance_cpu_seconds_total"), proc_cpu, of("atoll_instance_memory_bytes"), proc_rss)
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu0, proc0, _, _) = measure();
+    std::thread::sleep(Duration::from_secs(4));
+    let (cpu1, proc1, memory, proc_rss) = measure();
+    let (ours, theirs) = (cpu1 - cpu0, proc1 - proc0);
+    println!(
+        "busy instance: CPU {ours:.2} s (/proc {theirs:.2} s) over 4 s; memory {memory} B (/proc {proc_rss} B)"
+    );
+    assert!(theirs > 1.0, "the instance did not spin: {theirs} s");
+    assert!((ours - theirs).abs() <= 0.1 * theirs, "CPU {ours} s against /proc's {theirs} s");
+    assert!((memory - proc_rss).abs() <= 0.1 * proc_rss, "memory {memory} B against /proc's {proc_rss} B");
+    d.cli().ok(&["instance", "delete", "busy"]);
+}

@@ -44,6 +44,16 @@ struct ProjectLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    /// `project/name`: one series per instance, bounded by [`MAX_INSTANCE_SERIES`].
+    instance: String,
+    kind: String,
+}
+
+/// Instances measured in one scrape, at most.
+const MAX_INSTANCE_SERIES: usize = 4096;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     site: String,
     transport: &'static str,
@@ -94,8 +104,45 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
 }
 
 /// The text exposition of this site's figures now.
-pub fn render(s: &AppState) -> Result<String, std::fmt::Error> {
+/// What each instance uses now, asked of every available driver.
+async fn usage(s: &AppState) -> Vec<(atoll_crdt::Kind, crate::driver::Usage)> {
+    let mut all = Vec::new();
+    for kind in s.drivers.kinds() {
+        let Some(driver) = s.drivers.get(kind) else { continue };
+        match driver.usage().await {
+            Ok(usage) => all.extend(usage.into_iter().map(|u| (kind, u))),
+            Err(e) => tracing::debug!(%kind, "usage not measured: {e}"),
+        }
+    }
+    all.truncate(MAX_INSTANCE_SERIES);
+    all
+}
+
+pub fn render(
+    s: &AppState,
+    usage: &[(atoll_crdt::Kind, crate::driver::Usage)],
+) -> Result<String, std::fmt::Error> {
     let mut r = Registry::with_prefix("atoll");
+    let cpu: Family<
+        InstanceLabels,
+        prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    > = Family::default();
+    let memory: Family<InstanceLabels, ConstGaugeCell> = Family::default();
+    for (kind, u) in usage {
+        let labels = InstanceLabels { instance: u.key.clone(), kind: kind.to_string() };
+        cpu.get_or_create(&labels).inc_by(u.cpu_seconds);
+        memory.get_or_create(&labels).set(u.memory_bytes.min(i64::MAX as u64) as i64);
+    }
+    r.register(
+        "instance_cpu_seconds",
+        "CPU time each instance used since it started, as its driver measures it (the process driver: /proc)",
+        cpu,
+    );
+    r.register(
+        "instance_memory_bytes",
+        "Resident memory of each instance, as its driver measures it",
+        memory,
+    );
     r.register(
         "api_request_duration_seconds",
         "Time to answer an API request, by route template and status",
@@ -184,7 +231,8 @@ pub async fn scrape(
     if !open_to(from) {
         s.client.call(super::bearer(&h), atoll_proto::Command::Authenticate).await?;
     }
-    let body = render(&s).map_err(|e| Failure(atoll_proto::ApiError::Internal(e.to_string())))?;
+    let usage = usage(&s).await;
+    let body = render(&s, &usage).map_err(|e| Failure(atoll_proto::ApiError::Internal(e.to_string())))?;
     let kind = HeaderValue::from_static(CONTENT_TYPE);
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, kind)], body).into_response())
 }

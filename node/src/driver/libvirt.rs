@@ -409,6 +409,11 @@ impl Driver for Libvirt {
             Ok(super::process::tail(&super::instance_dir(&self.root, key).join("console.log"), max_bytes)?)
         })
     }
+
+    /// Not measured yet (docs/drivers.md): domain statistics are not read.
+    fn usage(&self) -> DriverFuture<'_, Vec<super::Usage>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod docker;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod process;
+mod procfs;
 pub mod sandbox;
 
 use std::future::Future;
@@ -87,6 +88,19 @@ pub trait Driver: Send + Sync + 'static {
     fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()>;
     /// The last `max_bytes` of the instance's output.
     fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>>;
+    /// What each instance this driver runs uses now. Only the process
+    /// driver measures yet; the others answer with nothing (docs/drivers.md).
+    fn usage(&self) -> DriverFuture<'_, Vec<Usage>>;
+}
+
+/// What one instance uses, measured by its driver when asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// `project/name`.
+    pub key: String,
+    /// CPU time used since it started.
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
 }
 
 /// The drivers of a site, by kind.
@@ -185,6 +199,9 @@ impl Driver for Absent {
     }
     fn logs<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, Vec<u8>> {
         self.refuse()
+    }
+    fn usage(&self) -> DriverFuture<'_, Vec<Usage>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -428,4 +428,14 @@ impl Driver for Process {
             Ok(out.split_off(skip))
         })
     }
+
+    /// Each run's process tree, from `/proc` (sandboxed or not).
+    fn usage(&self) -> DriverFuture<'_, Vec<super::Usage>> {
+        let roots: Vec<(String, i32)> = self.table().iter().map(|(k, r)| (k.clone(), r.pid)).collect();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || super::procfs::usage(&roots))
+                .await
+                .map_err(|e| DriverError::Runtime(format!("measuring usage: {e}")))
+        })
+    }
 }

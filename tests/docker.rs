@@ -169,3 +169,54 @@ fn a_site_without_docker_refuses_containers_clearly() {
     let docker = drivers.as_array().unwrap().iter().find(|f| f["kind"] == "container").cloned().unwrap();
     assert_eq!(docker["available"], false, "{docker}");
 }
+
+/// A busy container's CPU time in `/metrics` (the engine's stats) agrees with
+/// `/proc` within 10%; its memory is reported.
+#[test]
+fn a_busy_container_uses_what_proc_says() {
+    if let Some(why) = docker_missing() {
+        return unavailable(&why);
+    }
+    let root = tempfile::tempdir().unwrap();
+    let Some(archive) = busybox_archive(root.path()) else { return };
+    let site = format!("du{}", std::process::id());
+    let d = Daemon::start(root.path(), &site);
+    d.login_admin();
+    let image = ["image", "add", archive.to_str().unwrap(), "--name", "bb", "--format", "docker-archive"];
+    d.cli().ok(&image);
+    let spin = [
+        "instance",
+        "create",
+        "spin",
+        "--image",
+        "bb",
+        "--cpus",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ];
+    assert!(d.cli().ok(&spin).contains("running"));
+    let pid: u32 = docker_inspect(&container(&d, "spin"), "{{.State.Pid}}")
+        .and_then(|p| p.parse().ok())
+        .expect("the container's pid");
+    let measure = || {
+        let before = proc_tree(pid).0;
+        let scrape = http(&d.addr(), "GET", "/metrics", None, b"").body;
+        let after = proc_tree(pid).0;
+        let cpu = instance_metric(&scrape, "atoll_instance_cpu_seconds_total", "default/spin");
+        let memory = instance_metric(&scrape, "atoll_instance_memory_bytes", "default/spin");
+        (cpu.expect("a CPU series for the container"), (before + after) / 2.0, memory.unwrap_or(0.0))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu0, proc0, _) = measure();
+    std::thread::sleep(Duration::from_secs(4));
+    let (cpu1, proc1, memory) = measure();
+    let (ours, theirs) = (cpu1 - cpu0, proc1 - proc0);
+    println!("busy container: CPU {ours:.2} s (/proc {theirs:.2} s) over 4 s; memory {memory} B");
+    assert!(theirs > 1.0, "the container did not spin: {theirs} s");
+    assert!((ours - theirs).abs() <= 0.1 * theirs, "CPU {ours} s against /proc's {theirs} s");
+    assert!(memory > 0.0, "no memory figure");
+    d.cli().ok(&["instance", "delete", "spin"]);
+}

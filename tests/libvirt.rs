@@ -58,6 +58,14 @@ fn vm_lifecycle_against_the_test_hypervisor() {
     assert!(out.contains("no volume"), "the test hypervisor takes no uploads, which must be said: {out}");
     let i = d.cli().json(&["instance", "show", "vm1"]);
     assert_eq!((i["kind"].as_str(), i["observed"].as_str()), (Some("vm"), Some("running")));
+    // Its usage, from libvirt's domain info: the guest's 128 MiB.
+    let scrape = http(&d.addr(), "GET", "/metrics", None, b"").body;
+    let memory = instance_metric(&scrape, "atoll_instance_memory_bytes", "default/vm1");
+    assert_eq!(memory, Some(128.0 * 1024.0 * 1024.0), "{scrape}");
+    assert!(
+        instance_metric(&scrape, "atoll_instance_cpu_seconds_total", "default/vm1").is_some(),
+        "{scrape}"
+    );
     assert_eq!(i["handle"].as_str().map(str::len), Some(36), "the handle is the domain uuid: {i}");
 
     assert!(d.cli().ok(&["instance", "stop", "vm1"]).contains("stopped"));

@@ -81,48 +81,6 @@ fn metrics_parse_and_say_what_the_site_holds() {
     d.cli().ok(&["instance", "delete", "s1"]);
 }
 
-/// CPU seconds and resident bytes of `root` and its descendants, as `/proc`
-/// says (read here independently of the daemon).
-fn proc_tree(root: u32) -> (f64, u64) {
-    let mut parent = std::collections::HashMap::new();
-    let mut ticks = std::collections::HashMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..]
-            .split_whitespace()
-            .map(|f| f.parse::<i64>().unwrap_or(0).max(0) as u64)
-            .collect();
-        parent.insert(pid, fields[1] as u32);
-        ticks.insert(pid, fields[11] + fields[12] + fields[13] + fields[14]);
-    }
-    let in_tree = |mut p: u32| loop {
-        if p == root {
-            return true;
-        }
-        match parent.get(&p) {
-            Some(&q) if q != 0 && q != p => p = q,
-            _ => return false,
-        }
-    };
-    let (mut cpu, mut rss) = (0u64, 0u64);
-    for (&pid, &t) in &ticks {
-        if in_tree(pid) {
-            cpu += t;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            rss += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024;
-        }
-    }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (cpu as f64 / hz, rss)
-}
-
 /// A busy process instance: what `/metrics` says it uses agrees with
 /// `/proc` within 10% (CPU over a few seconds, resident memory).
 #[test]

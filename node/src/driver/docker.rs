@@ -18,7 +18,7 @@ use atoll_proto::lifecycle::{PortPolicy, parse_port};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, InspectContainerOptions,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptions, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -437,8 +437,30 @@ impl Driver for Docker {
         })
     }
 
-    /// Not measured yet (docs/drivers.md): the engine's stats are not read.
+    /// The engine's one-shot stats of each container this daemon drives:
+    /// CPU time, and memory as `docker stats` counts it (usage less the
+    /// inactive file cache).
     fn usage(&self) -> DriverFuture<'_, Vec<super::Usage>> {
-        Box::pin(async { Ok(Vec::new()) })
+        let keys: Vec<String> = self.runs.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+        Box::pin(async move {
+            let client = self.client()?;
+            let mut all = Vec::new();
+            for key in keys {
+                let opts = StatsOptions { stream: false, one_shot: true };
+                let Some(Ok(stats)) = client.stats(&self.name(&key), Some(opts)).next().await else {
+                    continue;
+                };
+                let cpu = stats.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage);
+                let Some(cpu_ns) = cpu.filter(|n| *n > 0) else { continue };
+                let memory = stats.memory_stats.map_or(0, |m| {
+                    let cache = m.stats.as_ref().and_then(|s| {
+                        s.get("inactive_file").or_else(|| s.get("total_inactive_file")).copied()
+                    });
+                    m.usage.unwrap_or(0).saturating_sub(cache.unwrap_or(0))
+                });
+                all.push(super::Usage { key, cpu_seconds: cpu_ns as f64 / 1e9, memory_bytes: memory });
+            }
+            Ok(all)
+        })
     }
 }

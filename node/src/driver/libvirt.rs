@@ -410,9 +410,30 @@ impl Driver for Libvirt {
         })
     }
 
-    /// Not measured yet (docs/drivers.md): domain statistics are not read.
+    /// libvirt's domain info of each active domain this daemon drives: CPU
+    /// time and the memory the guest has (its balloon's size, not what
+    /// the guest uses inside).
     fn usage(&self) -> DriverFuture<'_, Vec<super::Usage>> {
-        Box::pin(async { Ok(Vec::new()) })
+        let keys: Vec<String> = lock(&self.runs).keys().cloned().collect();
+        let named: Vec<(String, Vec<String>)> =
+            keys.into_iter().map(|k| (k.clone(), self.names(&k))).collect();
+        Box::pin(async move {
+            let conn = self.conn()?;
+            blocking(move || {
+                let mut all = Vec::new();
+                for (key, names) in named {
+                    let Some(d) = find(conn, &names).filter(|d| d.is_active().unwrap_or(false)) else {
+                        continue;
+                    };
+                    let Ok(info) = d.info() else { continue };
+                    let (cpu_seconds, memory_bytes) =
+                        (info.cpu_time as f64 / 1e9, info.memory.saturating_mul(1024));
+                    all.push(super::Usage { key, cpu_seconds, memory_bytes });
+                }
+                Ok(all)
+            })
+            .await
+        })
     }
 }
 

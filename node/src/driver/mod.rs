@@ -88,8 +88,8 @@ pub trait Driver: Send + Sync + 'static {
     fn destroy<'a>(&'a self, key: &'a str) -> DriverFuture<'a, ()>;
     /// The last `max_bytes` of the instance's output.
     fn logs<'a>(&'a self, key: &'a str, max_bytes: u64) -> DriverFuture<'a, Vec<u8>>;
-    /// What each instance this driver runs uses now. Only the process
-    /// driver measures yet; the others answer with nothing (docs/drivers.md).
+    /// What each instance this driver runs uses now (docs/drivers.md, how
+    /// each driver measures).
     fn usage(&self) -> DriverFuture<'_, Vec<Usage>>;
 }
 

@@ -78,6 +78,26 @@ fn metrics_parse_and_say_what_the_site_holds() {
     let routes: Vec<&str> = api.iter().filter_map(|s| s[0]["route"].as_str()).collect();
     assert!(routes.contains(&"/v1/instances"), "{routes:?}");
     assert!(!routes.iter().any(|r| r.contains("s1")), "a series per instance: {routes:?}");
+    // Every series the Grafana dashboard in docs/ graphs is served.
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).unwrap()).unwrap();
+    let mut graphed = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expression");
+            for (at, _) in expr.match_indices("atoll_") {
+                let name: String =
+                    expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                graphed.push(name);
+            }
+        }
+    }
+    let served = samples.as_object().expect("samples");
+    for name in &graphed {
+        assert!(served.contains_key(name), "the dashboard graphs {name}, which /metrics does not serve");
+    }
+    assert!(graphed.len() >= 15, "{graphed:?}");
     d.cli().ok(&["instance", "delete", "s1"]);
 }
 
@@ -111,7 +131,7 @@ fn a_busy_instance_uses_what_proc_says() {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|s| s[0]["instance"] == "default/busy" && s[0]["kind"] == "process")
+                .find(|s| s[0]["atoll_instance"] == "default/busy" && s[0]["kind"] == "process")
                 .and_then(|s| s[1].as_f64())
                 .unwrap_or_else(|| panic!("no {name} of default/busy in {samples}"))
         };

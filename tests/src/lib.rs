@@ -572,7 +572,7 @@ pub fn proc_tree(root: u32) -> (f64, u64) {
 
 /// The value of `name` for instance `instance` in a `/metrics` scrape.
 pub fn instance_metric(scrape: &str, name: &str, instance: &str) -> Option<f64> {
-    let label = format!("instance=\"{instance}\"");
+    let label = format!("atoll_instance=\"{instance}\"");
     scrape
         .lines()
         .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))?

@@ -45,8 +45,10 @@ struct ProjectLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    /// `project/name`: one series per instance, bounded by [`MAX_INSTANCE_SERIES`].
-    instance: String,
+    /// `project/name`: one series per instance, bounded by
+    /// [`MAX_INSTANCE_SERIES`]. Not `instance`, which Prometheus gives every
+    /// series (the scraped target).
+    atoll_instance: String,
     kind: String,
 }
 
@@ -129,7 +131,7 @@ pub fn render(
     > = Family::default();
     let memory: Family<InstanceLabels, ConstGaugeCell> = Family::default();
     for (kind, u) in usage {
-        let labels = InstanceLabels { instance: u.key.clone(), kind: kind.to_string() };
+        let labels = InstanceLabels { atoll_instance: u.key.clone(), kind: kind.to_string() };
         cpu.get_or_create(&labels).inc_by(u.cpu_seconds);
         memory.get_or_create(&labels).set(u.memory_bytes.min(i64::MAX as u64) as i64);
     }

@@ -62,6 +62,12 @@ fn metrics_parse_and_say_what_the_site_holds() {
     d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "sleeper"]);
     d.cli().ok(&["instance", "create", "s1", "--image", "sleeper", "--memory", "32", "--", &d.tag()]);
     d.cli().ok(&["instance", "list"]);
+    // Beyond the project's quota (20480 MiB): refused, and counted by reason.
+    let err = d.cli().fails(&["instance", "create", "big", "--image", "sleeper", "--memory", "30000"]);
+    assert!(err.contains("quota"), "{err}");
+    let labelled = |samples: &serde_json::Value, name: &str, label: &str, want: &str| {
+        samples[name].as_array().into_iter().flatten().find(|s| s[0][label] == want).and_then(|s| s[1].as_f64())
+    };
     // The summary is published every few seconds: wait for one that counts the instance.
     let mut samples = serde_json::Value::Null;
     let counted = eventually(Duration::from_secs(30), || {
@@ -69,8 +75,11 @@ fn metrics_parse_and_say_what_the_site_holds() {
         assert_eq!(r.status, 200, "{}", r.body);
         samples = parse(&python, &r.body);
         value(&samples, "atoll_instances") == Some(1.0)
+            && labelled(&samples, "atoll_admissions_refused_total", "reason", "quota_exceeded") == Some(1.0)
     });
-    assert!(counted, "no scrape counted the instance: {samples}");
+    assert!(counted, "no scrape counted the instance and the refusal: {samples}");
+    assert_eq!(labelled(&samples, "atoll_instances_by_state", "state", "running"), Some(1.0), "{samples}");
+    assert_eq!(value(&samples, "atoll_intents_waiting"), Some(0.0));
     assert_eq!(value(&samples, "atoll_images"), Some(1.0));
     assert_eq!(value(&samples, "atoll_allocated_memory_mib"), Some(32.0));
     // The API's latency, by route template (never by instance name).

@@ -449,6 +449,7 @@ impl Runtime {
                 *p = self.fetches.progress();
             }
             net.tick();
+            let summarised = summary.is_some();
             match summary {
                 Some(Ok(view)) => {
                     net.publish(&view);
@@ -458,6 +459,12 @@ impl Runtime {
                 }
                 Some(Err(e)) => tracing::warn!("cannot summarise this site: {e}"),
                 None => {}
+            }
+            if summarised
+                && let Ok(stats) = self.peer.stats()
+                && let Ok(mut s) = net.traffic.stats.lock()
+            {
+                *s = Some(stats);
             }
         }
     }

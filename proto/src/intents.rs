@@ -243,7 +243,7 @@ impl Peer {
         doc.get::<IntentOutcome>(id).ok().flatten()
     }
 
-    fn view(&self, intent: Intent) -> IntentView {
+    pub(crate) fn view(&self, intent: Intent) -> IntentView {
         let outcome = self.outcome_of(&intent.target, &intent.id);
         let (state, detail, settled_at) = match outcome {
             Some(o) => {

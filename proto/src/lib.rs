@@ -21,6 +21,7 @@ pub mod provenance;
 pub mod reach;
 mod rebalance;
 mod refetch;
+pub mod stats;
 pub mod sync;
 pub mod wire;
 

@@ -89,7 +89,7 @@ impl Peer {
         n: NewInstance,
         fx: &mut impl Effects,
     ) -> Outcome {
-        match self.admit_instance(now, caller, n.clone()) {
+        let outcome = match self.admit_instance(now, caller, n.clone()) {
             Err(e @ ApiError::QuotaExceeded(_)) => self.ask_rights(req, caller, n, e, fx),
             Ok(inst) => {
                 let key = inst_key(&inst);
@@ -99,7 +99,11 @@ impl Peer {
                 }
             }
             Err(e) => Outcome::Now(Err(e)),
+        };
+        if let Outcome::Now(Err(e)) = &outcome {
+            self.refused_admission(e);
         }
+        outcome
     }
 
     pub(crate) fn admit_instance(

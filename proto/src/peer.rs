@@ -268,6 +268,8 @@ pub struct Peer {
     /// Calls waiting for other sites' parts of the realm-wide view.
     pub(crate) gather: crate::gather::Gather,
     pub(crate) reach: crate::reach::Reach,
+    /// Instances refused admission since start, by error code (crate::stats).
+    pub(crate) refused_admissions: BTreeMap<&'static str, u64>,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -426,6 +428,7 @@ impl Peer {
             rebalance: crate::rebalance::Rebalance::default(),
             gather: crate::gather::Gather::default(),
             reach: crate::reach::Reach::default(),
+            refused_admissions: BTreeMap::new(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,

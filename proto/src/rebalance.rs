@@ -469,6 +469,7 @@ impl Peer {
                 Err(ApiError::QuotaExceeded(_)) => {}
                 Err(e) => {
                     self.rebalance.parked.remove(&id);
+                    self.refused_admission(&e);
                     self.replies.push((p.req, Err(e)));
                 }
                 Ok(inst) => {
@@ -525,6 +526,7 @@ impl Peer {
             Err(e) => e,
         };
         let err = self.refusal(&p.new, &p.asked, refusal);
+        self.refused_admission(&err);
         self.replies.push((p.req, Err(err)));
     }
 

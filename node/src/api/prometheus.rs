@@ -56,6 +56,17 @@ struct InstanceLabels {
 const MAX_INSTANCE_SERIES: usize = 4096;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    /// The API error code (`quota_exceeded`, `not_found`, ...): a bounded set.
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabels {
     site: String,
     transport: &'static str,
@@ -208,6 +219,28 @@ pub fn render(
             spare.get_or_create(&ProjectLabel { project: project.clone() }).set(rights.instances);
         }
         r.register("spare_instance_rights", "Instance rights this site holds free, by project", spare);
+    }
+    if let Some(stats) = t.stats.lock().ok().and_then(|s| s.clone()) {
+        let by_state: Family<StateLabel, ConstGaugeCell> = Family::default();
+        for (state, n) in &stats.by_state {
+            by_state.get_or_create(&StateLabel { state: state.clone() }).set(*n as i64);
+        }
+        r.register("instances_by_state", "Instances on this site by observed state", by_state);
+        gauge(
+            &mut r,
+            "intents_waiting",
+            "This site's cross-site requests not answered by their target yet",
+            stats.intents_waiting as i64,
+        );
+        let refused: Family<ReasonLabel, prometheus_client::metrics::counter::Counter> = Family::default();
+        for (reason, n) in &stats.refused {
+            refused.get_or_create(&ReasonLabel { reason: (*reason).to_owned() }).inc_by(*n);
+        }
+        r.register(
+            "admissions_refused",
+            "Instances this site refused to admit since it started, by reason",
+            refused,
+        );
     }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &r)?;

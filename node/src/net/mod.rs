@@ -100,6 +100,10 @@ pub struct Traffic {
     #[serde(skip)]
     #[schemars(skip)]
     pub published: std::sync::Mutex<Option<SiteView>>,
+    /// This site's figures that are not gossiped (for `/metrics`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub stats: std::sync::Mutex<Option<atoll_proto::stats::Stats>>,
 }
 
 impl Traffic {

@@ -66,7 +66,12 @@ fn metrics_parse_and_say_what_the_site_holds() {
     let err = d.cli().fails(&["instance", "create", "big", "--image", "sleeper", "--memory", "30000"]);
     assert!(err.contains("quota"), "{err}");
     let labelled = |samples: &serde_json::Value, name: &str, label: &str, want: &str| {
-        samples[name].as_array().into_iter().flatten().find(|s| s[0][label] == want).and_then(|s| s[1].as_f64())
+        samples[name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s[0][label] == want)
+            .and_then(|s| s[1].as_f64())
     };
     // The summary is published every few seconds: wait for one that counts the instance.
     let mut samples = serde_json::Value::Null;

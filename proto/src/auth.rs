@@ -66,10 +66,20 @@ pub fn user_key(password: &str, salt_hex: &str) -> Result<SigningKey, ApiError> 
     let salt =
         hex::decode(salt_hex).map_err(|_| ApiError::Internal("a user key's salt is not hex".into()))?;
     let mut seed = [0u8; 32];
-    Argon2::default()
+    key_derivation()?
         .hash_password_into(password.as_bytes(), &salt, &mut seed)
         .map_err(|e| ApiError::Internal(format!("user key derivation: {e}")))?;
     Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The derivation of user keys, fixed here rather than taken from the
+/// crate's defaults: a key must derive the same in every release (argon2id
+/// v1.3, 19 MiB, 2 passes, 1 lane: the defaults of argon2 0.5, OWASP's
+/// minimum).
+fn key_derivation() -> Result<Argon2<'static>, ApiError> {
+    let params = argon2::Params::new(19 * 1024, 2, 1, Some(32))
+        .map_err(|e| ApiError::Internal(format!("user key parameters: {e}")))?;
+    Ok(Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params))
 }
 
 /// A fresh key for `password` (a new user, a new password), with its record.
@@ -298,6 +308,8 @@ pub fn require_realm_admin(user: &User) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PINNED_PUBLIC: &str = "b7de2dbfc7f909dfaa63c02b04b4082e079b76d831c23eff8537f22e61d9666f";
     use atoll_crdt::Member;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
@@ -390,6 +402,17 @@ mod tests {
         );
         // Its Debug shows no private key.
         assert!(!format!("{made:?}").contains(&hex::encode(made.key.to_bytes())));
+    }
+
+    /// A key derives the same in every release: this one is pinned.
+    #[test]
+    fn user_keys_derive_as_they_always_did() {
+        let key = user_key("correct horse", "00112233445566778899aabbccddeeff").unwrap();
+        assert_eq!(
+            encode_key(&key.verifying_key()),
+            PINNED_PUBLIC,
+            "the derivation of user keys changed: every user would be locked out"
+        );
     }
 
     #[test]

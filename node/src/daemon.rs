@@ -106,7 +106,8 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             let token = s.join.as_deref().unwrap_or_default();
             println!("Joining the realm through the invitation's issuer...");
             let realm = net.join(token, member).await.context("cannot join the realm")?;
-            let peer = Peer::join(cfg, now_millis(), &realm)?;
+            let invitation = atoll_proto::membership::Invitation::read(token)?;
+            let peer = Peer::join_invited(cfg, now_millis(), &realm, &invitation)?;
             println!("Site {} joined the realm.", s.site);
             peer
         }

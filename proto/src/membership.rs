@@ -37,6 +37,10 @@ pub struct Invitation {
     pub nonce: String,
     /// Where the issuer listens (transport addresses, opaque to the core).
     pub addrs: Vec<String>,
+    /// The realm's id ([`atoll_crdt::Doc::genesis`]): the joiner takes a
+    /// realm copy of this realm only. None in invitations of releases before.
+    #[serde(default)]
+    pub realm: Option<String>,
 }
 
 impl Invitation {
@@ -99,6 +103,7 @@ impl Peer {
             expires_at: now + ttl,
             nonce: hex::encode(nonce),
             addrs,
+            realm: self.realm.doc.genesis(),
         };
         let token = format!("{INVITE_PREFIX}{}", auth::seal(&self.key, &inv));
         Ok(Reply::Invitation(crate::api::InvitationView { token, expires_at: inv.expires_at }))

@@ -337,6 +337,26 @@ impl Peer {
     /// A new site in an existing realm, from a copy of the realm document: it
     /// creates its own document and enters its membership record. (How the copy
     /// and the right to join are obtained is the shell's business.)
+    /// Joins with the realm copy a member answered `invitation` with: the
+    /// copy must be of the realm the invitation names (when it names one).
+    pub fn join_invited(
+        cfg: PeerConfig,
+        now: Millis,
+        realm: &[u8],
+        invitation: &crate::membership::Invitation,
+    ) -> Result<Peer, ApiError> {
+        let mut peer = Peer::join(cfg, now, realm)?;
+        if let Some(want) = &invitation.realm {
+            let got = peer.realm.doc.genesis().unwrap_or_default();
+            if &got != want {
+                return Err(ApiError::Forbidden(format!(
+                    "the member answered with realm {got}, not realm {want} that the invitation names"
+                )));
+            }
+        }
+        Ok(peer)
+    }
+
     pub fn join(cfg: PeerConfig, now: Millis, realm: &[u8]) -> Result<Peer, ApiError> {
         let site = cfg.descriptor.site.clone();
         let realm = crate::provenance::verified_realm(realm, &site)?;

@@ -49,6 +49,12 @@ fn newcomer(name: &str, seed: u64) -> Member {
     }
 }
 
+fn invitation_of(token: &str) -> crate::membership::Invitation {
+    let inv = crate::membership::Invitation::read(token).unwrap();
+    assert!(inv.realm.is_some(), "an invitation names its realm");
+    inv
+}
+
 fn join(p: &mut Peer, now: u64, invitation: &str, member: &Member) -> Result<Vec<u8>, ApiError> {
     let req = JoinRequest { invitation: invitation.to_owned(), member: member.clone() };
     p.accept_join(now, &req, &mut Outbox::default())
@@ -63,11 +69,19 @@ fn an_invitation_admits_one_site_once() {
     // A retry by the same site (its answer was lost) is answered again.
     assert!(join(&mut a, T0 + 2, &inv, &b).is_ok());
     // The newcomer starts from the realm it got, its record intact.
-    let mut cfg = config();
-    cfg.key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
-    cfg.descriptor.site = b.site.clone();
-    cfg.descriptor.public_key = b.public_key.clone();
-    let joined = Peer::join(cfg, T0 + 3, &realm).unwrap();
+    let cfg = || {
+        let mut cfg = config();
+        cfg.key = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(2));
+        cfg.descriptor.site = b.site.clone();
+        cfg.descriptor.public_key = b.public_key.clone();
+        cfg
+    };
+    // Only with the realm the invitation names.
+    let mut elsewhere = invitation_of(&inv);
+    elsewhere.realm = Some("another realm".into());
+    let e = Peer::join_invited(cfg(), T0 + 3, &realm, &elsewhere).err().expect("refused");
+    assert!(e.to_string().contains("not realm another realm"), "{e}");
+    let joined = Peer::join_invited(cfg(), T0 + 3, &realm, &invitation_of(&inv)).unwrap();
     let record = joined.realm().member(&b.site).unwrap().unwrap();
     assert!(record.invitation.is_some(), "the consumed invitation stays recorded");
     // Another site with the same invitation, or under a taken name, is refused.

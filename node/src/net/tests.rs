@@ -165,6 +165,7 @@ async fn a_join_request_for_another_key_than_the_connections_is_refused() {
         expires_at: u64::MAX,
         nonce: "n".into(),
         addrs: vec![addr_a],
+        realm: None,
     };
     let token = format!("{INVITE_PREFIX}{}", atoll_proto::auth::seal(&a, &inv));
     let member = Member {

@@ -69,6 +69,13 @@ fn the_dashboard_shows_the_atoll_and_drives_an_instance() {
     // What the browser did happened: the instance is on site-b, stopped.
     let shown = a.cli().json(&["instance", "show", "from-browser", "--site", &b.site]);
     assert_eq!(shown["observed"], "stopped", "{shown}");
+    // Sync traffic with each member, in /metrics.
+    let scrape = http(&a.addr(), "GET", "/metrics", None, b"").body;
+    let to_b = scrape
+        .lines()
+        .find(|l| l.starts_with("atoll_peer_sync_sent_bytes_total{peer=\"site-b\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(to_b.is_some_and(|b| b > 0.0), "no sync bytes to site-b in:\n{scrape}");
     let uploaded = a.cli().json(&["image", "show", "uploaded"]);
     assert_eq!(uploaded["holders"], serde_json::json!(["site-a"]), "{uploaded}");
 }

@@ -101,6 +101,7 @@ fn cases() -> Vec<Case> {
         case("get", "/v1/intents/{id}", "/v1/intents/no-such-intent", "", NoRole),
         case("get", "/v1/instances", "/v1/instances", "", NoRole),
         case("get", "/v1/sites", "/v1/sites", "", NoRole),
+        case("get", "/v1/sites/reachability", "/v1/sites/reachability", "", NoRole),
         case("get", "/v1/network", "/v1/network", "", NoRole),
         // Open to loopback clients (these are); a token from elsewhere.
         case("get", "/metrics", "/metrics", "", Nobody),

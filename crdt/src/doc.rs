@@ -465,11 +465,10 @@ impl Doc {
         // bloom filter's false positive kept from us is asked for by hash).
         let generated = guarded("a sync state", move || {
             inner.sync().generate_sync_message(st).map(|mut m| {
-                for h in wanted {
-                    if !m.need.contains(&h) {
-                        m.need.push(h);
-                    }
-                }
+                // The encoding requires the hashes sorted (it panics otherwise).
+                m.need.extend(wanted);
+                m.need.sort();
+                m.need.dedup();
                 let whole = m.changes.iter().any(crate::chunks::is_document);
                 (m.encode(), whole)
             })

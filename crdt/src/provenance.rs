@@ -586,6 +586,33 @@ mod tests {
         assert_eq!(b.ledger().len(), 3);
     }
 
+    /// A replica holding back a change for a missing dependency asks for it
+    /// beside what automerge asks for (the peer's heads it lacks): the
+    /// message still encodes, whatever the order of the hashes.
+    #[test]
+    fn a_waiting_change_is_asked_for_in_a_message_that_encodes() {
+        for round in 0..8 {
+            let mut a = Doc::create(b"a", &["things"], 0).unwrap();
+            write(&mut a, "one", round, 1000);
+            write(&mut a, "two", round, 2000);
+            a.sign_own(&mut fake_sig);
+            let mut changes = a.inner.get_changes(&[]);
+            let sigs = a.all_signatures();
+            let last = changes.pop().unwrap();
+            let mut b = Doc::empty(b"b");
+            b.admit(vec![changes.remove(0)], &sigs, &mut OnlyA::default()).unwrap();
+            b.admit(vec![last], &sigs, &mut OnlyA::default()).unwrap();
+            // a tells b its heads; b lacks them (one is held back).
+            let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+            let (msg, sigs) = a.sync_out(&mut sa).expect("a speaks first");
+            b.sync_in(&mut sb, &msg, &sigs, &mut OnlyA::default()).unwrap();
+            let (reply, _) = b.sync_out(&mut sb).expect("b answers, asking for what it lacks");
+            let decoded = automerge::sync::Message::decode(&reply).unwrap();
+            assert!(!decoded.need.is_empty(), "round {round}");
+            assert!(decoded.need.windows(2).all(|w| w[0] < w[1]), "round {round}");
+        }
+    }
+
     #[test]
     fn changes_back_to_back_in_one_chunk_are_read_one_by_one() {
         let mut a = Doc::create(b"a", &["things"], 0).unwrap();

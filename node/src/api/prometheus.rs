@@ -56,6 +56,12 @@ struct InstanceLabels {
 const MAX_INSTANCE_SERIES: usize = 4096;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabel {
+    /// The member site (not `site`, the label a scrape config gives this one).
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
 }
@@ -197,6 +203,22 @@ pub fn render(
         });
     }
     r.register("peer_connections", "Open connections to each member site, by transport", links);
+    if let Ok(by) = t.sync_by_site.lock() {
+        type Count = prometheus_client::metrics::counter::Counter;
+        let families: [SyncFamily; 4] = [
+            ("peer_sync_sent_bytes", "Sync payload bytes sent to each member", |p| p.sent_bytes),
+            ("peer_sync_sent_messages", "Sync messages sent to each member", |p| p.sent_msgs),
+            ("peer_sync_received_bytes", "Sync payload bytes received from each member", |p| p.recv_bytes),
+            ("peer_sync_received_messages", "Sync messages received from each member", |p| p.recv_msgs),
+        ];
+        for (name, help, pick) in families {
+            let family: Family<SiteLabel, Count> = Family::default();
+            for (site, p) in by.iter() {
+                family.get_or_create(&SiteLabel { peer: site.to_string() }).inc_by(pick(p));
+            }
+            r.register(name, help, family);
+        }
+    }
     if let Ok(fetches) = t.fetches.lock() {
         gauge(&mut r, "image_fetches", "Image fetches under way", fetches.len() as i64);
     }
@@ -252,6 +274,9 @@ pub fn render(
 fn open_to(from: Option<std::net::IpAddr>) -> bool {
     from.is_some_and(|a| a.is_loopback())
 }
+
+/// A per-member sync series: its name, its help and what it counts.
+type SyncFamily = (&'static str, &'static str, fn(&crate::net::PeerSync) -> u64);
 
 /// A gauge set once per scrape, in a family.
 type ConstGaugeCell = prometheus_client::metrics::gauge::Gauge;

@@ -17,7 +17,7 @@ mod swarm;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -100,13 +100,40 @@ pub struct Traffic {
     #[serde(skip)]
     #[schemars(skip)]
     pub published: std::sync::Mutex<Option<SiteView>>,
+    /// Sync traffic with each member (payloads), for `/metrics`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub sync_by_site: std::sync::Mutex<BTreeMap<SiteId, PeerSync>>,
     /// This site's figures that are not gossiped (for `/metrics`).
     #[serde(skip)]
     #[schemars(skip)]
     pub stats: std::sync::Mutex<Option<atoll_proto::stats::Stats>>,
 }
 
+/// Sync messages and payload bytes exchanged with one member.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PeerSync {
+    pub sent_msgs: u64,
+    pub sent_bytes: u64,
+    pub recv_msgs: u64,
+    pub recv_bytes: u64,
+}
+
 impl Traffic {
+    /// Counts a sync message to (`sent`) or from a member.
+    fn sync_with(&self, site: &SiteId, bytes: usize, sent: bool) {
+        if let Ok(mut by) = self.sync_by_site.lock() {
+            let e = by.entry(site.clone()).or_default();
+            if sent {
+                e.sent_msgs += 1;
+                e.sent_bytes += bytes as u64;
+            } else {
+                e.recv_msgs += 1;
+                e.recv_bytes += bytes as u64;
+            }
+        }
+    }
+
     fn sent(&self, bytes: usize) {
         self.sent_msgs.fetch_add(1, Ordering::Relaxed);
         self.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -385,6 +412,7 @@ impl Net {
         }
         let bytes = msg.encode_as(version);
         self.traffic.sent(bytes.len());
+        self.traffic.sync_with(to, bytes.len(), true);
         self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
     }
 
@@ -586,6 +614,7 @@ impl Net {
                     return None;
                 };
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
+                self.traffic.sync_with(&from, request.len(), false);
                 match PeerMsg::decode(&request) {
                     Ok(msg) => Some(Event::Input(Input::Message { from, msg })),
                     Err(e) => {

@@ -265,7 +265,9 @@ async fn give(
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
+    /// Bytes from the end of the output; more than 4 MiB reads 4 MiB.
     #[serde(default = "default_tail")]
+    #[schemars(range(max = u64::MAX))]
     tail: u64,
     site: Option<atoll_crdt::SiteId>,
 }

@@ -48,18 +48,24 @@ fn value(samples: &serde_json::Value, name: &str) -> Option<f64> {
     samples[name][0][1].as_f64()
 }
 
-#[test]
-fn metrics_parse_and_say_what_the_site_holds() {
+/// A Python with the parser, and a logged-in site holding process image
+/// `name` running `script`; None (said why) without the parser.
+fn site_with_image(name: &str, script: &str) -> Option<(String, tempfile::TempDir, Daemon)> {
     let Some(python) = python() else {
         unavailable("no Python with prometheus_client (pip install prometheus-client, or set ATOLL_PYTHON)");
-        return;
+        return None;
     };
     let root = tempfile::tempdir().unwrap();
     let d = Daemon::start(root.path(), "site-1");
     d.login_admin();
-    let dir = tempfile::tempdir().unwrap();
-    let image = process_image(dir.path(), "sleeper", "sleep 600");
-    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "sleeper"]);
+    let image = process_image(root.path(), name, script);
+    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", name]);
+    Some((python, root, d))
+}
+
+#[test]
+fn metrics_parse_and_say_what_the_site_holds() {
+    let Some((python, _root, d)) = site_with_image("sleeper", "sleep 600") else { return };
     d.cli().ok(&["instance", "create", "s1", "--image", "sleeper", "--memory", "32", "--", &d.tag()]);
     d.cli().ok(&["instance", "list"]);
     // Beyond the project's quota (20480 MiB): refused, and counted by reason.
@@ -119,15 +125,7 @@ fn metrics_parse_and_say_what_the_site_holds() {
 /// `/proc` within 10% (CPU over a few seconds, resident memory).
 #[test]
 fn a_busy_instance_uses_what_proc_says() {
-    let Some(python) = python() else {
-        unavailable("no Python with prometheus_client (pip install prometheus-client, or set ATOLL_PYTHON)");
-        return;
-    };
-    let root = tempfile::tempdir().unwrap();
-    let d = Daemon::start(root.path(), "site-1");
-    d.login_admin();
-    let image = process_image(root.path(), "spinner", "while :; do :; done\n");
-    d.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "spinner"]);
+    let Some((python, _root, d)) = site_with_image("spinner", "while :; do :; done\n") else { return };
     d.cli().ok(&["instance", "create", "busy", "--image", "spinner", "--memory", "64", "--", &d.tag()]);
     let shown = d.cli().json(&["instance", "show", "busy"]);
     let reason = shown["reason"].as_str().unwrap_or_default();

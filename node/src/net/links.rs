@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use atoll_crdt::SiteId;
+use atoll_proto::wire;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
@@ -87,6 +88,20 @@ impl Link {
             wire: None,
             incompatible: false,
             release: None,
+        }
+    }
+
+    /// What the peer said of itself when connecting (identify's agent):
+    /// the wire version both speak, and its release.
+    pub fn identified(&mut self, agent: &str) {
+        self.wire = wire::Speaks::from_advert(agent).and_then(|s| s.with(wire::Speaks::HERE));
+        self.incompatible = self.wire.is_none();
+        self.release = release(agent);
+        if self.incompatible {
+            let agent: String = agent.chars().take(80).collect();
+            tracing::warn!(site = %self.site, %agent,
+                "this site speaks no wire version this build speaks ({}): nothing is sent to it until one of you is upgraded",
+                wire::Speaks::HERE.advert());
         }
     }
 

@@ -144,6 +144,18 @@ impl Traffic {
     }
 }
 
+/// Longest self-description kept for a peer not yet a member.
+const MAX_AGENT: usize = 256;
+
+/// A connected peer that is no member (yet): a joiner, or a stranger whose
+/// grace runs out.
+struct Stranger {
+    since: Instant,
+    conns: Vec<(ConnectionId, Transport)>,
+    /// What it said of itself (identify's agent), applied if it becomes a member.
+    agent: Option<String>,
+}
+
 /// A member and how we are connected to it, for `GET /v1/network`.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LinkView {
@@ -196,7 +208,7 @@ pub struct Net {
     /// Members with at least one open connection.
     connected: HashSet<PeerId>,
     /// Connected non-members: when they came, and their connections.
-    strangers: HashMap<PeerId, (Instant, Vec<(ConnectionId, Transport)>)>,
+    strangers: HashMap<PeerId, Stranger>,
     /// Removed sites and when they get blocked: a moment later, so that the
     /// realm change telling them reaches them first.
     removed: HashMap<PeerId, Instant>,
@@ -316,11 +328,16 @@ impl Net {
         let welcomed: Vec<PeerId> =
             self.strangers.keys().filter(|p| self.members.contains_key(p)).copied().collect();
         gone.extend(welcomed.into_iter().filter_map(|p| {
-            let (_, conns) = self.strangers.remove(&p)?;
+            let stranger = self.strangers.remove(&p)?;
             self.swarm.behaviour_mut().gossip.set_application_score(&p, 0.0);
             let link = self.members.get_mut(&p)?;
-            for (c, t) in conns {
+            for (c, t) in stranger.conns {
                 link.opened(c, t, Instant::now());
+            }
+            // It described itself before it was a member (a site that just
+            // joined through us): its versions must not be forgotten.
+            if let Some(agent) = stranger.agent {
+                link.identified(&agent);
             }
             self.connected.insert(p);
             let site = link.site.clone();
@@ -353,7 +370,7 @@ impl Net {
         let expired: Vec<PeerId> = self
             .strangers
             .iter()
-            .filter(|(_, (t, _))| now.duration_since(*t) > STRANGER_GRACE)
+            .filter(|(_, s)| now.duration_since(s.since) > STRANGER_GRACE)
             .map(|(p, _)| *p)
             .collect();
         for p in expired {
@@ -540,9 +557,12 @@ impl Net {
                         return None;
                     }
                     self.swarm.behaviour_mut().gossip.set_application_score(&peer_id, STRANGER_SCORE);
-                    let (_, conns) =
-                        self.strangers.entry(peer_id).or_insert_with(|| (Instant::now(), Vec::new()));
-                    conns.push((connection_id, transport));
+                    let stranger = self.strangers.entry(peer_id).or_insert_with(|| Stranger {
+                        since: Instant::now(),
+                        conns: Vec::new(),
+                        agent: None,
+                    });
+                    stranger.conns.push((connection_id, transport));
                     return None;
                 };
                 let site = link.site.clone();
@@ -566,8 +586,8 @@ impl Net {
                 // closed before the stranger became a member must not be
                 // handed to its link (a stale QUIC entry kept the link
                 // "connected" over QUIC with UDP blocked, so it never redialled).
-                if let Some((_, conns)) = self.strangers.get_mut(&peer_id) {
-                    conns.retain(|(c, _)| *c != connection_id);
+                if let Some(s) = self.strangers.get_mut(&peer_id) {
+                    s.conns.retain(|(c, _)| *c != connection_id);
                 }
                 if num_established > 0 {
                     return None;
@@ -745,16 +765,13 @@ impl Net {
                 None
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                let link = self.members.get_mut(&peer_id)?;
-                let speaks = wire::Speaks::from_advert(&info.agent_version);
-                link.wire = speaks.and_then(|s| s.with(wire::Speaks::HERE));
-                link.incompatible = link.wire.is_none();
-                link.release = links::release(&info.agent_version);
-                if link.incompatible {
-                    tracing::warn!(site = %link.site, agent = %info.agent_version.chars().take(80).collect::<String>(),
-                        "this site speaks no wire version this build speaks ({}): nothing is sent to it until one of you is upgraded",
-                        wire::Speaks::HERE.advert());
-                }
+                let Some(link) = self.members.get_mut(&peer_id) else {
+                    if let Some(s) = self.strangers.get_mut(&peer_id) {
+                        s.agent = Some(info.agent_version.chars().take(MAX_AGENT).collect());
+                    }
+                    return None;
+                };
+                link.identified(&info.agent_version);
                 for a in info.listen_addrs {
                     self.swarm.add_peer_address(peer_id, a);
                 }

@@ -237,6 +237,24 @@ impl Doc {
         }
     }
 
+    /// The scalars at a root key, concurrent writes all kept (the realm's
+    /// `floor` reads as their highest, whichever write the merge shows).
+    pub fn root_values(&self, name: &str) -> Result<Vec<Json>, DocError> {
+        Ok(scalars(self.inner.get_all(automerge::ROOT, name)?))
+    }
+
+    /// [`Doc::root_values`] as of `heads`.
+    pub fn root_values_at(&self, name: &str, heads: &[ChangeHash]) -> Result<Vec<Json>, DocError> {
+        Ok(scalars(self.inner.get_all_at(automerge::ROOT, name, heads)?))
+    }
+
+    /// Sets a scalar at the document's root (never an object: collections
+    /// are made at creation only).
+    pub fn put_root(&mut self, name: &str, value: ScalarValue) -> Result<(), DocError> {
+        self.inner.put(automerge::ROOT, name, value)?;
+        Ok(())
+    }
+
     /// A scalar at the document's root as of `heads` (`schema`, `founder`).
     pub fn root_at(&self, name: &str, heads: &[ChangeHash]) -> Result<Option<Json>, DocError> {
         Ok(match self.inner.get_at(automerge::ROOT, name, heads)? {
@@ -575,6 +593,10 @@ fn json_to_scalar(v: &Json) -> ScalarValue {
         Json::String(s) => ScalarValue::Str(s.as_str().into()),
         nested => ScalarValue::Bytes(serde_json::to_vec(nested).unwrap_or_default()),
     }
+}
+
+fn scalars(values: Vec<(Value<'_>, automerge::ObjId)>) -> Vec<Json> {
+    values.iter().filter(|(v, _)| matches!(v, Value::Scalar(_))).map(|(v, _)| scalar_to_json(v)).collect()
 }
 
 fn scalar_to_json(v: &Value<'_>) -> Json {

@@ -25,6 +25,24 @@ pub struct Intent {
     /// A one-line description for listings (`create default/web`).
     pub summary: String,
     pub created_at: Millis,
+    /// The user's consent to this very intent; None from sites of the
+    /// release before it (accepted while the realm's floor lets them in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<Consent>,
+}
+
+/// A user's consent to one operation (docs/architecture.md, "Delegated
+/// authority"): the claims of the token they presented, which their own key
+/// signed and which name a session key, with that session key's signature
+/// over the operation. Only a holder of the token holds the session key, so
+/// a site that stores or relays the intent can neither reuse the consent for
+/// another operation nor act as the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Consent {
+    /// The token's claims as JSON, the session key's secret left out.
+    pub claims: String,
+    /// The session key's signature over the operation (base64url).
+    pub sig: String,
 }
 
 impl Entity for Intent {

@@ -18,12 +18,12 @@ pub mod provenance;
 pub mod realm;
 pub mod site;
 
-pub use automerge::{Change, ChangeHash};
+pub use automerge::{Change, ChangeHash, ScalarValue};
 pub use doc::{Doc, DocError, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};
-pub use intent::{Holder, Intent, IntentOutcome, IntentState};
-pub use provenance::{Gate, Incoming, Ledger, Received, Refused, Signed};
+pub use intent::{Consent, Holder, Intent, IntentOutcome, IntentState};
+pub use provenance::{Gate, Incoming, Ledger, Received, Refused, RootWrite, Signed};
 pub use realm::Realm;
 pub use site::SiteDoc;
 

@@ -81,12 +81,47 @@ pub struct Incoming<'a> {
     /// A first change (no dependencies) arriving at an empty replica: the
     /// document's genesis, which defines it rather than being judged by it.
     pub genesis: bool,
+    /// The change itself, for gates that judge what it writes.
+    pub change: &'a Change,
+}
+
+/// What a change does to one key at a document's root.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RootWrite {
+    /// Sets a scalar.
+    Put(automerge::ScalarValue),
+    /// Deletes, makes an object, increments or marks.
+    Other,
 }
 
 impl Incoming<'_> {
     /// The author's name as text (for logs; names are ASCII).
     pub fn author(&self) -> String {
         String::from_utf8_lossy(self.actor).into_owned()
+    }
+
+    /// Every write of the change at the document's root, by key. Collections
+    /// live at the root: a change that makes an object there replaces a
+    /// whole collection for everyone (a later put over a map hides it).
+    pub fn root_writes(&self) -> Vec<(String, RootWrite)> {
+        use automerge::legacy::{Key, ObjectId, OpType};
+        self.change
+            .decode()
+            .operations
+            .into_iter()
+            .filter(|op| op.obj == ObjectId::Root)
+            .map(|op| {
+                let key = match &op.key {
+                    Key::Map(k) => k.to_string(),
+                    Key::Seq(_) => String::new(),
+                };
+                let write = match op.action {
+                    OpType::Put(v) => RootWrite::Put(v),
+                    _ => RootWrite::Other,
+                };
+                (key, write)
+            })
+            .collect()
     }
 }
 
@@ -352,6 +387,7 @@ impl Doc {
                     deps: change.deps(),
                     sig: sig.as_ref(),
                     genesis: empty && change.deps().is_empty() && report.applied == 0,
+                    change: &change,
                 };
                 gate.admit(self, &incoming).map_err(|why| (why, sig.is_some()))
             };

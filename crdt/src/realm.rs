@@ -32,9 +32,26 @@ const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 1).0;
 /// Root key of the founder's public key, written in the realm's first change.
 pub const FOUNDER: &str = "founder";
 
+/// Root key of the realm's floor: the oldest wire version its sites may
+/// speak (docs/architecture.md, "Versions side by side"). It only rises: the
+/// realm's gate refuses a change that lowers or removes it.
+pub const FLOOR: &str = "floor";
+/// The floor of a realm that names none: the first wire version.
+pub const FIRST_FLOOR: u64 = 2;
+/// Highest floor a realm may be raised to (a forger's huge floor would shut
+/// out every release to come).
+pub const MAX_FLOOR: u64 = 1 << 16;
+
 /// The realm replica held by one site.
 pub struct Realm {
     pub doc: Doc,
+}
+
+/// A realm's floor as of `heads`: the highest of concurrent writes (absent
+/// or unreadable: the first).
+pub fn floor_at(doc: &Doc, heads: &[automerge::ChangeHash]) -> u64 {
+    let values = doc.root_values_at(FLOOR, heads).unwrap_or_default();
+    values.iter().filter_map(|v| v.as_u64()).max().unwrap_or(FIRST_FLOOR)
 }
 
 impl Realm {
@@ -63,6 +80,21 @@ impl Realm {
 
     pub fn load(bytes: &[u8], site: &SiteId) -> Result<Self, DocError> {
         Ok(Realm { doc: Doc::load(bytes, site.as_str().as_bytes(), REQUIRED)? })
+    }
+
+    /// The oldest wire version this realm's sites may speak.
+    pub fn floor(&self) -> u64 {
+        let values = self.doc.root_values(FLOOR).unwrap_or_default();
+        values.iter().filter_map(|v| v.as_u64()).max().unwrap_or(FIRST_FLOOR)
+    }
+
+    /// Raises the floor to `to`; false when it was there already.
+    pub fn raise_floor(&mut self, to: u64) -> Result<bool, DocError> {
+        if to <= self.floor() || to > MAX_FLOOR {
+            return Ok(false);
+        }
+        self.doc.put_root(FLOOR, automerge::ScalarValue::Uint(to))?;
+        Ok(true)
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>, DocError> {

@@ -332,6 +332,14 @@ pub enum Command {
     RemoveSite {
         site: SiteId,
     },
+    /// Raises the realm's floor to this release's wire version once every
+    /// member speaks it (realm admins): from then on every intent needs its
+    /// user's consent (docs/architecture.md, "Versions side by side").
+    /// `speaking`: the members the shell heard announce that version.
+    FinishUpgrade {
+        #[serde(skip)]
+        speaking: Vec<SiteId>,
+    },
     /// An invitation for a new site (realm admins).
     InviteSite {
         #[serde(default)]
@@ -490,6 +498,10 @@ pub struct RealmView {
     /// endpoint is the member it claims to be before sending it a token.
     #[serde(default)]
     pub proof: Option<String>,
+    /// The oldest wire version the realm's sites may speak (2: the realm
+    /// predates consents; see `atoll site finish-upgrade`).
+    #[serde(default)]
+    pub floor: u64,
 }
 
 /// What a site signs to prove to a client that it is `site` of `realm`.

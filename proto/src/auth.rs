@@ -32,12 +32,59 @@ pub struct Claims {
     /// of the release before user keys ignore it and check the seal only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_sig: Option<String>,
+    /// The session's public key (hex), signed by the user with the rest: its
+    /// secret signs the user's consent to cross-site operations
+    /// ([`crate::consent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The session key's secret: in the bearer token only (sealed, not
+    /// signed by the user), never in a consent, never in a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<SessionSecret>,
+}
+
+/// A session key's secret, hex; Debug hides it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionSecret(pub String);
+
+impl std::fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSecret(..)")
+    }
 }
 
 impl Claims {
-    /// What the user signs: the claims without their signature.
-    fn signed_by_user(&self) -> Vec<u8> {
-        serde_json::to_vec(&Claims { user_sig: None, ..self.clone() }).unwrap_or_default()
+    /// Claims as a site issues them, before any signature.
+    pub fn new(user: &str, site: &SiteId, issued_at: u64, expires_at: u64) -> Claims {
+        Claims {
+            user: user.to_owned(),
+            site: site.clone(),
+            issued_at,
+            expires_at,
+            user_sig: None,
+            session: None,
+            session_key: None,
+        }
+    }
+
+    /// What the user signs: the claims without their signature and without
+    /// the session's secret.
+    pub(crate) fn signed_by_user(&self) -> Vec<u8> {
+        serde_json::to_vec(&Claims { user_sig: None, session_key: None, ..self.clone() }).unwrap_or_default()
+    }
+
+    /// The claims anyone may see: without the session's secret.
+    pub fn public(&self) -> Claims {
+        Claims { session_key: None, ..self.clone() }
+    }
+
+    /// The session key, when these claims carry its secret and it matches
+    /// the public key the user signed.
+    pub fn session_key(&self) -> Option<SigningKey> {
+        let secret: [u8; 32] = hex::decode(&self.session_key.as_ref()?.0).ok()?.try_into().ok()?;
+        let key = SigningKey::from_bytes(&secret);
+        (self.session.as_deref() == Some(encode_key(&key.verifying_key()).as_str())).then_some(key)
     }
 }
 
@@ -125,11 +172,28 @@ pub fn password_matches(password: &str, phc: &str) -> bool {
 }
 
 /// A token sealed by the issuing site (`key`) and, when the user's key is
-/// unlocked, signed by the user too.
-pub fn issue(key: &SigningKey, claims: &Claims, user: Option<&SigningKey>) -> String {
+/// unlocked, signed by the user too, vouching for `session` (a fresh key
+/// whose secret the token carries).
+pub fn issue(key: &SigningKey, claims: &Claims, user: Option<(&SigningKey, &SigningKey)>) -> String {
     let mut claims = claims.clone();
-    claims.user_sig = user.map(|u| B64.encode(u.sign(&claims.signed_by_user()).to_bytes()));
+    if let Some((user, session)) = user {
+        claims.session = Some(encode_key(&session.verifying_key()));
+        claims.session_key = Some(SessionSecret(hex::encode(session.to_bytes())));
+        claims.user_sig = Some(B64.encode(user.sign(&claims.signed_by_user()).to_bytes()));
+    }
     seal(key, &claims)
+}
+
+/// Checks the user's signature over `claims` against their key.
+pub(crate) fn check_user_sig(claims: &Claims, key: &UserKey) -> Result<(), &'static str> {
+    let sig: [u8; 64] = claims
+        .user_sig
+        .as_deref()
+        .and_then(|s| B64.decode(s).ok())
+        .and_then(|s| s.try_into().ok())
+        .ok_or("not signed by the user")?;
+    check_seal(&key.public, &claims.signed_by_user(), &sig)
+        .map_err(|_| "the user's signature does not verify")
 }
 
 /// `base64url(JSON) "." base64url(signature)`: the form of tokens and invitations.
@@ -172,14 +236,7 @@ pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), Ap
     // A user with a key signs their own tokens: a member's seal alone (a
     // site that never saw the password) is not enough.
     if let Some(k) = &user.key {
-        let sig: [u8; 64] = claims
-            .user_sig
-            .as_deref()
-            .and_then(|s| B64.decode(s).ok())
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| bad("not signed by the user"))?;
-        check_seal(&k.public, &claims.signed_by_user(), &sig)
-            .map_err(|_| bad("the user's signature does not verify"))?;
+        check_user_sig(&claims, k).map_err(bad)?;
     }
     // A user deleted and created again under the same name is someone else.
     if claims.issued_at < user.created_at {
@@ -349,8 +406,7 @@ mod tests {
         let key = SigningKey::generate(&mut rng);
         let site = SiteId::new("a").unwrap();
         let realm = realm_with(&site, &key, None);
-        let claims =
-            Claims { user: "ann".into(), site: site.clone(), issued_at: 0, expires_at: 100, user_sig: None };
+        let claims = Claims::new("ann", &site, 0, 100);
         let token = issue(&key, &claims, None);
         assert_eq!(verify(&realm, &token, 50).unwrap().0, claims);
         assert!(matches!(verify(&realm, &token, 100), Err(ApiError::Unauthenticated(_))));
@@ -376,14 +432,27 @@ mod tests {
         let site = SiteId::new("a").unwrap();
         let ann = new_user_key("ann-secret-1", &mut rng).unwrap();
         let realm = realm_with(&site, &site_key, ann.record.clone());
-        let claims = Claims { user: "ann".into(), site, issued_at: 0, expires_at: 100, user_sig: None };
+        let claims = Claims::new("ann", &site, 0, 100);
+        let session = SigningKey::generate(&mut rng);
         let sealed_only = issue(&site_key, &claims, None);
         let e = verify(&realm, &sealed_only, 50).unwrap_err();
         assert!(e.to_string().contains("not signed by the user"), "{e}");
         let impostor = SigningKey::generate(&mut rng);
-        assert!(verify(&realm, &issue(&site_key, &claims, Some(&impostor)), 50).is_err());
-        let token = issue(&site_key, &claims, Some(&ann.key));
-        assert_eq!(verify(&realm, &token, 50).unwrap().1.name, "ann");
+        assert!(verify(&realm, &issue(&site_key, &claims, Some((&impostor, &session))), 50).is_err());
+        let token = issue(&site_key, &claims, Some((&ann.key, &session)));
+        let (got, user) = verify(&realm, &token, 50).unwrap();
+        assert_eq!(user.name, "ann");
+        // The token carries its session's secret, which matches the key the
+        // user signed; the public claims do not, and Debug hides it.
+        assert_eq!(got.session_key().unwrap().verifying_key(), session.verifying_key());
+        assert!(got.public().session_key().is_none());
+        assert!(!format!("{got:?}").contains(&hex::encode(session.to_bytes())));
+        // A session key swapped in the token (resealed by a member) breaks the user's signature.
+        let other_session = SigningKey::generate(&mut rng);
+        let mut swapped = got.clone();
+        swapped.session = Some(encode_key(&other_session.verifying_key()));
+        swapped.session_key = Some(SessionSecret(hex::encode(other_session.to_bytes())));
+        assert!(verify(&realm, &seal(&site_key, &swapped), 50).is_err());
         // The password unlocks that key again; another does not.
         let user = realm.user("ann").unwrap().unwrap();
         let again = unlock("ann-secret-1", &user, &mut rng).unwrap().unwrap();

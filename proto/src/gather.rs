@@ -11,11 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use atoll_crdt::{Entity, Instance, Millis, Role, SiteId, User};
+use atoll_crdt::{Entity, Instance, Millis, Role, SiteId};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, Command, Reply};
 use crate::auth;
+use crate::consent::Caller;
 use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
 use crate::wire::PeerMsg;
 
@@ -164,7 +165,7 @@ pub fn check_unused(
 #[derive(Debug, Clone)]
 pub struct Parked {
     pub req: ReqId,
-    pub user: User,
+    pub caller: Caller,
     pub site: Option<SiteId>,
     pub purpose: Purpose,
     /// Sites whose part is being asked for, and who was asked.
@@ -345,7 +346,7 @@ impl Peer {
         &mut self,
         now: Millis,
         req: ReqId,
-        user: &User,
+        caller: &Caller,
         site: Option<SiteId>,
         purpose: Purpose,
         fx: &mut impl Effects,
@@ -363,7 +364,7 @@ impl Peer {
         };
         let mut call = Parked {
             req,
-            user: user.clone(),
+            caller: caller.clone(),
             site,
             purpose,
             waiting: BTreeMap::new(),
@@ -463,7 +464,8 @@ impl Peer {
     }
 
     fn finish_gather(&mut self, now: Millis, call: Parked, fx: &mut impl Effects) -> Outcome {
-        let Parked { req, user, purpose, parts, .. } = call;
+        let Parked { req, caller, purpose, parts, .. } = call;
+        let user = &caller.user;
         // A removal looks at every instance, readable by the caller or not.
         if let Purpose::Unused(what) = &purpose {
             let removed = check_unused(what, &parts).and_then(|()| match what {
@@ -483,11 +485,11 @@ impl Peer {
                     Purpose::List | Purpose::Unused(_) => false,
                 };
                 if named
-                    && let Err(e) = auth::require(&self.realm, &user, &inst.project, Role::Reader, &inst.site)
+                    && let Err(e) = auth::require(&self.realm, user, &inst.project, Role::Reader, &inst.site)
                 {
                     return Outcome::Now(Err(e));
                 }
-                match auth::role_of(&self.realm, &user, &inst.project, &inst.site) {
+                match auth::role_of(&self.realm, user, &inst.project, &inst.site) {
                     Ok(Some(_)) => instances.push(inst),
                     Ok(None) => {}
                     Err(e) => return Outcome::Now(Err(e)),
@@ -523,7 +525,7 @@ impl Peer {
                     }
                     [one] => {
                         let site = one.site.clone();
-                        self.remote(now, req, &user, site, wait_ms, *then, fx)
+                        self.remote(now, req, &caller, site, wait_ms, *then, fx)
                     }
                     several => {
                         let on: Vec<String> = several.iter().map(|i| i.site.to_string()).collect();
@@ -541,6 +543,7 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use atoll_crdt::User;
 
     fn s(n: &str) -> SiteId {
         SiteId::new(n).unwrap()
@@ -570,13 +573,13 @@ mod tests {
     fn call(waiting: &[(&str, &str)]) -> Parked {
         Parked {
             req: 1,
-            user: User {
+            caller: Caller::user(User {
                 name: "u".into(),
                 password_hash: String::new(),
                 realm_admin: false,
                 created_at: 0,
                 key: None,
-            },
+            }),
             site: None,
             purpose: Purpose::List,
             waiting: waiting.iter().map(|(a, b)| (s(a), s(b))).collect(),

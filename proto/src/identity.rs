@@ -9,6 +9,7 @@ use atoll_crdt::{Entity, Image, Millis, Project, Revocation, Role, RoleBinding, 
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth::{self, Claims};
+use crate::consent::Caller;
 use crate::gather::{Purpose, Use};
 use crate::manage::user_view;
 use crate::peer::{Effects, Outcome, Peer, ReqId};
@@ -163,7 +164,7 @@ impl Peer {
         if let Err(e) = checked {
             return Outcome::Now(Err(e));
         }
-        self.gather(now, req, caller, None, Purpose::Unused(Use::Project(project)), fx)
+        self.gather(now, req, &Caller::user(caller.clone()), None, Purpose::Unused(Use::Project(project)), fx)
     }
 
     /// Removes a project found unused on every site.

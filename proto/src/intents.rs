@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiResult, Command, ImageView, IntentView, Reply};
 use crate::auth;
+use crate::consent::{self, Caller};
 use crate::peer::{Effects, Outcome, Peer, ReqId, TimerId};
 
 /// Longest a caller may wait for an intent's outcome.
@@ -97,22 +98,29 @@ impl Peer {
         &mut self,
         now: Millis,
         req: ReqId,
-        user: &User,
+        caller: &Caller,
         site: SiteId,
         wait_ms: Millis,
         cmd: Command,
         fx: &mut impl Effects,
     ) -> Outcome {
         if site == self.site {
-            return self.dispatch(now, req, user, cmd, fx);
+            return self.dispatch(now, req, caller, cmd, fx);
         }
-        match self.issue(now, user, &site, &cmd) {
+        match self.issue(now, caller, &site, &cmd) {
             Ok(id) => self.wait_intent(req, id, wait_ms, fx),
             Err(e) => Outcome::Now(Err(e)),
         }
     }
 
-    fn issue(&mut self, now: Millis, user: &User, site: &SiteId, cmd: &Command) -> Result<String, ApiError> {
+    fn issue(
+        &mut self,
+        now: Millis,
+        caller: &Caller,
+        site: &SiteId,
+        cmd: &Command,
+    ) -> Result<String, ApiError> {
+        let user = &caller.user;
         let Some((summary, project)) = summarize(cmd) else {
             return Err(ApiError::Invalid(
                 "only instance create/start/stop/delete and image copy can be sent to another site".into(),
@@ -144,7 +152,7 @@ impl Peer {
             draws += 1;
             id = format!("{}.{:016x}", self.site, self.rng.next_u64());
         }
-        let intent = Intent {
+        let mut intent = Intent {
             id: id.clone(),
             requester: self.site.clone(),
             target: site.clone(),
@@ -152,7 +160,12 @@ impl Peer {
             command,
             summary,
             created_at: now,
+            consent: None,
         };
+        // Without a session (a token of the release before consents, or
+        // of a user without a key) the target takes it only while the
+        // realm's floor lets such intents in; it says so.
+        intent.consent = caller.session.as_ref().map(|s| s.sign(&intent));
         self.own.doc.put(&intent)?;
         Ok(id)
     }
@@ -367,6 +380,10 @@ impl Peer {
                 .realm
                 .user(&intent.user)?
                 .ok_or_else(|| ApiError::Forbidden(format!("no user {} in the realm", intent.user)))?;
+            // The requester's word is not enough: the user's own (crate::consent).
+            if !self.breaks(crate::peer::Sabotage::Consent) {
+                consent::check(&self.realm, &intent, now)?;
+            }
             let cmd: Command = serde_json::from_str(&intent.command)
                 .map_err(|e| ApiError::Invalid(format!("unreadable intent command: {e}")))?;
             if summarize(&cmd).is_none() {
@@ -377,7 +394,7 @@ impl Peer {
         let req = self.next_intent_req;
         self.next_intent_req += 1;
         let outcome = match parsed {
-            Ok((user, cmd)) => self.dispatch(now, req, &user, cmd, fx),
+            Ok((user, cmd)) => self.dispatch(now, req, &Caller::user(user), cmd, fx),
             Err(e) => Outcome::Now(Err(e)),
         };
         match outcome {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod blob;
+pub mod consent;
 pub mod driver;
 mod fetch;
 pub mod gather;
@@ -32,6 +33,8 @@ pub use wire::{PeerMsg, WireError};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_consent;
 #[cfg(test)]
 mod tests_gather;
 #[cfg(test)]

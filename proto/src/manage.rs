@@ -11,8 +11,10 @@ use crate::api::{
     QuotaView, Reply, SiteView, TokenView, UserView, Whoami,
 };
 use crate::auth::{self, Claims, Unlocked};
+use crate::consent::Caller;
 use crate::gather::{Purpose, Use};
 use crate::peer::{Effects, Outcome, Peer, ReqId, StoreWrite};
+use ed25519_dalek::SigningKey;
 
 /// Each of `sites` sites' share of `total` split evenly, and the remainder
 /// (kept by the creating site), component by component.
@@ -82,15 +84,12 @@ impl Peer {
             Some(at) => now.max(at + 1),
             None => now,
         };
-        let claims = Claims {
-            user: user.name.clone(),
-            site: self.site.clone(),
-            issued_at,
-            expires_at: issued_at + self.token_ttl,
-            user_sig: None,
-        };
+        let claims = Claims::new(&user.name, &self.site, issued_at, issued_at + self.token_ttl);
+        // A fresh session key per token: its secret signs this user's
+        // consents while the token lives (crate::consent).
+        let session = SigningKey::generate(&mut self.rng);
         Ok(Reply::Token(TokenView {
-            token: auth::issue(&self.key, &claims, key.as_ref().map(|k| &k.key)),
+            token: auth::issue(&self.key, &claims, key.as_ref().map(|k| (&k.key, &session))),
             user: user.name,
             expires_at: claims.expires_at,
         }))
@@ -475,7 +474,14 @@ impl Peer {
         if let Err(e) = checked {
             return Outcome::Now(Err(e));
         }
-        self.gather(now, req, caller, None, Purpose::Unused(Use::Image { project, name }), fx)
+        self.gather(
+            now,
+            req,
+            &Caller::user(caller.clone()),
+            None,
+            Purpose::Unused(Use::Image { project, name }),
+            fx,
+        )
     }
 
     /// Removes an image no instance uses (checked by the caller).

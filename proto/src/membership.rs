@@ -242,6 +242,29 @@ impl Peer {
         self.summaries.insert(from, view);
     }
 
+    /// Raises the realm's floor to this release's wire version, once every
+    /// other member is heard speaking it (`speaking`, from the shell): sites
+    /// of older releases could no longer send intents.
+    pub(crate) fn finish_upgrade(&mut self, caller: &User, speaking: &[SiteId]) -> ApiResult {
+        auth::require_realm_admin(caller)?;
+        let to = u64::from(crate::wire::VERSION);
+        let behind: Vec<String> = self
+            .realm
+            .members()?
+            .into_iter()
+            .filter(|m| m.site != self.site && !speaking.contains(&m.site))
+            .map(|m| m.site.to_string())
+            .collect();
+        if !behind.is_empty() && self.realm.floor() < to {
+            return Err(ApiError::Conflict(format!(
+                "not every site is heard running this release: {} (upgrade them, or wait until they are in reach)",
+                behind.join(", ")
+            )));
+        }
+        self.realm.raise_floor(to)?;
+        self.realm_view(None)
+    }
+
     pub(crate) fn is_member(&self, site: &SiteId) -> bool {
         self.realm.member(site).ok().flatten().is_some()
     }

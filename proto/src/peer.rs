@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiResult, Command, HostMetrics, Reply, default_quota};
 use crate::auth;
+use crate::consent::{Caller, Session};
 use crate::driver::{DriverCmd, DriverEvent};
 use crate::gather::Purpose;
 use crate::lifecycle::Verb;
@@ -178,6 +179,8 @@ pub enum Sabotage {
     Rebalance,
     /// Apply every change from a peer without checking who wrote it.
     Provenance,
+    /// Apply intents without checking their user's consent.
+    Consent,
     /// A tampered member: at each repair round, give itself quota rights in
     /// every other site's document it holds (crate::provenance::forge_rights).
     Forge,
@@ -330,6 +333,9 @@ impl Peer {
             sites: None,
         })?;
         peer.realm.add_grant("default", &site, default_quota(), now)?;
+        // A realm founded by this release takes intents with their user's
+        // consent only (crate::consent).
+        peer.realm.raise_floor(crate::consent::FLOOR)?;
         peer.realm.doc.commit(now);
         Ok(peer)
     }
@@ -496,7 +502,7 @@ impl Peer {
 
     /// The realm this site belongs to (computed once: its first change never
     /// changes), with a signed proof of membership when challenged.
-    fn realm_view(&mut self, challenge: Option<String>) -> ApiResult {
+    pub(crate) fn realm_view(&mut self, challenge: Option<String>) -> ApiResult {
         use crate::api::{RealmProof, RealmView};
         if self.realm_id.is_empty() {
             self.realm_id = self.realm.doc.genesis().unwrap_or_default();
@@ -528,6 +534,7 @@ impl Peer {
             site: self.site.clone(),
             public_key: self.descriptor.public_key.clone(),
             proof,
+            floor: self.realm.floor(),
         }))
     }
 
@@ -542,13 +549,7 @@ impl Peer {
     /// other sites refuse it for a user with a key).
     #[cfg(feature = "sabotage")]
     pub fn forge_token(&self, user: &str, now: Millis) -> String {
-        let claims = crate::auth::Claims {
-            user: user.to_owned(),
-            site: self.site.clone(),
-            issued_at: now,
-            expires_at: now + self.token_ttl,
-            user_sig: None,
-        };
+        let claims = crate::auth::Claims::new(user, &self.site, now, now + self.token_ttl);
         crate::auth::issue(&self.key, &claims, None)
     }
 
@@ -727,7 +728,7 @@ impl Peer {
                 Ok((claims, _)) if matches!(cmd, Command::Logout) => {
                     return Outcome::Now(self.logout(now, &claims, &token));
                 }
-                Ok((_, user)) => Some(user),
+                Ok((claims, user)) => Some(Caller { user, session: Session::of(&claims) }),
                 Err(e) => return Outcome::Now(Err(e)),
             }
         };
@@ -736,7 +737,7 @@ impl Peer {
             (Command::Credentials { user }, _) => Outcome::Now(self.credentials(&user)),
             (Command::IssueToken { user, key }, _) => Outcome::Now(self.issue_token(now, &user, key)),
             (Command::Realm { challenge }, _) => Outcome::Now(self.realm_view(challenge)),
-            (cmd, Some(user)) => self.dispatch(now, req, &user, cmd, fx),
+            (cmd, Some(caller)) => self.dispatch(now, req, &caller, cmd, fx),
             (_, None) => Outcome::Now(Err(ApiError::Unauthenticated("no token".into()))),
         }
     }
@@ -745,11 +746,12 @@ impl Peer {
         &mut self,
         now: Millis,
         req: ReqId,
-        user: &User,
+        caller: &Caller,
         cmd: Command,
         fx: &mut impl Effects,
     ) -> Outcome {
         use Command::*;
+        let user = &caller.user;
         let result = match cmd {
             Login { .. } | Realm { .. } | Credentials { .. } | IssueToken { .. } | Logout => {
                 unreachable_login()
@@ -780,7 +782,7 @@ impl Peer {
             ShowImage { project, name } => self.show_image(user, &project, &name),
             RemoveImage { project, name } => return self.delete_image(now, req, user, project, name, fx),
             CreateInstance(n) => return self.create_instance(now, req, user, n, fx),
-            ListInstances { site } => return self.gather(now, req, user, site, Purpose::List, fx),
+            ListInstances { site } => return self.gather(now, req, caller, site, Purpose::List, fx),
             ShowInstance { project, name } => self.show_instance(user, &project, &name),
             Anywhere { site, wait_ms, then } => {
                 let (project, name) = match &*then {
@@ -795,7 +797,7 @@ impl Peer {
                     }
                 };
                 let purpose = Purpose::Find { project, name, wait_ms, then };
-                return self.gather(now, req, user, site, purpose, fx);
+                return self.gather(now, req, caller, site, purpose, fx);
             }
             StartInstance { project, name } => {
                 return self.act(now, req, user, (&project, &name), Verb::Start, fx);
@@ -807,13 +809,14 @@ impl Peer {
                 return self.act(now, req, user, (&project, &name), Verb::Delete, fx);
             }
             CopyImage { project, name } => return self.copy_image(req, user, (&project, &name), fx),
-            Remote { site, wait_ms, then } => return self.remote(now, req, user, site, wait_ms, *then, fx),
+            Remote { site, wait_ms, then } => return self.remote(now, req, caller, site, wait_ms, *then, fx),
             ListIntents => self.list_intents(user),
             ShowIntent { id, wait_ms } => return self.show_intent(req, user, id, wait_ms, fx),
             ShowSite => self.show_site(),
             ListSites => self.list_sites(now),
             Reachability => return self.reachability(req, fx),
             RemoveSite { site } => self.remove_site(now, user, &site),
+            FinishUpgrade { speaking } => self.finish_upgrade(user, &speaking),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
                 self.invite(now, &user.name, name, ttl)

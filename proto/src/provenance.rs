@@ -7,11 +7,16 @@
 //! - The realm takes changes from sites that were members when they wrote
 //!   them: the author's member record, and no removal of its key, as of the
 //!   change's dependencies. The founder's first changes (which enrol it) are
-//!   checked against the key written in the realm's first change.
+//!   checked against the key written in the realm's first change. After its
+//!   genesis, a realm change touches the root only to raise the floor.
 
 use std::collections::VecDeque;
 
-use atoll_crdt::{ChangeHash, Doc, Gate, Incoming, Member, Realm, Refused, Removal, Signed, SiteId};
+use atoll_crdt::realm::{FLOOR, MAX_FLOOR, floor_at};
+use atoll_crdt::{
+    ChangeHash, Doc, Gate, Incoming, Member, Realm, Refused, Removal, RootWrite, ScalarValue, Signed, SiteId,
+};
+
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
 
 use crate::auth::decode_key;
@@ -105,8 +110,28 @@ impl Gate for Members {
         }
         let site = SiteId::new(&change.author()).map_err(|_| "its author is not a site name".to_owned())?;
         let key = self.key_at(doc, &site, change.deps)?;
-        check_sig(&key, change)
+        check_sig(&key, change)?;
+        root_rule(doc, change)
     }
+}
+
+/// After its genesis, a realm change may touch the root only to raise the
+/// floor: a put of an object there would replace a whole collection (the
+/// users, the members) for every site, and a lower floor would let
+/// requests without their user's consent in again.
+fn root_rule(doc: &Doc, change: &Incoming<'_>) -> Result<(), String> {
+    for (key, write) in change.root_writes() {
+        let to = match (key.as_str(), &write) {
+            (FLOOR, RootWrite::Put(ScalarValue::Uint(n))) => *n,
+            (FLOOR, RootWrite::Put(ScalarValue::Int(n))) if *n >= 0 => n.unsigned_abs(),
+            _ => return Err(format!("it rewrites the realm's root key {key:?}")),
+        };
+        let from = floor_at(doc, change.deps);
+        if to < from || to > MAX_FLOOR {
+            return Err(format!("it moves the realm's floor from {from} to {to}"));
+        }
+    }
+    Ok(())
 }
 
 /// What the gates refused, for the shell to log and count.

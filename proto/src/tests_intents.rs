@@ -399,10 +399,19 @@ fn rights_that_moved_away_are_found_through_hints() {
 #[test]
 fn an_intent_from_a_removed_site_is_refused() {
     let (mut net, admin) = setup(3);
+    // Each site alone: the intent stays with s0 until s1 knows of the
+    // removal (heard from s2), then reaches s1.
+    net.partition(0);
     net.partition(1);
     let _ = net.ask(0, &admin, remote(&net, 1, 5_000, Command::CreateInstance(new_instance("db", "img"))));
     net.settle();
     net.call(2, Some(&admin), Command::RemoveSite { site: net.site(0) }).unwrap();
+    net.settle();
+    for (a, b) in [(1, 2), (2, 1)] {
+        net.cut.remove(&(a, b));
+        let s = net.site(b);
+        net.input(a, Input::Connected(s));
+    }
     net.settle();
     net.heal();
     net.settle();

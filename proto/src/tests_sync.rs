@@ -55,7 +55,7 @@ pub(crate) struct Net {
     pub fetches: Vec<(usize, atoll_crdt::Image, Vec<SiteId>)>,
     /// Every reply given, in order.
     pub replies: Vec<(ReqId, ApiResult)>,
-    cut: BTreeSet<(usize, usize)>,
+    pub(crate) cut: BTreeSet<(usize, usize)>,
     /// Links cut without either end noticing: messages are lost and their
     /// sender is told (`Undelivered`), as a failed request tells the shell.
     pub silent: BTreeSet<(usize, usize)>,

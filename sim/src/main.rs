@@ -68,6 +68,8 @@ enum Rule {
     Rebalance,
     /// Apply peers' changes without checking who wrote them.
     Provenance,
+    /// Apply intents without checking their user's consent.
+    Consent,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -81,6 +83,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::SyncReset => Sabotage::SyncReset,
         Rule::Rebalance => Sabotage::Rebalance,
         Rule::Provenance => Sabotage::Provenance,
+        Rule::Consent => Sabotage::Consent,
     })
 }
 

@@ -156,6 +156,10 @@ pub enum Forgery {
     Garbage,
     /// The previous forged message again.
     Replay,
+    /// An intent "from admin", in the forger's own document, asking the
+    /// victim to create an instance (of its image, in `project`) with no
+    /// consent of the user's.
+    Intent,
 }
 
 #[derive(Debug, Clone, Deserialize)]

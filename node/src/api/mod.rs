@@ -692,6 +692,17 @@ pub fn routes() -> Vec<Route> {
                 call(&s, &h, Command::RemoveSite { site }).await
             }),
         ).reply::<Removed>(),
+        route(
+            "post",
+            "/v1/realm/finish-upgrade",
+            "Raise the realm's floor to the serving site's wire version once every site is heard running it: from then on every cross-site operation needs its user's consent (realm admins)",
+            post(|State(s): State<AppState>, h: HeaderMap| async move {
+                let ours = atoll_proto::wire::VERSION;
+                let links = s.traffic.links.lock().map(|l| l.clone()).unwrap_or_default();
+                let speaking = links.into_iter().filter(|l| l.wire >= ours).map(|l| l.site).collect();
+                call(&s, &h, Command::FinishUpgrade { speaking }).await
+            }),
+        ).reply::<RealmView>(),
         route("get", "/v1/network", "Peer network payload counters of the serving site", get(network)).reply::<crate::net::Traffic>(),
         route(
             "get",

@@ -204,6 +204,7 @@ mod tests {
             site: atoll_crdt::SiteId::new(site).unwrap(),
             public_key: atoll_proto::auth::encode_key(&key.verifying_key()),
             proof: Some(atoll_proto::auth::seal(key, &proof)),
+            floor: 3,
         }
     }
 

@@ -116,6 +116,11 @@ pub enum SiteCmd {
         /// The site to remove.
         site: String,
     },
+    /// After a rolling upgrade: raise the realm's floor to this release, so
+    /// that every cross-site operation needs its user's consent (realm
+    /// admins; refused while a site is not heard running this release).
+    #[command(name = "finish-upgrade", after_long_help = "Example:\n  atoll site finish-upgrade")]
+    FinishUpgrade,
 }
 
 #[derive(Debug, Subcommand)]
@@ -445,6 +450,19 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Site(SiteCmd::List) => site::list(&g, &api).await?,
         Cmd::Site(SiteCmd::Reach) => site::reach(&g, &api).await?,
         Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,
+        Cmd::Site(SiteCmd::FinishUpgrade) => {
+            let view: serde_json::Value =
+                api.post("/v1/realm/finish-upgrade", &serde_json::json!({})).await?;
+            if g.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                println!(
+                    "Realm {} is at floor {}: every cross-site operation needs its user's consent",
+                    view["realm"].as_str().unwrap_or_default(),
+                    view["floor"]
+                );
+            }
+        }
         Cmd::Site(SiteCmd::Remove { site }) => {
             let _: serde_json::Value = api.delete(&format!("/v1/sites/{site}")).await?;
             println!("Removed site {site} from the realm; its peers refuse it from now on");

@@ -3,11 +3,15 @@
 //! and delivers them as that member over the simulated network. Checked at
 //! the end: no other site holds any forged change.
 
-use atoll_crdt::{Doc, Resources, Transfer, User};
-use atoll_proto::{DocId, Outbox, PeerMsg};
+use atoll_crdt::{Doc, Intent, Resources, Transfer, User};
+use atoll_proto::api::NewInstance;
+use atoll_proto::{Command, DocId, Outbox, PeerMsg};
 
 use super::{Sim, config};
 use crate::scenario::{Forge, Forgery};
+
+/// Names of the instances forged intents ask for: none may ever exist.
+const FORGED: &str = "forged-";
 
 impl Sim {
     pub(super) fn forge(&mut self, f: &Forge) {
@@ -16,6 +20,7 @@ impl Sim {
         let forger_id = self.sites[forger].id.clone();
         let (doc_id, key) = match f.what {
             Forgery::Realm => (DocId::Realm, "realm".to_owned()),
+            Forgery::Intent => (DocId::Site(forger_id.clone()), format!("site/{forger_id}")),
             _ => (DocId::Site(victim_id.clone()), format!("site/{victim_id}")),
         };
         let msg = match f.what {
@@ -25,9 +30,15 @@ impl Sim {
                 None => return,
             },
             _ => {
-                // The victim's document as the forger could hold it.
-                let Some(bytes) = self.sites[victim].store.get(&key) else { return };
-                let Ok(mut doc) = Doc::load_any(bytes, victim_id.as_str().as_bytes()) else { return };
+                // The document as the forger could hold it: the victim's, or
+                // its own (an intent is the forger's to write; its content is
+                // the lie).
+                let (holder, author) = match f.what {
+                    Forgery::Intent => (forger, &forger_id),
+                    _ => (victim, &victim_id),
+                };
+                let Some(bytes) = self.sites[holder].store.get(&key) else { return };
+                let Ok(mut doc) = Doc::load_any(bytes, author.as_str().as_bytes()) else { return };
                 let before = doc.heads();
                 let written = match f.what {
                     Forgery::Transfer => doc.put(&Transfer {
@@ -38,6 +49,31 @@ impl Sim {
                         total: Resources::new(1_000, 1_000, 1 << 20),
                         at: self.now,
                     }),
+                    Forgery::Intent => {
+                        let name = format!("{FORGED}{}", self.stats.forged);
+                        let command = Command::CreateInstance(NewInstance {
+                            name: name.clone(),
+                            project: f.project.clone(),
+                            image: format!("img-s{victim}"),
+                            cpus: 1,
+                            memory_mib: 64,
+                            disk_mib: 0,
+                            restart: atoll_crdt::RestartPolicy::Always,
+                            args: vec![],
+                            env: Default::default(),
+                            ports: vec![],
+                        });
+                        doc.put(&Intent {
+                            id: format!("{forger_id}.f{:015x}", self.stats.forged),
+                            requester: forger_id.clone(),
+                            target: victim_id.clone(),
+                            user: "admin".into(),
+                            command: serde_json::to_string(&command).unwrap_or_default(),
+                            summary: format!("create instance {}/{name}", f.project),
+                            created_at: self.now,
+                            consent: None,
+                        })
+                    }
                     _ => doc.put(&User {
                         name: format!("forged-by-{forger_id}"),
                         password_hash: String::new(),
@@ -55,8 +91,12 @@ impl Sim {
                 let cfg = config(forger, s.key_seed, 0, &self.sc.sites.regions[s.region]);
                 doc.sign_own(&mut atoll_proto::provenance::signer(&cfg.key));
                 let (msg, sigs) = doc.push_message(&before);
-                for hash in doc.heads() {
-                    self.forged.push((doc_id.clone(), hash.0));
+                // A forged intent is a change its author may write: what must
+                // never be held is the instance it asks for (checked below).
+                if !matches!(f.what, Forgery::Intent) {
+                    for hash in doc.heads() {
+                        self.forged.push((doc_id.clone(), hash.0));
+                    }
                 }
                 PeerMsg::Sync { doc: doc_id, msg, sigs }
             }
@@ -81,6 +121,15 @@ impl Sim {
             for (doc, hash) in &forged {
                 if peer.holds_change(doc, hash) {
                     let what = format!("s{i} took a forged change into {doc}: {}", hex::encode(hash));
+                    self.checks.violation(self.now, what);
+                }
+            }
+        }
+        for (i, s) in self.sites.iter().enumerate() {
+            let Some(peer) = s.peer.as_ref() else { continue };
+            for inst in peer.own().instances().unwrap_or_default() {
+                if inst.name.starts_with(FORGED) {
+                    let what = format!("s{i} applied a forged intent: instance {}/{}", inst.project, inst.name);
                     self.checks.violation(self.now, what);
                 }
             }

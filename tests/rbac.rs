@@ -185,6 +185,7 @@ fn cases() -> Vec<Case> {
             RealmAdmin,
         ),
         case("post", "/v1/sites/invitations", "/v1/sites/invitations", r#"{"ttl_secs":60}"#, RealmAdmin),
+        case("post", "/v1/realm/finish-upgrade", "/v1/realm/finish-upgrade", "", RealmAdmin),
         case("delete", "/v1/sites/{site}", "/v1/sites/not-a-member", "", RealmAdmin),
         case("delete", "/v1/users/{name}", "/v1/users/victim2", "", RealmAdmin),
         case("delete", "/v1/projects/{project}", "/v1/projects/doomed", "", RealmAdmin),

@@ -184,6 +184,11 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
         assert!(eventually(WAIT, || listed(d) == want), "{} lists {:?}", d.site, listed(d));
     }
 
+    // The realm's floor cannot rise while sites of the previous release
+    // would be shut out of cross-site operations.
+    let e = sites[1].cli().fails(&["site", "finish-upgrade"]);
+    assert!(e.contains("not every site is heard running this release") && e.contains(&name(0)), "{e}");
+
     // A rolling upgrade: one previous-release site at a time, while the
     // others serve.
     for i in [0, 2] {
@@ -222,6 +227,15 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
     let all = |i: usize| (0..3).filter(|j| *j != i).map(name).collect::<Vec<_>>();
     let full: Vec<_> = (0..3).map(|i| (name(i), Some(all(i)))).collect();
     assert!(eventually(WAIT, || reach(&lab, 1, &sites[1]) == full), "{:?}", reach(&lab, 1, &sites[1]));
-    // An intent across sites still goes through.
+    // The upgrade finished: from now on an intent needs its user's consent,
+    // which this build's tokens carry.
+    let view = sites[1].cli().json(&["site", "finish-upgrade"]);
+    assert_eq!(view["floor"], u64::from(atoll_proto::wire::VERSION), "{view}");
+    for (i, d) in sites.iter().enumerate() {
+        let addr = d.addr();
+        let floor =
+            || lab.within(i, || http(&addr, "GET", "/v1/realm", None, b"")).json()["floor"] == view["floor"];
+        assert!(eventually(WAIT, floor), "{} does not see the new floor", d.site);
+    }
     create(&sites[2], "after", "from-old", &name(0), &sites[0].tag());
 }

@@ -129,7 +129,8 @@ impl Sim {
             let Some(peer) = s.peer.as_ref() else { continue };
             for inst in peer.own().instances().unwrap_or_default() {
                 if inst.name.starts_with(FORGED) {
-                    let what = format!("s{i} applied a forged intent: instance {}/{}", inst.project, inst.name);
+                    let what =
+                        format!("s{i} applied a forged intent: instance {}/{}", inst.project, inst.name);
                     self.checks.violation(self.now, what);
                 }
             }

@@ -5,7 +5,9 @@
 //! count it in `/metrics` and keep their state, while the tampered site
 //! believes its own forgery. It also seals itself a realm-admin token without
 //! the admin's password (docs/architecture.md, "Delegated authority"): the
-//! honest sites refuse it, as the admin's key did not sign it.
+//! honest sites refuse it, as the admin's key did not sign it; and it asks
+//! them for instances "from admin" in intents without the admin's consent,
+//! which they refuse.
 //!
 //! Needs the tampered binary: `.ci/run` builds it with the simulator's
 //! sabotage build and runs this test with ATOLL_TAMPERED_BIN set:
@@ -84,6 +86,25 @@ fn a_tampered_member_cannot_give_itself_rights_in_other_sites_documents() {
     );
     assert_eq!(rights(&a), before_a, "site-a's view of the rights changed");
     assert_eq!(rights(&b), before_b, "site-b's view of the rights changed");
+    // Its intents "from admin" (in its own document: a change it may write)
+    // are refused by their targets for want of the admin's consent.
+    for d in [&a, &b] {
+        let refused_intent = || {
+            let listed = d.cli().json(&["intent", "list"]);
+            listed.as_array().into_iter().flatten().any(|i| {
+                i["requester"] == "site-m"
+                    && i["target"] == d.site.as_str()
+                    && i["state"] == "failed"
+                    && i["detail"].as_str().unwrap_or("").contains("carries no consent")
+            })
+        };
+        assert!(
+            eventually(Duration::from_secs(10), refused_intent),
+            "{} did not refuse site-m's intent: {}",
+            d.site,
+            d.cli().json(&["intent", "list"])
+        );
+    }
     // The honest sites still work together.
     a.cli().ok(&["project", "create", "after"]);
     assert!(

@@ -160,10 +160,27 @@ impl Refusals {
 
 /// What a tampered member does (`Sabotage::Forge`): in every other site's
 /// document it holds, gives itself quota rights of project `default` from
-/// that site and rewrites its descriptor with a huge capacity. Every other
-/// site must refuse both.
+/// that site and rewrites its descriptor with a huge capacity; and in its
+/// own, asks every other site, "from admin", for an instance `forged` with
+/// no consent of the admin's. Every other site must refuse all three.
 pub(crate) fn forge_rights(peer: &mut crate::Peer) {
     let me = peer.site.clone();
+    let targets: Vec<SiteId> = peer.realm.members().unwrap_or_default().into_iter().map(|m| m.site).collect();
+    for (n, target) in targets.into_iter().filter(|t| t != &me).enumerate() {
+        let command = serde_json::json!({
+            "command": "create_instance", "name": "forged", "project": "default", "image": "forged"
+        });
+        let _ = peer.own.doc.put(&atoll_crdt::Intent {
+            id: format!("{me}.{:016x}", 0xf0f0_0000 + n),
+            requester: me.clone(),
+            target,
+            user: "admin".into(),
+            command: command.to_string(),
+            summary: "create instance default/forged".into(),
+            created_at: 0,
+            consent: None,
+        });
+    }
     for (owner, doc) in peer.others.iter_mut() {
         let _ = doc.doc.put(&atoll_crdt::Transfer {
             project: "default".into(),

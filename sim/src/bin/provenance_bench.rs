@@ -1,7 +1,8 @@
 //! What change provenance costs (docs/benchmarks.md, "Change provenance"):
 //! signing a change, passing changes through the real gates (a site
 //! document's and the realm's) against an open gate, and the bytes the
-//! signatures add to sync messages.
+//! signatures add to sync messages; and what a user's consent to an intent
+//! costs to sign and to check (crate atoll_proto::consent).
 //!
 //!     cargo build --release -p atoll-sim && ./target/release/provenance-bench [CHANGES]
 
@@ -137,6 +138,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let consent = consent_cost(&mut realm, &site, &key, n)?;
+
     println!("changes: {n} per document ({signed} signed), best of {REPEAT} runs");
     println!("sign (ed25519):              {:>8.1} us per change", per_change(sign, signed));
     for (what, open, gated) in [("site document", open, gated), ("realm", realm_open, realm_gated)] {
@@ -160,5 +163,70 @@ fn main() -> anyhow::Result<()> {
         inc_sig as f64 / rounds as f64,
         100.0 * inc_sig as f64 / inc_msg.max(1) as f64
     );
+    let (sign, check, bytes) = consent;
+    println!(
+        "consent ({n} intents): sign {:.1} us, check {:.1} us per intent; {bytes} bytes beside each intent",
+        per_change(sign, n),
+        per_change(check, n)
+    );
     Ok(())
+}
+
+/// A user's consent to `n` intents: signing each with the session key of a
+/// token (as the requesting site does) and checking each against the realm
+/// (as the target does); and its size in the intent.
+fn consent_cost(
+    realm: &mut Realm,
+    site: &SiteId,
+    key: &SigningKey,
+    n: usize,
+) -> anyhow::Result<(Duration, Duration, usize)> {
+    use atoll_proto::{auth, consent};
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let ann = auth::new_user_key("bench-password", &mut rng)?;
+    realm.doc.put(&atoll_crdt::Member {
+        site: site.clone(),
+        public_key: hex::encode(key.verifying_key().as_bytes()),
+        region: "eu".into(),
+        operator: "op".into(),
+        joined_at: 0,
+        addrs: Vec::new(),
+        invitation: None,
+        api_cert: None,
+    })?;
+    realm.doc.put(&User {
+        name: "ann".into(),
+        password_hash: String::new(),
+        realm_admin: false,
+        created_at: 0,
+        key: ann.record.clone(),
+    })?;
+    realm.doc.commit(0);
+    let claims = auth::Claims::new("ann", site, 1, 1 << 40);
+    let token = auth::issue(key, &claims, Some((&ann.key, &SigningKey::generate(&mut rng))));
+    let (claims, _) = auth::verify(realm, &token, 2)?;
+    let session = consent::Session::of(&claims).ok_or_else(|| anyhow::anyhow!("no session"))?;
+    let intents: Vec<atoll_crdt::Intent> = (0..n)
+        .map(|i| atoll_crdt::Intent {
+            id: format!("s1.{i:016x}"),
+            requester: site.clone(),
+            target: SiteId::new("s2").expect("site name"),
+            user: "ann".into(),
+            command: r#"{"command":"start_instance","project":"default","name":"web"}"#.into(),
+            summary: "start instance default/web".into(),
+            created_at: 3,
+            consent: None,
+        })
+        .collect();
+    let started = Instant::now();
+    let signed: Vec<atoll_crdt::Intent> =
+        intents.into_iter().map(|i| atoll_crdt::Intent { consent: Some(session.sign(&i)), ..i }).collect();
+    let sign = started.elapsed();
+    let started = Instant::now();
+    for i in &signed {
+        consent::check(realm, i, 4)?;
+    }
+    let check = started.elapsed();
+    let bytes = signed.first().and_then(|i| serde_json::to_vec(&i.consent).ok()).map_or(0, |b| b.len());
+    Ok((sign, check, bytes))
 }

@@ -63,6 +63,9 @@ pub struct Doc {
     pub(crate) inner: AutoCommit,
     /// Who signed each change (crate::provenance).
     pub(crate) ledger: crate::provenance::Ledger,
+    /// Counts the calls that may have changed the content, for caches of
+    /// what is read from it ([`Doc::edits`]).
+    pub(crate) edits: u64,
 }
 
 /// Runs automerge on bytes from a peer or a file, turning a panic into an
@@ -144,7 +147,7 @@ impl Doc {
         for c in collections {
             inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
         }
-        let mut doc = Doc { inner, ledger: Default::default() };
+        let mut doc = Doc { inner, ledger: Default::default(), edits: 0 };
         doc.commit(now);
         Ok(doc)
     }
@@ -153,7 +156,7 @@ impl Doc {
     pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
         crate::chunks::check(bytes)?;
         let inner = guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor));
-        let doc = Doc { inner, ledger: Default::default() };
+        let doc = Doc { inner, ledger: Default::default(), edits: 0 };
         doc.check(collections)?;
         Ok(doc)
     }
@@ -168,6 +171,7 @@ impl Doc {
         Ok(Doc {
             inner: guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)),
             ledger: Default::default(),
+            edits: 0,
         })
     }
 
@@ -251,6 +255,7 @@ impl Doc {
     /// Sets a scalar at the document's root (never an object: collections
     /// are made at creation only).
     pub fn put_root(&mut self, name: &str, value: ScalarValue) -> Result<(), DocError> {
+        self.edits += 1;
         self.inner.put(automerge::ROOT, name, value)?;
         Ok(())
     }
@@ -324,6 +329,7 @@ impl Doc {
     /// Writes an entity, touching only the fields that changed (automerge keeps
     /// every write forever, so unchanged fields must not be rewritten).
     pub fn put<T: Entity>(&mut self, entity: &T) -> Result<(), DocError> {
+        self.edits += 1;
         let coll = self.collection(T::COLLECTION)?;
         let key = entity.key();
         if T::PACKED {
@@ -375,12 +381,19 @@ impl Doc {
 
     /// Removes an entity; returns whether it existed.
     pub fn delete<T: Entity>(&mut self, key: &str) -> Result<bool, DocError> {
+        self.edits += 1;
         let coll = self.collection(T::COLLECTION)?;
         if self.inner.get(&coll, key)?.is_none() {
             return Ok(false);
         }
         self.inner.delete(&coll, key)?;
         Ok(true)
+    }
+
+    /// How many calls that may have changed the content were made on this
+    /// replica: a cache of something read from it is valid while this holds.
+    pub fn edits(&self) -> u64 {
+        self.edits
     }
 
     /// Seals pending writes into one change stamped with `now` (seconds, as automerge wants).
@@ -396,6 +409,7 @@ impl Doc {
 
     /// Drops writes not yet committed (a command that failed half-way).
     pub fn rollback(&mut self) {
+        self.edits += 1;
         self.inner.rollback();
     }
 
@@ -434,6 +448,7 @@ impl Doc {
     /// Applies encoded changes; duplicates and out-of-order delivery are fine
     /// (automerge queues changes until their dependencies arrive).
     pub fn apply(&mut self, changes: &[Vec<u8>]) -> Result<(), DocError> {
+        self.edits += 1;
         let mut decoded = Vec::with_capacity(changes.len());
         for c in changes {
             crate::chunks::check(c)?;
@@ -448,6 +463,7 @@ impl Doc {
     }
 
     pub fn merge(&mut self, other: &mut Doc) -> Result<(), DocError> {
+        self.edits += 1;
         self.inner.merge(&mut other.inner)?;
         Ok(())
     }
@@ -455,7 +471,11 @@ impl Doc {
     /// An empty replica, to be filled by the sync protocol from a peer that holds
     /// the document (a site document this site has not seen yet).
     pub fn empty(actor: &[u8]) -> Doc {
-        Doc { inner: AutoCommit::new().with_actor(ActorId::from(actor)), ledger: Default::default() }
+        Doc {
+            inner: AutoCommit::new().with_actor(ActorId::from(actor)),
+            ledger: Default::default(),
+            edits: 0,
+        }
     }
 
     /// The next automerge sync message for a peer whose progress is `state`,
@@ -534,6 +554,7 @@ impl Doc {
         sigs: &[crate::Signed],
         gate: &mut dyn crate::Gate,
     ) -> Result<crate::Received, DocError> {
+        self.edits += 1;
         use automerge::sync::SyncDoc;
         let mut msg = guarded("a sync message", || automerge::sync::Message::decode(msg))?
             .map_err(|e| DocError::BadChange(e.to_string()))?;
@@ -577,7 +598,11 @@ impl Doc {
 
     /// A copy acting as `actor` (a new replica of the same document).
     pub fn fork_as(&mut self, actor: &[u8]) -> Doc {
-        Doc { inner: self.inner.fork().with_actor(ActorId::from(actor)), ledger: Default::default() }
+        Doc {
+            inner: self.inner.fork().with_actor(ActorId::from(actor)),
+            ledger: Default::default(),
+            edits: 0,
+        }
     }
 }
 

@@ -326,6 +326,7 @@ impl Doc {
         sigs: &[Signed],
         gate: &mut dyn Gate,
     ) -> Result<Received, DocError> {
+        self.edits += 1;
         let sigs: BTreeMap<[u8; 32], [u8; 64]> = sigs.iter().map(|s| (s.change, s.sig)).collect();
         let mut pending: BTreeMap<ChangeHash, (Change, Option<[u8; 64]>)> = BTreeMap::new();
         for (change, sig) in std::mem::take(&mut self.ledger.waiting) {

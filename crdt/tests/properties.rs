@@ -250,7 +250,7 @@ proptest! {
         let mut views: Vec<View> = (0..SITES).map(|i| View {
             realm: Realm { doc: realm.doc.fork_as(site(i).as_str().as_bytes()) },
             docs: owners.iter_mut().map(|d| {
-                (d.site.clone(), SiteDoc { site: d.site.clone(), doc: d.doc.fork_as(site(i).as_str().as_bytes()) })
+                (d.site.clone(), SiteDoc::of(d.site.clone(), d.doc.fork_as(site(i).as_str().as_bytes())))
             }).collect(),
         }).collect();
         for (t, op) in ops.iter().enumerate() {
@@ -258,7 +258,7 @@ proptest! {
             // The merged truth: everything every site wrote so far.
             let mut truth = View {
                 realm: Realm { doc: views[0].realm.doc.fork_as(b"truth") },
-                docs: views[0].docs.iter_mut().map(|(k, d)| (k.clone(), SiteDoc { site: k.clone(), doc: d.doc.fork_as(b"truth") })).collect(),
+                docs: views[0].docs.iter_mut().map(|(k, d)| (k.clone(), SiteDoc::of(k.clone(), d.doc.fork_as(b"truth")))).collect(),
             };
             for v in views.iter_mut().skip(1) {
                 truth.realm.doc.merge(&mut v.realm.doc).unwrap();

@@ -181,7 +181,7 @@ impl Peer {
         if !self.breaks(crate::peer::Sabotage::Escrow) {
             self.account(&inst.project)?.admit(&inst.project, inst.resources())?;
         }
-        self.own.doc.put(&inst)?;
+        self.own.put_instance(&inst)?;
         Ok(inst)
     }
 
@@ -273,7 +273,7 @@ impl Peer {
         inst.observed = state;
         inst.reason = reason;
         inst.observed_at = now;
-        if let Err(e) = self.own.doc.put(&*inst) {
+        if let Err(e) = self.own.put_instance(inst) {
             // Only a corrupt document fails here; the next write will report it too.
             inst.reason = format!("{} (not recorded: {e})", inst.reason);
         }
@@ -389,7 +389,7 @@ impl Peer {
             }
             DriverEvent::Destroyed => {
                 if inst.desired == Desired::Deleted {
-                    if let Err(e) = self.own.doc.delete::<Instance>(key) {
+                    if let Err(e) = self.own.delete_instance(key) {
                         self.answer_waiters(key, &Err(e.into()));
                         return;
                     }

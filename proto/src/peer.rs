@@ -429,7 +429,7 @@ impl Peer {
             // A replica saved before its first sync completed may be empty.
             let mut doc = atoll_crdt::Doc::load_any(bytes, site.as_str().as_bytes())?;
             doc.load_ledger(ledger(&DocId::Site(owner.clone())));
-            peer.others.insert(owner.clone(), SiteDoc { site: owner.clone(), doc });
+            peer.others.insert(owner.clone(), SiteDoc::of(owner.clone(), doc));
         }
         Ok(peer)
     }

@@ -376,7 +376,12 @@ impl Peer {
             let custodians = if reached { Vec::new() } else { self.custodians_of(&s) };
             match plan(&s, &self.site, held, &self.connected, &custodians) {
                 Step::Here => {
-                    let part = self.part_here(now, &s);
+                    // A look-up reads its one instance, not every one.
+                    let only = match &call.purpose {
+                        Purpose::Find { project, name, .. } => Some((project.as_str(), name.as_str())),
+                        Purpose::List | Purpose::Unused(_) => None,
+                    };
+                    let part = self.part_here(now, &s, only);
                     call.parts.insert(s, part);
                 }
                 Step::Ask(by) if !self.gather.is_full() => {
@@ -401,11 +406,22 @@ impl Peer {
         Outcome::Later
     }
 
-    /// A site's part read from the documents held here.
-    fn part_here(&self, now: Millis, site: &SiteId) -> (SiteState, Vec<Instance>) {
+    /// A site's part read from the documents held here: its instances, or
+    /// only the one named `only` (project, name).
+    fn part_here(
+        &self,
+        now: Millis,
+        site: &SiteId,
+        only: Option<(&str, &str)>,
+    ) -> (SiteState, Vec<Instance>) {
         let me = site == &self.site;
         let doc = if me { Some(&self.own) } else { self.others.get(site) };
-        let instances = doc.and_then(|d| d.instances().ok()).unwrap_or_default();
+        let instances = match only {
+            Some((project, name)) => {
+                doc.and_then(|d| d.instance(project, name).ok().flatten()).into_iter().collect()
+            }
+            None => doc.and_then(|d| d.instances().ok()).unwrap_or_default(),
+        };
         let reachable = me || self.connected.contains(site);
         let as_of = if reachable { Some(now) } else { self.seen.get(site).copied() };
         let source = if me { Source::Own } else { Source::Replica };
@@ -423,7 +439,7 @@ impl Peer {
     ) {
         let held = site == self.site || self.others.contains_key(&site);
         let msg = if held {
-            let (state, instances) = self.part_here(now, &site);
+            let (state, instances) = self.part_here(now, &site, None);
             let (instances, cut) = bound(instances);
             PeerMsg::InstancesTold { id, site, instances: Some(instances), as_of: state.as_of, cut }
         } else {

@@ -25,7 +25,7 @@ pub use escrow::{Account, EscrowError};
 pub use intent::{Consent, Holder, Intent, IntentOutcome, IntentState};
 pub use provenance::{Gate, Incoming, Ledger, Received, Refused, RootWrite, Signed};
 pub use realm::Realm;
-pub use site::SiteDoc;
+pub use site::{SiteDoc, Tally};
 
 /// Milliseconds since the Unix epoch, as given by the caller's clock.
 pub type Millis = u64;

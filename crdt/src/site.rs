@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::Entity;
 use crate::Millis;
 use crate::doc::{Doc, DocError};
-use crate::entity::{Descriptor, Instance, Replica, Resources, SiteId, Transfer};
+use crate::entity::{Descriptor, Instance, Observed, Replica, Resources, SiteId, Transfer};
 use crate::intent::{Intent, IntentOutcome};
 
 const COLLECTIONS: &[&str] = &[
@@ -21,17 +21,45 @@ const COLLECTIONS: &[&str] = &[
 pub struct SiteDoc {
     pub site: SiteId,
     pub doc: Doc,
-    /// What each project's instances hold, as of `Doc::edits`: admission
-    /// reads it on every creation, and a scan of every instance made its
-    /// cost grow with their number. [`SiteDoc::put_instance`] and
-    /// [`SiteDoc::delete_instance`] keep it current; any other write makes
-    /// the next read scan again.
-    usage: RefCell<Option<Usage>>,
+    /// What the instances add up to, as of `Doc::edits`: admission reads it
+    /// on every creation, the summary and the metrics every few seconds, and
+    /// a scan of every instance made their cost grow with their number.
+    /// [`SiteDoc::put_instance`] and [`SiteDoc::delete_instance`] keep it
+    /// current; any other write makes the next read scan again.
+    tally: RefCell<Option<(u64, Tally)>>,
 }
 
-struct Usage {
-    edits: u64,
-    by_project: BTreeMap<String, Resources>,
+/// What a site's instances add up to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Resources held, by project (created and not deleted).
+    pub by_project: BTreeMap<String, Resources>,
+    /// How many, by observed state.
+    pub by_state: BTreeMap<Observed, u64>,
+}
+
+impl Tally {
+    /// Counts `inst` in (`sign` 1) or out (-1); None on overflow.
+    fn count(&mut self, inst: &Instance, sign: i64) -> Option<()> {
+        let held = self.by_project.get(&inst.project).copied().unwrap_or(Resources::ZERO);
+        let held = if sign > 0 {
+            held.checked_plus(inst.resources())
+        } else {
+            held.checked_minus(inst.resources())
+        }?;
+        self.by_project.insert(inst.project.clone(), held);
+        let n = self.by_state.entry(inst.observed).or_insert(0);
+        *n = if sign > 0 { n.checked_add(1)? } else { n.checked_sub(1)? };
+        if *n == 0 {
+            self.by_state.remove(&inst.observed);
+        }
+        Some(())
+    }
+
+    /// How many instances in all.
+    pub fn instances(&self) -> u64 {
+        self.by_state.values().sum()
+    }
 }
 
 impl SiteDoc {
@@ -62,66 +90,61 @@ impl SiteDoc {
     }
 
     pub fn of(site: SiteId, doc: Doc) -> Self {
-        SiteDoc { site, doc, usage: RefCell::new(None) }
+        SiteDoc { site, doc, tally: RefCell::new(None) }
     }
 
     /// Resources held by this site's instances of `project` (created and not deleted).
     pub fn consumed(&self, project: &str) -> Result<Resources, DocError> {
-        let mut usage = self.usage.borrow_mut();
-        if let Some(u) = usage.as_ref().filter(|u| u.edits == self.doc.edits()) {
-            return Ok(u.by_project.get(project).copied().unwrap_or(Resources::ZERO));
-        }
-        *usage = None;
-        let mut by_project: BTreeMap<String, Resources> = BTreeMap::new();
-        for inst in self.instances()? {
-            let held = by_project.entry(inst.project.clone()).or_insert(Resources::ZERO);
-            *held = held
-                .checked_plus(inst.resources())
-                .ok_or_else(|| self.overflow("instances", &inst.project))?;
-        }
-        let held = by_project.get(project).copied().unwrap_or(Resources::ZERO);
-        *usage = Some(Usage { edits: self.doc.edits(), by_project });
-        Ok(held)
+        Ok(self.tally()?.by_project.get(project).copied().unwrap_or(Resources::ZERO))
     }
 
-    /// Writes an instance, keeping what its project holds current.
+    /// What this site's instances add up to (cached; see `SiteDoc::tally`).
+    pub fn tally(&self) -> Result<Tally, DocError> {
+        let mut cached = self.tally.borrow_mut();
+        if let Some((_, t)) = cached.as_ref().filter(|(edits, _)| *edits == self.doc.edits()) {
+            return Ok(t.clone());
+        }
+        *cached = None;
+        let mut tally = Tally::default();
+        for inst in self.instances()? {
+            tally.count(&inst, 1).ok_or_else(|| self.overflow("instances", &inst.project))?;
+        }
+        *cached = Some((self.doc.edits(), tally.clone()));
+        Ok(tally)
+    }
+
+    /// Writes an instance, keeping the tally current.
     pub fn put_instance(&mut self, inst: &Instance) -> Result<(), DocError> {
-        let before = self.doc.get::<Instance>(&inst.key())?.map(|i| i.resources());
+        let before = self.doc.get::<Instance>(&inst.key())?;
         self.doc.put(inst)?;
-        self.adjust(&inst.project, before, Some(inst.resources()));
+        self.adjust(before.as_ref(), Some(inst));
         Ok(())
     }
 
-    /// Removes an instance (returns whether it existed), keeping what its
-    /// project holds current.
+    /// Removes an instance (returns whether it existed), keeping the tally
+    /// current.
     pub fn delete_instance(&mut self, key: &str) -> Result<bool, DocError> {
         let before = self.doc.get::<Instance>(key)?;
         let existed = self.doc.delete::<Instance>(key)?;
-        if let Some(b) = before {
-            self.adjust(&b.project, Some(b.resources()), None);
-        }
+        self.adjust(before.as_ref(), None);
         Ok(existed)
     }
 
-    /// After one write of an instance of `project` (the only write since the
-    /// cache was current): replaces what it held with what it holds now.
-    fn adjust(&mut self, project: &str, before: Option<Resources>, after: Option<Resources>) {
+    /// After one write of an instance (the only write since the tally was
+    /// current): counts out what it was and counts in what it is.
+    fn adjust(&mut self, before: Option<&Instance>, after: Option<&Instance>) {
         let edits = self.doc.edits();
-        let usage = self.usage.get_mut();
-        let Some(u) = usage.as_mut().filter(|u| u.edits + 1 == edits) else {
-            *usage = None;
+        let cached = self.tally.get_mut();
+        let Some((at, t)) = cached.as_mut().filter(|(at, _)| at + 1 == edits) else {
+            *cached = None;
             return;
         };
-        let held = u.by_project.get(project).copied().unwrap_or(Resources::ZERO);
-        let now = held
-            .checked_minus(before.unwrap_or(Resources::ZERO))
-            .and_then(|h| h.checked_plus(after.unwrap_or(Resources::ZERO)));
-        match now {
-            Some(now) => {
-                u.by_project.insert(project.to_owned(), now);
-                u.edits = edits;
-            }
-            None => *usage = None,
+        let counted = before
+            .map_or(Some(()), |b| t.count(b, -1))
+            .and_then(|()| after.map_or(Some(()), |a| t.count(a, 1)));
+        match counted {
+            Some(()) => *at = edits,
+            None => *cached = None,
         }
     }
 
@@ -200,6 +223,11 @@ mod tests {
             for p in ["p", "q"] {
                 assert_eq!(doc.consumed(p).unwrap(), scanned(doc, p), "project {p}");
             }
+            let mut by_state = BTreeMap::new();
+            for i in doc.doc.list::<Instance>().unwrap() {
+                *by_state.entry(i.observed).or_insert(0) += 1;
+            }
+            assert_eq!(doc.tally().unwrap().by_state, by_state);
         };
         check(&doc);
         for i in 0..20i64 {
@@ -207,8 +235,10 @@ mod tests {
             doc.put_instance(&instance(project, &format!("i{i}"), 1 + i % 4)).unwrap();
             check(&doc);
             if i % 4 == 1 {
-                // Resized in place, then removed.
-                doc.put_instance(&instance(project, &format!("i{i}"), 7)).unwrap();
+                // Resized and running, then removed.
+                let mut resized = instance(project, &format!("i{i}"), 7);
+                resized.observed = Observed::Running;
+                doc.put_instance(&resized).unwrap();
                 check(&doc);
                 assert!(doc.delete_instance(&format!("{project}/i{i}")).unwrap());
                 check(&doc);

@@ -516,14 +516,15 @@ impl Peer {
 
     /// This site's summary, gossiped to every peer as ephemeral data.
     pub fn summary(&self) -> Result<SiteView, ApiError> {
-        let instances = self.own.instances()?;
+        // The tally, not a scan: this runs every few seconds on the event loop.
+        let tally = self.own.tally()?;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Ok(SiteView {
             descriptor: self.descriptor.clone(),
-            instances: instances.len(),
-            running: instances.iter().filter(|i| i.observed == Observed::Running).count(),
-            images: self.own.doc.list::<Replica>()?.len(),
-            allocated: Resources::checked_sum(instances.iter().map(|i| i.resources()))
-                .unwrap_or(Resources::ZERO),
+            instances: count(tally.instances()),
+            running: count(tally.by_state.get(&Observed::Running).copied().unwrap_or(0)),
+            images: self.own.doc.count::<Replica>(),
+            allocated: Resources::checked_sum(tally.by_project.values().copied()).unwrap_or(Resources::ZERO),
             live: self.metrics.clone(),
             spare: self.spare_rights()?,
         })

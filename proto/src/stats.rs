@@ -23,9 +23,9 @@ pub struct Stats {
 impl Peer {
     pub fn stats(&self) -> Result<Stats, ApiError> {
         let mut by_state = BTreeMap::new();
-        for inst in self.own.instances()? {
-            let state = serde_json::to_value(inst.observed).ok().and_then(|v| v.as_str().map(str::to_owned));
-            *by_state.entry(state.unwrap_or_else(|| "unknown".into())).or_insert(0) += 1;
+        for (observed, n) in self.own.tally()?.by_state {
+            let state = serde_json::to_value(observed).ok().and_then(|v| v.as_str().map(str::to_owned));
+            *by_state.entry(state.unwrap_or_else(|| "unknown".into())).or_insert(0) += n;
         }
         let intents_waiting = self
             .own

@@ -7,7 +7,9 @@
 //! the admin's password (docs/architecture.md, "Delegated authority"): the
 //! honest sites refuse it, as the admin's key did not sign it; and it asks
 //! them for instances "from admin" in intents without the admin's consent,
-//! which they refuse.
+//! which they refuse; and it writes a realm admin under its own name that no
+//! realm admin consented to, which the realm's rules refuse
+//! (docs/architecture.md, "Realm rules on content").
 //!
 //! Needs the tampered binary: `.ci/run` builds it with the simulator's
 //! sabotage build and runs this test with ATOLL_TAMPERED_BIN set:
@@ -86,6 +88,13 @@ fn a_tampered_member_cannot_give_itself_rights_in_other_sites_documents() {
     );
     assert_eq!(rights(&a), before_a, "site-a's view of the rights changed");
     assert_eq!(rights(&b), before_b, "site-b's view of the rights changed");
+    // The realm admin it wrote under its own name, consented to by no realm
+    // admin, is refused by the realm's rules.
+    let users = |d: &Daemon| d.cli().json(&["user", "list"]).to_string();
+    assert!(users(&m).contains("forged-admin"), "the tampered build did not forge a user: {}", users(&m));
+    for d in [&a, &b] {
+        assert!(!users(d).contains("forged-admin"), "{} took the forged realm admin: {}", d.site, users(d));
+    }
     // Its intents "from admin" (in its own document: a change it may write)
     // are refused by their targets for want of the admin's consent.
     for d in [&a, &b] {

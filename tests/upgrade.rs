@@ -238,4 +238,13 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
         assert!(eventually(WAIT, floor), "{} does not see the new floor", d.site);
     }
     create(&sites[2], "after", "from-old", &name(0), &sites[0].tag());
+    // Users and roles are now signed statements (docs/architecture.md,
+    // "Realm rules on content"): the admin's, written on one site, are taken
+    // by the others, beside the records the old release wrote.
+    sites[1].cli().env("ATOLL_NEW_PASSWORD", "carol-password").ok(&["user", "create", "carol"]);
+    sites[1].cli().ok(&["role", "grant", "carol", "default", "member"]);
+    for d in &sites {
+        let has_carol = || d.cli().json(&["role", "list"]).to_string().contains("carol");
+        assert!(eventually(WAIT, has_carol), "{} did not take carol's role", d.site);
+    }
 }

@@ -49,7 +49,28 @@ pub trait Entity: Serialize + DeserializeOwned {
     /// field-wise merging buys nothing and a map costs an automerge op per
     /// field in every replica (the realm's member list is held by every site).
     const PACKED: bool = false;
+    /// Concurrent values are resolved by [`Entity::rev`], the highest winning,
+    /// not by automerge's order of writers (which a writer can choose to win):
+    /// for packed records whose every write is a signed, numbered statement
+    /// (users and role bindings, docs/architecture.md "Realm rules on content").
+    const VERSIONED: bool = false;
     fn key(&self) -> String;
+    /// The record's revision, for [`Entity::VERSIONED`] collections.
+    fn rev(&self) -> u64 {
+        0
+    }
+}
+
+/// Of concurrent values of a versioned record, the one every replica keeps:
+/// the highest revision, ties broken by the encoded bytes.
+/// A value kept as a map of fields (by a release before versioned records)
+/// counts as revision 0, whatever fields it holds.
+fn latest<T: Entity>(values: Vec<(T, bool)>) -> Option<T> {
+    values
+        .into_iter()
+        .map(|(v, packed)| (if packed { v.rev() } else { 0 }, serde_json::to_vec(&v).unwrap_or_default(), v))
+        .max_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)))
+        .map(|(_, _, v)| v)
 }
 
 /// Where an entity's value sits in its collection.
@@ -210,6 +231,10 @@ impl Doc {
     /// Reads one entity.
     pub fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
+        if T::VERSIONED {
+            let all = self.inner.get_all(&coll, key)?;
+            return Ok(latest(self.packed_values(key, all, None)?));
+        }
         match self.inner.get(&coll, key)? {
             Some((Value::Object(ObjType::Map), obj)) => self.decode::<T>(&Stored::Fields(obj), key).map(Some),
             Some((Value::Scalar(s), _)) => match s.as_ref() {
@@ -223,15 +248,13 @@ impl Doc {
     /// Reads one entity as of `heads` (the state a change's author saw).
     pub fn get_at<T: Entity>(&self, key: &str, heads: &[ChangeHash]) -> Result<Option<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
+        if T::VERSIONED {
+            let all = self.inner.get_all_at(&coll, key, heads)?;
+            return Ok(latest(self.packed_values(key, all, Some(heads))?));
+        }
         match self.inner.get_at(&coll, key, heads)? {
             Some((Value::Object(ObjType::Map), obj)) => {
-                let mut map = serde_json::Map::new();
-                for item in self.inner.map_range_at(&obj, .., heads) {
-                    if let v @ Value::Scalar(_) = item.value.into_value() {
-                        map.insert(item.key.to_string(), scalar_to_json(&v));
-                    }
-                }
-                self.decode_json::<T>(serde_json::from_value(Json::Object(map)), key).map(Some)
+                self.decode_fields_at::<T>(&obj, key, heads).map(Some)
             }
             Some((Value::Scalar(s), _)) => match s.as_ref() {
                 ScalarValue::Bytes(b) => self.decode::<T>(&Stored::Packed(b.clone()), key).map(Some),
@@ -239,6 +262,34 @@ impl Doc {
             },
             _ => Ok(None),
         }
+    }
+
+    /// The packed values among concurrent ones (a versioned record is
+    /// always written packed; a map left by an older release reads as itself).
+    fn packed_values<T: Entity>(
+        &self,
+        key: &str,
+        all: Vec<(Value<'_>, ObjId)>,
+        heads: Option<&[ChangeHash]>,
+    ) -> Result<Vec<(T, bool)>, DocError> {
+        all.into_iter()
+            .filter_map(|(v, id)| match v {
+                Value::Object(ObjType::Map) => Some(
+                    match heads {
+                        Some(heads) => self.decode_fields_at::<T>(&id, key, heads),
+                        None => self.decode::<T>(&Stored::Fields(id), key),
+                    }
+                    .map(|v| (v, false)),
+                ),
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Bytes(b) => {
+                        Some(self.decode::<T>(&Stored::Packed(b.clone()), key).map(|v| (v, true)))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     /// The scalars at a root key, concurrent writes all kept (the realm's
@@ -293,6 +344,9 @@ impl Doc {
                 Some((item.key.to_string(), stored))
             })
             .collect();
+        if T::VERSIONED {
+            return objs.iter().filter_map(|(key, _)| self.get::<T>(key).transpose()).collect();
+        }
         objs.iter().map(|(key, stored)| self.decode::<T>(stored, key)).collect()
     }
 
@@ -316,6 +370,21 @@ impl Doc {
             }
         };
         self.decode_json(decoded, key)
+    }
+
+    fn decode_fields_at<T: Entity>(
+        &self,
+        obj: &ObjId,
+        key: &str,
+        heads: &[ChangeHash],
+    ) -> Result<T, DocError> {
+        let mut map = serde_json::Map::new();
+        for item in self.inner.map_range_at(obj, .., heads) {
+            if let v @ Value::Scalar(_) = item.value.into_value() {
+                map.insert(item.key.to_string(), scalar_to_json(&v));
+            }
+        }
+        self.decode_json::<T>(serde_json::from_value(Json::Object(map)), key)
     }
 
     fn decode_json<T: Entity>(&self, decoded: serde_json::Result<T>, key: &str) -> Result<T, DocError> {

@@ -256,6 +256,31 @@ pub struct User {
     /// without user keys.
     #[serde(default)]
     pub key: Option<UserKey>,
+    /// Who wrote this version (docs/architecture.md, "Realm rules on content").
+    #[serde(default, skip_serializing_if = "Seal::is_blank")]
+    pub seal: Seal,
+}
+
+/// What makes a user or role binding a signed, numbered statement: its
+/// revision (one above the one it replaces), whether it is retired (a
+/// record is never deleted, so that an old statement cannot be replayed
+/// over its deletion), and the consent of the user who wrote it, signed
+/// over the record's other fields (proto's `rules`). Records of realms
+/// before rules have none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Seal {
+    #[serde(default)]
+    pub rev: u64,
+    #[serde(default)]
+    pub retired: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::Consent>,
+}
+
+impl Seal {
+    pub fn is_blank(&self) -> bool {
+        self == &Seal::default()
+    }
 }
 
 /// A user's public key and the salt that derives its private half from the
@@ -270,8 +295,15 @@ pub struct UserKey {
 
 impl Entity for User {
     const COLLECTION: &'static str = "users";
+    /// Written whole, as a signed statement (the release before rules wrote
+    /// a map of fields; those still read).
+    const PACKED: bool = true;
+    const VERSIONED: bool = true;
     fn key(&self) -> String {
         self.name.clone()
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
     }
 }
 
@@ -358,6 +390,8 @@ pub struct RoleBinding {
     pub role: Role,
     /// `None`: every site.
     pub sites: Option<Vec<SiteId>>,
+    #[serde(default, skip_serializing_if = "Seal::is_blank")]
+    pub seal: Seal,
 }
 
 impl Entity for RoleBinding {
@@ -365,8 +399,12 @@ impl Entity for RoleBinding {
     /// Written whole: merged field by field, concurrent grants of admin on
     /// one site and reader on every site could make admin on every site.
     const PACKED: bool = true;
+    const VERSIONED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.user, self.project)
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
     }
 }
 
@@ -449,13 +487,21 @@ pub struct QuotaGrant {
     pub steps: u64,
     pub total: Resources,
     pub at: Millis,
+    /// Written by `site` with a realm admin's consent (docs/architecture.md,
+    /// "Realm rules on content").
+    #[serde(default, skip_serializing_if = "Seal::is_blank")]
+    pub seal: Seal,
 }
 
 impl Entity for QuotaGrant {
     const COLLECTION: &'static str = "grants";
     const PACKED: bool = true;
+    const VERSIONED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.project, self.site)
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
     }
 }
 

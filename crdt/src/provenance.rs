@@ -125,6 +125,71 @@ impl Incoming<'_> {
     }
 }
 
+/// One write of a change into a record of a guarded collection
+/// ([`Incoming::record_writes`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordWrite {
+    pub collection: &'static str,
+    pub key: String,
+    /// The packed record put, or None for anything else: a delete, a map
+    /// made, a field written inside a record kept as a map.
+    pub put: Option<Vec<u8>>,
+}
+
+impl Incoming<'_> {
+    /// Every write of the change into records of `collections` (maps at
+    /// the root made at the document's creation), found by the objects its
+    /// operations write, as of its dependencies.
+    pub fn record_writes(
+        &self,
+        doc: &Doc,
+        collections: &[&'static str],
+    ) -> Result<Vec<RecordWrite>, DocError> {
+        use automerge::ObjType;
+        use automerge::legacy::{Key, ObjectId, OpType};
+        let ops = self.change.decode().operations;
+        let mut colls = Vec::new();
+        for name in collections {
+            colls.push((*name, doc.collection(name)?));
+        }
+        let same = |ex: &automerge::ObjId, id: &automerge::legacy::OpId| matches!(ex, automerge::ObjId::Id(c, a, _) if *c == id.0 && *a == id.1);
+        // Records kept as maps of fields (older releases), read only if an
+        // operation writes inside some object.
+        let mut nested: Option<Vec<(&'static str, String, automerge::ObjId)>> = None;
+        let mut writes = Vec::new();
+        for op in ops {
+            let ObjectId::Id(obj) = &op.obj else { continue };
+            if let Some((name, _)) = colls.iter().find(|(_, ex)| same(ex, obj)) {
+                let key = match &op.key {
+                    Key::Map(k) => k.to_string(),
+                    Key::Seq(_) => String::new(),
+                };
+                let put = match op.action {
+                    OpType::Put(automerge::ScalarValue::Bytes(b)) => Some(b),
+                    _ => None,
+                };
+                writes.push(RecordWrite { collection: name, key, put });
+                continue;
+            }
+            let nested = nested.get_or_insert_with(|| {
+                let mut maps = Vec::new();
+                for (name, coll) in &colls {
+                    for item in automerge::ReadDoc::map_range_at(&doc.inner, coll, .., self.deps) {
+                        if matches!(item.value, automerge::ValueRef::Object(ObjType::Map)) {
+                            maps.push((*name, item.key.to_string(), item.id()));
+                        }
+                    }
+                }
+                maps
+            });
+            if let Some((name, key, _)) = nested.iter().find(|(_, _, ex)| same(ex, obj)) {
+                writes.push(RecordWrite { collection: name, key: key.clone(), put: None });
+            }
+        }
+        Ok(writes)
+    }
+}
+
 /// Decides whether an incoming change may enter a document.
 pub trait Gate {
     /// `doc` holds every dependency of `change` (read it as of

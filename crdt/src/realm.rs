@@ -65,9 +65,15 @@ impl Realm {
     /// `key` (the founder's public key, hex) is written there too: the
     /// founder's changes that enrol it are signed before any member record
     /// names its key (crate::provenance).
-    pub fn found(site: &SiteId, key: &str, nonce: &[u8], now: Millis) -> Result<Self, DocError> {
+    /// `floor` is written there too: a realm born at a floor has no state
+    /// before it, so that no change can be dated back to looser rules.
+    pub fn found(site: &SiteId, key: &str, nonce: &[u8], floor: u64, now: Millis) -> Result<Self, DocError> {
         use automerge::ScalarValue;
-        let root = [("nonce", ScalarValue::Bytes(nonce.to_vec())), (FOUNDER, ScalarValue::Str(key.into()))];
+        let root = [
+            ("nonce", ScalarValue::Bytes(nonce.to_vec())),
+            (FOUNDER, ScalarValue::Str(key.into())),
+            (FLOOR, ScalarValue::Uint(floor.clamp(FIRST_FLOOR, MAX_FLOOR))),
+        ];
         Ok(Realm { doc: Doc::create_rooted(site.as_str().as_bytes(), COLLECTIONS, &root, now)? })
     }
 
@@ -97,8 +103,24 @@ impl Realm {
         Ok(true)
     }
 
+    /// A user, unless retired (deleted).
     pub fn user(&self, name: &str) -> Result<Option<User>, DocError> {
-        self.doc.get(name)
+        Ok(self.doc.get::<User>(name)?.filter(|u| !u.seal.retired))
+    }
+
+    /// Every user not retired.
+    pub fn users(&self) -> Result<Vec<User>, DocError> {
+        let mut users: Vec<User> = self.doc.list()?;
+        users.retain(|u| !u.seal.retired);
+        Ok(users)
+    }
+
+    /// Every role binding not retired (revoked), of one user or of all (`""`).
+    pub fn bindings(&self, user: &str) -> Result<Vec<RoleBinding>, DocError> {
+        let prefix = if user.is_empty() { String::new() } else { format!("{user}/") };
+        let mut bindings: Vec<RoleBinding> = self.doc.list_prefix(&prefix)?;
+        bindings.retain(|b| !b.seal.retired);
+        Ok(bindings)
     }
 
     pub fn project(&self, name: &str) -> Result<Option<Project>, DocError> {
@@ -125,8 +147,9 @@ impl Realm {
         Ok(members)
     }
 
+    /// `user`'s binding in `project`, unless revoked.
     pub fn role(&self, user: &str, project: &str) -> Result<Option<RoleBinding>, DocError> {
-        self.doc.get(&format!("{user}/{project}"))
+        Ok(self.doc.get::<RoleBinding>(&format!("{user}/{project}"))?.filter(|b| !b.seal.retired))
     }
 
     pub fn image(&self, project: &str, name: &str) -> Result<Option<Image>, DocError> {
@@ -176,28 +199,23 @@ impl Realm {
             .ok_or_else(|| DocError::Overflow(format!("grants of project {project}")))
     }
 
-    /// Moves `site`'s share of `project` by `delta` (only `site` calls this,
-    /// after checking the step against its rights).
-    pub fn add_grant(
-        &mut self,
+    /// `site`'s share of `project` moved by `delta`: the record to write
+    /// (only `site` writes it, after checking the step against its rights,
+    /// sealed with a realm admin's consent).
+    pub fn moved_grant(
+        &self,
         project: &str,
         site: &SiteId,
         delta: Resources,
         now: Millis,
-    ) -> Result<(), DocError> {
-        let key = format!("{project}/{site}");
-        let current: Option<QuotaGrant> = self.doc.get(&key)?;
-        let (steps, total) = current.map(|g| (g.steps, g.total)).unwrap_or((0, Resources::ZERO));
+    ) -> Result<QuotaGrant, DocError> {
+        let current: Option<QuotaGrant> = self.doc.get(&format!("{project}/{site}"))?;
+        let (steps, total, seal) =
+            current.map(|g| (g.steps, g.total, g.seal)).unwrap_or((0, Resources::ZERO, Default::default()));
         let total = total
             .checked_plus(delta)
             .ok_or_else(|| DocError::Overflow(format!("the share of {site} in project {project}")))?;
-        self.doc.put(&QuotaGrant {
-            project: project.into(),
-            site: site.clone(),
-            steps: steps + 1,
-            total,
-            at: now,
-        })
+        Ok(QuotaGrant { project: project.into(), site: site.clone(), steps: steps + 1, total, at: now, seal })
     }
 }
 
@@ -217,6 +235,7 @@ mod tests {
                 realm_admin: true,
                 created_at: 1,
                 key: None,
+                seal: Default::default(),
             })
             .unwrap();
         realm.doc.commit(2_000);
@@ -227,7 +246,7 @@ mod tests {
     }
 
     fn binding(role: crate::Role, sites: Option<Vec<SiteId>>) -> RoleBinding {
-        RoleBinding { user: "bob".into(), project: "p".into(), role, sites }
+        RoleBinding { user: "bob".into(), project: "p".into(), role, sites, seal: Default::default() }
     }
 
     /// Bob is a member on site s1. Two sites change that concurrently: admin
@@ -252,6 +271,35 @@ mod tests {
             a.doc.merge(&mut b.doc).unwrap();
             let merged = a.role("bob", "p").unwrap().unwrap();
             assert!(written.contains(&merged), "{merged:?} was never granted");
+        }
+    }
+
+    /// A binding written again with an older revision, concurrently with a
+    /// newer one (its author chose old dependencies), loses whichever
+    /// writer automerge would let win: replicas keep the highest revision.
+    #[test]
+    fn concurrent_versions_read_as_the_highest_revision() {
+        let s1 = SiteId::new("s1").unwrap();
+        let at = |rev, role| RoleBinding {
+            seal: crate::Seal { rev, ..Default::default() },
+            ..binding(role, None)
+        };
+        for (here, there) in [(b"s1", b"s2"), (b"s2", b"s1")] {
+            let mut a = Realm { doc: Realm::create(&s1, 1).unwrap().doc.fork_as(here) };
+            a.doc.put(&at(1, crate::Role::Admin)).unwrap();
+            a.doc.commit(2);
+            let mut b = Realm { doc: a.doc.fork_as(there) };
+            a.doc.put(&at(2, crate::Role::Reader)).unwrap();
+            a.doc.commit(3);
+            b.doc.put(&at(1, crate::Role::Admin)).unwrap();
+            b.doc.put(&at(1, crate::Role::Member)).unwrap();
+            b.doc.commit(3);
+            a.doc.merge(&mut b.doc).unwrap();
+            assert_eq!(a.role("bob", "p").unwrap().unwrap().role, crate::Role::Reader);
+            let heads = a.doc.heads();
+            let then: RoleBinding = a.doc.get_at("bob/p", &heads).unwrap().unwrap();
+            assert_eq!(then.role, crate::Role::Reader);
+            assert_eq!(a.bindings("").unwrap().len(), 1);
         }
     }
 

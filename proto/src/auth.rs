@@ -340,8 +340,7 @@ pub fn may_copy(
         return Ok(());
     }
     let runs_somewhere = realm
-        .doc
-        .list_prefix::<RoleBinding>(&format!("{}/", user.name))?
+        .bindings(&user.name)?
         .iter()
         .any(|b| b.user == user.name && b.role >= Role::Member && applies(b, site));
     if runs_somewhere {
@@ -394,6 +393,7 @@ mod tests {
                 realm_admin: false,
                 created_at: 0,
                 key: ann,
+                seal: Default::default(),
             })
             .unwrap();
         realm.doc.commit(0);

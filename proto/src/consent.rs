@@ -75,10 +75,38 @@ impl Session {
 
     /// The user's consent to `intent` (its own `consent` is not signed).
     pub fn sign(&self, intent: &Intent) -> Consent {
+        self.sign_message(&message(intent))
+    }
+
+    /// The user's consent to what `message` stands for (a realm record:
+    /// crate::rules).
+    pub(crate) fn sign_message(&self, message: &[u8]) -> Consent {
         let claims = serde_json::to_string(&self.claims).unwrap_or_default();
-        let sig = self.key.sign(&message(intent));
+        let sig = self.key.sign(message);
         Consent { claims, sig: B64.encode(sig.to_bytes()) }
     }
+}
+
+/// The claims of a consent, checked for shape: readable, not too long, no
+/// secret in them.
+pub(crate) fn claims_of(consent: &Consent) -> Result<Claims, String> {
+    if consent.claims.len() > MAX_CLAIMS {
+        return Err("its claims are too long".into());
+    }
+    let claims: Claims = serde_json::from_str(&consent.claims).map_err(|_| "its claims are unreadable")?;
+    if claims.session_key.is_some() {
+        return Err("it carries its session's secret".into());
+    }
+    Ok(claims)
+}
+
+/// Whether the session key the claims name signed `message`.
+pub(crate) fn check_session_sig(claims: &Claims, consent: &Consent, message: &[u8]) -> Result<(), String> {
+    let session = claims.session.as_deref().and_then(auth::decode_key);
+    let session = session.ok_or("its claims name no session")?;
+    let sig: [u8; 64] =
+        B64.decode(&consent.sig).ok().and_then(|s| s.try_into().ok()).ok_or("its signature is malformed")?;
+    session.verify(message, &Signature::from_bytes(&sig)).map_err(|_| "its signature is not over this".into())
 }
 
 /// What a session key signs for `intent`: every field but the consent, in
@@ -110,14 +138,7 @@ pub fn check(realm: &Realm, intent: &Intent, now: Millis) -> Result<(), ApiError
             intent.requester
         )));
     };
-    if consent.claims.len() > MAX_CLAIMS {
-        return Err(refuse("its claims are too long".into()));
-    }
-    let claims: Claims =
-        serde_json::from_str(&consent.claims).map_err(|_| refuse("its claims are unreadable".into()))?;
-    if claims.session_key.is_some() {
-        return Err(refuse("it carries its session's secret".into()));
-    }
+    let claims = claims_of(consent).map_err(refuse)?;
     if claims.user != intent.user {
         return Err(refuse(format!("its claims name user {}", claims.user)));
     }
@@ -136,16 +157,8 @@ pub fn check(realm: &Realm, intent: &Intent, now: Millis) -> Result<(), ApiError
     if intent.created_at > claims.expires_at || now > claims.expires_at.saturating_add(GRACE) {
         return Err(refuse("its token expired".into()));
     }
-    let session = claims.session.as_deref().and_then(auth::decode_key);
-    let session = session.ok_or_else(|| refuse("its claims name no session".into()))?;
-    let sig: [u8; 64] = B64
-        .decode(&consent.sig)
-        .ok()
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| refuse("its signature is malformed".into()))?;
-    session
-        .verify(&message(intent), &Signature::from_bytes(&sig))
-        .map_err(|_| refuse("its signature is not over this intent".into()))
+    check_session_sig(&claims, consent, &message(intent))
+        .map_err(|why| refuse(why.replace("over this", "over this intent")))
 }
 
 #[cfg(test)]

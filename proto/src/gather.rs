@@ -485,7 +485,7 @@ impl Peer {
         // A removal looks at every instance, readable by the caller or not.
         if let Purpose::Unused(what) = &purpose {
             let removed = check_unused(what, &parts).and_then(|()| match what {
-                Use::Project(project) => self.remove_project(project),
+                Use::Project(project) => self.remove_project(&caller, project),
                 Use::Image { project, name } => self.remove_image(project, name),
             });
             return Outcome::Now(removed);
@@ -595,6 +595,7 @@ mod tests {
                 realm_admin: false,
                 created_at: 0,
                 key: None,
+                seal: Default::default(),
             }),
             site: None,
             purpose: Purpose::List,

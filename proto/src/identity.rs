@@ -5,7 +5,7 @@
 //! record ([`Revocation`]) that every site checks once it has heard of it:
 //! a revocation reaches a site when the realm change does, like any write.
 
-use atoll_crdt::{Entity, Image, Millis, Project, Revocation, Role, RoleBinding, User};
+use atoll_crdt::{Entity, Image, Millis, Project, Revocation, Role, User};
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth::{self, Claims};
@@ -19,31 +19,33 @@ use crate::peer::{Effects, Outcome, Peer, ReqId};
 const PRUNE_PER_WRITE: usize = 32;
 
 impl Peer {
-    pub(crate) fn delete_user(&mut self, caller: &User, name: &str) -> ApiResult {
+    pub(crate) fn delete_user(&mut self, by: &Caller, name: &str) -> ApiResult {
+        let caller = &by.user;
         auth::require_realm_admin(caller)?;
         let user = self.realm.user(name)?.ok_or_else(|| ApiError::NotFound(format!("no user {name}")))?;
         if user.name == caller.name {
             return Err(ApiError::Conflict("you cannot delete yourself; ask another realm admin".into()));
         }
-        if user.realm_admin && self.realm.doc.list::<User>()?.iter().filter(|u| u.realm_admin).count() <= 1 {
+        if user.realm_admin && self.realm.users()?.iter().filter(|u| u.realm_admin).count() <= 1 {
             return Err(ApiError::Conflict(format!("{name} is the last realm admin")));
         }
-        for b in self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.user == user.name) {
-            self.realm.doc.delete::<RoleBinding>(&format!("{}/{}", b.user, b.project))?;
+        for b in self.realm.bindings(&user.name)? {
+            self.write_sealed(by, b, true)?;
         }
         // Tokens are refused from now on: verification needs the user record.
-        self.realm.doc.delete::<User>(name)?;
+        self.write_sealed(by, user, true)?;
         Ok(Reply::removed(name.to_owned()))
     }
 
     pub(crate) fn set_password(
         &mut self,
         now: Millis,
-        caller: &User,
+        by: &Caller,
         name: &str,
         (password_hash, key): (String, Option<atoll_crdt::UserKey>),
         current_checked: bool,
     ) -> ApiResult {
+        let caller = &by.user;
         let own = caller.name == name;
         if !caller.realm_admin && !own {
             return Err(ApiError::Forbidden(format!(
@@ -57,7 +59,7 @@ impl Peer {
         user.password_hash = password_hash;
         // Tokens signed with the old key stop verifying too.
         user.key = key;
-        self.realm.doc.put(&user)?;
+        let user = self.write_sealed(by, user, false)?;
         // Whoever held the old password may hold a token too.
         self.revoke(now, &caller.name, &user.name, None)?;
         Ok(Reply::User(user_view(&user)))
@@ -121,14 +123,15 @@ impl Peer {
         Ok(())
     }
 
-    pub(crate) fn revoke_role(&mut self, caller: &User, user: &str, project: &str) -> ApiResult {
+    pub(crate) fn revoke_role(&mut self, by: &Caller, user: &str, project: &str) -> ApiResult {
+        let caller = &by.user;
         auth::require(&self.realm, caller, project, Role::Admin, &self.site)?;
         let key = format!("{user}/{project}");
         let Some(old) = self.realm.role(user, project)? else {
             return Err(ApiError::NotFound(format!("{user} has no role in project {project}")));
         };
         auth::require_scope(&self.realm, caller, project, old.sites.as_deref())?;
-        self.realm.doc.delete::<RoleBinding>(&key)?;
+        self.write_sealed(by, old, true)?;
         Ok(Reply::removed(key))
     }
 
@@ -138,11 +141,11 @@ impl Peer {
         &mut self,
         now: Millis,
         req: ReqId,
-        caller: &User,
+        by: &Caller,
         project: String,
         fx: &mut impl Effects,
     ) -> Outcome {
-        let checked = auth::require_realm_admin(caller).and_then(|()| {
+        let checked = auth::require_realm_admin(&by.user).and_then(|()| {
             if self.realm.project(&project)?.is_none() {
                 return Err(ApiError::NotFound(format!("no project {project}")));
             }
@@ -164,16 +167,16 @@ impl Peer {
         if let Err(e) = checked {
             return Outcome::Now(Err(e));
         }
-        self.gather(now, req, &Caller::user(caller.clone()), None, Purpose::Unused(Use::Project(project)), fx)
+        self.gather(now, req, by, None, Purpose::Unused(Use::Project(project)), fx)
     }
 
     /// Removes a project found unused on every site.
-    pub(crate) fn remove_project(&mut self, project: &str) -> ApiResult {
+    pub(crate) fn remove_project(&mut self, by: &Caller, project: &str) -> ApiResult {
         if self.realm.project(project)?.is_none() {
             return Err(ApiError::NotFound(format!("no project {project}")));
         }
-        for b in self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.project == project) {
-            self.realm.doc.delete::<RoleBinding>(&format!("{}/{}", b.user, b.project))?;
+        for b in self.realm.bindings("")?.into_iter().filter(|b| b.project == project) {
+            self.write_sealed(by, b, true)?;
         }
         // The quota's grants and transfers stay: they are the sites' own
         // records, and a project created again under this name starts from

@@ -22,6 +22,7 @@ pub mod provenance;
 pub mod reach;
 mod rebalance;
 mod refetch;
+pub mod rules;
 pub mod stats;
 pub mod sync;
 pub mod wire;
@@ -45,5 +46,7 @@ mod tests_intents;
 mod tests_membership;
 #[cfg(test)]
 mod tests_provenance;
+#[cfg(test)]
+mod tests_rules;
 #[cfg(test)]
 mod tests_sync;

@@ -66,19 +66,16 @@ impl Peer {
     /// unlocked recorded: their first login since user keys.
     pub(crate) fn issue_token(&mut self, now: Millis, name: &str, key: Option<Box<Unlocked>>) -> ApiResult {
         let wrong = || ApiError::Unauthenticated("wrong user name or password".into());
-        let mut user = self.realm.user(name)?.ok_or_else(wrong)?;
-        match (&user.key, key.as_deref()) {
+        let user = self.realm.user(name)?.ok_or_else(wrong)?;
+        let first_key = match (&user.key, key.as_deref()) {
             (Some(k), Some(u)) if k.public != auth::encode_key(&u.key.verifying_key()) => {
                 // The password changed between the check and now.
                 return Err(wrong());
             }
             (Some(_), None) => return Err(wrong()),
-            (None, Some(Unlocked { record: Some(record), .. })) => {
-                user.key = Some(record.clone());
-                self.realm.doc.put(&user)?;
-            }
-            _ => {}
-        }
+            (None, Some(Unlocked { record: Some(record), .. })) => Some(record.clone()),
+            _ => None,
+        };
         // A token issued in the millisecond of a revocation would be revoked too.
         let issued_at = match self.realm.revoked_before(&user.name)? {
             Some(at) => now.max(at + 1),
@@ -88,16 +85,25 @@ impl Peer {
         // A fresh session key per token: its secret signs this user's
         // consents while the token lives (crate::consent).
         let session = SigningKey::generate(&mut self.rng);
-        Ok(Reply::Token(TokenView {
-            token: auth::issue(&self.key, &claims, key.as_ref().map(|k| (&k.key, &session))),
-            user: user.name,
-            expires_at: claims.expires_at,
-        }))
+        let token = auth::issue(&self.key, &claims, key.as_ref().map(|k| (&k.key, &session)));
+        if let Some(record) = first_key {
+            // The user's first key, recorded with the consent of the session
+            // it signed (crate::rules: a keyless user's own key).
+            let session =
+                auth::open::<Claims>(&token).ok().and_then(|(c, _, _)| crate::consent::Session::of(&c));
+            let caller = Caller { user: user.clone(), session };
+            self.write_sealed(&caller, User { key: Some(record), ..user.clone() }, false)?;
+        }
+        Ok(Reply::Token(TokenView { token, user: user.name, expires_at: claims.expires_at }))
     }
 
     pub(crate) fn whoami(&self, user: &User) -> ApiResult {
-        let roles =
-            self.realm.doc.list::<RoleBinding>()?.into_iter().filter(|b| b.user == user.name).collect();
+        let roles = self
+            .realm
+            .bindings(&user.name)?
+            .into_iter()
+            .map(|b| RoleBinding { seal: Default::default(), ..b })
+            .collect();
         Ok(Reply::Whoami(Whoami {
             user: user.name.clone(),
             realm_admin: user.realm_admin,
@@ -106,8 +112,8 @@ impl Peer {
         }))
     }
 
-    pub(crate) fn create_user(&mut self, now: Millis, caller: &User, n: NewUser) -> ApiResult {
-        auth::require_realm_admin(caller)?;
+    pub(crate) fn create_user(&mut self, now: Millis, caller: &Caller, n: NewUser) -> ApiResult {
+        auth::require_realm_admin(&caller.user)?;
         check_name("user", &n.name)?;
         crate::api::check_password(&n.password)?;
         if self.realm.user(&n.name)?.is_some() {
@@ -115,20 +121,27 @@ impl Peer {
         }
         let password_hash = auth::hash_password(&n.password, &mut self.rng)?;
         let key = auth::new_user_key(&n.password, &mut self.rng)?.record;
-        let user = User { name: n.name, password_hash, realm_admin: n.realm_admin, created_at: now, key };
-        self.realm.doc.put(&user)?;
+        let user = User {
+            name: n.name,
+            password_hash,
+            realm_admin: n.realm_admin,
+            created_at: now,
+            key,
+            seal: Default::default(),
+        };
+        let user = self.write_sealed(caller, user, false)?;
         Ok(Reply::User(user_view(&user)))
     }
 
     pub(crate) fn list_users(&self, caller: &User) -> ApiResult {
-        let users = self.realm.doc.list::<User>()?;
+        let users = self.realm.users()?;
         Ok(Reply::Users(
             users.iter().filter(|u| caller.realm_admin || u.name == caller.name).map(user_view).collect(),
         ))
     }
 
-    pub(crate) fn create_project(&mut self, now: Millis, caller: &User, n: NewProject) -> ApiResult {
-        auth::require_realm_admin(caller)?;
+    pub(crate) fn create_project(&mut self, now: Millis, caller: &Caller, n: NewProject) -> ApiResult {
+        auth::require_realm_admin(&caller.user)?;
         check_name("project", &n.name)?;
         if !n.quota.is_non_negative() {
             return Err(atoll_crdt::EscrowError::Negative(n.quota).into());
@@ -165,7 +178,8 @@ impl Peer {
         })?;
         self.realm.doc.put(&project)?;
         if delta != Resources::ZERO {
-            self.realm.add_grant(&n.name, &self.site, delta, now)?;
+            let grant = self.realm.moved_grant(&n.name, &self.site, delta, now)?;
+            self.write_sealed(caller, grant, false)?;
         }
         if n.spread == Spread::Even && left == Resources::ZERO {
             let others: Vec<SiteId> =
@@ -233,7 +247,8 @@ impl Peer {
         Ok(Reply::Projects(out))
     }
 
-    pub(crate) fn grant_role(&mut self, caller: &User, g: Grant) -> ApiResult {
+    pub(crate) fn grant_role(&mut self, by: &Caller, g: Grant) -> ApiResult {
+        let caller = &by.user;
         self.project_exists(&g.project)?;
         auth::require(&self.realm, caller, &g.project, Role::Admin, &self.site)?;
         if self.realm.user(&g.user)?.is_none() {
@@ -254,14 +269,22 @@ impl Peer {
         if let Some(old) = self.realm.role(&g.user, &g.project)? {
             auth::require_scope(&self.realm, caller, &g.project, old.sites.as_deref())?;
         }
-        let binding = RoleBinding { user: g.user, project: g.project, role: g.role, sites: g.sites };
-        self.realm.doc.put(&binding)?;
+        let binding = RoleBinding {
+            user: g.user,
+            project: g.project,
+            role: g.role,
+            sites: g.sites,
+            seal: Default::default(),
+        };
+        let mut binding = self.write_sealed(by, binding, false)?;
+        binding.seal = Default::default();
         Ok(Reply::Role(binding))
     }
 
     pub(crate) fn list_roles(&self, caller: &User) -> ApiResult {
         let mut out = Vec::new();
-        for b in self.realm.doc.list::<RoleBinding>()? {
+        for mut b in self.realm.bindings("")? {
+            b.seal = Default::default();
             let admin = auth::role_of(&self.realm, caller, &b.project, &self.site)? == Some(Role::Admin);
             if admin || b.user == caller.name {
                 out.push(b);
@@ -290,16 +313,17 @@ impl Peer {
     pub(crate) fn set_quota(
         &mut self,
         now: Millis,
-        caller: &User,
+        caller: &Caller,
         project: &str,
         total: Resources,
     ) -> ApiResult {
-        auth::require_realm_admin(caller)?;
+        auth::require_realm_admin(&caller.user)?;
         self.project_exists(project)?;
         let current = self.realm.quota_total(project)?;
         let delta = quota_change(project, current, total, &self.account(project)?)?;
         if delta != Resources::ZERO {
-            self.realm.add_grant(project, &self.site, delta, now)?;
+            let grant = self.realm.moved_grant(project, &self.site, delta, now)?;
+            self.write_sealed(caller, grant, false)?;
         }
         self.quota_view(project)
     }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use atoll_crdt::{
-    Descriptor, DocError, Image, Member, Millis, Project, Realm, Role, RoleBinding, SiteDoc, SiteId,
-    SyncState, User,
+    Descriptor, DocError, Image, Member, Millis, Project, QuotaGrant, Realm, Role, RoleBinding, SiteDoc,
+    SiteId, SyncState, User,
 };
 use ed25519_dalek::SigningKey;
 use rand_chacha::ChaCha20Rng;
@@ -181,6 +181,9 @@ pub enum Sabotage {
     Provenance,
     /// Apply intents without checking their user's consent.
     Consent,
+    /// Take realm changes without checking the realm's rules on users and
+    /// role bindings (crate::rules).
+    Rules,
     /// A tampered member: at each repair round, give itself quota rights in
     /// every other site's document it holds (crate::provenance::forge_rights).
     Forge,
@@ -295,7 +298,9 @@ impl Peer {
         // founded by a site of the same name in the same millisecond.
         let mut nonce = [0u8; 16];
         ChaCha20Rng::from_seed(cfg.seed).fill_bytes(&mut nonce);
-        let realm = Realm::found(&site, &cfg.descriptor.public_key, &nonce, now)?;
+        // A realm founded by this release takes intents and realm records
+        // with their user's consent only (crate::consent, crate::rules).
+        let realm = Realm::found(&site, &cfg.descriptor.public_key, &nonce, crate::consent::FLOOR, now)?;
         let own = SiteDoc::create(&site, now)?;
         let mut peer = Peer::assemble(cfg, realm, own);
         peer.unsaved = true;
@@ -318,6 +323,9 @@ impl Peer {
             realm_admin: true,
             created_at: now,
             key,
+            // The founder's first change writes the first admin, consented
+            // to by no one (crate::provenance::Members).
+            seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
         })?;
         peer.realm.doc.put(&Project {
             storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
@@ -331,11 +339,12 @@ impl Peer {
             project: "default".into(),
             role: Role::Admin,
             sites: None,
+            seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
         })?;
-        peer.realm.add_grant("default", &site, default_quota(), now)?;
-        // A realm founded by this release takes intents with their user's
-        // consent only (crate::consent).
-        peer.realm.raise_floor(crate::consent::FLOOR)?;
+        let grant = peer.realm.moved_grant("default", &site, default_quota(), now)?;
+        peer.realm
+            .doc
+            .put(&QuotaGrant { seal: atoll_crdt::Seal { rev: 1, ..Default::default() }, ..grant })?;
         peer.realm.doc.commit(now);
         Ok(peer)
     }
@@ -758,21 +767,21 @@ impl Peer {
             }
             Whoami => self.whoami(user),
             Authenticate => Ok(Reply::Authorized { user: user.name.clone() }),
-            CreateUser(n) => self.create_user(now, user, n),
+            CreateUser(n) => self.create_user(now, caller, n),
             ListUsers => self.list_users(user),
-            DeleteUser { name } => self.delete_user(user, &name),
+            DeleteUser { name } => self.delete_user(caller, &name),
             SetPassword { user: name, password_hash, current_checked, key } => {
-                self.set_password(now, user, &name, (password_hash, key), current_checked)
+                self.set_password(now, caller, &name, (password_hash, key), current_checked)
             }
             RevokeTokens { user: name } => self.revoke_tokens(now, user, &name),
-            RevokeRole { user: name, project } => self.revoke_role(user, &name, &project),
-            DeleteProject { project } => return self.delete_project(now, req, user, project, fx),
-            CreateProject(n) => self.create_project(now, user, n),
+            RevokeRole { user: name, project } => self.revoke_role(caller, &name, &project),
+            DeleteProject { project } => return self.delete_project(now, req, caller, project, fx),
+            CreateProject(n) => self.create_project(now, caller, n),
             SetSpread { project, spread } => self.set_spread(user, &project, spread),
             ListProjects => self.list_projects(user),
-            GrantRole(g) => self.grant_role(user, g),
+            GrantRole(g) => self.grant_role(caller, g),
             ListRoles => self.list_roles(user),
-            SetQuota { project, total } => self.set_quota(now, user, &project, total),
+            SetQuota { project, total } => self.set_quota(now, caller, &project, total),
             ShowQuota { project } => self.show_quota(user, &project),
             GiveQuota { project, to, amount } => self.give_quota(now, user, &project, &to, amount),
             UploadRoom { project } => self.upload_room(user, &project),

@@ -73,6 +73,9 @@ pub struct Members {
     /// The realm's first author, whose key the first change names.
     pub founder: Option<Vec<u8>>,
     pub open: bool,
+    /// Check the realm's rules on content (crate::rules); off: the `Rules`
+    /// sabotage.
+    pub rules: bool,
 }
 
 impl Members {
@@ -87,13 +90,7 @@ impl Members {
                 .ok_or("the realm names no founder key")?,
             None => return Err("its author was not a member (never, or no longer)".into()),
         };
-        // Removals are keyed by the key removed (older realms: by site name).
-        let removed = doc.get_at::<Removal>(&key, heads).map_err(read)?.is_some()
-            || doc
-                .get_at::<Removal>(site.as_str(), heads)
-                .map_err(read)?
-                .is_some_and(|r| r.public_key == key);
-        if removed {
+        if (crate::rules::At { doc, heads: Some(heads) }).removed(site, &key)? {
             return Err("its author had been removed".into());
         }
         Ok(key)
@@ -111,7 +108,16 @@ impl Gate for Members {
         let site = SiteId::new(&change.author()).map_err(|_| "its author is not a site name".to_owned())?;
         let key = self.key_at(doc, &site, change.deps)?;
         check_sig(&key, change)?;
-        root_rule(doc, change)
+        root_rule(doc, change)?;
+        // The founder's first change after the genesis writes the first
+        // admin, whom no one could have consented to: it is to the realm's
+        // authority what the genesis is to its layout (automerge takes one
+        // change per author and sequence number, so it cannot be redone).
+        let bootstrap = self.founder.as_deref() == Some(change.actor) && change.change.seq() == 2;
+        if self.rules && !bootstrap && crate::rules::apply_to(doc, change) {
+            crate::rules::check_change(doc, change, &site)?;
+        }
+        Ok(())
     }
 }
 
@@ -160,11 +166,21 @@ impl Refusals {
 
 /// What a tampered member does (`Sabotage::Forge`): in every other site's
 /// document it holds, gives itself quota rights of project `default` from
-/// that site and rewrites its descriptor with a huge capacity; and in its
-/// own, asks every other site, "from admin", for an instance `forged` with
-/// no consent of the admin's. Every other site must refuse all three.
+/// that site and rewrites its descriptor with a huge capacity; in its own,
+/// asks every other site, "from admin", for an instance `forged` with no
+/// consent of the admin's; and into the realm, under its own name, writes a
+/// realm admin `forged-admin` that no realm admin consented to. Every other
+/// site must refuse all four.
 pub(crate) fn forge_rights(peer: &mut crate::Peer) {
     let me = peer.site.clone();
+    let _ = peer.realm.doc.put(&atoll_crdt::User {
+        name: "forged-admin".into(),
+        password_hash: String::new(),
+        realm_admin: true,
+        created_at: 0,
+        key: None,
+        seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
+    });
     let targets: Vec<SiteId> = peer.realm.members().unwrap_or_default().into_iter().map(|m| m.site).collect();
     for (n, target) in targets.into_iter().filter(|t| t != &me).enumerate() {
         let command = serde_json::json!({
@@ -222,7 +238,7 @@ pub(crate) fn verified_realm(bytes: &[u8], site: &SiteId) -> Result<Realm, crate
     let founder = changes.iter().find(|c| c.deps().is_empty()).map(|c| c.actor_id().to_bytes().to_vec());
     let mut doc = Doc::empty(site.as_str().as_bytes());
     let sigs = atoll_crdt::Ledger::parse(&copy.sigs);
-    let received = doc.admit(changes, &sigs, &mut Members { founder, open: false })?;
+    let received = doc.admit(changes, &sigs, &mut Members { founder, open: false, rules: true })?;
     if let Some(r) = received.refused.first() {
         return Err(ApiError::Forbidden(format!(
             "the realm copy holds a change its author did not sign ({} by {}: {})",

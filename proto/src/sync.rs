@@ -291,7 +291,8 @@ impl Peer {
         match id {
             DocId::Realm => {
                 let founder = self.founder();
-                let mut gate = Members { founder, open };
+                let rules = !self.breaks(crate::peer::Sabotage::Rules);
+                let mut gate = Members { founder, open, rules };
                 Some(self.realm.doc.sync_in(state, msg, sigs, &mut gate))
             }
             DocId::Site(owner) => {

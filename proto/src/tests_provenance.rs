@@ -15,7 +15,14 @@ fn forge(net: &mut Net, write: impl FnOnce(&mut Peer)) {
 }
 
 fn user(name: &str) -> User {
-    User { name: name.into(), password_hash: String::new(), realm_admin: true, created_at: 0, key: None }
+    User {
+        name: name.into(),
+        password_hash: String::new(),
+        realm_admin: true,
+        created_at: 0,
+        key: None,
+        seal: Default::default(),
+    }
 }
 
 fn honest_converged(net: &mut Net) {
@@ -65,9 +72,10 @@ fn a_realm_change_signed_with_another_members_name_is_refused() {
     assert!(refused.iter().any(|(_, _, r)| r.why.contains("signature")), "{refused:?}");
     honest_converged(&mut net);
     // The honest sites still agree on what they write next.
-    let admin = net.login(0, "admin", "admin-password");
-    net.call(0, Some(&admin), Command::ShowSite).unwrap();
-    net.peers[1].realm.doc.put(&user("carol")).unwrap();
+    let admin = net.login(1, "admin", "admin-password");
+    let carol =
+        crate::api::NewUser { name: "carol".into(), password: "carol-password".into(), realm_admin: false };
+    net.call(1, Some(&admin), Command::CreateUser(carol)).unwrap();
     net.input(1, Input::Timer(TimerId::Repair));
     net.settle();
     assert!(net.peers[0].realm().user("carol").unwrap().is_some());

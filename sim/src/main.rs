@@ -70,6 +70,8 @@ enum Rule {
     Provenance,
     /// Apply intents without checking their user's consent.
     Consent,
+    /// Take users and role bindings without checking the realm's rules.
+    Rules,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -84,6 +86,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Rebalance => Sabotage::Rebalance,
         Rule::Provenance => Sabotage::Provenance,
         Rule::Consent => Sabotage::Consent,
+        Rule::Rules => Sabotage::Rules,
     })
 }
 

@@ -160,6 +160,10 @@ pub enum Forgery {
     /// victim to create an instance (of its image, in `project`) with no
     /// consent of the user's.
     Intent,
+    /// A realm admin user and an admin role binding for it, in the realm
+    /// under the forger's own name (a change provenance lets through) with
+    /// no realm admin's consent.
+    Admin,
 }
 
 #[derive(Debug, Clone, Deserialize)]

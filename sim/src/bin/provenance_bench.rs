@@ -1,8 +1,9 @@
 //! What change provenance costs (docs/benchmarks.md, "Change provenance"):
 //! signing a change, passing changes through the real gates (a site
 //! document's and the realm's) against an open gate, and the bytes the
-//! signatures add to sync messages; and what a user's consent to an intent
-//! costs to sign and to check (crate atoll_proto::consent).
+//! signatures add to sync messages; what a user's consent to an intent
+//! costs to sign and to check (crate atoll_proto::consent); and what the
+//! realm's rules on users cost on receipt (atoll_proto::rules).
 //!
 //!     cargo build --release -p atoll-sim && ./target/release/provenance-bench [CHANGES]
 
@@ -50,7 +51,8 @@ fn sync_into(from: &mut Doc, gate: &mut dyn Gate) -> (Duration, usize, usize) {
         }
         let back = to.sync_out(&mut s2);
         if let Some((msg, sigs)) = &back {
-            from.sync_in(&mut s1, msg, sigs, &mut Members { founder: None, open: true }).expect("sync back");
+            from.sync_in(&mut s1, msg, sigs, &mut Members { founder: None, open: true, rules: true })
+                .expect("sync back");
         }
         if out.is_none() && back.is_none() {
             break;
@@ -60,7 +62,10 @@ fn sync_into(from: &mut Doc, gate: &mut dyn Gate) -> (Duration, usize, usize) {
     (started.elapsed(), msg_bytes, sig_bytes)
 }
 
-fn best(mut runs: impl FnMut() -> (Duration, usize, usize)) -> (Duration, usize, usize) {
+/// One sync: its time, its message bytes and its signature bytes.
+type Run = (Duration, usize, usize);
+
+fn best(mut runs: impl FnMut() -> Run) -> Run {
     (0..REPEAT).map(|_| runs()).min_by_key(|r| r.0).expect("runs")
 }
 
@@ -89,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     });
 
     // A realm of n changes by its founder (a user created in each).
-    let mut realm = Realm::found(&site, &key_hex, b"bench-nonce", 0)?;
+    let mut realm = Realm::found(&site, &key_hex, b"bench-nonce", atoll_crdt::realm::FIRST_FLOOR, 0)?;
     for i in 0..n {
         realm.doc.put(&User {
             name: format!("u{i}"),
@@ -97,14 +102,17 @@ fn main() -> anyhow::Result<()> {
             realm_admin: false,
             created_at: i as u64,
             key: None,
+            seal: Default::default(),
         })?;
         realm.doc.commit(i as u64 * 1000);
     }
     realm.doc.sign_own(&mut signer(&key));
     let founder = Some(site.as_str().as_bytes().to_vec());
-    let realm_open = best(|| sync_into(&mut realm.doc, &mut Members { founder: None, open: true }));
-    let realm_gated =
-        best(|| sync_into(&mut realm.doc, &mut Members { founder: founder.clone(), open: false }));
+    let realm_open =
+        best(|| sync_into(&mut realm.doc, &mut Members { founder: None, open: true, rules: true }));
+    let realm_gated = best(|| {
+        sync_into(&mut realm.doc, &mut Members { founder: founder.clone(), open: false, rules: true })
+    });
 
     // One change at a time, as a site pushes its writes: a replica in sync
     // gets each new change in its own message.
@@ -130,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             }
             let back = replica.sync_out(&mut s2);
             if let Some((msg, sigs)) = &back {
-                own.sync_in(&mut s1, msg, sigs, &mut Members { founder: None, open: true })?;
+                own.sync_in(&mut s1, msg, sigs, &mut Members { founder: None, open: true, rules: true })?;
             }
             if out.is_none() && back.is_none() {
                 break;
@@ -139,6 +147,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let consent = consent_cost(&mut realm, &site, &key, n)?;
+    let rules = rules_cost(&site, &key, n)?;
 
     println!("changes: {n} per document ({signed} signed), best of {REPEAT} runs");
     println!("sign (ed25519):              {:>8.1} us per change", per_change(sign, signed));
@@ -169,7 +178,76 @@ fn main() -> anyhow::Result<()> {
         per_change(sign, n),
         per_change(check, n)
     );
+    let (without, with, bytes) = rules;
+    println!(
+        "realm rules ({n} users created by an admin): sync through the gate {:.1} us per change without the rules, {:.1} with (+{:.1}); the seal adds {bytes} bytes to a user",
+        per_change(without.0, n),
+        per_change(with.0, n),
+        per_change(with.0.saturating_sub(without.0), n)
+    );
     Ok(())
+}
+
+/// A realm founded at the consent floor where the admin creates `n` users,
+/// each sealed with the admin's consent (as `atoll user create` writes
+/// them), sent to an empty replica through the realm's gate with and
+/// without its rules (atoll_proto::rules); and the seal's size.
+fn rules_cost(site: &SiteId, key: &SigningKey, n: usize) -> anyhow::Result<(Run, Run, usize)> {
+    use atoll_proto::{auth, consent, rules};
+    let key_hex = hex::encode(key.verifying_key().as_bytes());
+    let mut realm = Realm::found(site, &key_hex, b"bench-rules", consent::FLOOR, 0)?;
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let admin_key = auth::new_user_key("bench-password", &mut rng)?;
+    realm.doc.put(&atoll_crdt::Member {
+        site: site.clone(),
+        public_key: key_hex.clone(),
+        region: "eu".into(),
+        operator: "op".into(),
+        joined_at: 0,
+        addrs: Vec::new(),
+        invitation: None,
+        api_cert: None,
+    })?;
+    // The founder's first change writes the first admin (no consent).
+    realm.doc.put(&User {
+        name: "admin".into(),
+        password_hash: String::new(),
+        realm_admin: true,
+        created_at: 0,
+        key: admin_key.record.clone(),
+        seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
+    })?;
+    realm.doc.commit(0);
+    let claims = auth::Claims::new("admin", site, 1, 1 << 40);
+    let token = auth::issue(key, &claims, Some((&admin_key.key, &SigningKey::generate(&mut rng))));
+    let (claims, _) = auth::verify(&realm, &token, 2)?;
+    let session = consent::Session::of(&claims).ok_or_else(|| anyhow::anyhow!("no session"))?;
+    let mut bytes = 0;
+    for i in 0..n {
+        let mut user = User {
+            name: format!("u{i}"),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNo"
+                .into(),
+            realm_admin: false,
+            created_at: 10 + i as u64,
+            key: admin_key.record.clone(),
+            seal: Default::default(),
+        };
+        let plain = serde_json::to_vec(&user)?.len();
+        rules::sign(&session, &mut user, 1, false);
+        bytes = serde_json::to_vec(&user)?.len() - plain;
+        realm.doc.put(&user)?;
+        realm.doc.commit(1000 + i as u64 * 1000);
+    }
+    realm.doc.sign_own(&mut signer(key));
+    let founder = Some(site.as_str().as_bytes().to_vec());
+    let without = best(|| {
+        sync_into(&mut realm.doc, &mut Members { founder: founder.clone(), open: false, rules: false })
+    });
+    let with = best(|| {
+        sync_into(&mut realm.doc, &mut Members { founder: founder.clone(), open: false, rules: true })
+    });
+    Ok((without, with, bytes))
 }
 
 /// A user's consent to `n` intents: signing each with the session key of a
@@ -200,6 +278,7 @@ fn consent_cost(
         realm_admin: false,
         created_at: 0,
         key: ann.record.clone(),
+        seal: Default::default(),
     })?;
     realm.doc.commit(0);
     let claims = auth::Claims::new("ann", site, 1, 1 << 40);

@@ -3,7 +3,7 @@
 //! and delivers them as that member over the simulated network. Checked at
 //! the end: no other site holds any forged change.
 
-use atoll_crdt::{Doc, Intent, Resources, Transfer, User};
+use atoll_crdt::{Doc, Intent, Resources, Role, RoleBinding, Seal, Transfer, User};
 use atoll_proto::api::NewInstance;
 use atoll_proto::{Command, DocId, Outbox, PeerMsg};
 
@@ -19,7 +19,7 @@ impl Sim {
         let victim_id = self.sites[victim].id.clone();
         let forger_id = self.sites[forger].id.clone();
         let (doc_id, key) = match f.what {
-            Forgery::Realm => (DocId::Realm, "realm".to_owned()),
+            Forgery::Realm | Forgery::Admin => (DocId::Realm, "realm".to_owned()),
             Forgery::Intent => (DocId::Site(forger_id.clone()), format!("site/{forger_id}")),
             _ => (DocId::Site(victim_id.clone()), format!("site/{victim_id}")),
         };
@@ -34,7 +34,7 @@ impl Sim {
                 // its own (an intent is the forger's to write; its content is
                 // the lie).
                 let (holder, author) = match f.what {
-                    Forgery::Intent => (forger, &forger_id),
+                    Forgery::Intent | Forgery::Admin => (forger, &forger_id),
                     _ => (victim, &victim_id),
                 };
                 let Some(bytes) = self.sites[holder].store.get(&key) else { return };
@@ -74,12 +74,34 @@ impl Sim {
                             consent: None,
                         })
                     }
+                    Forgery::Admin => {
+                        let name = format!("forged-admin-{}", self.stats.forged);
+                        let seal = Seal { rev: 1, ..Default::default() };
+                        doc.put(&User {
+                            name: name.clone(),
+                            password_hash: String::new(),
+                            realm_admin: true,
+                            created_at: self.now,
+                            key: None,
+                            seal: seal.clone(),
+                        })
+                        .and_then(|()| {
+                            doc.put(&RoleBinding {
+                                user: name,
+                                project: f.project.clone(),
+                                role: Role::Admin,
+                                sites: None,
+                                seal,
+                            })
+                        })
+                    }
                     _ => doc.put(&User {
                         name: format!("forged-by-{forger_id}"),
                         password_hash: String::new(),
                         realm_admin: true,
                         created_at: self.now,
                         key: None,
+                        seal: Default::default(),
                     }),
                 };
                 if written.is_err() {

@@ -1,0 +1,367 @@
+//! The realm's rules on content (docs/architecture.md, "Realm rules on content"): who
+//! may write which user, role binding and quota share, checked by every site on receipt
+//! of a change (the realm's gate, crate::provenance) and by the writing site
+//! before it writes (a change its peers refuse would doom every later change
+//! of its own).
+//!
+//! A user or role binding is a signed, numbered statement: each version
+//! carries a [`Seal`] with its revision (one above the one it replaces), a
+//! retired flag (records are never deleted, so that an old statement cannot
+//! be put back over a deletion) and the consent of the user who wrote it,
+//! their session key's signature over the record's fields. A change that
+//! writes such a record is taken only if, as of its dependencies, the record
+//! follows the one it replaces and its consent verifies for a user allowed
+//! to write it: a realm admin for any user or binding; a user for their own
+//! password and key; a project admin for bindings of their project within
+//! the sites their own binding covers, on a site it covers; a site's share
+//! of a project's quota: the site itself, for a realm admin. Concurrent
+//! versions read as the highest revision (`Entity::VERSIONED`), so a
+//! statement put back with old dependencies loses to the newer one.
+
+use atoll_crdt::realm::floor_at;
+use atoll_crdt::{
+    ChangeHash, Doc, Entity, Incoming, Member, Millis, QuotaGrant, RecordWrite, Removal, Revocation, Role,
+    RoleBinding, Seal, SiteId, User, UserKey,
+};
+use sha2::{Digest, Sha256};
+
+use crate::api::ApiError;
+use crate::consent::{self, Caller, FLOOR};
+use crate::peer::Peer;
+
+/// The collections whose records are signed statements.
+pub const GUARDED: &[&str] = &[User::COLLECTION, RoleBinding::COLLECTION, QuotaGrant::COLLECTION];
+
+/// Longest guarded record read from a change (a user with its consent is
+/// about 1.5 KiB).
+const MAX_RECORD: usize = 8 * 1024;
+
+/// Prefix of what a session key signs for a record: never an intent, a
+/// token or a change.
+const DOMAIN: &[u8] = b"atoll-record-v1\0";
+
+/// A record kept as a signed statement.
+pub trait Sealed: Entity + Clone {
+    fn seal(&self) -> &Seal;
+    fn seal_mut(&mut self) -> &mut Seal;
+    /// What the consent signs: the record's fields in a fixed order (a field
+    /// added later is not signed, so that every release reads the same bytes).
+    fn fields(&self) -> Vec<u8>;
+    /// Whether `signer` (a user, as of the change's dependencies) may write
+    /// `after` over `before` from site `author`; Ok carries the key the
+    /// consent's claims must verify with.
+    fn authority(
+        at: &At<'_>,
+        signer: &User,
+        author: &SiteId,
+        before: Option<&Self>,
+        after: &Self,
+    ) -> Result<UserKey, String>;
+}
+
+pub(crate) fn message<T: Sealed>(record: &T) -> Vec<u8> {
+    let digest = Sha256::digest([T::COLLECTION.as_bytes(), b"\0", &record.fields()].concat());
+    [DOMAIN, digest.as_slice()].concat()
+}
+
+impl Sealed for User {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let key = self.key.as_ref().map(|k| (&k.salt, &k.public));
+        let fields = (
+            &self.name,
+            &self.password_hash,
+            self.realm_admin,
+            self.created_at,
+            key,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    fn authority(
+        _: &At<'_>,
+        signer: &User,
+        _: &SiteId,
+        before: Option<&User>,
+        after: &User,
+    ) -> Result<UserKey, String> {
+        // A user's own password and key, nothing else of their record.
+        let own = signer.name == after.name
+            && before.is_some_and(|b| {
+                !b.seal.retired
+                    && !after.seal.retired
+                    && b.realm_admin == after.realm_admin
+                    && b.created_at == after.created_at
+            });
+        match (own, before.and_then(|b| b.key.clone())) {
+            // A user without a key (from a realm before user keys) records
+            // their first at a login: signed with the new key itself.
+            (true, None) => after.key.clone().ok_or_else(|| format!("user {} has no key", after.name)),
+            // A key change is signed with the key it replaces.
+            (true, Some(old)) => Ok(old),
+            (false, _) if signer.realm_admin => {
+                signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))
+            }
+            (false, _) => Err(format!(
+                "user {} is not a realm admin: only realm admins create users, grant realm admin or \
+                 change another user",
+                signer.name
+            )),
+        }
+    }
+}
+
+impl Sealed for RoleBinding {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let fields = (&self.user, &self.project, self.role, &self.sites, self.seal.rev, self.seal.retired);
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    fn authority(
+        at: &At<'_>,
+        signer: &User,
+        author: &SiteId,
+        before: Option<&RoleBinding>,
+        after: &RoleBinding,
+    ) -> Result<UserKey, String> {
+        let key = signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))?;
+        if signer.realm_admin {
+            return Ok(key);
+        }
+        let own = at.binding(&signer.name, &after.project)?;
+        let project = &after.project;
+        let Some(own) = own.filter(|b| b.role == Role::Admin) else {
+            return Err(format!("user {} is not an admin of project {project}", signer.name));
+        };
+        if own.sites.as_ref().is_some_and(|s| !s.contains(author)) {
+            return Err(format!(
+                "user {} is not an admin of project {project} on site {author}",
+                signer.name
+            ));
+        }
+        let within = |scope: Option<&Vec<SiteId>>| match (&own.sites, scope) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(own), Some(scope)) => scope.iter().all(|s| own.contains(s)),
+        };
+        let before = before.filter(|b| !b.seal.retired);
+        if !within(after.sites.as_ref()) || before.is_some_and(|b| !within(b.sites.as_ref())) {
+            return Err(format!(
+                "user {} is admin of project {project} on some sites only: this binding reaches beyond them",
+                signer.name
+            ));
+        }
+        Ok(key)
+    }
+}
+
+impl Sealed for QuotaGrant {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let t = &self.total;
+        let fields = (
+            &self.project,
+            &self.site,
+            self.steps,
+            (t.instances, t.cpus, t.memory_mib),
+            self.at,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    /// A site's share of a project's total (and so the total) moves only
+    /// by the site itself, for a realm admin.
+    fn authority(
+        _: &At<'_>,
+        signer: &User,
+        author: &SiteId,
+        _: Option<&QuotaGrant>,
+        after: &QuotaGrant,
+    ) -> Result<UserKey, String> {
+        if &after.site != author {
+            return Err(format!("it is {}'s share, written by {author}", after.site));
+        }
+        if !signer.realm_admin {
+            return Err(format!(
+                "user {} is not a realm admin: only realm admins set quota totals",
+                signer.name
+            ));
+        }
+        signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))
+    }
+}
+
+/// The realm as of some heads (None: as it is now): what a rule reads.
+pub struct At<'a> {
+    pub doc: &'a Doc,
+    pub heads: Option<&'a [ChangeHash]>,
+}
+
+impl At<'_> {
+    fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, String> {
+        match self.heads {
+            Some(heads) => self.doc.get_at(key, heads),
+            None => self.doc.get(key),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// A user, unless retired.
+    pub fn user(&self, name: &str) -> Result<Option<User>, String> {
+        Ok(self.get::<User>(name)?.filter(|u| !u.seal.retired))
+    }
+
+    pub fn binding(&self, user: &str, project: &str) -> Result<Option<RoleBinding>, String> {
+        Ok(self.get::<RoleBinding>(&format!("{user}/{project}"))?.filter(|b| !b.seal.retired))
+    }
+
+    /// Whether `site` is a member (its record, and no removal of its key).
+    pub fn member(&self, site: &SiteId) -> Result<bool, String> {
+        let Some(m) = self.get::<Member>(site.as_str())? else { return Ok(false) };
+        Ok(!self.removed(site, &m.public_key)?)
+    }
+
+    /// Whether the key of `site` was removed (keyed by the key; realms
+    /// before that keyed removals by site name).
+    pub fn removed(&self, site: &SiteId, key: &str) -> Result<bool, String> {
+        Ok(self.get::<Removal>(key)?.is_some()
+            || self.get::<Removal>(site.as_str())?.is_some_and(|r| r.public_key == key))
+    }
+
+    fn revoked_before(&self, user: &str) -> Result<Option<Millis>, String> {
+        if !self.doc.has_collection(Revocation::COLLECTION) {
+            return Ok(None);
+        }
+        Ok(self.get::<Revocation>(&Revocation::user_key(user))?.map(|r| r.at))
+    }
+}
+
+/// Whether `after` may replace `before` when written by site `author`, as
+/// of `at`: it follows it, and its consent verifies for a user allowed to
+/// write it.
+pub fn judge<T: Sealed>(at: &At<'_>, author: &SiteId, before: Option<&T>, after: &T) -> Result<(), String> {
+    let (from, to) = (before.map_or(0, |b| b.seal().rev), after.seal().rev);
+    if to <= from {
+        return Err(format!("its revision {to} does not follow {from}"));
+    }
+    let consent = after.seal().consent.as_ref().ok_or("it carries no user's consent")?;
+    let claims = consent::claims_of(consent)?;
+    let signer =
+        at.user(&claims.user)?.ok_or_else(|| format!("its consent is of {}, no user", claims.user))?;
+    let key = T::authority(at, &signer, author, before, after)?;
+    crate::auth::check_user_sig(&claims, &key).map_err(|why| format!("its consent: {why}"))?;
+    if claims.issued_at < signer.created_at {
+        return Err("its consent's token was issued before its user was created".into());
+    }
+    if !at.member(&claims.site)? {
+        return Err(format!("its consent's token was issued by {}, not a member", claims.site));
+    }
+    if at.revoked_before(&signer.name)?.is_some_and(|t| claims.issued_at <= t) {
+        return Err("its consent's token was revoked".into());
+    }
+    consent::check_session_sig(&claims, consent, &message(after)).map_err(|why| format!("its consent: {why}"))
+}
+
+/// Whether the realm's rules apply to a change: from the consent floor on,
+/// as of its dependencies or as this site holds the realm now (a change
+/// dated back to before an upgrade is judged by the rules all the same).
+pub fn apply_to(doc: &Doc, change: &Incoming<'_>) -> bool {
+    let now = doc.root_values(atoll_crdt::realm::FLOOR).unwrap_or_default();
+    let now = now.iter().filter_map(|v| v.as_u64()).max().unwrap_or(atoll_crdt::realm::FIRST_FLOOR);
+    now >= FLOOR || floor_at(doc, change.deps) >= FLOOR
+}
+
+/// The rules for one incoming realm change by `author`.
+pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result<(), String> {
+    let at = At { doc, heads: Some(change.deps) };
+    for w in change.record_writes(doc, GUARDED).map_err(|e| e.to_string())? {
+        let RecordWrite { collection, key, put } = w;
+        let Some(bytes) = put else {
+            return Err(format!(
+                "it deletes or edits in place {collection} record {key:?} (such records are retired, never \
+                 deleted, and written whole)"
+            ));
+        };
+        if bytes.len() > MAX_RECORD {
+            return Err(format!("its {collection} record {key:?} is too large"));
+        }
+        let judged = match collection {
+            User::COLLECTION => one::<User>(&at, author, &key, &bytes),
+            RoleBinding::COLLECTION => one::<RoleBinding>(&at, author, &key, &bytes),
+            _ => one::<QuotaGrant>(&at, author, &key, &bytes),
+        };
+        judged.map_err(|why| format!("{collection} record {key:?}: {why}"))?;
+    }
+    Ok(())
+}
+
+fn one<T: Sealed>(at: &At<'_>, author: &SiteId, key: &str, bytes: &[u8]) -> Result<(), String> {
+    let after: T = serde_json::from_slice(bytes).map_err(|e| format!("unreadable ({e})"))?;
+    if after.key() != key {
+        return Err(format!("it is stored under another record's key ({})", after.key()));
+    }
+    let before = at.get::<T>(key)?;
+    judge(at, author, before.as_ref(), &after)
+}
+
+/// Seals `record` as `session`'s user's statement at revision `rev`.
+pub fn sign<T: Sealed>(session: &crate::consent::Session, record: &mut T, rev: u64, retired: bool) {
+    *record.seal_mut() = Seal { rev, retired, consent: None };
+    let consent = session.sign_message(&message(record));
+    record.seal_mut().consent = Some(consent);
+}
+
+impl Peer {
+    /// Writes a user or role binding as `caller`'s signed statement: one
+    /// revision above the one it replaces, with their consent, after the
+    /// check every other site makes on receipt. `retire`: the record is
+    /// taken back (a deletion) rather than written.
+    pub(crate) fn write_sealed<T: Sealed>(
+        &mut self,
+        caller: &Caller,
+        mut record: T,
+        retire: bool,
+    ) -> Result<T, ApiError> {
+        let before = self.realm.doc.get::<T>(&record.key())?;
+        let rev = before.as_ref().map_or(0, |b| b.seal().rev) + 1;
+        if self.realm.floor() < FLOOR {
+            // Sites of the release before rules read no seals: a deletion
+            // is a deletion, and no consent is asked.
+            if retire {
+                self.realm.doc.delete::<T>(&record.key())?;
+            } else {
+                *record.seal_mut() = Seal { rev, retired: false, consent: None };
+                self.realm.doc.put(&record)?;
+            }
+            return Ok(record);
+        }
+        let session = caller.session.as_ref().ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "user {}'s token carries no session key, which signs realm changes: log in again",
+                caller.user.name
+            ))
+        })?;
+        sign(session, &mut record, rev, retire);
+        judge(&At { doc: &self.realm.doc, heads: None }, &self.site, before.as_ref(), &record)
+            .map_err(|why| ApiError::Forbidden(format!("the realm's rules refuse this: {why}")))?;
+        self.realm.doc.put(&record)?;
+        Ok(record)
+    }
+}

@@ -464,12 +464,23 @@ pub struct Image {
     pub visibility: Visibility,
     pub created_by: String,
     pub created_at: Millis,
+    /// Written with a project member's consent (docs/architecture.md,
+    /// "Realm rules on content"): no member swaps the digest under a name.
+    #[serde(default, skip_serializing_if = "Seal::is_blank")]
+    pub seal: Seal,
 }
 
 impl Entity for Image {
     const COLLECTION: &'static str = "images";
+    /// Written whole, as a signed statement (the release before rules wrote
+    /// a map of fields; those still read).
+    const PACKED: bool = true;
+    const VERSIONED: bool = true;
     fn key(&self) -> String {
         format!("{}/{}", self.project, self.name)
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
     }
 }
 

@@ -152,8 +152,17 @@ impl Realm {
         Ok(self.doc.get::<RoleBinding>(&format!("{user}/{project}"))?.filter(|b| !b.seal.retired))
     }
 
+    /// A catalog entry, unless retired (removed).
     pub fn image(&self, project: &str, name: &str) -> Result<Option<Image>, DocError> {
-        self.doc.get(&format!("{project}/{name}"))
+        Ok(self.doc.get::<Image>(&format!("{project}/{name}"))?.filter(|i| !i.seal.retired))
+    }
+
+    /// The catalog entries not retired whose key (`project/name`) starts
+    /// with `prefix`.
+    pub fn images(&self, prefix: &str) -> Result<Vec<Image>, DocError> {
+        let mut images: Vec<Image> = self.doc.list_prefix(prefix)?;
+        images.retain(|i| !i.seal.retired);
+        Ok(images)
     }
 
     /// Whether a token of `user` issued at `issued_at`, whose SHA-256 is

@@ -355,6 +355,7 @@ mod tests {
             visibility: atoll_crdt::Visibility::Private,
             created_by: "u".into(),
             created_at: 0,
+            seal: Default::default(),
         };
         (image, chunks)
     }

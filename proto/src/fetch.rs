@@ -85,7 +85,7 @@ impl Peer {
         fx: &mut impl Effects,
     ) {
         self.fetching.remove(digest);
-        let images: Vec<Image> = self.realm.doc.list::<Image>().unwrap_or_default();
+        let images: Vec<Image> = self.realm.images("").unwrap_or_default();
         let image = images.iter().find(|i| i.digest == digest).cloned();
         let result = match (result, image) {
             (Ok(()), Some(image)) => self.hold(now, &image).map(|()| image),

@@ -486,7 +486,7 @@ impl Peer {
         if let Purpose::Unused(what) = &purpose {
             let removed = check_unused(what, &parts).and_then(|()| match what {
                 Use::Project(project) => self.remove_project(&caller, project),
-                Use::Image { project, name } => self.remove_image(project, name),
+                Use::Image { project, name } => self.remove_image(&caller, project, name),
             });
             return Outcome::Now(removed);
         }

@@ -5,7 +5,7 @@
 //! record ([`Revocation`]) that every site checks once it has heard of it:
 //! a revocation reaches a site when the realm change does, like any write.
 
-use atoll_crdt::{Entity, Image, Millis, Project, Revocation, Role, User};
+use atoll_crdt::{Entity, Millis, Project, Revocation, Role, User};
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth::{self, Claims};
@@ -149,13 +149,8 @@ impl Peer {
             if self.realm.project(&project)?.is_none() {
                 return Err(ApiError::NotFound(format!("no project {project}")));
             }
-            let images: Vec<String> = self
-                .realm
-                .doc
-                .list_prefix::<Image>(&format!("{project}/"))?
-                .into_iter()
-                .map(|i| i.name)
-                .collect();
+            let images: Vec<String> =
+                self.realm.images(&format!("{project}/"))?.into_iter().map(|i| i.name).collect();
             if !images.is_empty() {
                 return Err(ApiError::Conflict(format!(
                     "project {project} still has images: {}; remove them first",

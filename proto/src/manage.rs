@@ -222,8 +222,7 @@ impl Peer {
             .ok_or_else(|| ApiError::NotFound(format!("no project {project}")))?;
         let used: u64 = self
             .realm
-            .doc
-            .list_prefix::<Image>(&format!("{project}/"))?
+            .images(&format!("{project}/"))?
             .iter()
             .filter(|i| i.project == project)
             .fold(0u64, |sum, i| sum.saturating_add(i.size));
@@ -409,7 +408,8 @@ impl Peer {
         }))
     }
 
-    pub(crate) fn register_image(&mut self, now: Millis, caller: &User, n: NewImage) -> ApiResult {
+    pub(crate) fn register_image(&mut self, now: Millis, by: &Caller, n: NewImage) -> ApiResult {
+        let caller = &by.user;
         check_name("image", &n.name)?;
         self.project_exists(&n.project)?;
         auth::require(&self.realm, caller, &n.project, Role::Member, &self.site)?;
@@ -435,8 +435,9 @@ impl Peer {
             visibility: n.visibility,
             created_by: caller.name.clone(),
             created_at: now,
+            seal: Default::default(),
         };
-        self.realm.doc.put(&image)?;
+        let image = self.write_sealed(by, image, false)?;
         self.hold(now, &image)?;
         self.image_view(image)
     }
@@ -451,7 +452,7 @@ impl Peer {
 
     fn image_view(&self, image: Image) -> ApiResult {
         let holders = self.realm.holders(&image.digest)?;
-        Ok(Reply::Image(ImageView { image, holders }))
+        Ok(Reply::Image(ImageView { image: Image { seal: Default::default(), ..image }, holders }))
     }
 
     fn can_read_image(&self, caller: &User, image: &Image) -> Result<bool, ApiError> {
@@ -461,10 +462,10 @@ impl Peer {
 
     pub(crate) fn list_images(&self, caller: &User) -> ApiResult {
         let mut out = Vec::new();
-        for image in self.realm.doc.list::<Image>()? {
+        for image in self.realm.images("")? {
             if self.can_read_image(caller, &image)? {
                 let holders = self.realm.holders(&image.digest)?;
-                out.push(ImageView { image, holders });
+                out.push(ImageView { image: Image { seal: Default::default(), ..image }, holders });
             }
         }
         Ok(Reply::Images(out))
@@ -484,39 +485,34 @@ impl Peer {
         &mut self,
         now: Millis,
         req: ReqId,
-        caller: &User,
+        by: &Caller,
         project: String,
         name: String,
         fx: &mut impl Effects,
     ) -> Outcome {
-        let checked = auth::require(&self.realm, caller, &project, Role::Admin, &self.site).and_then(|()| {
-            match self.realm.image(&project, &name)? {
+        let checked =
+            auth::require(&self.realm, &by.user, &project, Role::Admin, &self.site).and_then(|()| match self
+                .realm
+                .image(&project, &name)?
+            {
                 Some(_) => Ok(()),
                 None => Err(ApiError::NotFound(format!("no image {project}/{name}"))),
-            }
-        });
+            });
         if let Err(e) = checked {
             return Outcome::Now(Err(e));
         }
-        self.gather(
-            now,
-            req,
-            &Caller::user(caller.clone()),
-            None,
-            Purpose::Unused(Use::Image { project, name }),
-            fx,
-        )
+        self.gather(now, req, by, None, Purpose::Unused(Use::Image { project, name }), fx)
     }
 
     /// Removes an image no instance uses (checked by the caller).
-    pub(crate) fn remove_image(&mut self, project: &str, name: &str) -> ApiResult {
+    pub(crate) fn remove_image(&mut self, by: &Caller, project: &str, name: &str) -> ApiResult {
         let image = self
             .realm
             .image(project, name)?
             .ok_or_else(|| ApiError::NotFound(format!("no image {project}/{name}")))?;
         let key = format!("{project}/{name}");
-        self.realm.doc.delete::<Image>(&key)?;
-        let others: Vec<Image> = self.realm.doc.list::<Image>()?;
+        self.write_sealed(by, image.clone(), true)?;
+        let others: Vec<Image> = self.realm.images("")?;
         let digest_unused = !others.iter().any(|i| i.digest == image.digest);
         if digest_unused {
             self.own.doc.delete::<Replica>(&image.digest)?;

@@ -1,5 +1,5 @@
 //! The realm's rules on content (docs/architecture.md, "Realm rules on content"): who
-//! may write which user, role binding and quota share, checked by every site on receipt
+//! may write which user, role binding, quota share and catalog entry, checked by every site on receipt
 //! of a change (the realm's gate, crate::provenance) and by the writing site
 //! before it writes (a change its peers refuse would doom every later change
 //! of its own).
@@ -14,14 +14,15 @@
 //! to write it: a realm admin for any user or binding; a user for their own
 //! password and key; a project admin for bindings of their project within
 //! the sites their own binding covers, on a site it covers; a site's share
-//! of a project's quota: the site itself, for a realm admin. Concurrent
-//! versions read as the highest revision (`Entity::VERSIONED`), so a
+//! of a project's quota: the site itself, for a realm admin; an image: a
+//! project member registers one, a project admin changes or removes it.
+//! Concurrent versions read as the highest revision (`Entity::VERSIONED`), so a
 //! statement put back with old dependencies loses to the newer one.
 
 use atoll_crdt::realm::floor_at;
 use atoll_crdt::{
-    ChangeHash, Doc, Entity, Incoming, Member, Millis, QuotaGrant, RecordWrite, Removal, Revocation, Role,
-    RoleBinding, Seal, SiteId, User, UserKey,
+    ChangeHash, Doc, Entity, Image, Incoming, Member, Millis, QuotaGrant, RecordWrite, Removal, Revocation,
+    Role, RoleBinding, Seal, SiteId, User, UserKey,
 };
 use sha2::{Digest, Sha256};
 
@@ -30,11 +31,8 @@ use crate::consent::{self, Caller, FLOOR};
 use crate::peer::Peer;
 
 /// The collections whose records are signed statements.
-pub const GUARDED: &[&str] = &[User::COLLECTION, RoleBinding::COLLECTION, QuotaGrant::COLLECTION];
-
-/// Longest guarded record read from a change (a user with its consent is
-/// about 1.5 KiB).
-const MAX_RECORD: usize = 8 * 1024;
+pub const GUARDED: &[&str] =
+    &[User::COLLECTION, RoleBinding::COLLECTION, QuotaGrant::COLLECTION, Image::COLLECTION];
 
 /// Prefix of what a session key signs for a record: never an intent, a
 /// token or a change.
@@ -208,6 +206,61 @@ impl Sealed for QuotaGrant {
     }
 }
 
+impl Sealed for Image {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let content = (&self.digest, self.size, self.format, self.chunk_size, &self.chunks);
+        let fields = (
+            &self.project,
+            &self.name,
+            content,
+            self.visibility,
+            &self.created_by,
+            self.created_at,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    /// A project member (on the writing site) registers an image under their
+    /// own name; anything else of a catalog entry, its removal included, is
+    /// a project admin's.
+    fn authority(
+        at: &At<'_>,
+        signer: &User,
+        author: &SiteId,
+        before: Option<&Image>,
+        after: &Image,
+    ) -> Result<UserKey, String> {
+        let key = signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))?;
+        if signer.realm_admin {
+            return Ok(key);
+        }
+        let project = &after.project;
+        let creation = before.is_none_or(|b| b.seal.retired) && !after.seal.retired;
+        let need = if creation { Role::Member } else { Role::Admin };
+        let role = at
+            .binding(&signer.name, project)?
+            .filter(|b| b.sites.as_ref().is_none_or(|s| s.contains(author)))
+            .map(|b| b.role);
+        if role.is_none_or(|r| r < need) {
+            return Err(format!(
+                "user {} is not {need:?} of project {project} on site {author}",
+                signer.name
+            ));
+        }
+        if creation && after.created_by != signer.name {
+            return Err(format!("it names {} as its creator, not {}", after.created_by, signer.name));
+        }
+        Ok(key)
+    }
+}
+
 /// The realm as of some heads (None: as it is now): what a rule reads.
 pub struct At<'a> {
     pub doc: &'a Doc,
@@ -299,13 +352,11 @@ pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result
                  deleted, and written whole)"
             ));
         };
-        if bytes.len() > MAX_RECORD {
-            return Err(format!("its {collection} record {key:?} is too large"));
-        }
         let judged = match collection {
             User::COLLECTION => one::<User>(&at, author, &key, &bytes),
             RoleBinding::COLLECTION => one::<RoleBinding>(&at, author, &key, &bytes),
-            _ => one::<QuotaGrant>(&at, author, &key, &bytes),
+            QuotaGrant::COLLECTION => one::<QuotaGrant>(&at, author, &key, &bytes),
+            _ => one::<Image>(&at, author, &key, &bytes),
         };
         judged.map_err(|why| format!("{collection} record {key:?}: {why}"))?;
     }

@@ -2,7 +2,7 @@
 //! (crate::rules): under its own name and signed with its own key, so that
 //! provenance lets each change through; the realm's rules must refuse it.
 
-use atoll_crdt::{QuotaGrant, Resources, Role, RoleBinding, Seal, User};
+use atoll_crdt::{Image, QuotaGrant, Resources, Role, RoleBinding, Seal, User};
 
 use crate::api::{Grant, NewUser};
 use crate::consent::Session;
@@ -198,4 +198,35 @@ fn a_quota_share_needs_a_realm_admin_and_its_own_site() {
     forge(&mut net, |p| p.realm.doc.put(&theirs).unwrap());
     assert_eq!(net.peers[0].realm().quota_total("default").unwrap(), total, "s2 moved s0's share");
     refusal(&mut net, "s0's share, written by s2");
+}
+
+/// Three sites with image `default/web` registered by the admin on s0, and
+/// the same entry with another digest, one revision up, unsigned.
+fn with_image() -> (Net, Session, Image, Image) {
+    let (mut net, admin, bob) = setup();
+    net.call(0, Some(&admin), Command::RegisterImage(crate::tests::image("default", "web"))).unwrap();
+    net.settle();
+    let honest = net.peers[2].realm().image("default", "web").unwrap().unwrap();
+    assert!(honest.seal.consent.is_some(), "a registered image carries its uploader's consent");
+    let mut swapped = honest.clone();
+    swapped.digest = format!("sha256:{}", "e".repeat(64));
+    swapped.seal = Seal { rev: honest.seal.rev + 1, ..Default::default() };
+    (net, bob, honest, swapped)
+}
+
+#[test]
+fn a_member_cannot_swap_an_image_under_its_name() {
+    let (mut net, _, honest, swapped) = with_image();
+    forge(&mut net, |p| p.realm.doc.put(&swapped).unwrap());
+    assert_eq!(net.peers[0].realm().image("default", "web").unwrap().unwrap().digest, honest.digest);
+    refusal(&mut net, "no user's consent");
+}
+
+#[test]
+fn a_project_member_cannot_change_an_image() {
+    let (mut net, bob, honest, swapped) = with_image();
+    let by_bob = signed(&bob, swapped);
+    forge(&mut net, |p| p.realm.doc.put(&by_bob).unwrap());
+    assert_eq!(net.peers[0].realm().image("default", "web").unwrap().unwrap().digest, honest.digest);
+    refusal(&mut net, "is not Admin of project default");
 }

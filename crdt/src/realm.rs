@@ -5,6 +5,7 @@ use crate::doc::{Doc, DocError};
 use crate::entity::{
     Image, Member, Project, QuotaGrant, Removal, Resources, Revocation, RoleBinding, SiteId, User,
 };
+use crate::flavor::Flavor;
 use crate::intent::Holder;
 use crate::{Entity, Millis};
 
@@ -21,13 +22,15 @@ const COLLECTIONS: &[&str] = &[
     Removal::COLLECTION,
     // Added later: not required of a saved realm.
     Revocation::COLLECTION,
+    Flavor::COLLECTION,
 ];
 
 /// The collections a saved realm must have: realms founded before token
 /// revocation have no `revocations` map, and no site may add one later (two
 /// sites adding it concurrently would create two maps, one hiding the other),
 /// so such a realm reads as having no revocations and refuses to record one.
-const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 1).0;
+/// The same holds for flavors.
+const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 2).0;
 
 /// Root key of the founder's public key, written in the realm's first change.
 pub const FOUNDER: &str = "founder";
@@ -163,6 +166,21 @@ impl Realm {
         let mut images: Vec<Image> = self.doc.list_prefix(prefix)?;
         images.retain(|i| !i.seal.retired);
         Ok(images)
+    }
+
+    /// The flavor catalog, by name (empty in a realm founded before flavors).
+    pub fn flavors(&self) -> Result<Vec<Flavor>, DocError> {
+        if !self.doc.has_collection(Flavor::COLLECTION) {
+            return Ok(Vec::new());
+        }
+        self.doc.list()
+    }
+
+    pub fn flavor(&self, name: &str) -> Result<Option<Flavor>, DocError> {
+        if !self.doc.has_collection(Flavor::COLLECTION) {
+            return Ok(None);
+        }
+        self.doc.get(name)
     }
 
     /// Whether a token of `user` issued at `issued_at`, whose SHA-256 is

@@ -166,6 +166,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         uploads: Arc::new(tokio::sync::Mutex::new(())),
         logins: Default::default(),
         exporter: Default::default(),
+        scheme,
     };
     tokio::spawn(async move {
         shutdown_signal().await;

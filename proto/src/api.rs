@@ -348,6 +348,27 @@ pub enum Command {
         #[serde(default)]
         ttl_secs: Option<u64>,
     },
+    /// Adds a named instance size to the realm's catalog (realm admins).
+    CreateFlavor(NewFlavor),
+    ListFlavors,
+    DeleteFlavor {
+        name: String,
+    },
+}
+
+/// A flavor to add (crdt::flavor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFlavor {
+    #[schemars(length(min = 1, max = 63), pattern(atoll_crdt::NAME_PATTERN))]
+    pub name: String,
+    #[schemars(range(min = 1, max = MAX_CPUS))]
+    pub cpus: i64,
+    #[schemars(range(min = 1, max = MAX_MEMORY_MIB))]
+    pub memory_mib: i64,
+    #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_DISK_MIB))]
+    pub disk_mib: i64,
 }
 
 pub fn default_wait() -> u64 {
@@ -554,6 +575,8 @@ pub enum Reply {
     },
     Removed(Removed),
     Revoked(Revoked),
+    Flavor(atoll_crdt::Flavor),
+    Flavors(Vec<atoll_crdt::Flavor>),
 }
 
 impl Reply {

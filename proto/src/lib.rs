@@ -11,6 +11,7 @@ pub mod blob;
 pub mod consent;
 pub mod driver;
 mod fetch;
+mod flavors;
 pub mod gather;
 mod identity;
 pub mod intents;

@@ -256,3 +256,29 @@ fn a_site_scoped_admin_grants_and_revokes_within_her_sites_only() {
     assert_eq!(net.peers[0].realm().role("carol", "default").unwrap().unwrap().sites, Some(vec![s0]));
     ok(net.call(0, Some(&admin), grant("dave", Role::Admin, None)));
 }
+
+#[test]
+fn realm_admins_keep_the_flavor_catalog_that_every_site_reads() {
+    let (mut net, admin, bob) = setup();
+    let tiny = crate::api::NewFlavor { name: "m1.tiny".into(), cpus: 1, memory_mib: 512, disk_mib: 1024 };
+    let e = refused(net.call(0, Some(&bob), Command::CreateFlavor(tiny.clone())));
+    assert_eq!(e.status(), 403, "{e}");
+    ok(net.call(0, Some(&admin), Command::CreateFlavor(tiny.clone())));
+    net.settle();
+    let e = refused(net.call(1, Some(&admin), Command::CreateFlavor(tiny.clone())));
+    assert!(e.to_string().contains("exists"), "{e}");
+    let huge = crate::api::NewFlavor { cpus: 0, name: "zero".into(), ..tiny };
+    assert_eq!(refused(net.call(0, Some(&admin), Command::CreateFlavor(huge))).status(), 400);
+    net.settle();
+    match ok(net.call(2, Some(&bob), Command::ListFlavors)) {
+        Reply::Flavors(f) => assert_eq!(f.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["m1.tiny"]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        refused(net.call(2, Some(&bob), Command::DeleteFlavor { name: "m1.tiny".into() })).status(),
+        403
+    );
+    ok(net.call(2, Some(&admin), Command::DeleteFlavor { name: "m1.tiny".into() }));
+    net.settle();
+    assert!(matches!(ok(net.call(0, Some(&bob), Command::ListFlavors)), Reply::Flavors(f) if f.is_empty()));
+}

@@ -5,6 +5,7 @@ mod dashboard;
 mod identity;
 mod login;
 mod openapi;
+mod openstack;
 mod prometheus;
 pub mod tls;
 mod upload;
@@ -35,7 +36,7 @@ use crate::store::Store;
 /// Largest JSON body accepted.
 pub const MAX_JSON: usize = 64 << 10;
 /// Largest log tail returned at once.
-const MAX_LOG_TAIL: u64 = 4 << 20;
+pub(crate) const MAX_LOG_TAIL: u64 = 4 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -53,6 +54,9 @@ pub struct AppState {
     pub logins: login::Guard,
     /// The API latency series behind `/metrics`.
     pub exporter: prometheus::Exporter,
+    /// `http` or `https`: how clients reach this API (the OpenStack catalog
+    /// points back at it).
+    pub scheme: &'static str,
 }
 
 /// The address of the client of a request, over plain HTTP or HTTPS (failed
@@ -761,29 +765,42 @@ async fn logs(
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
     let q = query(q)?;
-    let tail = q.tail.min(MAX_LOG_TAIL);
+    let bytes = read_logs(&s, bearer(&h), q.site, project, name, q.tail).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+/// The last `tail` bytes (at most 4 MiB) of an instance's output, read
+/// here when it runs here, else asked of its site.
+pub(crate) async fn read_logs(
+    s: &AppState,
+    token: Option<String>,
+    site: Option<atoll_crdt::SiteId>,
+    project: String,
+    name: String,
+    tail: u64,
+) -> Result<Vec<u8>, Failure> {
+    let tail = tail.min(MAX_LOG_TAIL);
     let find = Command::Anywhere {
-        site: q.site,
+        site,
         wait_ms: atoll_proto::api::default_wait(),
         then: Box::new(Command::ShowInstance { project, name }),
     };
-    let Reply::Instance(inst) = s.client.call(bearer(&h), find).await? else {
+    let Reply::Instance(inst) = s.client.call(token, find).await? else {
         return Err(Failure(ApiError::Internal("unexpected reply".into())));
     };
     let key = format!("{}/{}", inst.project, inst.name);
-    let bytes = if inst.site == s.site {
+    if inst.site == s.site {
         let driver = s.drivers.get(inst.kind).ok_or_else(|| ApiError::Unsupported {
             site: inst.site.clone(),
             kind: inst.kind,
             why: "no driver".into(),
         })?;
-        driver.logs(&key, tail).await.map_err(|e| ApiError::Internal(e.to_string()))?
+        Ok(driver.logs(&key, tail).await.map_err(|e| ApiError::Internal(e.to_string()))?)
     } else {
         let tail = tail.min(atoll_proto::wire::MAX_REMOTE_LOG);
         let request = atoll_proto::wire::LogsRequest { project: inst.project, name: inst.name, tail };
-        s.client.remote_logs(inst.site, request).await?
-    };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+        Ok(s.client.remote_logs(inst.site, request).await?)
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -803,6 +820,7 @@ pub fn router(state: AppState) -> Router {
     }
     // Inside the routing, where the matched route's template is known.
     r = r.layer(axum::middleware::from_fn_with_state(state.clone(), prometheus::observe));
+    r = r.merge(openstack::routes().layer(DefaultBodyLimit::max(MAX_JSON)));
     r = r.merge(dashboard::routes());
     r.fallback(|| async { Failure(ApiError::NotFound("no such API route; see /v1/openapi.json".into())) })
         .method_not_allowed_fallback(|| async {

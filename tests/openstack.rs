@@ -37,20 +37,22 @@ fn the_openstack_client_and_sdk_drive_every_site_through_one_peer() {
     let c = Daemon::join(root.path(), "site-c", &a.invite("site-c"), &a.password);
     assert!(eventually(Duration::from_secs(30), || a.reaches(3)), "site-a does not reach every site");
     let image = process_image(root.path(), "hello", "echo hello from atoll\nexec sleep 600\n");
-    a.cli().ok(&["image", "add", image.to_str().unwrap(), "--name", "hello"]);
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/openstack/session.py");
     let auth_url = format!("{}/v3", a.endpoint);
     let out = Command::new(&python)
         .arg(&script)
-        .args([&auth_url, &a.password, "hello", &a.site, &c.site, &b.site])
+        .args([&auth_url, &a.password, image.to_str().unwrap(), &a.site, &c.site, &b.site])
         .output()
         .expect("run the OpenStack session");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the OpenStack session failed:\n{said}");
     println!("{said}");
-    // What the clients did happened: the servers they deleted are gone
-    // from every site, as Atoll's own CLI sees it.
+    // What the clients did happened, as Atoll's own CLI sees it: the image
+    // uploaded through Glance, then fetched by the sites that booted it, and
+    // the servers deleted gone from every site.
+    let shown = a.cli().json(&["image", "show", "hello"]);
+    assert_eq!(shown["holders"], serde_json::json!(["site-a", "site-b", "site-c"]), "{shown}");
     let listed = a.cli().json(&["instance", "list"]);
     assert_eq!(listed["instances"].as_array().map(Vec::len), Some(0), "{listed}");
 }

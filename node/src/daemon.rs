@@ -167,6 +167,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         logins: Default::default(),
         exporter: Default::default(),
         scheme,
+        glance: Default::default(),
     };
     tokio::spawn(async move {
         shutdown_signal().await;

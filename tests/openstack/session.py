@@ -2,7 +2,8 @@
 
 Run by tests/openstack.rs: the `openstack` command of python-openstackclient
 (next to this Python), then the same flow through openstacksdk. Arguments:
-AUTH_URL ADMIN_PASSWORD IMAGE HOME_REGION FAR_REGION OTHER_REGION.
+AUTH_URL ADMIN_PASSWORD IMAGE_FILE HOME_REGION FAR_REGION OTHER_REGION
+(IMAGE_FILE: a process image, Atoll's tar with a manifest).
 Exits non-zero, saying which step failed, at the first surprise.
 """
 
@@ -14,7 +15,8 @@ import time
 
 import openstack
 
-auth_url, password, image, home, far, other = sys.argv[1:7]
+auth_url, password, image_file, home, far, other = sys.argv[1:7]
+image = "hello"
 cli = os.path.join(os.path.dirname(sys.executable), "openstack")
 env = dict(
     os.environ,
@@ -66,7 +68,8 @@ step("flavor")
 run("flavor", "create", "--vcpus", "1", "--ram", "64", "--disk", "0", "m1.tiny")
 assert any(f["Name"] == "m1.tiny" for f in js("flavor", "list")), "m1.tiny not listed"
 
-step("the image, held by the home site")
+step("image upload on the home region; the peer computes its digest")
+run("image", "create", "--file", image_file, "--disk-format", "raw", "--container-format", "ova", image, region=home)
 shown = js("image", "show", image, region=home)
 assert shown["status"] == "active" and home in shown["properties"]["stores"], shown
 
@@ -119,6 +122,9 @@ conn = openstack.connect(
     project_domain_name="Default",
     region_name=other,
 )
+uploaded = conn.image.create_image("sdk-image", filename=image_file, disk_format="raw", container_format="ova")
+assert "sdk-image" in [i.name for i in conn.image.images()], "the sdk's upload is not listed"
+conn.image.delete_image(uploaded)
 img = conn.image.find_image(image, ignore_missing=False)
 flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
 srv = conn.compute.create_server(name="sdk", image_id=img.id, flavor_id=flavor.id)

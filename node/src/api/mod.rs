@@ -8,7 +8,7 @@ mod openapi;
 mod openstack;
 mod prometheus;
 pub mod tls;
-mod upload;
+pub(crate) mod upload;
 
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ pub struct AppState {
     /// `http` or `https`: how clients reach this API (the OpenStack catalog
     /// points back at it).
     pub scheme: &'static str,
+    /// Images named through Glance whose bytes have not come yet.
+    pub glance: openstack::Queued,
 }
 
 /// The address of the client of a request, over plain HTTP or HTTPS (failed

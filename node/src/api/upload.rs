@@ -107,13 +107,36 @@ pub async fn upload(
     body: Body,
 ) -> Res {
     let q = query(q)?;
-    let token = bearer(&h);
+    let meta = Meta { name: q.name, project: q.project, format: q.format, visibility: q.visibility };
+    let reply = store_image(&s, bearer(&h), meta, q.digest, body).await?;
+    Ok((StatusCode::OK, Json(reply)))
+}
+
+/// What names an uploaded image in the catalog.
+pub struct Meta {
+    pub name: String,
+    pub project: String,
+    pub format: ImageFormat,
+    pub visibility: Visibility,
+}
+
+/// Streams `body` into chunks, checks it against `expected` (a digest the
+/// client announced, if any) and registers the image (also for the
+/// OpenStack adapter, whose clients announce none).
+pub async fn store_image(
+    s: &AppState,
+    token: Option<String>,
+    meta: Meta,
+    expected: Option<String>,
+    body: Body,
+) -> Result<Reply, Failure> {
     // Check access, and the room left in the project's storage quota, before
     // reading a single byte.
-    let room = match s.client.call(token.clone(), Command::UploadRoom { project: q.project.clone() }).await? {
-        Reply::Room { bytes } => bytes,
-        other => return Err(Failure(ApiError::Internal(format!("unexpected reply {other:?}")))),
-    };
+    let room =
+        match s.client.call(token.clone(), Command::UploadRoom { project: meta.project.clone() }).await? {
+            Reply::Room { bytes } => bytes,
+            other => return Err(Failure(ApiError::Internal(format!("unexpected reply {other:?}")))),
+        };
     let Ok(_one_at_a_time) = tokio::time::timeout(QUEUED, s.uploads.lock()).await else {
         return Err(Failure(ApiError::Busy(format!(
             "another upload has held this site for over {} s; try again",
@@ -128,7 +151,7 @@ pub async fn upload(
         chunks: Vec::new(),
         added: Vec::new(),
     };
-    let limit = Limit { site: s.max_upload, room, project: q.project.clone() };
+    let limit = Limit { site: s.max_upload, room, project: meta.project.clone() };
     let result = receive(&mut c, body, &limit).await;
     let digest = match result {
         Ok(()) => format!("sha256:{}", hex::encode(c.whole.clone().finalize())),
@@ -137,7 +160,7 @@ pub async fn upload(
             return Err(Failure(e));
         }
     };
-    if let Some(expected) = &q.digest
+    if let Some(expected) = &expected
         && expected != &digest
     {
         c.abandon();
@@ -153,17 +176,17 @@ pub async fn upload(
         return Err(Failure(ApiError::Internal(e.to_string())));
     }
     let image = NewImage {
-        name: q.name,
-        project: q.project,
-        format: q.format,
-        visibility: q.visibility,
+        name: meta.name,
+        project: meta.project,
+        format: meta.format,
+        visibility: meta.visibility,
         digest: digest.clone(),
         size: c.size,
         chunk_size: CHUNK as u64,
         chunks: c.chunks.clone(),
     };
     match s.client.call(token, Command::RegisterImage(image)).await {
-        Ok(reply) => Ok((StatusCode::OK, Json(reply))),
+        Ok(reply) => Ok(reply),
         Err(e) => {
             c.abandon();
             if !had_blob {

@@ -34,6 +34,11 @@ pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
 /// two in a row one of 3.5 s. (libp2p's own report of failed pings comes only
 /// after a new stream is negotiated over the dead link, 10 s later.)
 pub const SILENT_LIMIT: Duration = Duration::from_secs(3);
+/// How long a connected member may stay unknown as a subscriber of the
+/// summary topic before its connections are reset (see [`Link::gossip_lost`]),
+/// and how often at most.
+pub const GOSSIP_GRACE: Duration = Duration::from_secs(5);
+pub const GOSSIP_RESET_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -73,6 +78,11 @@ pub struct Link {
     pub incompatible: bool,
     /// The release it runs, as it describes itself (None: 0.1.0, which did not say).
     pub release: Option<String>,
+    /// Since when it has been connected without being known here to
+    /// subscribe to the summary topic; when its connections were last reset
+    /// for that.
+    unsubscribed: Option<Instant>,
+    gossip_reset: Option<Instant>,
 }
 
 impl Link {
@@ -88,7 +98,32 @@ impl Link {
             wire: None,
             incompatible: false,
             release: None,
+            unsubscribed: None,
+            gossip_reset: None,
         }
+    }
+
+    /// Whether its connections should be reset because gossipsub lost its
+    /// subscription. Gossipsub sends a peer's subscriptions only on its first
+    /// connection; when QUIC replaces a TCP connection, the two ends may see
+    /// the close and the open in opposite orders, and the end that saw a
+    /// fresh "first" connection never hears the other's subscriptions again
+    /// (it then sends it no summary: tests/network.rs caught it). A full
+    /// reset makes both ends start over. At most every [`GOSSIP_RESET_EVERY`],
+    /// so a peer that never subscribes is not cut off in a loop.
+    pub fn gossip_lost(&mut self, now: Instant, subscribed: bool) -> bool {
+        if subscribed || !self.connected() || self.incompatible {
+            self.unsubscribed = None;
+            return false;
+        }
+        let since = *self.unsubscribed.get_or_insert(now);
+        let recent = self.gossip_reset.is_some_and(|t| now.duration_since(t) < GOSSIP_RESET_EVERY);
+        if now.duration_since(since) < GOSSIP_GRACE || recent {
+            return false;
+        }
+        self.unsubscribed = None;
+        self.gossip_reset = Some(now);
+        true
     }
 
     /// What the peer said of itself when connecting (identify's agent):
@@ -264,6 +299,21 @@ mod tests {
         assert!(l.due_upgrade(t0 + 3 * UPGRADE_EVERY).is_none(), "QUIC needs no upgrade");
         assert!(l.closed(quic, t0 + 3 * UPGRADE_EVERY), "the last one");
         assert!(l.due_dial(t0 + 3 * UPGRADE_EVERY).is_some(), "dialled again at once");
+    }
+
+    #[test]
+    fn a_member_whose_subscription_is_lost_is_reset_once_in_a_while() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        assert!(!l.gossip_lost(t0 + GOSSIP_GRACE * 2, false), "not connected: nothing to reset");
+        l.opened(ConnectionId::new_unchecked(1), Transport::Quic, t0);
+        assert!(!l.gossip_lost(t0, false));
+        assert!(!l.gossip_lost(t0 + GOSSIP_GRACE / 2, true), "heard subscribing");
+        assert!(!l.gossip_lost(t0 + GOSSIP_GRACE, false), "the grace starts again");
+        assert!(l.gossip_lost(t0 + GOSSIP_GRACE * 2, false));
+        let later = t0 + GOSSIP_GRACE * 4;
+        assert!(!l.gossip_lost(later, false) && !l.gossip_lost(later + GOSSIP_GRACE, false), "not in a loop");
+        assert!(l.gossip_lost(t0 + GOSSIP_RESET_EVERY + GOSSIP_GRACE * 3, false));
     }
 
     #[test]

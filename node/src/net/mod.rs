@@ -382,9 +382,18 @@ impl Net {
             self.removed.remove(&p);
             self.swarm.behaviour_mut().blocked.block_peer(p);
         }
+        let topic = self.topic.hash();
+        let subscribed: HashSet<PeerId> = (self.swarm.behaviour().gossip.all_peers())
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .map(|(p, _)| *p)
+            .collect();
         let mut dials = Vec::new();
         let mut silent = Vec::new();
+        let mut reset = Vec::new();
         for (peer, link) in self.members.iter_mut() {
+            if link.gossip_lost(now, subscribed.contains(peer)) {
+                reset.push((*peer, link.site.clone()));
+            }
             silent.extend(link.silent(now).into_iter().map(|c| (link.site.clone(), c)));
             // Dials overlap (`Disconnected`, not `NotDialing`): one started
             // into a cut must not hold back the one that finds the path back.
@@ -403,6 +412,10 @@ impl Net {
                     link.closed(c, now);
                 }
             }
+        }
+        for (peer, site) in reset {
+            tracing::info!(%site, "its summaries cannot reach it (gossip lost its subscription): reconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
         for (peer, addrs, condition) in dials {
             let opts = DialOpts::peer_id(peer).addresses(addrs).condition(condition).build();

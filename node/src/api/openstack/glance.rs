@@ -1,19 +1,29 @@
 //! Glance v2 (a subset) under `/image/{region}`: the realm's image catalog,
-//! each image with the sites that hold its bytes as its locations.
+//! each image with the sites that hold its bytes as its locations, and
+//! uploads in Glance's two steps (name the image, then send its bytes; the
+//! digest Glance clients do not send is computed while receiving). The bytes
+//! are stored on the site that serves the call, whatever the region: any
+//! site fetches them from there when it needs them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use atoll_crdt::{Image, ImageFormat, Visibility};
 use atoll_proto::api::ImageView;
 use atoll_proto::{Command, Reply};
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{any, get};
+use axum::routing::{any, get, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{OsError, OsResult, Scoped, Service, iso, json, origin, region, unsupported, uuid_of};
 use crate::api::AppState;
+use crate::api::upload::{Meta, store_image};
 
 const GLANCE: Service = Service::Compute;
 
@@ -22,9 +32,62 @@ pub fn routes() -> Router<AppState> {
         .route("/image/{region}", get(versions))
         .route("/image/{region}/", get(versions))
         .route("/image/{region}/versions", get(versions))
-        .route("/image/{region}/v2/images", get(images))
+        .route("/image/{region}/v2/images", get(images).post(create))
+        .route("/image/{region}/v2/images/{id}/file", put(upload).layer(DefaultBodyLimit::disable()))
         .route("/image/{region}/v2/images/{id}", get(image).delete(delete_image))
         .route("/image/{region}/{*rest}", any(|| async { unsupported(GLANCE, "this image route") }))
+}
+
+/// Images named but not yet sent (Glance's `queued`), by id: at most
+/// [`MAX_QUEUED`], each forgotten after [`QUEUED_FOR`].
+#[derive(Clone, Default)]
+pub struct Queued(Arc<Mutex<HashMap<String, (Instant, Pending)>>>);
+
+const MAX_QUEUED: usize = 256;
+const QUEUED_FOR: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+struct Pending {
+    project: String,
+    name: String,
+    format: ImageFormat,
+    visibility: Visibility,
+}
+
+impl Queued {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Pending)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, id: &str, p: Pending) -> OsResult<()> {
+        let mut t = self.table();
+        t.retain(|_, (at, _)| at.elapsed() < QUEUED_FOR);
+        if t.len() >= MAX_QUEUED && !t.contains_key(id) {
+            return Err(OsError::new(
+                GLANCE,
+                413,
+                format!("{MAX_QUEUED} images wait for their data already"),
+            ));
+        }
+        t.insert(id.to_owned(), (Instant::now(), p));
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Option<Pending> {
+        self.table().get(id).filter(|(at, _)| at.elapsed() < QUEUED_FOR).map(|(_, p)| p.clone())
+    }
+
+    fn remove(&self, id: &str) {
+        self.table().remove(id);
+    }
+
+    fn of_project(&self, project: &str) -> Vec<(String, Pending)> {
+        let t = self.table();
+        t.iter()
+            .filter(|(_, (at, p))| p.project == project && at.elapsed() < QUEUED_FOR)
+            .map(|(id, (_, p))| (id.clone(), p.clone()))
+            .collect()
+    }
 }
 
 async fn versions(State(s): State<AppState>, h: HeaderMap, Path(r): Path<String>) -> OsResult<Response> {
@@ -34,6 +97,84 @@ async fn versions(State(s): State<AppState>, h: HeaderMap, Path(r): Path<String>
         StatusCode::OK,
         json!({"versions": [{"id": "v2.9", "status": "CURRENT", "links": [{"rel": "self", "href": href}]}]}),
     ))
+}
+
+/// The Atoll format of Glance's disk and container formats: `docker` is a
+/// `docker save` archive, `ova` a process image (Atoll's tar with a
+/// manifest), otherwise a VM disk in the disk format.
+fn format_of(disk: Option<&str>, container: Option<&str>) -> OsResult<ImageFormat> {
+    match (container.unwrap_or("bare"), disk.unwrap_or("raw")) {
+        ("docker", _) => Ok(ImageFormat::DockerArchive),
+        ("ova", _) => Ok(ImageFormat::Process),
+        (_, "raw") => Ok(ImageFormat::Raw),
+        (_, "qcow2") => Ok(ImageFormat::Qcow2),
+        (c, d) => Err(OsError::new(
+            GLANCE,
+            400,
+            format!("unsupported formats: disk {d}, container {c} (docs/openstack.md)"),
+        )),
+    }
+}
+
+fn queued_json(id: &str, p: &Pending) -> Value {
+    let (disk, container) = formats(p.format);
+    json!({
+        "id": id, "name": p.name, "status": "queued", "owner": p.project,
+        "visibility": match p.visibility { Visibility::Public => "public", Visibility::Private => "private" },
+        "disk_format": disk, "container_format": container, "size": null, "virtual_size": null,
+        "checksum": null, "os_hash_algo": null, "os_hash_value": null, "protected": false, "os_hidden": false,
+        "min_disk": 0, "min_ram": 0, "tags": [], "locations": [], "stores": "",
+        "self": format!("/v2/images/{id}"), "file": format!("/v2/images/{id}/file"), "schema": "/v2/schemas/image",
+    })
+}
+
+#[derive(Deserialize)]
+struct NewImage {
+    name: String,
+    #[serde(default)]
+    disk_format: Option<String>,
+    #[serde(default)]
+    container_format: Option<String>,
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+async fn create(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path(r): Path<String>,
+    b: Result<axum::Json<NewImage>, axum::extract::rejection::JsonRejection>,
+) -> OsResult<Response> {
+    region(GLANCE, &r)?;
+    let me = Scoped::of(&h, GLANCE)?;
+    let project = me.project(GLANCE)?.to_owned();
+    let axum::Json(b) =
+        b.map_err(|r| OsError::new(GLANCE, 400, format!("bad request body: {}", r.body_text())))?;
+    let format = format_of(b.disk_format.as_deref(), b.container_format.as_deref())?;
+    let visibility =
+        if b.visibility.as_deref() == Some("public") { Visibility::Public } else { Visibility::Private };
+    let id = uuid_of("image", &project, &b.name);
+    let pending = Pending { project, name: b.name, format, visibility };
+    s.glance.add(&id, pending.clone())?;
+    Ok(json(StatusCode::CREATED, queued_json(&id, &pending)))
+}
+
+async fn upload(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Path((r, id)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> OsResult<StatusCode> {
+    region(GLANCE, &r)?;
+    let me = Scoped::of(&h, GLANCE)?;
+    let p = s
+        .glance
+        .get(&id)
+        .ok_or_else(|| OsError::new(GLANCE, 404, format!("No image {id} waits for data")))?;
+    let meta = Meta { name: p.name, project: p.project, format: p.format, visibility: p.visibility };
+    store_image(&s, Some(me.token.clone()), meta, None, body).await.map_err(|f| OsError::api(GLANCE, f.0))?;
+    s.glance.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Glance's disk and container formats of an Atoll image format.
@@ -108,12 +249,17 @@ async fn images(
 ) -> OsResult<Response> {
     let r = region(GLANCE, &r)?;
     let me = Scoped::of(&h, GLANCE)?;
-    let shown: Vec<Value> = all_images(&s, &me, GLANCE)
+    let mut shown: Vec<Value> = all_images(&s, &me, GLANCE)
         .await?
         .iter()
         .filter(|v| q.name.as_ref().is_none_or(|n| &v.image.name == n))
         .map(|v| image_json(v, r.as_str()))
         .collect();
+    if let Some(project) = &me.project {
+        let queued = s.glance.of_project(project).into_iter();
+        let queued = queued.filter(|(_, p)| q.name.as_ref().is_none_or(|n| &p.name == n));
+        shown.extend(queued.map(|(id, p)| queued_json(&id, &p)));
+    }
     Ok(json(StatusCode::OK, json!({"images": shown, "first": "/v2/images", "schema": "/v2/schemas/images"})))
 }
 
@@ -125,11 +271,13 @@ async fn image(
     let r = region(GLANCE, &r)?;
     let me = Scoped::of(&h, GLANCE)?;
     let all = all_images(&s, &me, GLANCE).await?;
-    let v = all
-        .iter()
-        .find(|v| uuid_of("image", &v.image.project, &v.image.name) == id)
-        .ok_or_else(|| OsError::new(GLANCE, 404, format!("No image found with ID {id}")))?;
-    Ok(json(StatusCode::OK, image_json(v, r.as_str())))
+    match all.iter().find(|v| uuid_of("image", &v.image.project, &v.image.name) == id) {
+        Some(v) => Ok(json(StatusCode::OK, image_json(v, r.as_str()))),
+        None => match s.glance.get(&id) {
+            Some(p) => Ok(json(StatusCode::OK, queued_json(&id, &p))),
+            None => Err(OsError::new(GLANCE, 404, format!("No image found with ID {id}"))),
+        },
+    }
 }
 
 async fn delete_image(

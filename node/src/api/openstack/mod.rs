@@ -16,6 +16,8 @@ mod glance;
 mod keystone;
 mod nova;
 
+pub use glance::Queued;
+
 use atoll_crdt::SiteId;
 use atoll_proto::{ApiError, Command, Reply};
 use axum::Json;

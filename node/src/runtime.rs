@@ -443,12 +443,13 @@ impl Runtime {
         for (digest, result) in std::mem::take(&mut self.fetched) {
             self.input(Input::Fetched { digest, result });
         }
+        let mut parted = Vec::new();
         if let Some(net) = self.net.as_mut() {
             self.fetches.pump(net);
             if let Ok(mut p) = net.traffic.fetches.lock() {
                 *p = self.fetches.progress();
             }
-            net.tick();
+            parted = net.tick();
             let summarised = summary.is_some();
             match summary {
                 Some(Ok(view)) => {
@@ -466,6 +467,9 @@ impl Runtime {
             {
                 *s = Some(stats);
             }
+        }
+        for input in parted {
+            self.input(input);
         }
     }
 

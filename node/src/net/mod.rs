@@ -50,9 +50,10 @@ const STRANGER_SCORE: f64 = -100.0;
 /// Peers, and addresses per peer, remembered from mDNS.
 const MAX_LAN_PEERS: usize = 256;
 const MAX_LAN_ADDRS: usize = 8;
-/// How long a removed site stays connected (as a non-member) before it is
-/// blocked: long enough for the realm change to reach it.
-const REMOVAL_GRACE: Duration = Duration::from_secs(3);
+/// How long a removed site stays connected, still synced with, before it is
+/// blocked: long enough for the realm change telling it to reach it (a sync
+/// may need a round trip, and a loaded host takes its time).
+const REMOVAL_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -210,8 +211,10 @@ pub struct Net {
     /// Connected non-members: when they came, and their connections.
     strangers: HashMap<PeerId, Stranger>,
     /// Removed sites and when they get blocked: a moment later, so that the
-    /// realm change telling them reaches them first.
-    removed: HashMap<PeerId, Instant>,
+    /// realm change telling them reaches them first. Until then a connected
+    /// one stays connected and synced with (its changes pass the realm's
+    /// gate only if they do not know of its removal).
+    removed: HashMap<PeerId, (SiteId, Instant)>,
     /// Addresses found by mDNS, members or not yet (a site may learn of a
     /// member after its announcement was heard); bounded.
     lan: HashMap<PeerId, Vec<Multiaddr>>,
@@ -296,11 +299,8 @@ impl Net {
                 continue;
             }
             tracing::info!(site = %r.site, by = %r.by, "site removed from the realm; refusing it");
-            self.removed.insert(peer, Instant::now() + REMOVAL_GRACE);
+            self.removed.insert(peer, (r.site.clone(), Instant::now() + REMOVAL_GRACE));
             self.swarm.behaviour_mut().gossip.set_application_score(&peer, STRANGER_SCORE);
-            if self.connected.remove(&peer) {
-                gone.push(Input::Disconnected(r.site.clone()));
-            }
         }
         let mut next = HashMap::new();
         for m in members.into_iter().filter(|m| &m.site != me) {
@@ -350,7 +350,9 @@ impl Net {
     /// Housekeeping, once a second: dials members we miss, offers QUIC to
     /// members reached over TCP only, closes connections of strangers whose
     /// grace ran out, and refreshes the link figures.
-    pub fn tick(&mut self) {
+    /// Returns the removed sites whose grace ended while connected (now
+    /// disconnected for the core).
+    pub fn tick(&mut self) -> Vec<Input> {
         let now = Instant::now();
         let mut links: Vec<LinkView> = self
             .members
@@ -377,9 +379,14 @@ impl Net {
             tracing::info!(peer = %p, "closing connection of a non-member");
             let _ = self.swarm.disconnect_peer_id(p);
         }
-        let due: Vec<PeerId> = self.removed.iter().filter(|(_, t)| now >= **t).map(|(p, _)| *p).collect();
+        let due: Vec<PeerId> = self.removed.iter().filter(|(_, (_, t))| now >= *t).map(|(p, _)| *p).collect();
+        let mut gone = Vec::new();
         for p in due {
-            self.removed.remove(&p);
+            if let Some((site, _)) = self.removed.remove(&p)
+                && self.connected.remove(&p)
+            {
+                gone.push(Input::Disconnected(site));
+            }
             self.swarm.behaviour_mut().blocked.block_peer(p);
         }
         let topic = self.topic.hash();
@@ -423,10 +430,11 @@ impl Net {
                 tracing::debug!(%peer, "dial: {e}");
             }
         }
+        gone
     }
 
     pub fn send(&mut self, to: &SiteId, msg: &PeerMsg) {
-        let Some(peer) = self.peer_of.get(to).copied().filter(|p| self.connected.contains(p)) else {
+        let Some(peer) = self.peer_for(to).filter(|p| self.connected.contains(p)) else {
             tracing::debug!(%to, "not connected; the next repair round catches up");
             return;
         };
@@ -507,8 +515,18 @@ impl Net {
         }
     }
 
+    /// The site of a member's peer id, or of a removed site's in its grace.
     fn site_of(&self, peer: &PeerId) -> Option<SiteId> {
-        self.members.get(peer).map(|k| k.site.clone())
+        self.members
+            .get(peer)
+            .map(|k| k.site.clone())
+            .or_else(|| self.removed.get(peer).map(|(s, _)| s.clone()))
+    }
+
+    /// The peer id of a member, or of a removed site in its grace.
+    fn peer_for(&self, site: &SiteId) -> Option<PeerId> {
+        let parting = || self.removed.iter().find(|(_, (s, _))| s == site).map(|(p, _)| *p);
+        self.peer_of.get(site).copied().or_else(parting)
     }
 
     /// Whether a summary goes on (gossipsub forwards only what is accepted),

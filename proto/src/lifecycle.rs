@@ -381,6 +381,7 @@ impl Peer {
             }
             DriverEvent::Failed { reason } => {
                 inst.handle = None;
+                self.driver_failed(inst.kind);
                 self.after_end(now, &mut inst, Observed::Failed, reason, None, true, fx);
             }
             DriverEvent::Stopped => {

@@ -274,8 +274,8 @@ pub struct Peer {
     /// Calls waiting for other sites' parts of the realm-wide view.
     pub(crate) gather: crate::gather::Gather,
     pub(crate) reach: crate::reach::Reach,
-    /// Instances refused admission since start, by error code (crate::stats).
-    pub(crate) refused_admissions: BTreeMap<&'static str, u64>,
+    /// Admissions refused and driver failures since start (crate::stats).
+    pub(crate) counters: crate::stats::Counters,
     pub(crate) fetch_waiters: BTreeMap<String, Vec<(ReqId, String)>>,
     /// Callers waiting on intents issued here.
     pub(crate) intent_waiters: BTreeMap<String, Vec<(ReqId, crate::intents::Want)>>,
@@ -463,7 +463,7 @@ impl Peer {
             rebalance: crate::rebalance::Rebalance::default(),
             gather: crate::gather::Gather::default(),
             reach: crate::reach::Reach::default(),
-            refused_admissions: BTreeMap::new(),
+            counters: Default::default(),
             custody: Custody { stale: true, ..Custody::default() },
             appends: BTreeMap::new(),
             unsaved: false,

@@ -1,10 +1,10 @@
 //! Figures of this site for `/metrics` that are not gossiped: its instances
-//! by state, its cross-site requests still waiting for their target, and
-//! the instances it refused to admit, by reason.
+//! by state, its cross-site requests still waiting for their target, the
+//! instances it refused to admit, by reason, and its drivers' failures.
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::IntentState;
+use atoll_crdt::{IntentState, Kind};
 
 use crate::api::ApiError;
 use crate::peer::Peer;
@@ -18,6 +18,15 @@ pub struct Stats {
     pub intents_waiting: u64,
     /// Instances refused admission since start, by error code.
     pub refused: BTreeMap<&'static str, u64>,
+    /// Instances a driver could not start or recover since start, by kind.
+    pub driver_failures: BTreeMap<Kind, u64>,
+}
+
+/// What the peer counts since start (the shell reads them through [`Stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    refused: BTreeMap<&'static str, u64>,
+    driver_failures: BTreeMap<Kind, u64>,
 }
 
 impl Peer {
@@ -35,11 +44,22 @@ impl Peer {
             .filter(|i| i.requester == self.site)
             .filter(|i| !matches!(self.view(i.clone()).state, IntentState::Done | IntentState::Failed))
             .count() as u64;
-        Ok(Stats { by_state, intents_waiting, refused: self.refused_admissions.clone() })
+        let c = &self.counters;
+        Ok(Stats {
+            by_state,
+            intents_waiting,
+            refused: c.refused.clone(),
+            driver_failures: c.driver_failures.clone(),
+        })
     }
 
     /// Counts an instance this site refused to admit.
     pub(crate) fn refused_admission(&mut self, e: &ApiError) {
-        *self.refused_admissions.entry(e.code()).or_insert(0) += 1;
+        *self.counters.refused.entry(e.code()).or_insert(0) += 1;
+    }
+
+    /// Counts an instance of `kind` its driver could not start or recover.
+    pub(crate) fn driver_failed(&mut self, kind: Kind) {
+        *self.counters.driver_failures.entry(kind).or_insert(0) += 1;
     }
 }

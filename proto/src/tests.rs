@@ -533,3 +533,16 @@ fn site_scoped_roles_apply_only_on_their_sites() {
     };
     assert_eq!(h.call(Some(&admin), Command::GrantRole(unknown)).unwrap_err().status(), 404);
 }
+
+#[test]
+fn driver_failures_are_counted_by_kind() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    h.upload(&token, "default", "app");
+    let _ = h.call_later(&token, Command::CreateInstance(new_instance("web", RestartPolicy::Never)));
+    let start = h.take_driver().expect("start command");
+    assert!(h.peer.stats().unwrap().driver_failures.is_empty());
+    h.driver_says(&start, DriverEvent::Failed { reason: "no such entrypoint".into() });
+    let stats = h.peer.stats().unwrap();
+    assert_eq!(stats.driver_failures.into_iter().collect::<Vec<_>>(), [(atoll_crdt::Kind::Process, 1)]);
+}

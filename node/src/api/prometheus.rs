@@ -67,6 +67,12 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    /// `process`, `container` or `vm`.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     /// The API error code (`quota_exceeded`, `not_found`, ...): a bounded set.
     reason: String,
@@ -170,6 +176,11 @@ pub fn render(
     let t = &s.traffic;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     r.register("peer_sent_bytes", "Payload bytes sent to peers", ConstCounter::new(load(&t.sent_bytes)));
+    r.register(
+        "image_fetched_bytes",
+        "Bytes of image chunks received from peers",
+        ConstCounter::new(load(&t.fetched_bytes)),
+    );
     r.register("peer_sent_messages", "Messages sent to peers", ConstCounter::new(load(&t.sent_msgs)));
     r.register(
         "peer_received_bytes",
@@ -262,6 +273,15 @@ pub fn render(
             "admissions_refused",
             "Instances this site refused to admit since it started, by reason",
             refused,
+        );
+        let failed: Family<KindLabel, prometheus_client::metrics::counter::Counter> = Family::default();
+        for (kind, n) in &stats.driver_failures {
+            failed.get_or_create(&KindLabel { kind: kind.to_string() }).inc_by(*n);
+        }
+        r.register(
+            "driver_failures",
+            "Instances a driver could not start or recover since this site started, by kind",
+            failed,
         );
     }
     let mut out = String::new();

@@ -91,6 +91,8 @@ pub struct Traffic {
     pub refused_peers: AtomicU64,
     /// Changes from peers refused by the provenance gates (docs/architecture.md, "Provenance").
     pub refused_changes: AtomicU64,
+    /// Bytes of image chunks received from peers (answers to our fetches).
+    pub fetched_bytes: AtomicU64,
     /// Image fetches under way (refreshed every second).
     #[schemars(with = "Vec<crate::fetch::Progress>")]
     pub fetches: std::sync::Mutex<Vec<crate::fetch::Progress>>,
@@ -539,7 +541,7 @@ impl Net {
     ) -> (gossipsub::MessageAcceptance, Option<Event>) {
         use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         let Some(author) = message.source else { return (Reject, None) };
-        let Some(from) = self.site_of(&author) else {
+        let Some(from) = self.members.get(&author).map(|k| k.site.clone()) else {
             // A non-member's, or a member's we have not heard of yet: not ours to pass on.
             tracing::debug!(%author, "summary from a non-member ignored");
             return (Ignore, None);
@@ -701,7 +703,7 @@ impl Net {
                 ..
             }) => {
                 self.traffic.recv(request.len());
-                if self.site_of(&peer).is_none() || !self.connected.contains(&peer) {
+                if !self.members.contains_key(&peer) || !self.connected.contains(&peer) {
                     let _ = self.swarm.behaviour_mut().chunk.send_response(channel, Vec::new());
                     return None;
                 }
@@ -718,6 +720,7 @@ impl Net {
                 ..
             }) => {
                 self.traffic.recv(response.len());
+                self.traffic.fetched_bytes.fetch_add(response.len() as u64, Ordering::Relaxed);
                 Some(Event::Chunk { request: request_id, result: Ok(response) })
             }
             BehaviourEvent::Chunk(rr::Event::OutboundFailure { request_id, error, .. }) => {
@@ -729,7 +732,7 @@ impl Net {
                 ..
             }) => {
                 self.traffic.recv(request.len());
-                if self.site_of(&peer).is_none() || !self.connected.contains(&peer) {
+                if !self.members.contains_key(&peer) || !self.connected.contains(&peer) {
                     let refused = Err(ApiError::Forbidden("logs are for member sites".into()));
                     self.answer_logs(channel, refused);
                     return None;

@@ -95,6 +95,8 @@ fn metrics_parse_and_say_what_the_site_holds() {
     assert_eq!(value(&samples, "atoll_allocated_memory_mib"), Some(32.0));
     // A site alone fetched nothing from peers.
     assert_eq!(value(&samples, "atoll_image_fetched_bytes_total"), Some(0.0), "{samples}");
+    // Nor sent any cross-site request: the round-trip histogram is empty.
+    assert_eq!(value(&samples, "atoll_intent_round_trip_seconds_count"), Some(0.0), "{samples}");
     // The API's latency, by route template (never by instance name).
     let api = samples["atoll_api_request_duration_seconds_count"].as_array().expect("API latency series");
     let routes: Vec<&str> = api.iter().filter_map(|s| s[0]["route"].as_str()).collect();

@@ -167,6 +167,7 @@ impl Peer {
         // realm's floor lets such intents in; it says so.
         intent.consent = caller.session.as_ref().map(|s| s.sign(&intent));
         self.own.doc.put(&intent)?;
+        self.intent_issued(&id, now);
         Ok(id)
     }
 

@@ -701,6 +701,7 @@ impl Peer {
         if !others.is_empty() {
             self.apply_intents(now, &others, fx);
             self.answer_intent_waiters(&others);
+            self.time_settled(now, &others);
         }
         self.settle_applied(now);
         // Persist before replying: an acknowledged write is durable.

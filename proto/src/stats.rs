@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::{IntentState, Kind};
+use atoll_crdt::{IntentState, Kind, Millis, SiteId};
 
 use crate::api::ApiError;
 use crate::peer::Peer;
@@ -20,13 +20,44 @@ pub struct Stats {
     pub refused: BTreeMap<&'static str, u64>,
     /// Instances a driver could not start or recover since start, by kind.
     pub driver_failures: BTreeMap<Kind, u64>,
+    /// From issuing an intent to learning its outcome, for the intents
+    /// issued since start.
+    pub intent_round_trip: Histogram,
 }
+
+/// Upper bounds (ms) of the round-trip histogram's buckets; the last is +Inf.
+pub const ROUND_TRIP_BOUNDS: [u64; 12] =
+    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000, 600_000];
+
+/// Observations in buckets of [`ROUND_TRIP_BOUNDS`] (not cumulative; one
+/// more for the rest), their count and sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: [u64; ROUND_TRIP_BOUNDS.len() + 1],
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, ms: Millis) {
+        let at = ROUND_TRIP_BOUNDS.iter().position(|b| ms <= *b).unwrap_or(ROUND_TRIP_BOUNDS.len());
+        self.buckets[at] += 1;
+        self.count += 1;
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+    }
+}
+
+/// Intents issued here whose outcome is awaited for the histogram, at most.
+const MAX_TIMED: usize = 4096;
 
 /// What the peer counts since start (the shell reads them through [`Stats`]).
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     refused: BTreeMap<&'static str, u64>,
     driver_failures: BTreeMap<Kind, u64>,
+    round_trip: Histogram,
+    /// Intents issued here, not settled yet, and when they were issued.
+    awaited: BTreeMap<String, Millis>,
 }
 
 impl Peer {
@@ -50,6 +81,7 @@ impl Peer {
             intents_waiting,
             refused: c.refused.clone(),
             driver_failures: c.driver_failures.clone(),
+            intent_round_trip: c.round_trip.clone(),
         })
     }
 
@@ -61,5 +93,52 @@ impl Peer {
     /// Counts an instance of `kind` its driver could not start or recover.
     pub(crate) fn driver_failed(&mut self, kind: Kind) {
         *self.counters.driver_failures.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Awaits the outcome of an intent just issued, for the round-trip histogram.
+    pub(crate) fn intent_issued(&mut self, id: &str, now: Millis) {
+        if self.counters.awaited.len() < MAX_TIMED {
+            self.counters.awaited.insert(id.to_owned(), now);
+        }
+    }
+
+    /// Times the awaited intents to the sites in `changed` whose outcome is
+    /// final now (an intent no longer in the document is forgotten).
+    pub(crate) fn time_settled(&mut self, now: Millis, changed: &[SiteId]) {
+        if self.counters.awaited.is_empty() {
+            return;
+        }
+        let ids: Vec<(String, Millis)> = self.counters.awaited.iter().map(|(i, t)| (i.clone(), *t)).collect();
+        for (id, issued) in ids {
+            let Ok(Some(intent)) = self.own.doc.get::<atoll_crdt::Intent>(&id) else {
+                self.counters.awaited.remove(&id);
+                continue;
+            };
+            if !changed.contains(&intent.target) {
+                continue;
+            }
+            if self.view(intent).state.is_final() {
+                self.counters.awaited.remove(&id);
+                self.counters.round_trip.observe(now.saturating_sub(issued));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_fall_in_the_first_bucket_that_holds_them() {
+        let mut h = Histogram::default();
+        for ms in [0, 10, 11, 600_000, 600_001] {
+            h.observe(ms);
+        }
+        assert_eq!(h.buckets[0], 2, "0 and 10 ms: le 10");
+        assert_eq!(h.buckets[1], 1, "11 ms: le 25");
+        assert_eq!(h.buckets[ROUND_TRIP_BOUNDS.len() - 1], 1);
+        assert_eq!(h.buckets[ROUND_TRIP_BOUNDS.len()], 1, "beyond the last bound");
+        assert_eq!((h.count, h.sum_ms), (5, 1_200_022));
     }
 }

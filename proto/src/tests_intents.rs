@@ -48,6 +48,9 @@ fn an_instance_created_through_another_site_runs_there_once() {
     }
     assert!(instance_on(&net, 1, "web").is_some());
     assert!(instance_on(&net, 0, "web").is_none());
+    // Its round trip is timed once, by the requester only.
+    assert_eq!(net.peers[0].stats().unwrap().intent_round_trip.count, 1);
+    assert_eq!(net.peers[1].stats().unwrap().intent_round_trip.count, 0);
     // Listed on both sides as done; applying again (as after a restart) changes nothing.
     for i in [0, 1] {
         let Ok(Reply::Intents(list)) = net.call(i, Some(&admin), Command::ListIntents) else { panic!() };

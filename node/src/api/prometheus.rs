@@ -66,6 +66,25 @@ struct StateLabel {
     state: String,
 }
 
+/// The peer core's round-trip histogram (counted in the core, which has no
+/// Prometheus types), as a Prometheus histogram in seconds.
+#[derive(Debug)]
+struct RoundTrips(atoll_proto::stats::Histogram);
+
+impl prometheus_client::encoding::EncodeMetric for RoundTrips {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = atoll_proto::stats::ROUND_TRIP_BOUNDS.iter().map(|ms| *ms as f64 / 1000.0);
+        let buckets: Vec<(f64, u64)> =
+            bounds.chain([f64::INFINITY]).zip(self.0.buckets.iter().copied()).collect();
+        let sum = self.0.sum_ms as f64 / 1000.0;
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, self.0.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     /// `process`, `container` or `vm`.
@@ -282,6 +301,11 @@ pub fn render(
             "driver_failures",
             "Instances a driver could not start or recover since this site started, by kind",
             failed,
+        );
+        r.register(
+            "intent_round_trip_seconds",
+            "From issuing a cross-site request to learning its outcome, for those issued since this site started",
+            RoundTrips(stats.intent_round_trip.clone()),
         );
     }
     let mut out = String::new();

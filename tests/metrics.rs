@@ -95,6 +95,18 @@ fn metrics_parse_and_say_what_the_site_holds() {
     assert_eq!(value(&samples, "atoll_allocated_memory_mib"), Some(32.0));
     // A site alone fetched nothing from peers.
     assert_eq!(value(&samples, "atoll_image_fetched_bytes_total"), Some(0.0), "{samples}");
+    // The project's rights, held here and used by the instance.
+    let share = |name: &str, resource: &str| {
+        samples[name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s[0]["project"] == "default" && s[0]["resource"] == resource)
+            .and_then(|s| s[1].as_f64())
+    };
+    assert_eq!(share("atoll_quota_used", "memory_mib"), Some(32.0), "{samples}");
+    assert_eq!(share("atoll_quota_used", "instances"), Some(1.0), "{samples}");
+    assert_eq!(share("atoll_quota_held", "instances"), Some(10.0), "{samples}");
     // Nor sent any cross-site request: the round-trip histogram is empty.
     assert_eq!(value(&samples, "atoll_intent_round_trip_seconds_count"), Some(0.0), "{samples}");
     // The API's latency, by route template (never by instance name).

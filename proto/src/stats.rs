@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::{IntentState, Kind, Millis, SiteId};
+use atoll_crdt::{IntentState, Kind, Millis, Project, Resources, SiteId};
 
 use crate::api::ApiError;
 use crate::peer::Peer;
@@ -23,6 +23,17 @@ pub struct Stats {
     /// From issuing an intent to learning its outcome, for the intents
     /// issued since start.
     pub intent_round_trip: Histogram,
+    /// Each project's quota rights this site holds (granted, received,
+    /// less given) and what its instances use of them; projects with
+    /// neither are left out.
+    pub quota: BTreeMap<String, Share>,
+}
+
+/// A site's share of a project's quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Share {
+    pub held: Resources,
+    pub used: Resources,
 }
 
 /// Upper bounds (ms) of the round-trip histogram's buckets; the last is +Inf.
@@ -75,8 +86,18 @@ impl Peer {
             .filter(|i| i.requester == self.site)
             .filter(|i| !matches!(self.view(i.clone()).state, IntentState::Done | IntentState::Failed))
             .count() as u64;
+        let mut quota = BTreeMap::new();
+        for p in self.realm.doc.list::<Project>()? {
+            let a = self.account(&p.name)?;
+            let held = a.granted.checked_plus(a.received).and_then(|r| r.checked_minus(a.given));
+            let share = Share { held: held.unwrap_or_default(), used: a.consumed };
+            if share != Share::default() {
+                quota.insert(p.name, share);
+            }
+        }
         let c = &self.counters;
         Ok(Stats {
+            quota,
             by_state,
             intents_waiting,
             refused: c.refused.clone(),

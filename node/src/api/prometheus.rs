@@ -86,6 +86,13 @@ impl prometheus_client::encoding::EncodeMetric for RoundTrips {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    project: String,
+    /// `instances`, `cpus` or `memory_mib`.
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     /// `process`, `container` or `vm`.
     kind: String,
@@ -278,6 +285,23 @@ pub fn render(
             by_state.get_or_create(&StateLabel { state: state.clone() }).set(*n as i64);
         }
         r.register("instances_by_state", "Instances on this site by observed state", by_state);
+        let rights = [
+            ("quota_held", "Quota rights this site holds, by project and resource", true),
+            ("quota_used", "Quota rights this site's instances use, by project and resource", false),
+        ];
+        for (name, help, held) in rights {
+            let family: Family<ResourceLabel, ConstGaugeCell> = Family::default();
+            for (project, share) in &stats.quota {
+                let r = if held { share.held } else { share.used };
+                for (resource, v) in
+                    [("instances", r.instances), ("cpus", r.cpus), ("memory_mib", r.memory_mib)]
+                {
+                    let label = ResourceLabel { project: project.clone(), resource: resource.into() };
+                    family.get_or_create(&label).set(v);
+                }
+            }
+            r.register(name, help, family);
+        }
         gauge(
             &mut r,
             "intents_waiting",

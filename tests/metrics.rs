@@ -109,6 +109,7 @@ fn metrics_parse_and_say_what_the_site_holds() {
     assert_eq!(share("atoll_quota_held", "instances"), Some(10.0), "{samples}");
     // Nor sent any cross-site request: the round-trip histogram is empty.
     assert_eq!(value(&samples, "atoll_intent_round_trip_seconds_count"), Some(0.0), "{samples}");
+    assert_eq!(value(&samples, "atoll_converge_after_connect_seconds_count"), Some(0.0), "{samples}");
     // The API's latency, by route template (never by instance name).
     let api = samples["atoll_api_request_duration_seconds_count"].as_array().expect("API latency series");
     let routes: Vec<&str> = api.iter().filter_map(|s| s[0]["route"].as_str()).collect();

@@ -662,6 +662,7 @@ impl Peer {
             }
             Input::Connected(site) => {
                 self.seen.insert(site.clone(), now);
+                self.counters.connected(&site, now);
                 self.refetch_from(now, &site, fx);
                 self.on_connected(site, fx)
             }

@@ -2,12 +2,12 @@
 //! by state, its cross-site requests still waiting for their target, the
 //! instances it refused to admit, by reason, and its drivers' failures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use atoll_crdt::{IntentState, Kind, Millis, Project, Resources, SiteId};
 
 use crate::api::ApiError;
-use crate::peer::Peer;
+use crate::peer::{DocId, Peer};
 
 /// A snapshot, taken by the shell every few seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +23,10 @@ pub struct Stats {
     /// From issuing an intent to learning its outcome, for the intents
     /// issued since start.
     pub intent_round_trip: Histogram,
+    /// From a member's (re)connection to the end of the sync it started:
+    /// its digest matched ours, or every document that differed synced
+    /// until neither side had more to send.
+    pub converge: Histogram,
     /// Each project's quota rights this site holds (granted, received,
     /// less given) and what its instances use of them; projects with
     /// neither are left out.
@@ -36,7 +40,7 @@ pub struct Share {
     pub used: Resources,
 }
 
-/// Upper bounds (ms) of the round-trip histogram's buckets; the last is +Inf.
+/// Upper bounds (ms) of the histograms' buckets; the last is +Inf.
 pub const ROUND_TRIP_BOUNDS: [u64; 12] =
     [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 60_000, 600_000];
 
@@ -69,6 +73,47 @@ pub struct Counters {
     round_trip: Histogram,
     /// Intents issued here, not settled yet, and when they were issued.
     awaited: BTreeMap<String, Millis>,
+    converge: Histogram,
+    /// Members connected since `.0` whose sync has not settled; `.1`: the
+    /// documents still syncing (None: their digest has not come yet).
+    converging: BTreeMap<SiteId, (Millis, Option<BTreeSet<DocId>>)>,
+}
+
+impl Counters {
+    /// A member just connected: its sync starts now.
+    pub(crate) fn connected(&mut self, site: &SiteId, now: Millis) {
+        self.converging.insert(site.clone(), (now, None));
+    }
+
+    pub(crate) fn disconnected(&mut self, site: &SiteId) {
+        self.converging.remove(site);
+    }
+
+    /// Its digest came: these documents differ (none: converged).
+    pub(crate) fn differing(&mut self, site: &SiteId, docs: &[DocId], now: Millis) {
+        let Some((_, pending)) = self.converging.get_mut(site) else { return };
+        if pending.is_none() {
+            *pending = Some(docs.iter().cloned().collect());
+        }
+        self.settle(site, now);
+    }
+
+    /// A sync exchange of `doc` with it left us nothing to send.
+    pub(crate) fn quiet(&mut self, site: &SiteId, doc: &DocId, now: Millis) {
+        if let Some((_, Some(pending))) = self.converging.get_mut(site) {
+            pending.remove(doc);
+            self.settle(site, now);
+        }
+    }
+
+    fn settle(&mut self, site: &SiteId, now: Millis) {
+        if let Some((since, Some(pending))) = self.converging.get(site)
+            && pending.is_empty()
+        {
+            self.converge.observe(now.saturating_sub(*since));
+            self.converging.remove(site);
+        }
+    }
 }
 
 impl Peer {
@@ -103,6 +148,7 @@ impl Peer {
             refused: c.refused.clone(),
             driver_failures: c.driver_failures.clone(),
             intent_round_trip: c.round_trip.clone(),
+            converge: c.converge.clone(),
         })
     }
 

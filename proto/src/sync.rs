@@ -135,6 +135,7 @@ impl Peer {
     }
 
     pub(crate) fn on_disconnected(&mut self, peer: &SiteId) {
+        self.counters.disconnected(peer);
         self.connected.remove(peer);
         self.sync.retain(|(p, _), _| p != peer);
     }
@@ -197,13 +198,17 @@ impl Peer {
         }
     }
 
-    fn sync_to(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) {
+    /// Sends `peer` what it lacks of `id`; false when there was nothing to send.
+    fn sync_to(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) -> bool {
         let key = (peer.clone(), id.clone());
         let mut state = self.sync.remove(&key).unwrap_or_default();
-        if let Some((msg, sigs)) = self.doc_mut(id).and_then(|d| d.sync_out(&mut state)) {
+        let out = self.doc_mut(id).and_then(|d| d.sync_out(&mut state));
+        let sent = out.is_some();
+        if let Some((msg, sigs)) = out {
             fx.send(peer, PeerMsg::Sync { doc: id.clone(), msg, sigs });
         }
         self.sync.insert(key, state);
+        sent
     }
 
     pub(crate) fn on_message(&mut self, now: Millis, from: SiteId, msg: PeerMsg, fx: &mut impl Effects) {
@@ -224,6 +229,7 @@ impl Peer {
                         differing.push(id);
                     }
                 }
+                self.counters.differing(&from, &differing, now);
                 // A differing digest means our state for the pair may be stale
                 // (it may think the peer holds what it never received): a
                 // fresh state opens with our heads and sends what is missing.
@@ -266,7 +272,9 @@ impl Peer {
                 match applied {
                     Some(Ok(received)) => {
                         self.refusals.note(&from, &doc, received.refused);
-                        self.sync_to(&from, &doc, fx)
+                        if !self.sync_to(&from, &doc, fx) {
+                            self.counters.quiet(&from, &doc, now);
+                        }
                     }
                     // A malformed message: drop its sync progress and start over next round.
                     Some(Err(_)) | None => {

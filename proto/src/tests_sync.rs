@@ -270,7 +270,10 @@ fn a_partitioned_site_keeps_working_and_merges_when_healed() {
         other => panic!("{other:?}"),
     };
     assert!(!listed(&mut net, 0).contains(&"right".to_owned()));
+    let before = net.peers[2].stats().unwrap().converge.count;
     net.heal();
+    // The healed site timed its sync with each of the other two once.
+    assert_eq!(net.peers[2].stats().unwrap().converge.count - before, 2);
     for i in 0..3 {
         let names = listed(&mut net, i);
         assert!(

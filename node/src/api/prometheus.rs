@@ -66,8 +66,8 @@ struct StateLabel {
     state: String,
 }
 
-/// The peer core's round-trip histogram (counted in the core, which has no
-/// Prometheus types), as a Prometheus histogram in seconds.
+/// A histogram the peer core counts in ms (it has no Prometheus types), as a
+/// Prometheus histogram in seconds.
 #[derive(Debug)]
 struct RoundTrips(atoll_proto::stats::Histogram);
 
@@ -330,6 +330,11 @@ pub fn render(
             "intent_round_trip_seconds",
             "From issuing a cross-site request to learning its outcome, for those issued since this site started",
             RoundTrips(stats.intent_round_trip.clone()),
+        );
+        r.register(
+            "converge_after_connect_seconds",
+            "From a member's (re)connection to the end of the sync it started",
+            RoundTrips(stats.converge.clone()),
         );
     }
     let mut out = String::new();

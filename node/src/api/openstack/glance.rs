@@ -21,7 +21,7 @@ use axum::routing::{any, get, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{OsError, OsResult, Scoped, Service, iso, json, origin, region, unsupported, uuid_of};
+use super::{OsError, OsResult, Scoped, Service, bad_body, iso, json, origin, region, unsupported, uuid_of};
 use crate::api::AppState;
 use crate::api::upload::{Meta, store_image};
 
@@ -148,8 +148,7 @@ async fn create(
     region(GLANCE, &r)?;
     let me = Scoped::of(&h, GLANCE)?;
     let project = me.project(GLANCE)?.to_owned();
-    let axum::Json(b) =
-        b.map_err(|r| OsError::new(GLANCE, 400, format!("bad request body: {}", r.body_text())))?;
+    let axum::Json(b) = b.map_err(|r| bad_body(GLANCE, r))?;
     let format = format_of(b.disk_format.as_deref(), b.container_format.as_deref())?;
     let visibility =
         if b.visibility.as_deref() == Some("public") { Visibility::Public } else { Visibility::Private };

@@ -13,7 +13,9 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{OsError, OsResult, Scoped, Service, header_value, iso, json, origin, unsupported, uuid_of};
+use super::{
+    OsError, OsResult, Scoped, Service, bad_body, header_value, iso, json, origin, unsupported, uuid_of,
+};
 use crate::api::{AppState, Caller, login};
 
 const ID: Service = Service::Identity;
@@ -128,8 +130,7 @@ async fn issue(
     peer: Option<Extension<ConnectInfo<Caller>>>,
     body: Result<Json<AuthBody>, axum::extract::rejection::JsonRejection>,
 ) -> OsResult<Response> {
-    let Json(body) =
-        body.map_err(|r| OsError::new(ID, 400, format!("bad request body: {}", r.body_text())))?;
+    let Json(body) = body.map_err(|r| bad_body(ID, r))?;
     if !body.auth.identity.methods.iter().any(|m| m == "password") {
         return Err(unsupported(ID, "a login by any method but password"));
     }
@@ -300,7 +301,7 @@ async fn create_project(
     b: Result<Json<ProjectBody>, axum::extract::rejection::JsonRejection>,
 ) -> OsResult<Response> {
     let me = Scoped::of(&h, ID)?;
-    let Json(b) = b.map_err(|r| OsError::new(ID, 400, format!("bad request body: {}", r.body_text())))?;
+    let Json(b) = b.map_err(|r| bad_body(ID, r))?;
     // Defaults as `atoll project create` has them.
     let new: NewProject = serde_json::from_value(json!({
         "name": b.project.name, "description": b.project.description.unwrap_or_default(),
@@ -368,7 +369,7 @@ async fn create_user(
     b: Result<Json<UserBody>, axum::extract::rejection::JsonRejection>,
 ) -> OsResult<Response> {
     let me = Scoped::of(&h, ID)?;
-    let Json(b) = b.map_err(|r| OsError::new(ID, 400, format!("bad request body: {}", r.body_text())))?;
+    let Json(b) = b.map_err(|r| bad_body(ID, r))?;
     let password =
         b.user.password.ok_or_else(|| OsError::new(ID, 400, "a user needs a password (--password)"))?;
     let new = NewUser { name: b.user.name, password, realm_admin: false };

@@ -101,6 +101,12 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A JSON body that could not be read: 413 when too large, else 400.
+fn bad_body(service: Service, r: axum::extract::rejection::JsonRejection) -> OsError {
+    let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE { 413 } else { 400 };
+    OsError::new(service, code, format!("bad request body: {}", r.body_text()))
+}
+
 /// What an unsupported route or action answers: 501 with a message, never a hang.
 fn unsupported(service: Service, what: &str) -> OsError {
     OsError::new(service, 501, format!("{what} is not supported by Atoll (see docs/openstack.md)"))

@@ -13,7 +13,7 @@ use axum::routing::{any, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{OsError, OsResult, Scoped, Service, iso, json, origin, region, unsupported, uuid_of};
+use super::{OsError, OsResult, Scoped, Service, bad_body, iso, json, origin, region, unsupported, uuid_of};
 use crate::api::AppState;
 
 const NOVA: Service = Service::Compute;
@@ -122,8 +122,7 @@ async fn create_flavor(
 ) -> OsResult<Response> {
     region(NOVA, &r)?;
     let me = Scoped::of(&h, NOVA)?;
-    let axum::Json(b) =
-        b.map_err(|r| OsError::new(NOVA, 400, format!("bad request body: {}", r.body_text())))?;
+    let axum::Json(b) = b.map_err(|r| bad_body(NOVA, r))?;
     let f = b.flavor;
     let disk_mib = f.disk.checked_mul(1024).ok_or_else(|| OsError::new(NOVA, 400, "disk too large"))?;
     let new = NewFlavor { name: f.name, cpus: f.vcpus, memory_mib: f.ram, disk_mib };
@@ -296,8 +295,7 @@ async fn create_server(
     let site = region(NOVA, &r)?;
     let me = Scoped::of(&h, NOVA)?;
     let project = me.project(NOVA)?.to_owned();
-    let axum::Json(b) =
-        b.map_err(|r| OsError::new(NOVA, 400, format!("bad request body: {}", r.body_text())))?;
+    let axum::Json(b) = b.map_err(|r| bad_body(NOVA, r))?;
     let b = b.server;
     let flavors = all_flavors(&s, &me).await?;
     let flavor = flavors
@@ -340,8 +338,7 @@ async fn action(
 ) -> OsResult<Response> {
     let site = region(NOVA, &r)?;
     let me = Scoped::of(&h, NOVA)?;
-    let axum::Json(b) =
-        b.map_err(|r| OsError::new(NOVA, 400, format!("bad request body: {}", r.body_text())))?;
+    let axum::Json(b) = b.map_err(|r| bad_body(NOVA, r))?;
     let Some((verb, args)) = b.as_object().filter(|o| o.len() == 1).and_then(|o| o.iter().next()) else {
         return Err(OsError::new(NOVA, 400, "an action body names exactly one action"));
     };
@@ -445,8 +442,7 @@ async fn set_quota_set(
 ) -> OsResult<Response> {
     region(NOVA, &r)?;
     let me = Scoped::of(&h, NOVA)?;
-    let axum::Json(b) =
-        b.map_err(|r| OsError::new(NOVA, 400, format!("bad request body: {}", r.body_text())))?;
+    let axum::Json(b) = b.map_err(|r| bad_body(NOVA, r))?;
     let now = quota(&s, &me, &project).await?.total;
     let c = b.quota_set;
     let total = Resources::new(

@@ -39,11 +39,15 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Images named but not yet sent (Glance's `queued`), by id: at most
-/// [`MAX_QUEUED`], each forgotten after [`QUEUED_FOR`].
+/// [`MAX_QUEUED`] ([`MAX_QUEUED_PER_PROJECT`] of one project), each
+/// forgotten after [`QUEUED_FOR`]; only a user who may upload to the
+/// project names one.
 #[derive(Clone, Default)]
 pub struct Queued(Arc<Mutex<HashMap<String, (Instant, Pending)>>>);
 
 const MAX_QUEUED: usize = 256;
+/// Of which one project may hold at most.
+const MAX_QUEUED_PER_PROJECT: usize = 16;
 const QUEUED_FOR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
@@ -62,19 +66,18 @@ impl Queued {
     fn add(&self, id: &str, p: Pending) -> OsResult<()> {
         let mut t = self.table();
         t.retain(|_, (at, _)| at.elapsed() < QUEUED_FOR);
-        if t.len() >= MAX_QUEUED && !t.contains_key(id) {
-            return Err(OsError::new(
-                GLANCE,
-                413,
-                format!("{MAX_QUEUED} images wait for their data already"),
-            ));
+        let of_project = t.values().filter(|(_, q)| q.project == p.project).count();
+        if !t.contains_key(id) && (t.len() >= MAX_QUEUED || of_project >= MAX_QUEUED_PER_PROJECT) {
+            return Err(OsError::new(GLANCE, 413, "too many images wait for their data; send theirs first"));
         }
         t.insert(id.to_owned(), (Instant::now(), p));
         Ok(())
     }
 
-    fn get(&self, id: &str) -> Option<Pending> {
-        self.table().get(id).filter(|(at, _)| at.elapsed() < QUEUED_FOR).map(|(_, p)| p.clone())
+    /// A queued image of `project` (the caller's): another project's is not shown.
+    fn get(&self, id: &str, project: &str) -> Option<Pending> {
+        let t = self.table();
+        t.get(id).filter(|(at, p)| at.elapsed() < QUEUED_FOR && p.project == project).map(|(_, p)| p.clone())
     }
 
     fn remove(&self, id: &str) {
@@ -152,6 +155,8 @@ async fn create(
     let format = format_of(b.disk_format.as_deref(), b.container_format.as_deref())?;
     let visibility =
         if b.visibility.as_deref() == Some("public") { Visibility::Public } else { Visibility::Private };
+    // Only who may upload to the project names an image in it.
+    me.call(&s, GLANCE, Command::UploadRoom { project: project.clone() }).await?;
     let id = uuid_of("image", &project, &b.name);
     let pending = Pending { project, name: b.name, format, visibility };
     s.glance.add(&id, pending.clone())?;
@@ -168,7 +173,7 @@ async fn upload(
     let me = Scoped::of(&h, GLANCE)?;
     let p = s
         .glance
-        .get(&id)
+        .get(&id, me.project(GLANCE)?)
         .ok_or_else(|| OsError::new(GLANCE, 404, format!("No image {id} waits for data")))?;
     let meta = Meta { name: p.name, project: p.project, format: p.format, visibility: p.visibility };
     store_image(&s, Some(me.token.clone()), meta, None, body).await.map_err(|f| OsError::api(GLANCE, f.0))?;
@@ -216,12 +221,17 @@ async fn all_images(s: &AppState, me: &Scoped, service: Service) -> OsResult<Vec
     }
 }
 
+/// The catalog image whose stable id is `id`.
+fn by_id<'a>(all: &'a [ImageView], id: &str) -> Option<&'a ImageView> {
+    all.iter().find(|v| uuid_of("image", &v.image.project, &v.image.name) == id)
+}
+
 /// The image an id or a name names: the token's project's first, then a
 /// public one.
 pub async fn find_image(s: &AppState, me: &Scoped, service: Service, id: &str) -> OsResult<Image> {
     let project = me.project(service)?.to_owned();
     let all = all_images(s, me, service).await?;
-    let by_id = all.iter().find(|v| uuid_of("image", &v.image.project, &v.image.name) == id);
+    let by_id = by_id(&all, id);
     let by_name = || {
         let named = all.iter().filter(|v| v.image.name == id);
         let mut named: Vec<&ImageView> = named.collect();
@@ -270,12 +280,12 @@ async fn image(
     let r = region(GLANCE, &r)?;
     let me = Scoped::of(&h, GLANCE)?;
     let all = all_images(&s, &me, GLANCE).await?;
-    match all.iter().find(|v| uuid_of("image", &v.image.project, &v.image.name) == id) {
-        Some(v) => Ok(json(StatusCode::OK, image_json(v, r.as_str()))),
-        None => match s.glance.get(&id) {
-            Some(p) => Ok(json(StatusCode::OK, queued_json(&id, &p))),
-            None => Err(OsError::new(GLANCE, 404, format!("No image found with ID {id}"))),
-        },
+    if let Some(v) = by_id(&all, &id) {
+        return Ok(json(StatusCode::OK, image_json(v, r.as_str())));
+    }
+    match me.project.as_deref().and_then(|p| s.glance.get(&id, p)) {
+        Some(p) => Ok(json(StatusCode::OK, queued_json(&id, &p))),
+        None => Err(OsError::new(GLANCE, 404, format!("No image found with ID {id}"))),
     }
 }
 
@@ -287,10 +297,8 @@ async fn delete_image(
     region(GLANCE, &r)?;
     let me = Scoped::of(&h, GLANCE)?;
     let all = all_images(&s, &me, GLANCE).await?;
-    let v = all
-        .iter()
-        .find(|v| uuid_of("image", &v.image.project, &v.image.name) == id)
-        .ok_or_else(|| OsError::new(GLANCE, 404, format!("No image found with ID {id}")))?;
+    let v =
+        by_id(&all, &id).ok_or_else(|| OsError::new(GLANCE, 404, format!("No image found with ID {id}")))?;
     let cmd = Command::RemoveImage { project: v.image.project.clone(), name: v.image.name.clone() };
     me.call(&s, GLANCE, cmd).await?;
     Ok(StatusCode::NO_CONTENT)

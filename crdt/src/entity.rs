@@ -141,6 +141,18 @@ impl Resources {
     pub fn is_non_negative(self) -> bool {
         self.covers(Resources::ZERO)
     }
+
+    /// Each component, or zero where it is negative.
+    pub fn floor_zero(self) -> Resources {
+        Resources::new(self.instances.max(0), self.cpus.max(0), self.memory_mib.max(0))
+    }
+
+    /// How far below zero each component lies (zero where it does not).
+    /// Saturates only at `i64::MIN`, which no checked sum of quota figures reaches.
+    pub fn negative_part(self) -> Resources {
+        let part = |v: i64| v.min(0).saturating_neg();
+        Resources::new(part(self.instances), part(self.cpus), part(self.memory_mib))
+    }
 }
 
 impl fmt::Display for Resources {

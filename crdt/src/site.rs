@@ -155,6 +155,20 @@ impl SiteDoc {
             .ok_or_else(|| self.overflow("transfers", project))
     }
 
+    /// This site's transfers of `project`'s rights: one running total per
+    /// recipient, each read where [`SiteDoc::given_to`] reads it (a record
+    /// stored under another recipient's key is not counted).
+    pub fn transfers(&self, project: &str) -> Result<Vec<(SiteId, Resources)>, DocError> {
+        let listed: Vec<Transfer> = self.doc.list_prefix(&format!("{project}/"))?;
+        let recipients: std::collections::BTreeSet<SiteId> = listed.into_iter().map(|t| t.to).collect();
+        let mut out = Vec::with_capacity(recipients.len());
+        for to in recipients {
+            let total = self.given_to(project, &to)?;
+            out.push((to, total));
+        }
+        Ok(out)
+    }
+
     /// Rights this site gave to `to` for `project`.
     pub fn given_to(&self, project: &str, to: &SiteId) -> Result<Resources, DocError> {
         let transfer: Option<Transfer> = self.doc.get(&format!("{project}/{to}"))?;

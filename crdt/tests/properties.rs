@@ -122,14 +122,40 @@ struct View {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Create { at: usize, cpus: i64, mem: i64 },
-    Delete { at: usize, which: prop::sample::Index },
-    Give { from: usize, to: usize, cpus: i64 },
-    SetQuota { at: usize, instances: i64, cpus: i64 },
-    Sync { a: usize, b: usize },
+    Create {
+        at: usize,
+        cpus: i64,
+        mem: i64,
+    },
+    Delete {
+        at: usize,
+        which: prop::sample::Index,
+    },
+    Give {
+        from: usize,
+        to: usize,
+        cpus: i64,
+    },
+    /// The stolen site writes a transfer to `to` with no check at all.
+    Forge {
+        to: usize,
+        cpus: i64,
+    },
+    SetQuota {
+        at: usize,
+        instances: i64,
+        cpus: i64,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+    },
 }
 
-const SITES: usize = 3;
+const SITES: usize = 4;
+/// The site that `Forge` steps make a thief: it writes transfers of rights it
+/// may not hold (its own document is its to write; only what it says is a lie).
+const THIEF: usize = SITES - 1;
 
 /// Mostly small figures, sometimes the extremes where arithmetic wraps or saturates.
 fn figure(small: std::ops::Range<i64>) -> impl Strategy<Value = i64> {
@@ -149,12 +175,25 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..SITES, 0..SITES, figure(1..4)).prop_map(|(from, to, cpus)| Op::Give { from, to, cpus }),
         1 => (0..SITES, figure(0..12), figure(0..20)).prop_map(|(at, instances, cpus)| Op::SetQuota { at, instances, cpus }),
         3 => (0..SITES, 0..SITES).prop_map(|(a, b)| Op::Sync { a, b }),
+        1 => (0..THIEF, figure(1..6)).prop_map(|(to, cpus)| Op::Forge { to, cpus }),
     ]
 }
 
-fn account(v: &View, s: &SiteId) -> Account {
+/// A site's account; None only for the thief, whose lies may overflow.
+fn checked_account(v: &View, s: &SiteId) -> Option<Account> {
     let own = &v.docs[s];
-    Account::read(&v.realm, own, v.docs.values().filter(|d| &d.site != s), "p").unwrap()
+    match Account::read(&v.realm, own, v.docs.values().filter(|d| &d.site != s), "p") {
+        Ok(a) => Some(a),
+        Err(e) if s == &site(THIEF) => {
+            let _ = e;
+            None
+        }
+        Err(e) => panic!("account of {s}: {e}"),
+    }
+}
+
+fn account(v: &View, s: &SiteId) -> Account {
+    checked_account(v, s).unwrap_or_default()
 }
 
 fn apply(views: &mut [View], op: &Op, now: u64) {
@@ -162,7 +201,7 @@ fn apply(views: &mut [View], op: &Op, now: u64) {
         Op::Create { at, cpus, mem } => {
             let s = site(at);
             let req = Resources::new(1, cpus, mem);
-            if account(&views[at], &s).admit("p", req).is_ok() {
+            if checked_account(&views[at], &s).is_some_and(|a| a.admit("p", req).is_ok()) {
                 let doc = views[at].docs.get_mut(&s).unwrap();
                 let inst = instance(&s, now, cpus, mem);
                 doc.doc.put(&inst).unwrap();
@@ -185,9 +224,17 @@ fn apply(views: &mut [View], op: &Op, now: u64) {
             }
             let s = site(from);
             let amount = Resources::new(1, cpus, 256);
-            if account(&views[from], &s).admit("p", amount).is_ok() {
+            if checked_account(&views[from], &s).is_some_and(|a| a.admit("p", amount).is_ok()) {
                 let doc = views[from].docs.get_mut(&s).unwrap();
                 doc.add_transfer("p", &site(to), amount, now).unwrap();
+                doc.doc.commit(now);
+            }
+        }
+        Op::Forge { to, cpus } => {
+            let s = site(THIEF);
+            let doc = views[THIEF].docs.get_mut(&s).unwrap();
+            let amount = Resources::new(cpus.clamp(0, Resources::LIMIT), cpus, 1 << 20);
+            if doc.add_transfer("p", &site(to), amount, now).is_ok() {
                 doc.doc.commit(now);
             }
         }
@@ -196,7 +243,8 @@ fn apply(views: &mut [View], op: &Op, now: u64) {
             let v = &mut views[at];
             let total = v.realm.quota_total("p").unwrap();
             let new_total = Resources::new(instances, cpus, 4096);
-            if let Ok(delta) = quota_change("p", total, new_total, &account(v, &s)) {
+            let Some(account) = checked_account(v, &s) else { return };
+            if let Ok(delta) = quota_change("p", total, new_total, &account) {
                 add_grant(&mut v.realm, &s, delta, now);
                 v.realm.doc.commit(now);
             }
@@ -250,8 +298,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// No schedule of admissions, deletions, transfers, quota changes and partial
-    /// syncs lets the project's consumption exceed its total, and every site's
-    /// rights stay non-negative in the merged truth.
+    /// syncs lets the project's consumption exceed its total, not even with a
+    /// thief writing transfers of rights it does not hold, and while nobody
+    /// lies every site's rights stay non-negative in the merged truth.
     #[test]
     fn escrow_never_overspends(ops in prop::collection::vec(op(), 1..60)) {
         // Genesis at site 0 with a total of 6 instances / 8 cpus / 4096 MiB.
@@ -281,7 +330,11 @@ proptest! {
             let total = truth.realm.quota_total("p").unwrap();
             let consumed = Resources::checked_sum(truth.docs.values().map(|d| d.consumed("p").unwrap())).unwrap();
             prop_assert!(total.covers(consumed), "overspent after {:?}: total {} consumed {}", op, total, consumed);
-            for i in 0..SITES {
+            // A thief's recipients may lose rights they counted once its later
+            // lies come to light (the escrow charges every transfer of a giver
+            // found short): only honest schedules keep every account whole.
+            let forged = ops[..=t].iter().any(|o| matches!(o, Op::Forge { .. }));
+            for i in (0..SITES).filter(|_| !forged) {
                 let a = account(&truth, &site(i));
                 prop_assert!(a.available().is_non_negative(), "site {} holds negative rights {:?}", i, a);
             }

@@ -306,7 +306,14 @@ impl Peer {
             .others
             .values()
             .filter(|d| d.doc.has_collection(<atoll_crdt::Transfer as atoll_crdt::Entity>::COLLECTION));
-        Ok(Account::read(&self.realm, &self.own, ready, project)?)
+        let mut account = Account::read(&self.realm, &self.own, ready.clone(), project)?;
+        if self.breaks(crate::peer::Sabotage::Backing) {
+            // Every transfer counted as written, backed or not.
+            let raw = ready.map(|d| d.given_to(project, &self.site)).collect::<Result<Vec<_>, _>>()?;
+            account.received = Resources::checked_sum(raw).unwrap_or(Resources::ZERO);
+            account.given = self.own.given(project)?;
+        }
+        Ok(account)
     }
 
     pub(crate) fn set_quota(
@@ -382,6 +389,7 @@ impl Peer {
             if let Some(r) = self.custody.recipients.as_mut() {
                 r.insert(s.clone());
             }
+            self.custody.introduce.insert(s.clone());
         }
         Ok(())
     }

@@ -184,6 +184,9 @@ pub enum Sabotage {
     /// Take realm changes without checking the realm's rules on users and
     /// role bindings (crate::rules).
     Rules,
+    /// Count every transfer of rights to us as written, whether or not its
+    /// giver held them (crate `atoll_crdt::escrow::flows`).
+    Backing,
     /// A tampered member: at each repair round, give itself quota rights in
     /// every other site's document it holds (crate::provenance::forge_rights).
     Forge,
@@ -214,6 +217,16 @@ pub(crate) struct Custody {
     /// Per site document: the sites its intents or outcomes concern, who must
     /// receive it too. Dropped when the document changes.
     pub links: BTreeMap<SiteId, BTreeSet<SiteId>>,
+    /// Per site document: the sites it gave quota rights to. Dropped when the
+    /// document changes.
+    pub gave: BTreeMap<SiteId, BTreeSet<SiteId>>,
+    /// The sites whose rights can reach us through a chain of transfers
+    /// (their documents back what we received); None after any site
+    /// document changed.
+    pub upstream: Option<BTreeSet<SiteId>>,
+    /// New recipients of our rights, to be sent the documents upstream of us
+    /// at the next announcement.
+    pub introduce: BTreeSet<SiteId>,
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived return value
@@ -867,6 +880,13 @@ impl Peer {
                 DocId::Realm => self.custody.stale = true,
                 DocId::Site(s) => {
                     self.custody.links.remove(s);
+                    self.custody.gave.remove(s);
+                    self.custody.upstream = None;
+                    // Our own document may change by sync too (a change of
+                    // ours relayed back after a restart): read it again.
+                    if s == &self.site {
+                        self.custody.recipients = None;
+                    }
                 }
             }
             self.changed.push(id.clone());

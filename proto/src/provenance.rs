@@ -167,10 +167,11 @@ impl Refusals {
 /// What a tampered member does (`Sabotage::Forge`): in every other site's
 /// document it holds, gives itself quota rights of project `default` from
 /// that site and rewrites its descriptor with a huge capacity; in its own,
-/// asks every other site, "from admin", for an instance `forged` with no
-/// consent of the admin's; and into the realm, under its own name, writes a
-/// realm admin `forged-admin` that no realm admin consented to. Every other
-/// site must refuse all four.
+/// gives every other site rights it never held and asks every other site,
+/// "from admin", for an instance `forged` with no consent of the admin's; and
+/// into the realm, under its own name, writes a realm admin `forged-admin`
+/// that no realm admin consented to. Every other site must refuse or
+/// discount all five.
 pub(crate) fn forge_rights(peer: &mut crate::Peer) {
     let me = peer.site.clone();
     let _ = peer.realm.doc.put(&atoll_crdt::User {
@@ -182,6 +183,17 @@ pub(crate) fn forge_rights(peer: &mut crate::Peer) {
         seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
     });
     let targets: Vec<SiteId> = peer.realm.members().unwrap_or_default().into_iter().map(|m| m.site).collect();
+    for target in targets.iter().filter(|t| *t != &me) {
+        // Rights it never held, in its own document (a change it may write).
+        let _ = peer.own.doc.put(&atoll_crdt::Transfer {
+            project: "default".into(),
+            from: me.clone(),
+            to: target.clone(),
+            count: 1,
+            total: atoll_crdt::Resources::new(1000, 1000, 1 << 20),
+            at: 0,
+        });
+    }
     for (n, target) in targets.into_iter().filter(|t| t != &me).enumerate() {
         let command = serde_json::json!({
             "command": "create_instance", "name": "forged", "project": "default", "image": "forged"

@@ -6,6 +6,8 @@
 //! to every connected peer as sync messages once they are persisted. Sync
 //! progress is kept per (peer, document) and dropped on disconnect.
 
+use std::collections::BTreeSet;
+
 use atoll_crdt::{Doc, Intent, IntentOutcome, Millis, SiteDoc, SiteId};
 use rand_core::RngCore;
 
@@ -88,16 +90,62 @@ impl Peer {
     }
 
     /// Whether `peer` should hold (and so be offered) document `id`: the realm
-    /// goes to everyone; a site document to its owner, its custodians, and the
-    /// sites its owner gave rights to.
+    /// goes to everyone; a site document to its owner, its custodians, the
+    /// sites its owner gave rights to, and theirs down the chain (a recipient
+    /// counts rights only as far as the givers' documents it holds back them;
+    /// crate `atoll_crdt::escrow`).
     pub(crate) fn shares(&mut self, peer: &SiteId, id: &DocId) -> bool {
         match id {
             DocId::Realm => true,
             DocId::Site(s) if s == &self.site => {
                 self.custodians_of(s).contains(peer) || self.is_recipient(peer) || self.linked(s, peer)
             }
-            DocId::Site(s) => s == peer || self.custodians_of(s).contains(peer) || self.linked(s, peer),
+            DocId::Site(s) => {
+                s == peer
+                    || self.custodians_of(s).contains(peer)
+                    || self.linked(s, peer)
+                    || (self.is_recipient(peer) && self.is_upstream(s))
+            }
         }
+    }
+
+    /// Whether rights from `site` can reach us through transfers written in
+    /// the documents held here.
+    fn is_upstream(&mut self, site: &SiteId) -> bool {
+        if self.custody.upstream.is_none() {
+            let mut reach = BTreeSet::from([self.site.clone()]);
+            let owners: Vec<SiteId> = self.others.keys().cloned().collect();
+            let mut grew = true;
+            while grew {
+                grew = false;
+                for owner in &owners {
+                    if !reach.contains(owner) && self.gave(owner).iter().any(|r| reach.contains(r)) {
+                        reach.insert(owner.clone());
+                        grew = true;
+                    }
+                }
+            }
+            reach.remove(&self.site);
+            self.custody.upstream = Some(reach);
+        }
+        self.custody.upstream.as_ref().is_some_and(|u| u.contains(site))
+    }
+
+    /// The sites `owner`'s document (held here) gave rights to.
+    fn gave(&mut self, owner: &SiteId) -> BTreeSet<SiteId> {
+        if let Some(g) = self.custody.gave.get(owner) {
+            return g.clone();
+        }
+        let to: BTreeSet<SiteId> = self
+            .others
+            .get(owner)
+            .filter(|d| d.doc.count::<atoll_crdt::Transfer>() > 0)
+            .map(|d| {
+                d.doc.list::<atoll_crdt::Transfer>().unwrap_or_default().into_iter().map(|t| t.to).collect()
+            })
+            .unwrap_or_default();
+        self.custody.gave.insert(owner.clone(), to.clone());
+        to
     }
 
     /// Whether `owner`'s document holds an intent for `peer` or an outcome for
@@ -321,6 +369,20 @@ impl Peer {
         fx: &mut impl Effects,
     ) {
         let peers: Vec<SiteId> = self.connected.iter().cloned().collect();
+        // A new recipient of our rights counts them only once it holds the
+        // documents that back them: offer those now, not at the next repair.
+        for p in std::mem::take(&mut self.custody.introduce) {
+            if !self.connected.contains(&p) {
+                continue;
+            }
+            let upstream: Vec<SiteId> = self.others.keys().filter(|s| **s != p).cloned().collect();
+            for s in upstream {
+                let id = DocId::Site(s);
+                if self.shares(&p, &id) {
+                    self.sync_to(&p, &id, fx);
+                }
+            }
+        }
         // Only we write our own document: its changes are always local (an
         // intent applied on a peer's message, say), so they are pushed.
         let own = DocId::Site(self.site.clone());

@@ -342,6 +342,36 @@ fn quota_give_refuses_wrapping_amounts_and_repeated_recipients() {
     assert_eq!(net.peers[1].account("default").unwrap().checked_available(), Some(Resources::ZERO));
 }
 
+/// Rights passed along a chain of givers count at the end of it: the last
+/// recipient is sent the first giver's document (which backs what the middle
+/// one passed on) even when custody would not give it to it.
+#[test]
+fn rights_passed_along_a_chain_count_at_its_end() {
+    use atoll_crdt::Resources;
+    let mut net = Net::new(6);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    let founder = net.site(0);
+    let custodians = net.peers[0].custodians_of(&founder);
+    let end = (1..6).find(|&i| !custodians.contains(&net.site(i))).expect("a site that is no custodian");
+    let middle = (1..6).find(|&i| i != end).unwrap();
+    let amount = Resources::new(2, 2, 128);
+    let give =
+        |to: usize, n: &Net| Command::GiveQuota { project: "default".into(), to: vec![n.site(to)], amount };
+    net.call(0, Some(&admin), give(middle, &net)).unwrap();
+    net.settle();
+    let admin_m = net.login(middle, "admin", "admin-password");
+    net.call(middle, Some(&admin_m), give(end, &net)).unwrap();
+    net.settle();
+    assert!(
+        net.peers[end].others.contains_key(&founder),
+        "the end of the chain holds the first giver's document"
+    );
+    let held = net.peers[end].account("default").unwrap();
+    assert_eq!(held.checked_available(), Some(amount), "{held:?}");
+    assert_eq!(net.peers[middle].account("default").unwrap().checked_available(), Some(Resources::ZERO));
+}
+
 /// A sync message lost while the connection stays up (a request that timed
 /// out, say) must not leave the pair believing it was delivered: automerge
 /// would never resend those changes. The pair's state is reset and the

@@ -175,6 +175,10 @@ pub struct Sim {
     /// Forged changes sent (`forge` steps): no site may hold one.
     forged: Vec<(atoll_proto::DocId, [u8; 32])>,
     last_forgery: Option<PeerMsg>,
+    /// Projects a thief gave rights it never held (`over-give`): there a
+    /// giver's answer may be worth less than it says, so a refusal while
+    /// another site held spare rights is counted, not a violation.
+    lied_about: BTreeSet<String>,
 }
 
 /// A site's configuration: its key comes from `key_seed` (the same across
@@ -287,6 +291,7 @@ impl Sim {
             checks: Checks::default(),
             index,
             forged: Vec::new(),
+            lied_about: BTreeSet::new(),
             last_forgery: None,
         };
         sim.build_overlay(&custody);
@@ -463,7 +468,7 @@ impl Sim {
         });
         if let Some(t) = holder {
             self.stats.refused_in_reach += 1;
-            if self.sc.network.loss == 0.0 {
+            if self.sc.network.loss == 0.0 && !self.lied_about.contains(project) {
                 let what = format!(
                     "s{site} refused {want} of {project} while s{t}, in reach, held it spare ({why})"
                 );

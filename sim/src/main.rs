@@ -72,6 +72,8 @@ enum Rule {
     Consent,
     /// Take users and role bindings without checking the realm's rules.
     Rules,
+    /// Count transfers of rights as written, whether their giver held them or not.
+    Backing,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -87,6 +89,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Provenance => Sabotage::Provenance,
         Rule::Consent => Sabotage::Consent,
         Rule::Rules => Sabotage::Rules,
+        Rule::Backing => Sabotage::Backing,
     })
 }
 

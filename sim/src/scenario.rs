@@ -150,6 +150,9 @@ pub struct Forge {
 pub enum Forgery {
     /// Quota rights from the victim to the forger, in the victim's document.
     Transfer,
+    /// Quota rights the forger never held, from it to the victim, in its own
+    /// document (a change it may write: only what it says is a lie).
+    OverGive,
     /// A realm admin user, in the realm under the victim's name.
     Realm,
     /// A sync message of malformed bytes.

@@ -20,9 +20,12 @@ impl Sim {
         let forger_id = self.sites[forger].id.clone();
         let (doc_id, key) = match f.what {
             Forgery::Realm | Forgery::Admin => (DocId::Realm, "realm".to_owned()),
-            Forgery::Intent => (DocId::Site(forger_id.clone()), format!("site/{forger_id}")),
+            Forgery::Intent | Forgery::OverGive => {
+                (DocId::Site(forger_id.clone()), format!("site/{forger_id}"))
+            }
             _ => (DocId::Site(victim_id.clone()), format!("site/{victim_id}")),
         };
+        let mut own_heads: Vec<[u8; 32]> = Vec::new();
         let msg = match f.what {
             Forgery::Garbage => PeerMsg::Sync { doc: doc_id, msg: vec![0x42; 300], sigs: Vec::new() },
             Forgery::Replay => match self.last_forgery.clone() {
@@ -34,7 +37,7 @@ impl Sim {
                 // its own (an intent is the forger's to write; its content is
                 // the lie).
                 let (holder, author) = match f.what {
-                    Forgery::Intent | Forgery::Admin => (forger, &forger_id),
+                    Forgery::Intent | Forgery::Admin | Forgery::OverGive => (forger, &forger_id),
                     _ => (victim, &victim_id),
                 };
                 let Some(bytes) = self.sites[holder].store.get(&key) else { return };
@@ -45,6 +48,14 @@ impl Sim {
                         project: f.project.clone(),
                         from: victim_id.clone(),
                         to: forger_id.clone(),
+                        count: 1,
+                        total: Resources::new(1_000, 1_000, 1 << 20),
+                        at: self.now,
+                    }),
+                    Forgery::OverGive => doc.put(&Transfer {
+                        project: f.project.clone(),
+                        from: forger_id.clone(),
+                        to: victim_id.clone(),
                         count: 1,
                         total: Resources::new(1_000, 1_000, 1 << 20),
                         at: self.now,
@@ -115,7 +126,11 @@ impl Sim {
                 let (msg, sigs) = doc.push_message(&before);
                 // A forged intent is a change its author may write: what must
                 // never be held is the instance it asks for (checked below).
-                if !matches!(f.what, Forgery::Intent) {
+                // So is an over-give: what must never happen is an honest
+                // site admitting against it (the escrow check).
+                if matches!(f.what, Forgery::Intent | Forgery::OverGive) {
+                    own_heads = doc.heads().iter().map(|h| h.0).collect();
+                } else {
                     for hash in doc.heads() {
                         self.forged.push((doc_id.clone(), hash.0));
                     }
@@ -123,6 +138,14 @@ impl Sim {
                 PeerMsg::Sync { doc: doc_id, msg, sigs }
             }
         };
+        // A thief writes its own document in one line of history: its peer
+        // holds what it forged there before anyone else does.
+        if matches!(f.what, Forgery::OverGive) {
+            self.lied_about.insert(f.project.clone());
+        }
+        if matches!(f.what, Forgery::Intent | Forgery::OverGive) {
+            self.take_own(forger, &msg, &own_heads);
+        }
         self.last_forgery = Some(msg.clone());
         self.stats.forged += 1;
         let mut fx = Outbox::default();
@@ -132,6 +155,29 @@ impl Sim {
             }
         }
         self.carry_out(forger, fx);
+    }
+
+    /// Has the forger's peer take `msg`, a change to its own document, as
+    /// from a peer it is connected to (it drops messages from any other); if
+    /// it is connected to none, through a connection opened for the purpose.
+    fn take_own(&mut self, forger: usize, msg: &PeerMsg, heads: &[[u8; 32]]) {
+        use atoll_proto::Input;
+        let PeerMsg::Sync { doc, .. } = msg else { return };
+        let holds = |sim: &mut Sim| {
+            sim.sites[forger].peer.as_mut().is_some_and(|p| heads.iter().all(|h| p.holds_change(doc, h)))
+        };
+        for j in (0..self.sites.len()).filter(|j| *j != forger) {
+            let from = self.sites[j].id.clone();
+            self.input(forger, Input::Message { from, msg: msg.clone() });
+            if holds(self) {
+                return;
+            }
+        }
+        let Some(j) = (0..self.sites.len()).find(|j| *j != forger) else { return };
+        let from = self.sites[j].id.clone();
+        self.input(forger, Input::Connected(from.clone()));
+        self.input(forger, Input::Message { from: from.clone(), msg: msg.clone() });
+        self.input(forger, Input::Disconnected(from));
     }
 
     /// Every forged change must be held by no site but the forger (which

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -31,7 +31,8 @@ pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageErro
     let mut config: Option<(PathBuf, String)> = None;
     for entry in input.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-        let path: PathBuf = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        // As the copy will name it: `./repositories` is `repositories` there.
+        let path = normal(&entry.path().map_err(|e| bad(e.to_string()))?);
         let mut header = entry.header().clone();
         if path == Path::new("repositories") {
             continue;
@@ -66,7 +67,7 @@ pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageErro
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!("unexpected Config name {name:?}")));
             }
-            config = Some((PathBuf::from(name), hex.to_ascii_lowercase()));
+            config = Some((normal(Path::new(name)), hex.to_ascii_lowercase()));
             let body = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
             header.set_size(body.len() as u64);
             output.append_data(&mut header, &path, body.as_slice())?;
@@ -90,19 +91,32 @@ pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageErro
     }
 }
 
+/// `path` without its `.` components, as a tar writer and the engine name it.
+fn normal(path: &Path) -> PathBuf {
+    path.components().filter(|c| !matches!(c, Component::CurDir)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn archive(dir: &Path, config: &[u8], claimed: &str) -> PathBuf {
+        archive_named(dir, config, claimed, "")
+    }
+
+    /// Every entry's name starts with `prefix`, written as is (the tar
+    /// writer would drop a `./`).
+    fn archive_named(dir: &Path, config: &[u8], claimed: &str, prefix: &str) -> PathBuf {
         let path = dir.join("in.tar");
         let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
         let mut add = |name: &str, body: &[u8]| {
+            let name = format!("{prefix}{name}");
             let mut h = tar::Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             h.set_size(body.len() as u64);
             h.set_mode(0o644);
             h.set_cksum();
-            b.append_data(&mut h, name, body).unwrap();
+            b.append(&h, body).unwrap();
         };
         let manifest = format!(
             r#"[{{"Config":"{claimed}.json","RepoTags":["postgres:latest"],"Layers":["l/layer.tar"]}}]"#
@@ -141,6 +155,20 @@ mod tests {
             }
         }
         assert!(!manifest.contains("RepoTags") && manifest.contains(&hex), "{manifest}");
+    }
+
+    #[test]
+    fn tags_go_whatever_the_entries_are_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = br#"{"architecture":"amd64"}"#;
+        let hex = hex::encode(Sha256::digest(config));
+        let out = dir.path().join("out.tar");
+        let input = std::fs::File::open(archive_named(dir.path(), config, &hex, "./")).unwrap();
+        let id = sanitize(input, std::fs::File::create(&out).unwrap()).unwrap();
+        assert_eq!(id, format!("sha256:{hex}"));
+        let names = names(&out);
+        assert!(!names.contains(&"repositories".to_owned()), "{names:?}");
+        assert!(names.contains(&"manifest.json".to_owned()), "{names:?}");
     }
 
     #[test]

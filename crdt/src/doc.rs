@@ -350,6 +350,14 @@ impl Doc {
         objs.iter().map(|(key, stored)| self.decode::<T>(stored, key)).collect()
     }
 
+    /// Every entity of a collection as of `heads`, in key order.
+    pub fn list_at<T: Entity>(&self, heads: &[ChangeHash]) -> Result<Vec<T>, DocError> {
+        let coll = self.collection(T::COLLECTION)?;
+        let keys: Vec<String> =
+            self.inner.map_range_at(&coll, .., heads).map(|item| item.key.to_string()).collect();
+        keys.iter().filter_map(|key| self.get_at::<T>(key, heads).transpose()).collect()
+    }
+
     pub fn contains<T: Entity>(&self, key: &str) -> Result<bool, DocError> {
         let coll = self.collection(T::COLLECTION)?;
         Ok(self.inner.get(&coll, key)?.is_some())
@@ -763,6 +771,7 @@ mod tests {
             addrs: vec![addr.into()],
             invitation: Some("nonce".into()),
             api_cert: None,
+            admission: None,
         }
     }
 

@@ -180,6 +180,24 @@ pub struct Member {
     /// HTTPS: clients pin it (docs/operations.md, "HTTPS").
     #[serde(default)]
     pub api_cert: Option<String>,
+    /// A realm admin's consent to its joining, from the invitation it joined
+    /// with (none for the founding site and for sites admitted before the
+    /// realm's rules: docs/architecture.md, "Realm rules on membership").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<Admission>,
+}
+
+/// What an invitation said, with the consent of the realm admin who asked
+/// for it: kept in the member record it admitted, so that every site can
+/// check that an admin let the site in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Admission {
+    /// The site that sealed the invitation.
+    pub issuer: SiteId,
+    /// The one site name it admitted, if it named one.
+    pub name: Option<SiteId>,
+    pub expires_at: Millis,
+    pub consent: crate::Consent,
 }
 
 impl Entity for Member {
@@ -200,6 +218,9 @@ pub struct Removal {
     /// The realm admin who removed it.
     pub by: String,
     pub at: Millis,
+    /// `by`'s consent (realms from before the realm's rules: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::Consent>,
 }
 
 impl Entity for Removal {
@@ -229,6 +250,10 @@ pub struct Revocation {
     /// Who revoked.
     pub by: String,
     pub at: Millis,
+    /// `by`'s consent to a user-wide revocation (realms from before the
+    /// realm's rules, and one-token revocations: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<crate::Consent>,
 }
 
 impl Revocation {

@@ -345,6 +345,7 @@ mod tests {
             addrs: vec![addr.into()],
             invitation: None,
             api_cert: None,
+            admission: None,
         };
         let mut a = Realm::create(&s1, 1).unwrap();
         a.doc.put(&member("/ip4/1")).unwrap();
@@ -358,6 +359,7 @@ mod tests {
                 invitation: None,
                 by: "admin".into(),
                 at: 3,
+                consent: None,
             })
             .unwrap();
         a.doc.commit(3);

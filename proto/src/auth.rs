@@ -383,6 +383,7 @@ mod tests {
                 addrs: Vec::new(),
                 invitation: None,
                 api_cert: None,
+                admission: None,
             })
             .unwrap();
         realm

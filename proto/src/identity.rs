@@ -5,7 +5,7 @@
 //! record ([`Revocation`]) that every site checks once it has heard of it:
 //! a revocation reaches a site when the realm change does, like any write.
 
-use atoll_crdt::{Entity, Millis, Project, Revocation, Role, User};
+use atoll_crdt::{Entity, Millis, Project, Revocation, Role};
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth::{self, Claims};
@@ -59,13 +59,16 @@ impl Peer {
         user.password_hash = password_hash;
         // Tokens signed with the old key stop verifying too.
         user.key = key;
+        // Whoever held the old password may hold a token too. Sealed first:
+        // both statements are judged as of the realm before either.
+        let revocation = self.revocation(now, Ok(by), &user.name, None)?;
         let user = self.write_sealed(by, user, false)?;
-        // Whoever held the old password may hold a token too.
-        self.revoke(now, &caller.name, &user.name, None)?;
+        self.put_revocation(now, &revocation)?;
         Ok(Reply::User(user_view(&user)))
     }
 
-    pub(crate) fn revoke_tokens(&mut self, now: Millis, caller: &User, name: &str) -> ApiResult {
+    pub(crate) fn revoke_tokens(&mut self, now: Millis, by: &Caller, name: &str) -> ApiResult {
+        let caller = &by.user;
         if !caller.realm_admin && caller.name != name {
             return Err(ApiError::Forbidden(format!(
                 "only realm admins revoke another user's tokens ({name})"
@@ -74,39 +77,59 @@ impl Peer {
         if self.realm.user(name)?.is_none() {
             return Err(ApiError::NotFound(format!("no user {name}")));
         }
-        self.revoke(now, &caller.name, name, None)?;
+        self.revoke(now, Ok(by), name, None)?;
         Ok(Reply::Revoked(crate::api::Revoked { user: name.to_owned(), before: Some(now) }))
     }
 
     /// Revokes the token the caller presented.
     pub(crate) fn logout(&mut self, now: Millis, claims: &Claims, token: &str) -> ApiResult {
         let digest = auth::token_digest(token);
-        self.revoke(now, &claims.user, &claims.user, Some((digest, claims.expires_at)))?;
+        self.revoke(now, Err(&claims.user), &claims.user, Some((digest, claims.expires_at)))?;
         Ok(Reply::Revoked(crate::api::Revoked { user: claims.user.clone(), before: None }))
     }
 
     /// Writes a revocation: of one token (its digest and expiry), or of all
-    /// of `user`'s tokens issued until `now`.
+    /// of `user`'s tokens issued until `now`, which needs `by`'s consent (a
+    /// one-token revocation is by its holder, named: `Err(name)`).
     fn revoke(
         &mut self,
         now: Millis,
-        by: &str,
+        by: Result<&Caller, &str>,
         user: &str,
         token: Option<(String, Millis)>,
     ) -> Result<(), ApiError> {
+        let revocation = self.revocation(now, by, user, token)?;
+        self.put_revocation(now, &revocation)
+    }
+
+    /// A revocation, sealed and checked as every site will on receipt.
+    fn revocation(
+        &mut self,
+        now: Millis,
+        by: Result<&Caller, &str>,
+        user: &str,
+        token: Option<(String, Millis)>,
+    ) -> Result<Revocation, ApiError> {
         if !self.realm.doc.has_collection(Revocation::COLLECTION) {
             return Err(ApiError::Conflict(
                 "this realm was founded before tokens could be revoked; tokens end when they expire".into(),
             ));
         }
         let (token, expires_at) = token.map_or((None, None), |(d, e)| (Some(d), Some(e)));
-        self.realm.doc.put(&Revocation {
-            user: user.to_owned(),
-            token,
-            expires_at,
-            by: by.to_owned(),
-            at: now,
-        })?;
+        let name = by.map_or_else(str::to_owned, |c| c.user.name.clone());
+        let revocation =
+            Revocation { user: user.to_owned(), token, expires_at, by: name, at: now, consent: None };
+        match by {
+            Ok(caller) => self.seal_revocation(caller, revocation),
+            Err(_) if revocation.token.is_some() => Ok(revocation),
+            Err(name) => {
+                Err(ApiError::Forbidden(format!("{name} revokes all tokens of {user} without consent")))
+            }
+        }
+    }
+
+    fn put_revocation(&mut self, now: Millis, revocation: &Revocation) -> Result<(), ApiError> {
+        self.realm.doc.put(revocation)?;
         // One-token revocations of expired tokens guard nothing any more.
         let expired: Vec<String> = self
             .realm

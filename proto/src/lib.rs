@@ -23,6 +23,7 @@ pub mod provenance;
 pub mod reach;
 mod rebalance;
 mod refetch;
+pub mod roster;
 pub mod rules;
 pub mod stats;
 pub mod sync;
@@ -47,6 +48,8 @@ mod tests_intents;
 mod tests_membership;
 #[cfg(test)]
 mod tests_provenance;
+#[cfg(test)]
+mod tests_roster;
 #[cfg(test)]
 mod tests_rules;
 #[cfg(test)]

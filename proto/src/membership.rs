@@ -7,12 +7,13 @@
 //! and answers with the realm document. Transport shells accept sync traffic
 //! only from members; the invitation is the one way in.
 
-use atoll_crdt::{Member, Millis, Removal, SiteId, User};
+use atoll_crdt::{Admission, Member, Millis, Removal, SiteId, User};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiResult, Reply, SiteRow, SiteView};
 use crate::auth;
+use crate::consent::Caller;
 use crate::peer::{Effects, Peer};
 
 /// Text that starts every invitation token.
@@ -41,6 +42,10 @@ pub struct Invitation {
     /// realm copy of this realm only. None in invitations of releases before.
     #[serde(default)]
     pub realm: Option<String>,
+    /// `admin`'s consent to admitting a site with it (crate::roster); none
+    /// from releases before the realm's rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<atoll_crdt::Consent>,
 }
 
 impl Invitation {
@@ -75,7 +80,7 @@ impl Peer {
     pub(crate) fn invite(
         &mut self,
         now: Millis,
-        admin: &str,
+        admin: &Caller,
         name: Option<SiteId>,
         ttl: Millis,
     ) -> ApiResult {
@@ -96,14 +101,17 @@ impl Peer {
                 "this site publishes no peer address yet, so no one could join through it".into(),
             ));
         }
+        let (expires_at, nonce) = (now + ttl, hex::encode(nonce));
+        let consent = self.consent_to_admit(admin, name.as_ref(), expires_at, &nonce)?;
         let inv = Invitation {
             issuer: self.site.clone(),
-            admin: admin.to_owned(),
+            admin: admin.user.name.clone(),
             name,
-            expires_at: now + ttl,
-            nonce: hex::encode(nonce),
+            expires_at,
+            nonce,
             addrs,
             realm: self.realm.doc.genesis(),
+            consent,
         };
         let token = format!("{INVITE_PREFIX}{}", auth::seal(&self.key, &inv));
         Ok(Reply::Invitation(crate::api::InvitationView { token, expires_at: inv.expires_at }))
@@ -165,7 +173,14 @@ impl Peer {
         if let Some(holder) = members.iter().find(|x| x.public_key == m.public_key) {
             return Err(refused(format!("this key is already site {}'s", holder.site)));
         }
-        let member = Member { joined_at: now, invitation: Some(inv.nonce), ..m.clone() };
+        let admission = inv.consent.map(|consent| Admission {
+            issuer: inv.issuer,
+            name: inv.name,
+            expires_at: inv.expires_at,
+            consent,
+        });
+        let member = Member { joined_at: now, invitation: Some(inv.nonce), admission, ..m.clone() };
+        self.precheck_member(&member).map_err(|e| refused(e.to_string()))?;
         self.enroll(now, &member, fx)?;
         Ok(self.realm_bytes())
     }
@@ -210,7 +225,8 @@ impl Peer {
     /// `atoll site remove`: a realm admin takes a site out of the realm. Its
     /// connections are refused from then on; what it hosted is no longer
     /// managed by the realm.
-    pub(crate) fn remove_site(&mut self, now: Millis, caller: &User, site: &SiteId) -> ApiResult {
+    pub(crate) fn remove_site(&mut self, now: Millis, by: &Caller, site: &SiteId) -> ApiResult {
+        let caller = &by.user;
         auth::require_realm_admin(caller)?;
         if site == &self.site {
             return Err(ApiError::Conflict(format!(
@@ -221,14 +237,17 @@ impl Peer {
             .realm
             .member(site)?
             .ok_or_else(|| ApiError::NotFound(format!("no site {site} in this realm")))?;
-        self.realm.doc.delete::<Member>(site.as_str())?;
-        self.realm.doc.put(&Removal {
+        let removal = Removal {
             site: site.clone(),
             public_key: member.public_key,
             invitation: member.invitation,
             by: caller.name.clone(),
             at: now,
-        })?;
+            consent: None,
+        };
+        let removal = self.seal_removal(by, removal)?;
+        self.realm.doc.delete::<Member>(site.as_str())?;
+        self.realm.doc.put(&removal)?;
         self.summaries.remove(site);
         Ok(Reply::removed(site.to_string()))
     }

@@ -306,6 +306,19 @@ impl Peer {
     /// A new realm whose first site is this one, with user `admin` (password
     /// given by the shell) and project `default`.
     pub fn genesis(cfg: PeerConfig, now: Millis, admin_password: &str) -> Result<Peer, ApiError> {
+        Peer::genesis_fleet(cfg, now, admin_password, &[])
+    }
+
+    /// A new realm founded with `fleet` enrolled (the simulator's sites, a
+    /// test's): in the founder's bootstrap change, which the realm's rules
+    /// take without consents (crate::provenance::Members); any later
+    /// member joins with an invitation.
+    pub fn genesis_fleet(
+        cfg: PeerConfig,
+        now: Millis,
+        admin_password: &str,
+        fleet: &[Member],
+    ) -> Result<Peer, ApiError> {
         let site = cfg.descriptor.site.clone();
         // The realm's identity must be its own even if another realm is
         // founded by a site of the same name in the same millisecond.
@@ -329,6 +342,7 @@ impl Peer {
             addrs: Vec::new(),
             invitation: None,
             api_cert: None,
+            admission: None,
         })?;
         peer.realm.doc.put(&User {
             name: "admin".into(),
@@ -358,6 +372,9 @@ impl Peer {
         peer.realm
             .doc
             .put(&QuotaGrant { seal: atoll_crdt::Seal { rev: 1, ..Default::default() }, ..grant })?;
+        for m in fleet {
+            peer.realm.doc.put(m)?;
+        }
         peer.realm.doc.commit(now);
         Ok(peer)
     }
@@ -410,23 +427,15 @@ impl Peer {
         Ok(peer)
     }
 
-    /// Enters a member in the realm (an admin-side act: the shell has checked the
-    /// right to join, e.g. an invitation signed by a realm admin).
-    pub fn enroll(&mut self, now: Millis, member: &Member, fx: &mut impl Effects) -> Result<(), ApiError> {
-        self.enroll_all(now, std::slice::from_ref(member), fx)
-    }
-
-    /// Enters several members in one realm change (a fleet enrolled at once:
-    /// each change costs every replica its metadata for good).
-    pub fn enroll_all(
+    /// Writes a member record (an enrolment checked by `accept_join`, or
+    /// this site's own record) and sends it.
+    pub(crate) fn enroll(
         &mut self,
         now: Millis,
-        members: &[Member],
+        member: &Member,
         fx: &mut impl Effects,
     ) -> Result<(), ApiError> {
-        for m in members {
-            self.realm.doc.put(m)?;
-        }
+        self.realm.doc.put(member)?;
         self.flush(now, fx);
         Ok(())
     }
@@ -788,7 +797,7 @@ impl Peer {
             SetPassword { user: name, password_hash, current_checked, key } => {
                 self.set_password(now, caller, &name, (password_hash, key), current_checked)
             }
-            RevokeTokens { user: name } => self.revoke_tokens(now, user, &name),
+            RevokeTokens { user: name } => self.revoke_tokens(now, caller, &name),
             RevokeRole { user: name, project } => self.revoke_role(caller, &name, &project),
             DeleteProject { project } => return self.delete_project(now, req, caller, project, fx),
             CreateProject(n) => self.create_project(now, caller, n),
@@ -839,14 +848,14 @@ impl Peer {
             ShowSite => self.show_site(),
             ListSites => self.list_sites(now),
             Reachability => return self.reachability(req, fx),
-            RemoveSite { site } => self.remove_site(now, user, &site),
+            RemoveSite { site } => self.remove_site(now, caller, &site),
             FinishUpgrade { speaking } => self.finish_upgrade(user, &speaking),
             CreateFlavor(n) => self.create_flavor(now, user, n),
             ListFlavors => self.list_flavors(),
             DeleteFlavor { name } => self.delete_flavor(user, &name),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
-                self.invite(now, &user.name, name, ttl)
+                self.invite(now, caller, name, ttl)
             }),
         };
         Outcome::Now(result)

@@ -116,6 +116,7 @@ impl Gate for Members {
         let bootstrap = self.founder.as_deref() == Some(change.actor) && change.change.seq() == 2;
         if self.rules && !bootstrap && crate::rules::apply_to(doc, change) {
             crate::rules::check_change(doc, change, &site)?;
+            crate::roster::check_change(doc, change, &site)?;
         }
         Ok(())
     }

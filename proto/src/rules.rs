@@ -268,7 +268,18 @@ pub struct At<'a> {
 }
 
 impl At<'_> {
-    fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, String> {
+    /// Every record of a collection.
+    pub(crate) fn list<T: Entity>(&self) -> Result<Vec<T>, String> {
+        match self.heads {
+            Some(heads) => self.doc.list_at(heads),
+            None => self.doc.list(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl At<'_> {
+    pub(crate) fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, String> {
         match self.heads {
             Some(heads) => self.doc.get_at(key, heads),
             None => self.doc.get(key),
@@ -298,7 +309,7 @@ impl At<'_> {
             || self.get::<Removal>(site.as_str())?.is_some_and(|r| r.public_key == key))
     }
 
-    fn revoked_before(&self, user: &str) -> Result<Option<Millis>, String> {
+    pub(crate) fn revoked_before(&self, user: &str) -> Result<Option<Millis>, String> {
         if !self.doc.has_collection(Revocation::COLLECTION) {
             return Ok(None);
         }
@@ -315,10 +326,25 @@ pub fn judge<T: Sealed>(at: &At<'_>, author: &SiteId, before: Option<&T>, after:
         return Err(format!("its revision {to} does not follow {from}"));
     }
     let consent = after.seal().consent.as_ref().ok_or("it carries no user's consent")?;
+    consented(at, consent, &message(after), |signer| T::authority(at, signer, author, before, after))
+        .map(drop)
+}
+
+/// Whether `consent` verifies, as of `at`, as the word of a user that
+/// `authority` allows (it returns the key their claims must verify with)
+/// on `message`: their key signed the claims, a member issued the token,
+/// after the user was created and after their last revocation of all
+/// tokens, and the session key signed `message`. Ok: the signer.
+pub(crate) fn consented(
+    at: &At<'_>,
+    consent: &atoll_crdt::Consent,
+    message: &[u8],
+    authority: impl FnOnce(&User) -> Result<UserKey, String>,
+) -> Result<User, String> {
     let claims = consent::claims_of(consent)?;
     let signer =
         at.user(&claims.user)?.ok_or_else(|| format!("its consent is of {}, no user", claims.user))?;
-    let key = T::authority(at, &signer, author, before, after)?;
+    let key = authority(&signer)?;
     crate::auth::check_user_sig(&claims, &key).map_err(|why| format!("its consent: {why}"))?;
     if claims.issued_at < signer.created_at {
         return Err("its consent's token was issued before its user was created".into());
@@ -329,7 +355,16 @@ pub fn judge<T: Sealed>(at: &At<'_>, author: &SiteId, before: Option<&T>, after:
     if at.revoked_before(&signer.name)?.is_some_and(|t| claims.issued_at <= t) {
         return Err("its consent's token was revoked".into());
     }
-    consent::check_session_sig(&claims, consent, &message(after)).map_err(|why| format!("its consent: {why}"))
+    consent::check_session_sig(&claims, consent, message).map_err(|why| format!("its consent: {why}"))?;
+    Ok(signer)
+}
+
+/// The key of `signer` if they are a realm admin.
+pub(crate) fn realm_admin_key(signer: &User, what: &str) -> Result<UserKey, String> {
+    if !signer.realm_admin {
+        return Err(format!("user {} is not a realm admin: only realm admins {what}", signer.name));
+    }
+    signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))
 }
 
 /// Whether the realm's rules apply to a change: from the consent floor on,

@@ -464,6 +464,7 @@ mod custody_tests {
             addrs: Vec::new(),
             invitation: None,
             api_cert: None,
+            admission: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub(crate) fn member_of(c: &PeerConfig) -> atoll_crdt::Member {
         addrs: Vec::new(),
         invitation: None,
         api_cert: None,
+        admission: None,
     }
 }
 
@@ -67,9 +68,8 @@ pub(crate) struct Net {
 
 impl Net {
     pub fn new(n: usize) -> Net {
-        let mut first = Peer::genesis(cfg(0), 0, "admin-password").unwrap();
         let members: Vec<atoll_crdt::Member> = (1..n).map(|i| member_of(&cfg(i))).collect();
-        first.enroll_all(0, &members, &mut Outbox::default()).unwrap();
+        let mut first = Peer::genesis_fleet(cfg(0), 0, "admin-password", &members).unwrap();
         let realm = first.realm_bytes();
         let mut peers = vec![first];
         for i in 1..n {

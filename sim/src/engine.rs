@@ -238,6 +238,7 @@ impl Sim {
                 addrs: Vec::new(),
                 invitation: None,
                 api_cert: None,
+                admission: None,
             })
             .collect();
         // The operator enrolls every site at genesis: one realm change, not n.
@@ -246,8 +247,7 @@ impl Sim {
             let region = i % sc.sites.regions.len();
             let key_seed = key_seeds[i];
             let mut peer = if i == 0 {
-                let mut p = Peer::genesis(cfg, 0, ADMIN_PASSWORD).expect("genesis");
-                p.enroll_all(0, &members[1..], &mut Outbox::default()).expect("enroll");
+                let mut p = Peer::genesis_fleet(cfg, 0, ADMIN_PASSWORD, &members[1..]).expect("genesis");
                 realm_bytes = p.realm_bytes();
                 p
             } else {

@@ -106,6 +106,7 @@ fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
             addrs: if addr.is_empty() { vec![] } else { vec![(*addr).to_owned()] },
             invitation: None,
             api_cert: None,
+            admission: None,
         };
         realm.doc.put(&member).unwrap();
     }
@@ -166,6 +167,7 @@ async fn a_join_request_for_another_key_than_the_connections_is_refused() {
         nonce: "n".into(),
         addrs: vec![addr_a],
         realm: None,
+        consent: None,
     };
     let token = format!("{INVITE_PREFIX}{}", atoll_proto::auth::seal(&a, &inv));
     let member = Member {
@@ -177,6 +179,7 @@ async fn a_join_request_for_another_key_than_the_connections_is_refused() {
         addrs: vec![],
         invitation: None,
         api_cert: None,
+        admission: None,
     };
     let core_saw = tokio::spawn(async move {
         loop {

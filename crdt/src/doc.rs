@@ -771,7 +771,6 @@ mod tests {
             addrs: vec![addr.into()],
             invitation: Some("nonce".into()),
             api_cert: None,
-            admission: None,
         }
     }
 

@@ -180,11 +180,28 @@ pub struct Member {
     /// HTTPS: clients pin it (docs/operations.md, "HTTPS").
     #[serde(default)]
     pub api_cert: Option<String>,
-    /// A realm admin's consent to its joining, from the invitation it joined
-    /// with (none for the founding site and for sites admitted before the
-    /// realm's rules: docs/architecture.md, "Realm rules on membership").
+}
+
+/// A member record as the realm stores it: the member, and the admission
+/// it joined with (none for the founding site, the fleet founded with it
+/// and sites admitted before the realm's rules: docs/architecture.md,
+/// "Realm rules on membership"). Kept beside [`Member`] rather than in it,
+/// since members also travel in peer messages whose encoding a new field
+/// would change; readers of a `Member` ignore it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    #[serde(flatten)]
+    pub member: Member,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<Admission>,
+}
+
+impl Entity for Enrolment {
+    const COLLECTION: &'static str = Member::COLLECTION;
+    const PACKED: bool = true;
+    fn key(&self) -> String {
+        self.member.key()
+    }
 }
 
 /// What an invitation said, with the consent of the realm admin who asked

@@ -345,7 +345,6 @@ mod tests {
             addrs: vec![addr.into()],
             invitation: None,
             api_cert: None,
-            admission: None,
         };
         let mut a = Realm::create(&s1, 1).unwrap();
         a.doc.put(&member("/ip4/1")).unwrap();

@@ -78,7 +78,6 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
         addrs: Vec::new(),
         invitation: None,
         api_cert: None,
-        admission: None,
     };
     let cfg = PeerConfig {
         key,

@@ -383,7 +383,6 @@ mod tests {
                 addrs: Vec::new(),
                 invitation: None,
                 api_cert: None,
-                admission: None,
             })
             .unwrap();
         realm

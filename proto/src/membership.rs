@@ -7,7 +7,7 @@
 //! and answers with the realm document. Transport shells accept sync traffic
 //! only from members; the invitation is the one way in.
 
-use atoll_crdt::{Admission, Member, Millis, Removal, SiteId, User};
+use atoll_crdt::{Admission, Enrolment, Member, Millis, Removal, SiteId, User};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -179,7 +179,8 @@ impl Peer {
             expires_at: inv.expires_at,
             consent,
         });
-        let member = Member { joined_at: now, invitation: Some(inv.nonce), admission, ..m.clone() };
+        let member = Member { joined_at: now, invitation: Some(inv.nonce), ..m.clone() };
+        let member = Enrolment { member, admission };
         self.precheck_member(&member).map_err(|e| refused(e.to_string()))?;
         self.enroll(now, &member, fx)?;
         Ok(self.realm_bytes())
@@ -194,13 +195,13 @@ impl Peer {
         fx: &mut impl Effects,
     ) -> Result<(), ApiError> {
         addrs.truncate(MAX_ADDRS);
-        let Some(mut me) = self.realm.member(&self.site)? else {
+        let Some(mut me) = self.realm.doc.get::<Enrolment>(self.site.as_str())? else {
             return Ok(());
         };
-        if me.addrs == addrs {
+        if me.member.addrs == addrs {
             return Ok(());
         }
-        me.addrs = addrs;
+        me.member.addrs = addrs;
         self.enroll(now, &me, fx)
     }
 
@@ -212,13 +213,13 @@ impl Peer {
         fingerprint: Option<String>,
         fx: &mut impl Effects,
     ) -> Result<(), ApiError> {
-        let Some(mut me) = self.realm.member(&self.site)? else {
+        let Some(mut me) = self.realm.doc.get::<Enrolment>(self.site.as_str())? else {
             return Ok(());
         };
-        if me.api_cert == fingerprint {
+        if me.member.api_cert == fingerprint {
             return Ok(());
         }
-        me.api_cert = fingerprint;
+        me.member.api_cert = fingerprint;
         self.enroll(now, &me, fx)
     }
 

@@ -342,7 +342,6 @@ impl Peer {
             addrs: Vec::new(),
             invitation: None,
             api_cert: None,
-            admission: None,
         })?;
         peer.realm.doc.put(&User {
             name: "admin".into(),
@@ -432,7 +431,7 @@ impl Peer {
     pub(crate) fn enroll(
         &mut self,
         now: Millis,
-        member: &Member,
+        member: &atoll_crdt::Enrolment,
         fx: &mut impl Effects,
     ) -> Result<(), ApiError> {
         self.realm.doc.put(member)?;

@@ -16,7 +16,7 @@
 //!   user or of a realm admin, and never moves back in time.
 
 use atoll_crdt::{
-    Admission, Consent, Doc, Entity, Incoming, Member, RecordWrite, Removal, Revocation, SiteId,
+    Admission, Consent, Doc, Enrolment, Entity, Incoming, Member, RecordWrite, Removal, Revocation, SiteId,
 };
 use sha2::{Digest, Sha256};
 
@@ -74,7 +74,7 @@ pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result
     for RecordWrite { collection, key, put } in writes {
         let judged = match (collection, put) {
             (Member::COLLECTION, Some(bytes)) => {
-                parse::<Member>(&key, &bytes).and_then(|m| check_member(&at, author, &m))
+                parse::<Enrolment>(&key, &bytes).and_then(|m| check_member(&at, author, &m))
             }
             (Member::COLLECTION, None) => match at.get::<Member>(&key)? {
                 Some(m) if !removed.contains(&m.public_key) => {
@@ -104,26 +104,29 @@ fn parse<T: Entity>(key: &str, bytes: &[u8]) -> Result<T, String> {
 }
 
 /// A member record written by `author`: its own, or an enrolment.
-pub(crate) fn check_member(at: &At<'_>, author: &SiteId, m: &Member) -> Result<(), String> {
+pub(crate) fn check_member(at: &At<'_>, author: &SiteId, record: &Enrolment) -> Result<(), String> {
+    let m = &record.member;
     let Some(before) = at.get::<Member>(m.site.as_str())? else {
-        return check_enrolment(at, m);
+        return check_enrolment(at, record);
     };
     if author != &before.site {
         return Err(format!("it rewrites site {}'s record (only that site does)", before.site));
     }
-    let admitted =
-        |x: &Member| (x.public_key.clone(), x.invitation.clone(), x.joined_at, x.admission.clone());
+    // Its admission matters only when it enrols (a release that keeps no
+    // admission drops it on a rewrite).
+    let admitted = |x: &Member| (x.public_key.clone(), x.invitation.clone(), x.joined_at);
     if admitted(&before) != admitted(m) {
-        return Err("it changes what admitted the site (its key, invitation or admission)".into());
+        return Err("it changes what admitted the site (its key, invitation or joining time)".into());
     }
     Ok(())
 }
 
 /// A new member: admitted by a realm admin's invitation, under a name, key
 /// and invitation never used before.
-fn check_enrolment(at: &At<'_>, m: &Member) -> Result<(), String> {
+fn check_enrolment(at: &At<'_>, record: &Enrolment) -> Result<(), String> {
+    let m = &record.member;
     let Admission { issuer, name, expires_at, consent } =
-        m.admission.as_ref().ok_or("it enrols a site without a realm admin's consent")?;
+        record.admission.as_ref().ok_or("it enrols a site without a realm admin's consent")?;
     let nonce = m.invitation.as_deref().ok_or("it enrols a site without an invitation")?;
     if name.as_ref().is_some_and(|n| n != &m.site) {
         return Err(format!("its invitation admits another site name, not {}", m.site));
@@ -223,7 +226,7 @@ impl Peer {
     }
 
     /// Checks an enrolment this site is about to write.
-    pub(crate) fn precheck_member(&self, m: &Member) -> Result<(), ApiError> {
+    pub(crate) fn precheck_member(&self, m: &Enrolment) -> Result<(), ApiError> {
         self.precheck(|at| check_member(at, &self.site, m))
     }
 

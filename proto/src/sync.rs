@@ -464,7 +464,6 @@ mod custody_tests {
             addrs: Vec::new(),
             invitation: None,
             api_cert: None,
-            admission: None,
         }
     }
 

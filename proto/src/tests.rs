@@ -492,7 +492,6 @@ fn site_scoped_roles_apply_only_on_their_sites() {
             addrs: Vec::new(),
             invitation: None,
             api_cert: None,
-            admission: None,
         })
         .unwrap();
     h.call(

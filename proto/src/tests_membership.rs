@@ -46,7 +46,6 @@ fn newcomer(name: &str, seed: u64) -> Member {
         addrs: vec![],
         invitation: None,
         api_cert: None,
-        admission: None,
     }
 }
 

@@ -106,9 +106,9 @@ fn a_member_cannot_enrol_a_site_no_admin_invited() {
         site: SiteId::new(name).unwrap(),
         public_key: auth::encode_key(&ed25519_dalek::SigningKey::from_bytes(&[key; 32]).verifying_key()),
         invitation: Some(format!("nonce-{name}")),
-        admission: None,
         ..template.clone()
     };
+    let enrolled = |member: Member, admission| atoll_crdt::Enrolment { member, admission };
     forge(&mut net, |p| p.realm.doc.put(&sybil("sybil", 7)).unwrap());
     refused(&mut net, "without a realm admin's consent");
     let mut net = fresh(3);
@@ -120,7 +120,7 @@ fn a_member_cannot_enrol_a_site_no_admin_invited() {
         consent: read.consent.clone().unwrap(),
     };
     forge(&mut net, |p| {
-        p.realm.doc.put(&Member { admission: Some(admission.clone()), ..sybil("sybil-2", 8) }).unwrap();
+        p.realm.doc.put(&enrolled(sybil("sybil-2", 8), Some(admission.clone()))).unwrap();
     });
     refused(&mut net, "not over this");
     for i in 0..2 {

@@ -43,7 +43,6 @@ pub(crate) fn member_of(c: &PeerConfig) -> atoll_crdt::Member {
         addrs: Vec::new(),
         invitation: None,
         api_cert: None,
-        admission: None,
     }
 }
 

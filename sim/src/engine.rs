@@ -238,7 +238,6 @@ impl Sim {
                 addrs: Vec::new(),
                 invitation: None,
                 api_cert: None,
-                admission: None,
             })
             .collect();
         // The operator enrolls every site at genesis: one realm change, not n.

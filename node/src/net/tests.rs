@@ -106,7 +106,6 @@ fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
             addrs: if addr.is_empty() { vec![] } else { vec![(*addr).to_owned()] },
             invitation: None,
             api_cert: None,
-            admission: None,
         };
         realm.doc.put(&member).unwrap();
     }
@@ -179,7 +178,6 @@ async fn a_join_request_for_another_key_than_the_connections_is_refused() {
         addrs: vec![],
         invitation: None,
         api_cert: None,
-        admission: None,
     };
     let core_saw = tokio::spawn(async move {
         loop {

@@ -207,7 +207,6 @@ fn rules_cost(site: &SiteId, key: &SigningKey, n: usize) -> anyhow::Result<(Run,
         addrs: Vec::new(),
         invitation: None,
         api_cert: None,
-        admission: None,
     })?;
     // The founder's first change writes the first admin (no consent).
     realm.doc.put(&User {
@@ -272,7 +271,6 @@ fn consent_cost(
         addrs: Vec::new(),
         invitation: None,
         api_cert: None,
-        admission: None,
     })?;
     realm.doc.put(&User {
         name: "ann".into(),

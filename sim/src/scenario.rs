@@ -167,6 +167,10 @@ pub enum Forgery {
     /// under the forger's own name (a change provenance lets through) with
     /// no realm admin's consent.
     Admin,
+    /// The victim's removal from the realm (its member record deleted, a
+    /// removal of its key written), under the forger's own name with no
+    /// realm admin's consent.
+    Removal,
 }
 
 #[derive(Debug, Clone, Deserialize)]

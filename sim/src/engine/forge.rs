@@ -3,7 +3,7 @@
 //! and delivers them as that member over the simulated network. Checked at
 //! the end: no other site holds any forged change.
 
-use atoll_crdt::{Doc, Intent, Resources, Role, RoleBinding, Seal, Transfer, User};
+use atoll_crdt::{Doc, Intent, Member, Removal, Resources, Role, RoleBinding, Seal, Transfer, User};
 use atoll_proto::api::NewInstance;
 use atoll_proto::{Command, DocId, Outbox, PeerMsg};
 
@@ -19,7 +19,7 @@ impl Sim {
         let victim_id = self.sites[victim].id.clone();
         let forger_id = self.sites[forger].id.clone();
         let (doc_id, key) = match f.what {
-            Forgery::Realm | Forgery::Admin => (DocId::Realm, "realm".to_owned()),
+            Forgery::Realm | Forgery::Admin | Forgery::Removal => (DocId::Realm, "realm".to_owned()),
             Forgery::Intent | Forgery::OverGive => {
                 (DocId::Site(forger_id.clone()), format!("site/{forger_id}"))
             }
@@ -37,7 +37,9 @@ impl Sim {
                 // its own (an intent is the forger's to write; its content is
                 // the lie).
                 let (holder, author) = match f.what {
-                    Forgery::Intent | Forgery::Admin | Forgery::OverGive => (forger, &forger_id),
+                    Forgery::Intent | Forgery::Admin | Forgery::OverGive | Forgery::Removal => {
+                        (forger, &forger_id)
+                    }
                     _ => (victim, &victim_id),
                 };
                 let Some(bytes) = self.sites[holder].store.get(&key) else { return };
@@ -106,6 +108,19 @@ impl Sim {
                             })
                         })
                     }
+                    Forgery::Removal => match doc.get::<Member>(victim_id.as_str()) {
+                        Ok(Some(m)) => doc.delete::<Member>(victim_id.as_str()).and_then(|_| {
+                            doc.put(&Removal {
+                                site: victim_id.clone(),
+                                public_key: m.public_key,
+                                invitation: m.invitation,
+                                by: "admin".into(),
+                                at: self.now,
+                                consent: None,
+                            })
+                        }),
+                        _ => return,
+                    },
                     _ => doc.put(&User {
                         name: format!("forged-by-{forger_id}"),
                         password_hash: String::new(),

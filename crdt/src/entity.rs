@@ -414,6 +414,32 @@ impl Entity for Project {
     }
 }
 
+/// A project as the realm stores it from the realm's rules on: a signed
+/// statement (docs/architecture.md, "Realm rules on content"), retired
+/// rather than deleted. Kept beside [`Project`] rather than in it, since
+/// projects also travel in peer messages whose encoding a new field would
+/// change; readers of a `Project` ignore the seal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    #[serde(flatten)]
+    pub project: Project,
+    #[serde(default)]
+    pub seal: Seal,
+}
+
+impl Entity for ProjectRecord {
+    const COLLECTION: &'static str = Project::COLLECTION;
+    /// Written whole (releases before wrote a map of fields; those still read).
+    const PACKED: bool = true;
+    const VERSIONED: bool = true;
+    fn key(&self) -> String {
+        self.project.key()
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
+    }
+}
+
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
 )]

@@ -126,8 +126,20 @@ impl Realm {
         Ok(bindings)
     }
 
+    /// A project, unless retired (deleted).
     pub fn project(&self, name: &str) -> Result<Option<Project>, DocError> {
-        self.doc.get(name)
+        Ok(self.project_record(name)?.map(|r| r.project))
+    }
+
+    /// A project's record with its seal, unless retired.
+    pub fn project_record(&self, name: &str) -> Result<Option<crate::ProjectRecord>, DocError> {
+        Ok(self.doc.get::<crate::ProjectRecord>(name)?.filter(|r| !r.seal.retired))
+    }
+
+    /// Every project not retired, by name.
+    pub fn projects(&self) -> Result<Vec<Project>, DocError> {
+        let records: Vec<crate::ProjectRecord> = self.doc.list()?;
+        Ok(records.into_iter().filter(|r| !r.seal.retired).map(|r| r.project).collect())
     }
 
     /// A member, unless it was removed. A removal deletes the member record,

@@ -5,7 +5,7 @@
 //! record ([`Revocation`]) that every site checks once it has heard of it:
 //! a revocation reaches a site when the realm change does, like any write.
 
-use atoll_crdt::{Entity, Millis, Project, Revocation, Role};
+use atoll_crdt::{Entity, Millis, Revocation, Role};
 
 use crate::api::{ApiError, ApiResult, Reply};
 use crate::auth::{self, Claims};
@@ -199,7 +199,11 @@ impl Peer {
         // The quota's grants and transfers stay: they are the sites' own
         // records, and a project created again under this name starts from
         // the rights they hold (its total is set, not added).
-        self.realm.doc.delete::<Project>(project)?;
+        let record = self
+            .realm
+            .project_record(project)?
+            .ok_or_else(|| ApiError::NotFound(format!("no project {project}")))?;
+        self.write_sealed(by, record, true)?;
         Ok(Reply::removed(project.to_owned()))
     }
 }

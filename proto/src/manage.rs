@@ -2,8 +2,8 @@
 
 use atoll_crdt::escrow::quota_change;
 use atoll_crdt::{
-    Account, Holder, Image, Millis, Observed, Project, Replica, Resources, Role, RoleBinding, SiteId, Spread,
-    User, Visibility, is_name,
+    Account, Holder, Image, Millis, Observed, Project, ProjectRecord, Replica, Resources, Role, RoleBinding,
+    SiteId, Spread, User, Visibility, is_name,
 };
 
 use crate::api::{
@@ -176,7 +176,8 @@ impl Peer {
                 n.name, n.quota
             ))
         })?;
-        self.realm.doc.put(&project)?;
+        let record = ProjectRecord { project: project.clone(), seal: Default::default() };
+        self.write_sealed(caller, record, false)?;
         if delta != Resources::ZERO {
             let grant = self.realm.moved_grant(&n.name, &self.site, delta, now)?;
             self.write_sealed(caller, grant, false)?;
@@ -192,25 +193,29 @@ impl Peer {
         Ok(Reply::Project(project))
     }
 
-    pub(crate) fn set_spread(&mut self, caller: &User, project: &str, spread: Spread) -> ApiResult {
-        auth::require_realm_admin(caller)?;
-        let Some(mut p) = self.realm.project(project)? else {
-            return Err(ApiError::NotFound(format!("no project {project}")));
-        };
-        p.spread = spread;
-        self.realm.doc.put(&p)?;
-        Ok(Reply::Project(p))
+    pub(crate) fn set_spread(&mut self, caller: &Caller, project: &str, spread: Spread) -> ApiResult {
+        self.change_project(caller, project, |p| p.spread = spread)
     }
 
-    pub(crate) fn set_storage(&mut self, caller: &User, project: &str, storage_mib: i64) -> ApiResult {
-        auth::require_realm_admin(caller)?;
+    pub(crate) fn set_storage(&mut self, caller: &Caller, project: &str, storage_mib: i64) -> ApiResult {
         check_storage(storage_mib)?;
-        let Some(mut p) = self.realm.project(project)? else {
+        self.change_project(caller, project, |p| p.storage_mib = storage_mib)
+    }
+
+    /// Rewrites a project's record (realm admins), as their statement.
+    fn change_project(
+        &mut self,
+        caller: &Caller,
+        project: &str,
+        change: impl FnOnce(&mut Project),
+    ) -> ApiResult {
+        auth::require_realm_admin(&caller.user)?;
+        let Some(mut record) = self.realm.project_record(project)? else {
             return Err(ApiError::NotFound(format!("no project {project}")));
         };
-        p.storage_mib = storage_mib;
-        self.realm.doc.put(&p)?;
-        Ok(Reply::Project(p))
+        change(&mut record.project);
+        let record = self.write_sealed(caller, record, false)?;
+        Ok(Reply::Project(record.project))
     }
 
     /// Bytes `project`'s images may still add, from the catalog as known
@@ -238,7 +243,7 @@ impl Peer {
 
     pub(crate) fn list_projects(&self, caller: &User) -> ApiResult {
         let mut out = Vec::new();
-        for p in self.realm.doc.list::<Project>()? {
+        for p in self.realm.projects()? {
             if auth::role_of(&self.realm, caller, &p.name, &self.site)?.is_some() {
                 out.push(p);
             }
@@ -561,7 +566,7 @@ impl Peer {
     /// Rights held free here, per project, most spare instances first.
     fn spare_rights(&self) -> Result<Vec<(String, Resources)>, ApiError> {
         let mut spare = Vec::new();
-        for p in self.realm.doc.list::<Project>()? {
+        for p in self.realm.projects()? {
             let free = self.account(&p.name)?.available();
             if free.instances > 0 {
                 spare.push((p.name, free));

@@ -353,13 +353,15 @@ impl Peer {
             // to by no one (crate::provenance::Members).
             seal: atoll_crdt::Seal { rev: 1, ..Default::default() },
         })?;
-        peer.realm.doc.put(&Project {
+        let project = Project {
             storage_mib: atoll_crdt::DEFAULT_STORAGE_MIB,
             name: "default".into(),
             description: "created with the realm".into(),
             created_at: now,
             spread: atoll_crdt::Spread::Even,
-        })?;
+        };
+        let seal = atoll_crdt::Seal { rev: 1, ..Default::default() };
+        peer.realm.doc.put(&atoll_crdt::ProjectRecord { project, seal })?;
         peer.realm.doc.put(&RoleBinding {
             user: "admin".into(),
             project: "default".into(),
@@ -800,7 +802,7 @@ impl Peer {
             RevokeRole { user: name, project } => self.revoke_role(caller, &name, &project),
             DeleteProject { project } => return self.delete_project(now, req, caller, project, fx),
             CreateProject(n) => self.create_project(now, caller, n),
-            SetSpread { project, spread } => self.set_spread(user, &project, spread),
+            SetSpread { project, spread } => self.set_spread(caller, &project, spread),
             ListProjects => self.list_projects(user),
             GrantRole(g) => self.grant_role(caller, g),
             ListRoles => self.list_roles(user),
@@ -808,7 +810,7 @@ impl Peer {
             ShowQuota { project } => self.show_quota(user, &project),
             GiveQuota { project, to, amount } => self.give_quota(now, user, &project, &to, amount),
             UploadRoom { project } => self.upload_room(user, &project),
-            SetStorage { project, storage_mib } => self.set_storage(user, &project, storage_mib),
+            SetStorage { project, storage_mib } => self.set_storage(caller, &project, storage_mib),
             RegisterImage(n) => self.register_image(now, caller, n),
             ListImages => self.list_images(user),
             ShowImage { project, name } => self.show_image(user, &project, &name),

@@ -21,8 +21,8 @@
 
 use atoll_crdt::realm::floor_at;
 use atoll_crdt::{
-    ChangeHash, Doc, Entity, Image, Incoming, Member, Millis, QuotaGrant, RecordWrite, Removal, Revocation,
-    Role, RoleBinding, Seal, SiteId, User, UserKey,
+    ChangeHash, Doc, Entity, Holder, Image, Incoming, Member, Millis, ProjectRecord, QuotaGrant, RecordWrite,
+    Removal, Revocation, Role, RoleBinding, Seal, SiteId, User, UserKey,
 };
 use sha2::{Digest, Sha256};
 
@@ -31,8 +31,13 @@ use crate::consent::{self, Caller, FLOOR};
 use crate::peer::Peer;
 
 /// The collections whose records are signed statements.
-pub const GUARDED: &[&str] =
-    &[User::COLLECTION, RoleBinding::COLLECTION, QuotaGrant::COLLECTION, Image::COLLECTION];
+pub const GUARDED: &[&str] = &[
+    User::COLLECTION,
+    RoleBinding::COLLECTION,
+    QuotaGrant::COLLECTION,
+    Image::COLLECTION,
+    ProjectRecord::COLLECTION,
+];
 
 /// Prefix of what a session key signs for a record: never an intent, a
 /// token or a change.
@@ -196,13 +201,7 @@ impl Sealed for QuotaGrant {
         if &after.site != author {
             return Err(format!("it is {}'s share, written by {author}", after.site));
         }
-        if !signer.realm_admin {
-            return Err(format!(
-                "user {} is not a realm admin: only realm admins set quota totals",
-                signer.name
-            ));
-        }
-        signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))
+        realm_admin_key(signer, "set quota totals")
     }
 }
 
@@ -258,6 +257,39 @@ impl Sealed for Image {
             return Err(format!("it names {} as its creator, not {}", after.created_by, signer.name));
         }
         Ok(key)
+    }
+}
+
+impl Sealed for ProjectRecord {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let p = &self.project;
+        let fields = (
+            &p.name,
+            &p.description,
+            p.created_at,
+            p.spread,
+            p.storage_mib,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    /// A project (its storage quota, how its rights spread, its deletion)
+    /// is a realm admin's.
+    fn authority(
+        _: &At<'_>,
+        signer: &User,
+        _: &SiteId,
+        _: Option<&ProjectRecord>,
+        _: &ProjectRecord,
+    ) -> Result<UserKey, String> {
+        realm_admin_key(signer, "create, change or delete projects")
     }
 }
 
@@ -379,7 +411,9 @@ pub fn apply_to(doc: &Doc, change: &Incoming<'_>) -> bool {
 /// The rules for one incoming realm change by `author`.
 pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result<(), String> {
     let at = At { doc, heads: Some(change.deps) };
-    for w in change.record_writes(doc, GUARDED).map_err(|e| e.to_string())? {
+    let writes = change.record_writes(doc, GUARDED).map_err(|e| e.to_string())?;
+    check_holders(doc, change, author, &writes)?;
+    for w in writes {
         let RecordWrite { collection, key, put } = w;
         let Some(bytes) = put else {
             return Err(format!(
@@ -391,9 +425,51 @@ pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result
             User::COLLECTION => one::<User>(&at, author, &key, &bytes),
             RoleBinding::COLLECTION => one::<RoleBinding>(&at, author, &key, &bytes),
             QuotaGrant::COLLECTION => one::<QuotaGrant>(&at, author, &key, &bytes),
+            ProjectRecord::COLLECTION => one::<ProjectRecord>(&at, author, &key, &bytes),
             _ => one::<Image>(&at, author, &key, &bytes),
         };
         judged.map_err(|why| format!("{collection} record {key:?}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// A site says only of itself that it holds a blob; another site's holder
+/// record goes only with the retirement, in the same change, of an image
+/// of that digest (removing a catalog entry clears who holds it).
+fn check_holders(
+    doc: &Doc,
+    change: &Incoming<'_>,
+    author: &SiteId,
+    writes: &[RecordWrite],
+) -> Result<(), String> {
+    if !doc.has_collection(Holder::COLLECTION) {
+        return Ok(());
+    }
+    let retired: Vec<String> = writes
+        .iter()
+        .filter(|w| w.collection == Image::COLLECTION)
+        .filter_map(|w| w.put.as_deref().and_then(|b| serde_json::from_slice::<Image>(b).ok()))
+        .filter(|i| i.seal.retired)
+        .map(|i| i.digest)
+        .collect();
+    for w in change.record_writes(doc, &[Holder::COLLECTION]).map_err(|e| e.to_string())? {
+        let Some((digest, site)) = w.key.rsplit_once('/') else {
+            return Err(format!("holder record {:?}: not digest/site", w.key));
+        };
+        let own = site == author.as_str();
+        let judged = match &w.put {
+            Some(bytes) => match serde_json::from_slice::<Holder>(bytes) {
+                Ok(h) if h.key() != w.key => {
+                    Err(format!("it is stored under another record's key ({})", h.key()))
+                }
+                Ok(_) if own => Ok(()),
+                Ok(_) => Err(format!("it says site {site} holds the blob (only that site does)")),
+                Err(e) => Err(format!("unreadable ({e})")),
+            },
+            None if own || retired.iter().any(|d| d == digest) => Ok(()),
+            None => Err(format!("it deletes site {site}'s holding with no image of that digest retired")),
+        };
+        judged.map_err(|why| format!("holders record {:?}: {why}", w.key))?;
     }
     Ok(())
 }

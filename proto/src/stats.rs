@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use atoll_crdt::{IntentState, Kind, Millis, Project, Resources, SiteId};
+use atoll_crdt::{IntentState, Kind, Millis, Resources, SiteId};
 
 use crate::api::ApiError;
 use crate::peer::{DocId, Peer};
@@ -132,7 +132,7 @@ impl Peer {
             .filter(|i| !matches!(self.view(i.clone()).state, IntentState::Done | IntentState::Failed))
             .count() as u64;
         let mut quota = BTreeMap::new();
-        for p in self.realm.doc.list::<Project>()? {
+        for p in self.realm.projects()? {
             let a = self.account(&p.name)?;
             let held = a.granted.checked_plus(a.received).and_then(|r| r.checked_minus(a.given));
             let share = Share { held: held.unwrap_or_default(), used: a.consumed };

@@ -2,7 +2,9 @@
 //! (crate::rules): under its own name and signed with its own key, so that
 //! provenance lets each change through; the realm's rules must refuse it.
 
-use atoll_crdt::{Image, QuotaGrant, Resources, Role, RoleBinding, Seal, User};
+use atoll_crdt::{
+    Entity, Holder, Image, ProjectRecord, QuotaGrant, Resources, Role, RoleBinding, Seal, SiteId, User,
+};
 
 use crate::api::{Grant, NewUser};
 use crate::consent::Session;
@@ -229,4 +231,63 @@ fn a_project_member_cannot_change_an_image() {
     forge(&mut net, |p| p.realm.doc.put(&by_bob).unwrap());
     assert_eq!(net.peers[0].realm().image("default", "web").unwrap().unwrap().digest, honest.digest);
     refusal(&mut net, "is not Admin of project default");
+}
+
+#[test]
+fn a_project_is_a_realm_admins_to_create_change_or_delete() {
+    let (mut net, _, bob) = setup();
+    // A storage quota of a tebibyte, signed by bob (no realm admin).
+    let mut record = net.peers[2].realm().project_record("default").unwrap().unwrap();
+    record.project.storage_mib = 1 << 40;
+    let rev = record.seal.rev + 1;
+    let by_bob = signed(&bob, ProjectRecord { seal: Seal { rev, ..Default::default() }, ..record });
+    forge(&mut net, |p| p.realm.doc.put(&by_bob).unwrap());
+    let storage = net.peers[0].realm().project("default").unwrap().unwrap().storage_mib;
+    assert_eq!(storage, atoll_crdt::DEFAULT_STORAGE_MIB, "bob set a project's storage");
+    refusal(&mut net, "not a realm admin");
+
+    // Deleted outright, as a release before the rules did.
+    let (mut net, _, _) = setup();
+    forge(&mut net, |p| {
+        p.realm.doc.delete::<ProjectRecord>("default").unwrap();
+    });
+    assert!(net.peers[0].realm().project("default").unwrap().is_some(), "a member deleted a project");
+    refusal(&mut net, "deletes or edits in place");
+
+    // A realm admin changes one; every site reads the same.
+    let (mut net, admin, _) = setup();
+    net.call(0, Some(&admin), Command::SetStorage { project: "default".into(), storage_mib: 2048 }).unwrap();
+    net.settle();
+    assert_eq!(net.peers[2].realm().project("default").unwrap().unwrap().storage_mib, 2048);
+    assert_eq!(net.peers[0].refused_count() + net.peers[2].refused_count(), 0);
+}
+
+#[test]
+fn a_site_says_only_of_itself_that_it_holds_a_blob() {
+    let (mut net, _, _) = setup();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let holder = |site: SiteId| Holder { digest: digest.clone(), site, at: 5 };
+    // Site 0 records its own holding, as an upload does.
+    let own = holder(net.site(0));
+    net.peers[0].realm.doc.put(&own).unwrap();
+    net.input(0, Input::Timer(TimerId::Repair));
+    net.settle();
+    assert_eq!(net.peers[2].realm().holders(&digest).unwrap(), [net.site(0)]);
+    // Site 2 says site 1 holds it too: fetches would be sent there.
+    let claimed = holder(net.site(1));
+    forge(&mut net, |p| p.realm.doc.put(&claimed).unwrap());
+    assert_eq!(net.peers[0].realm().holders(&digest).unwrap(), [net.site(0)]);
+    refusal(&mut net, "only that site does");
+    // Nor may it take site 0's holding away while the image stays.
+    let (mut net, _, _) = setup();
+    let own = holder(net.site(0));
+    net.peers[0].realm.doc.put(&own).unwrap();
+    net.input(0, Input::Timer(TimerId::Repair));
+    net.settle();
+    let key = holder(net.site(0)).key();
+    forge(&mut net, |p| {
+        p.realm.doc.delete::<Holder>(&key).unwrap();
+    });
+    assert_eq!(net.peers[1].realm().holders(&digest).unwrap(), [net.site(0)]);
+    refusal(&mut net, "no image of that digest retired");
 }

@@ -23,3 +23,26 @@ impl Entity for Flavor {
         self.name.clone()
     }
 }
+
+/// A flavor as the realm stores it: a realm admin's signed statement
+/// (docs/architecture.md, "Realm rules on content"), retired rather than
+/// deleted; the seal stays out of [`Flavor`], which travels in replies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlavorRecord {
+    #[serde(flatten)]
+    pub flavor: Flavor,
+    #[serde(default)]
+    pub seal: crate::Seal,
+}
+
+impl Entity for FlavorRecord {
+    const COLLECTION: &'static str = Flavor::COLLECTION;
+    const PACKED: bool = true;
+    const VERSIONED: bool = true;
+    fn key(&self) -> String {
+        self.flavor.key()
+    }
+    fn rev(&self) -> u64 {
+        self.seal.rev
+    }
+}

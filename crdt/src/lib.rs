@@ -23,7 +23,7 @@ pub use automerge::{Change, ChangeHash, ScalarValue};
 pub use doc::{Doc, DocError, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};
-pub use flavor::Flavor;
+pub use flavor::{Flavor, FlavorRecord};
 pub use intent::{Consent, Holder, Intent, IntentOutcome, IntentState};
 pub use provenance::{Gate, Incoming, Ledger, Received, RecordWrite, Refused, RootWrite, Signed};
 pub use realm::Realm;

@@ -185,14 +185,20 @@ impl Realm {
         if !self.doc.has_collection(Flavor::COLLECTION) {
             return Ok(Vec::new());
         }
-        self.doc.list()
+        let records: Vec<crate::FlavorRecord> = self.doc.list()?;
+        Ok(records.into_iter().filter(|r| !r.seal.retired).map(|r| r.flavor).collect())
     }
 
     pub fn flavor(&self, name: &str) -> Result<Option<Flavor>, DocError> {
+        Ok(self.flavor_record(name)?.map(|r| r.flavor))
+    }
+
+    /// A flavor's record with its seal, unless retired.
+    pub fn flavor_record(&self, name: &str) -> Result<Option<crate::FlavorRecord>, DocError> {
         if !self.doc.has_collection(Flavor::COLLECTION) {
             return Ok(None);
         }
-        self.doc.get(name)
+        Ok(self.doc.get::<crate::FlavorRecord>(name)?.filter(|r| !r.seal.retired))
     }
 
     /// Whether a token of `user` issued at `issued_at`, whose SHA-256 is

@@ -1,9 +1,10 @@
 //! The flavor catalog (crdt::flavor): realm admins add and remove named
 //! instance sizes; any user lists them.
 
-use atoll_crdt::{Entity, Flavor, Millis, User};
+use atoll_crdt::{Entity, Flavor, FlavorRecord, Millis};
 
 use crate::api::{ApiResult, MAX_CPUS, MAX_DISK_MIB, MAX_MEMORY_MIB, NewFlavor, Reply};
+use crate::consent::Caller;
 use crate::manage::check_name;
 use crate::peer::Peer;
 use crate::{ApiError, auth};
@@ -12,7 +13,8 @@ use crate::{ApiError, auth};
 pub const MAX_FLAVORS: usize = 256;
 
 impl Peer {
-    pub(crate) fn create_flavor(&mut self, now: Millis, caller: &User, n: NewFlavor) -> ApiResult {
+    pub(crate) fn create_flavor(&mut self, now: Millis, by: &Caller, n: NewFlavor) -> ApiResult {
+        let caller = &by.user;
         auth::require_realm_admin(caller)?;
         check_name("flavor", &n.name)?;
         let sizes = [("cpus", n.cpus, 1, MAX_CPUS), ("memory_mib", n.memory_mib, 1, MAX_MEMORY_MIB)];
@@ -43,20 +45,22 @@ impl Peer {
             created_by: caller.name.clone(),
             created_at: now,
         };
-        self.realm.doc.put(&flavor)?;
-        Ok(Reply::Flavor(flavor))
+        // Over a retired flavor of the same name, one revision above it.
+        let record = FlavorRecord { flavor, seal: Default::default() };
+        let record = self.write_sealed(by, record, false)?;
+        Ok(Reply::Flavor(record.flavor))
     }
 
     pub(crate) fn list_flavors(&self) -> ApiResult {
         Ok(Reply::Flavors(self.realm.flavors()?))
     }
 
-    pub(crate) fn delete_flavor(&mut self, caller: &User, name: &str) -> ApiResult {
-        auth::require_realm_admin(caller)?;
-        if self.realm.flavor(name)?.is_none() {
+    pub(crate) fn delete_flavor(&mut self, by: &Caller, name: &str) -> ApiResult {
+        auth::require_realm_admin(&by.user)?;
+        let Some(record) = self.realm.flavor_record(name)? else {
             return Err(ApiError::NotFound(format!("no flavor {name}")));
-        }
-        self.realm.doc.delete::<Flavor>(name)?;
+        };
+        self.write_sealed(by, record, true)?;
         Ok(Reply::removed(name))
     }
 }

@@ -851,9 +851,9 @@ impl Peer {
             Reachability => return self.reachability(req, fx),
             RemoveSite { site } => self.remove_site(now, caller, &site),
             FinishUpgrade { speaking } => self.finish_upgrade(user, &speaking),
-            CreateFlavor(n) => self.create_flavor(now, user, n),
+            CreateFlavor(n) => self.create_flavor(now, caller, n),
             ListFlavors => self.list_flavors(),
-            DeleteFlavor { name } => self.delete_flavor(user, &name),
+            DeleteFlavor { name } => self.delete_flavor(caller, &name),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
                 self.invite(now, caller, name, ttl)

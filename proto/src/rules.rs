@@ -21,8 +21,8 @@
 
 use atoll_crdt::realm::floor_at;
 use atoll_crdt::{
-    ChangeHash, Doc, Entity, Holder, Image, Incoming, Member, Millis, ProjectRecord, QuotaGrant, RecordWrite,
-    Removal, Revocation, Role, RoleBinding, Seal, SiteId, User, UserKey,
+    ChangeHash, Doc, Entity, FlavorRecord, Holder, Image, Incoming, Member, Millis, ProjectRecord,
+    QuotaGrant, RecordWrite, Removal, Revocation, Role, RoleBinding, Seal, SiteId, User, UserKey,
 };
 use sha2::{Digest, Sha256};
 
@@ -37,6 +37,7 @@ pub const GUARDED: &[&str] = &[
     QuotaGrant::COLLECTION,
     Image::COLLECTION,
     ProjectRecord::COLLECTION,
+    FlavorRecord::COLLECTION,
 ];
 
 /// Prefix of what a session key signs for a record: never an intent, a
@@ -293,6 +294,43 @@ impl Sealed for ProjectRecord {
     }
 }
 
+impl Sealed for FlavorRecord {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let f = &self.flavor;
+        let fields = (
+            &f.name,
+            (f.cpus, f.memory_mib, f.disk_mib),
+            &f.created_by,
+            f.created_at,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    /// The flavor catalog is the realm admins'; a new flavor names its
+    /// creator.
+    fn authority(
+        _: &At<'_>,
+        signer: &User,
+        _: &SiteId,
+        before: Option<&FlavorRecord>,
+        after: &FlavorRecord,
+    ) -> Result<UserKey, String> {
+        let key = realm_admin_key(signer, "keep the flavor catalog")?;
+        let creation = before.is_none_or(|b| b.seal.retired) && !after.seal.retired;
+        if creation && after.flavor.created_by != signer.name {
+            return Err(format!("it names {} as its creator, not {}", after.flavor.created_by, signer.name));
+        }
+        Ok(key)
+    }
+}
+
 /// The realm as of some heads (None: as it is now): what a rule reads.
 pub struct At<'a> {
     pub doc: &'a Doc,
@@ -411,7 +449,9 @@ pub fn apply_to(doc: &Doc, change: &Incoming<'_>) -> bool {
 /// The rules for one incoming realm change by `author`.
 pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result<(), String> {
     let at = At { doc, heads: Some(change.deps) };
-    let writes = change.record_writes(doc, GUARDED).map_err(|e| e.to_string())?;
+    // Collections a realm was founded without (flavors, in realms before them) hold nothing to judge.
+    let guarded: Vec<&'static str> = GUARDED.iter().copied().filter(|c| doc.has_collection(c)).collect();
+    let writes = change.record_writes(doc, &guarded).map_err(|e| e.to_string())?;
     check_holders(doc, change, author, &writes)?;
     for w in writes {
         let RecordWrite { collection, key, put } = w;
@@ -426,6 +466,7 @@ pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result
             RoleBinding::COLLECTION => one::<RoleBinding>(&at, author, &key, &bytes),
             QuotaGrant::COLLECTION => one::<QuotaGrant>(&at, author, &key, &bytes),
             ProjectRecord::COLLECTION => one::<ProjectRecord>(&at, author, &key, &bytes),
+            FlavorRecord::COLLECTION => one::<FlavorRecord>(&at, author, &key, &bytes),
             _ => one::<Image>(&at, author, &key, &bytes),
         };
         judged.map_err(|why| format!("{collection} record {key:?}: {why}"))?;

@@ -3,7 +3,8 @@
 //! provenance lets each change through; the realm's rules must refuse it.
 
 use atoll_crdt::{
-    Entity, Holder, Image, ProjectRecord, QuotaGrant, Resources, Role, RoleBinding, Seal, SiteId, User,
+    Entity, FlavorRecord, Holder, Image, ProjectRecord, QuotaGrant, Resources, Role, RoleBinding, Seal,
+    SiteId, User,
 };
 
 use crate::api::{Grant, NewUser};
@@ -290,4 +291,21 @@ fn a_site_says_only_of_itself_that_it_holds_a_blob() {
     });
     assert_eq!(net.peers[1].realm().holders(&digest).unwrap(), [net.site(0)]);
     refusal(&mut net, "no image of that digest retired");
+}
+
+#[test]
+fn the_flavor_catalog_is_the_realm_admins() {
+    let (mut net, _, bob) = setup();
+    let flavor = atoll_crdt::Flavor {
+        name: "huge".into(),
+        cpus: 1,
+        memory_mib: 64,
+        disk_mib: 0,
+        created_by: "bob".into(),
+        created_at: 5,
+    };
+    let by_bob = signed(&bob, FlavorRecord { flavor, seal: Seal { rev: 1, ..Default::default() } });
+    forge(&mut net, |p| p.realm.doc.put(&by_bob).unwrap());
+    assert_eq!(net.peers[0].realm().flavor("huge").unwrap(), None, "bob made a flavor");
+    refusal(&mut net, "not a realm admin");
 }

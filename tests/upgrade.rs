@@ -184,6 +184,10 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
         assert!(eventually(WAIT, || listed(d) == want), "{} lists {:?}", d.site, listed(d));
     }
 
+    // A user the previous release created has no key until they log in on
+    // this build (or an admin sets their password).
+    sites[0].cli().env("ATOLL_NEW_PASSWORD", "dave-password-1").ok(&["user", "create", "dave"]);
+
     // The realm's floor cannot rise while sites of the previous release
     // would be shut out of cross-site operations.
     let e = sites[1].cli().fails(&["site", "finish-upgrade"]);
@@ -227,6 +231,12 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
     let all = |i: usize| (0..3).filter(|j| *j != i).map(name).collect::<Vec<_>>();
     let full: Vec<_> = (0..3).map(|i| (name(i), Some(all(i)))).collect();
     assert!(eventually(WAIT, || reach(&lab, 1, &sites[1]) == full), "{:?}", reach(&lab, 1, &sites[1]));
+    // Nor while a user has no key: once it rises, any member could claim one.
+    let has_dave = || sites[1].cli().json(&["user", "list"]).to_string().contains("dave");
+    assert!(eventually(WAIT, has_dave), "site 2 never heard of dave");
+    let e = sites[1].cli().fails(&["site", "finish-upgrade"]);
+    assert!(e.contains("users without a key") && e.contains("dave"), "{e}");
+    sites[1].cli().env("ATOLL_NEW_PASSWORD", "dave-password-2").ok(&["user", "passwd", "dave"]);
     // The upgrade finished: from now on an intent needs its user's consent,
     // which this build's tokens carry.
     let view = sites[1].cli().json(&["site", "finish-upgrade"]);

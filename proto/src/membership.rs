@@ -281,6 +281,18 @@ impl Peer {
                 behind.join(", ")
             )));
         }
+        // A keyless user's first key is taken on its own word until the
+        // upgrade finishes (crate::rules): after, any member could claim it.
+        let keyless: Vec<String> =
+            self.realm.users()?.into_iter().filter(|u| u.key.is_none()).map(|u| u.name).collect();
+        if !keyless.is_empty() && self.realm.floor() < to {
+            return Err(ApiError::Conflict(format!(
+                "users without a key (they have not logged in on a site of this release): {}; each logs in \
+                 once on a site of this release, or a realm admin sets their password, before the upgrade \
+                 can finish",
+                keyless.join(", ")
+            )));
+        }
         self.realm.raise_floor(to)?;
         self.realm_view(None)
     }

@@ -89,7 +89,7 @@ impl Sealed for User {
         serde_json::to_vec(&fields).unwrap_or_default()
     }
     fn authority(
-        _: &At<'_>,
+        at: &At<'_>,
         signer: &User,
         _: &SiteId,
         before: Option<&User>,
@@ -105,8 +105,16 @@ impl Sealed for User {
             });
         match (own, before.and_then(|b| b.key.clone())) {
             // A user without a key (from a realm before user keys) records
-            // their first at a login: signed with the new key itself.
-            (true, None) => after.key.clone().ok_or_else(|| format!("user {} has no key", after.name)),
+            // their first at a login, signed with the new key itself, while
+            // the upgrade is under way as far as the writer knew: once it
+            // finished (which needs every user's key) anyone could claim it.
+            (true, None) if at.floor() < FLOOR => {
+                after.key.clone().ok_or_else(|| format!("user {} has no key", after.name))
+            }
+            (true, None) => Err(format!(
+                "user {} has no key since the realm's upgrade finished: a realm admin sets their password",
+                after.name
+            )),
             // A key change is signed with the key it replaces.
             (true, Some(old)) => Ok(old),
             (false, _) if signer.realm_admin => {
@@ -338,6 +346,14 @@ pub struct At<'a> {
 }
 
 impl At<'_> {
+    /// The realm's floor.
+    pub(crate) fn floor(&self) -> u64 {
+        match self.heads {
+            Some(heads) => floor_at(self.doc, heads),
+            None => floor_now(self.doc),
+        }
+    }
+
     /// Every record of a collection.
     pub(crate) fn list<T: Entity>(&self) -> Result<Vec<T>, String> {
         match self.heads {
@@ -441,9 +457,14 @@ pub(crate) fn realm_admin_key(signer: &User, what: &str) -> Result<UserKey, Stri
 /// as of its dependencies or as this site holds the realm now (a change
 /// dated back to before an upgrade is judged by the rules all the same).
 pub fn apply_to(doc: &Doc, change: &Incoming<'_>) -> bool {
-    let now = doc.root_values(atoll_crdt::realm::FLOOR).unwrap_or_default();
-    let now = now.iter().filter_map(|v| v.as_u64()).max().unwrap_or(atoll_crdt::realm::FIRST_FLOOR);
-    now >= FLOOR || floor_at(doc, change.deps) >= FLOOR
+    floor_now(doc) >= FLOOR || floor_at(doc, change.deps) >= FLOOR
+}
+
+/// The realm's floor as this site holds it now (concurrent raises read as
+/// their highest).
+fn floor_now(doc: &Doc) -> u64 {
+    let values = doc.root_values(atoll_crdt::realm::FLOOR).unwrap_or_default();
+    values.iter().filter_map(|v| v.as_u64()).max().unwrap_or(atoll_crdt::realm::FIRST_FLOOR)
 }
 
 /// The rules for one incoming realm change by `author`.

@@ -269,10 +269,31 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Workloads outlive the daemon by design: the ones it started (its
+        // children, each the leader of its own process group) go with it
+        // here, and those it re-attached after a restart by their tag.
+        let workloads = self.pid().map(children).unwrap_or_default();
         self.kill9();
-        // Workloads outlive the daemon by design; tests clean theirs up.
+        for pid in workloads {
+            // SAFETY: kill(2) of a process group this daemon created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = Command::new("pkill").args(["-f", &self.tag()]).status();
     }
+}
+
+/// The processes whose parent is `parent` (from /proc).
+fn children(parent: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // Field 4 of /proc/PID/stat, after the parenthesised name.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+            fields.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+        })
+        .collect()
 }
 
 pub struct Cli<'a> {

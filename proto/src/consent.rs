@@ -50,6 +50,16 @@ impl Caller {
     pub fn user(user: User) -> Caller {
         Caller { user, session: None }
     }
+
+    /// The session that signs this caller's realm statements.
+    pub(crate) fn signing_session(&self) -> Result<&Session, ApiError> {
+        self.session.as_ref().ok_or_else(|| {
+            ApiError::Forbidden(format!(
+                "user {}'s token carries no session key, which signs realm changes: log in again",
+                self.user.name
+            ))
+        })
+    }
 }
 
 /// A verified token's session key with the claims the user signed.

@@ -195,13 +195,7 @@ impl Peer {
         if self.realm.floor() < FLOOR {
             return Ok(None);
         }
-        let session = caller.session.as_ref().ok_or_else(|| {
-            ApiError::Forbidden(format!(
-                "user {}'s token carries no session key, which signs realm changes: log in again",
-                caller.user.name
-            ))
-        })?;
-        Ok(Some(session.sign_message(message)))
+        Ok(Some(caller.signing_session()?.sign_message(message)))
     }
 
     /// The check every other site makes on receipt, made before writing

@@ -576,12 +576,7 @@ impl Peer {
             }
             return Ok(record);
         }
-        let session = caller.session.as_ref().ok_or_else(|| {
-            ApiError::Forbidden(format!(
-                "user {}'s token carries no session key, which signs realm changes: log in again",
-                caller.user.name
-            ))
-        })?;
+        let session = caller.signing_session()?;
         sign(session, &mut record, rev, retire);
         judge(&At { doc: &self.realm.doc, heads: None }, &self.site, before.as_ref(), &record)
             .map_err(|why| ApiError::Forbidden(format!("the realm's rules refuse this: {why}")))?;

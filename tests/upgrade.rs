@@ -11,7 +11,8 @@
 //! the others keep serving: each comes back with its instances and its peers
 //! see it run this release. A token the previous release sealed is refused
 //! once the user has a key (their first login on this build made one): the
-//! user logs in again.
+//! user logs in again. The upgrade finishes with the admin's consent, and
+//! a site invited before it joins after it.
 //!
 //! Needs root (namespaces, iptables) and the previous binary: ignored by
 //! `cargo test`; `.ci/run` runs it with `--ignored`.
@@ -85,7 +86,7 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
         return unavailable("ATOLL_PREVIOUS_BIN names no previous release binary (.ci/run builds one)");
     };
     assert!(previous.exists(), "{} does not exist", previous.display());
-    let lab = match Lab::create(3) {
+    let lab = match Lab::create(4) {
         Ok(lab) => lab,
         Err(why) => return unavailable(&format!("no network namespaces: {why}")),
     };
@@ -237,6 +238,9 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
     let e = sites[1].cli().fails(&["site", "finish-upgrade"]);
     assert!(e.contains("users without a key") && e.contains("dave"), "{e}");
     sites[1].cli().env("ATOLL_NEW_PASSWORD", "dave-password-2").ok(&["user", "passwd", "dave"]);
+    // An invitation issued before the floor rises carries the admin's
+    // consent all the same: it still admits a site after.
+    let early = sites[1].invite(&name(3));
     // The upgrade finished: from now on an intent needs its user's consent,
     // which this build's tokens carry.
     let view = sites[1].cli().json(&["site", "finish-upgrade"]);
@@ -256,5 +260,9 @@ fn a_mixed_atoll_serves_heals_and_upgrades_one_site_at_a_time() {
     for d in &sites {
         let has_carol = || d.cli().json(&["role", "list"]).to_string().contains("carol");
         assert!(eventually(WAIT, has_carol), "{} did not take carol's role", d.site);
+    }
+    let fourth = start(3, Some((&early, &password)), None);
+    for d in sites.iter().chain([&fourth]) {
+        assert!(eventually(WAIT, || d.reaches(4)), "{} does not reach the site that joined last", d.site);
     }
 }

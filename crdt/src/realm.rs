@@ -39,6 +39,9 @@ pub const FOUNDER: &str = "founder";
 /// speak (docs/architecture.md, "Versions side by side"). It only rises: the
 /// realm's gate refuses a change that lowers or removes it.
 pub const FLOOR: &str = "floor";
+/// Root key of the consent of the realm admin who raised the floor last
+/// (JSON of a [`crate::Consent`]), written in the same change as the floor.
+pub const FLOOR_CONSENT: &str = "floor_consent";
 /// The floor of a realm that names none: the first wire version.
 pub const FIRST_FLOOR: u64 = 2;
 /// Highest floor a realm may be raised to (a forger's huge floor would shut
@@ -97,10 +100,14 @@ impl Realm {
         values.iter().filter_map(|v| v.as_u64()).max().unwrap_or(FIRST_FLOOR)
     }
 
-    /// Raises the floor to `to`; false when it was there already.
-    pub fn raise_floor(&mut self, to: u64) -> Result<bool, DocError> {
+    /// Raises the floor to `to`, with the consent (JSON) of the realm admin
+    /// who asked for it; false when it was there already.
+    pub fn raise_floor(&mut self, to: u64, consent: Option<&str>) -> Result<bool, DocError> {
         if to <= self.floor() || to > MAX_FLOOR {
             return Ok(false);
+        }
+        if let Some(consent) = consent {
+            self.doc.put_root(FLOOR_CONSENT, automerge::ScalarValue::Str(consent.into()))?;
         }
         self.doc.put_root(FLOOR, automerge::ScalarValue::Uint(to))?;
         Ok(true)

@@ -194,8 +194,8 @@ mod tests {
         };
         assert_eq!(realm.floor(), atoll_crdt::realm::FIRST_FLOOR);
         assert!(check(&realm, &intent, 0).is_ok());
-        assert!(realm.raise_floor(FLOOR).unwrap());
-        assert!(!realm.raise_floor(FLOOR - 1).unwrap(), "a floor went down");
+        assert!(realm.raise_floor(FLOOR, None).unwrap());
+        assert!(!realm.raise_floor(FLOOR - 1, None).unwrap(), "a floor went down");
         let e = check(&realm, &intent, 0).unwrap_err();
         assert!(e.to_string().contains("carries no consent"), "{e}");
         let junk = Consent { claims: "{".into(), sig: String::new() };

@@ -7,7 +7,7 @@
 //! and answers with the realm document. Transport shells accept sync traffic
 //! only from members; the invitation is the one way in.
 
-use atoll_crdt::{Admission, Enrolment, Member, Millis, Removal, SiteId, User};
+use atoll_crdt::{Admission, Enrolment, Member, Millis, Removal, SiteId};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -265,8 +265,8 @@ impl Peer {
     /// Raises the realm's floor to this release's wire version, once every
     /// other member is heard speaking it (`speaking`, from the shell): sites
     /// of older releases could no longer send intents.
-    pub(crate) fn finish_upgrade(&mut self, caller: &User, speaking: &[SiteId]) -> ApiResult {
-        auth::require_realm_admin(caller)?;
+    pub(crate) fn finish_upgrade(&mut self, caller: &Caller, speaking: &[SiteId]) -> ApiResult {
+        auth::require_realm_admin(&caller.user)?;
         let to = u64::from(crate::wire::VERSION);
         let behind: Vec<String> = self
             .realm
@@ -293,7 +293,9 @@ impl Peer {
                 keyless.join(", ")
             )));
         }
-        self.realm.raise_floor(to)?;
+        if self.realm.floor() < to {
+            self.raise_floor(caller, to)?;
+        }
         self.realm_view(None)
     }
 

@@ -709,7 +709,7 @@ impl Peer {
             ListSites => self.list_sites(now),
             Reachability => return self.reachability(req, fx),
             RemoveSite { site } => self.remove_site(now, caller, &site),
-            FinishUpgrade { speaking } => self.finish_upgrade(user, &speaking),
+            FinishUpgrade { speaking } => self.finish_upgrade(caller, &speaking),
             CreateFlavor(n) => self.create_flavor(now, caller, n),
             ListFlavors => self.list_flavors(),
             DeleteFlavor { name } => self.delete_flavor(caller, &name),

@@ -8,11 +8,12 @@
 //!   them: the author's member record, and no removal of its key, as of the
 //!   change's dependencies. The founder's first changes (which enrol it) are
 //!   checked against the key written in the realm's first change. After its
-//!   genesis, a realm change touches the root only to raise the floor.
+//!   genesis, a realm change touches the root only to raise the floor, with
+//!   a realm admin's consent (crate::roster).
 
 use std::collections::VecDeque;
 
-use atoll_crdt::realm::{FLOOR, MAX_FLOOR, floor_at};
+use atoll_crdt::realm::{FLOOR, FLOOR_CONSENT, MAX_FLOOR, floor_at};
 use atoll_crdt::{
     ChangeHash, Doc, Gate, Incoming, Member, Realm, Refused, Removal, RootWrite, ScalarValue, Signed, SiteId,
 };
@@ -108,7 +109,7 @@ impl Gate for Members {
         let site = SiteId::new(&change.author()).map_err(|_| "its author is not a site name".to_owned())?;
         let key = self.key_at(doc, &site, change.deps)?;
         check_sig(&key, change)?;
-        root_rule(doc, change)?;
+        let raised = root_rule(doc, change)?;
         // The founder's first change after the genesis writes the first
         // admin, whom no one could have consented to: it is to the realm's
         // authority what the genesis is to its layout (automerge takes one
@@ -118,27 +119,36 @@ impl Gate for Members {
             crate::rules::check_change(doc, change, &site)?;
             crate::roster::check_change(doc, change, &site)?;
         }
+        // Checked below the consent floor too: the first raise is the one
+        // that matters most (it shuts out the release before).
+        if let Some(to) = raised.filter(|_| self.rules) {
+            crate::roster::check_floor(doc, change, to)?;
+        }
         Ok(())
     }
 }
 
 /// After its genesis, a realm change may touch the root only to raise the
-/// floor: a put of an object there would replace a whole collection (the
-/// users, the members) for every site, and a lower floor would let
-/// requests without their user's consent in again.
-fn root_rule(doc: &Doc, change: &Incoming<'_>) -> Result<(), String> {
+/// floor (with the consent of who asked for it): a put of an object there
+/// would replace a whole collection (the users, the members) for every site,
+/// and a lower floor would let requests without their user's consent in
+/// again. Returns the floor the change raises the realm to, if any.
+fn root_rule(doc: &Doc, change: &Incoming<'_>) -> Result<Option<u64>, String> {
+    let mut raised = None;
     for (key, write) in change.root_writes() {
         let to = match (key.as_str(), &write) {
             (FLOOR, RootWrite::Put(ScalarValue::Uint(n))) => *n,
             (FLOOR, RootWrite::Put(ScalarValue::Int(n))) if *n >= 0 => n.unsigned_abs(),
+            (FLOOR_CONSENT, RootWrite::Put(ScalarValue::Str(_))) => continue,
             _ => return Err(format!("it rewrites the realm's root key {key:?}")),
         };
         let from = floor_at(doc, change.deps);
         if to < from || to > MAX_FLOOR {
             return Err(format!("it moves the realm's floor from {from} to {to}"));
         }
+        raised = Some(to);
     }
-    Ok(())
+    Ok(raised)
 }
 
 /// What the gates refused, for the shell to log and count.

@@ -14,9 +14,13 @@
 //!   rewritten, never deleted.
 //! - A revocation of all of a user's tokens carries the consent of that
 //!   user or of a realm admin, and never moves back in time.
+//! - The realm's floor rises only with a realm admin's consent (a thief
+//!   raising it early would shut out the sites not yet upgraded).
 
+use atoll_crdt::realm::FLOOR_CONSENT;
 use atoll_crdt::{
-    Admission, Consent, Doc, Enrolment, Entity, Incoming, Member, RecordWrite, Removal, Revocation, SiteId,
+    Admission, Consent, Doc, Enrolment, Entity, Incoming, Member, RecordWrite, Removal, Revocation, RootWrite,
+    ScalarValue, SiteId,
 };
 use sha2::{Digest, Sha256};
 
@@ -54,6 +58,29 @@ fn removal_message(r: &Removal) -> Vec<u8> {
 
 fn revocation_message(r: &Revocation) -> Vec<u8> {
     statement("revocation", (&r.user, &r.token, r.expires_at, &r.by, r.at))
+}
+
+pub(crate) fn floor_message(to: u64) -> Vec<u8> {
+    statement("floor", to)
+}
+
+/// A change that raises the realm's floor to `to` carries, in the same
+/// change, the consent of a realm admin as of its dependencies.
+pub fn check_floor(doc: &Doc, change: &Incoming<'_>, to: u64) -> Result<(), String> {
+    let consent = change
+        .root_writes()
+        .into_iter()
+        .find_map(|(key, write)| match (key.as_str(), write) {
+            (FLOOR_CONSENT, RootWrite::Put(ScalarValue::Str(json))) => Some(json),
+            _ => None,
+        })
+        .ok_or_else(|| format!("it raises the realm's floor to {to} with no realm admin's consent"))?;
+    let consent: Consent =
+        serde_json::from_str(&consent).map_err(|_| "its consent to the floor is unreadable".to_owned())?;
+    let at = At { doc, heads: Some(change.deps) };
+    consented(&at, &consent, &floor_message(to), |u| realm_admin_key(u, "raise the realm's floor"))
+        .map(drop)
+        .map_err(|why| format!("it raises the realm's floor to {to}: {why}"))
 }
 
 /// The rules for one incoming realm change by `author`.
@@ -189,13 +216,28 @@ fn check_revocation(at: &At<'_>, r: &Revocation) -> Result<(), String> {
 }
 
 impl Peer {
-    /// `caller`'s consent to `message`, once the realm's rules hold (below
-    /// the floor, sites of the release before write none).
+    /// `caller`'s consent to `message`. Below the floor it is written
+    /// whenever the caller's token carries a session (tokens of the release
+    /// before carry none), so that what it admits still holds once the
+    /// floor rises.
     fn consent_of(&self, caller: &Caller, message: &[u8]) -> Result<Option<Consent>, ApiError> {
-        if self.realm.floor() < FLOOR {
-            return Ok(None);
+        match caller.signing_session() {
+            Ok(session) => Ok(Some(session.sign_message(message))),
+            Err(_) if self.realm.floor() < FLOOR => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(Some(caller.signing_session()?.sign_message(message)))
+    }
+
+    /// Raises the realm's floor to `to` with `caller`'s consent, checked
+    /// as every other site will check it.
+    pub(crate) fn raise_floor(&mut self, caller: &Caller, to: u64) -> Result<(), ApiError> {
+        let consent = caller.signing_session()?.sign_message(&floor_message(to));
+        let at = At { doc: &self.realm.doc, heads: None };
+        consented(&at, &consent, &floor_message(to), |u| realm_admin_key(u, "raise the realm's floor"))
+            .map_err(|why| ApiError::Forbidden(format!("the realm's rules refuse this: {why}")))?;
+        let json = serde_json::to_string(&consent).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.realm.raise_floor(to, Some(&json))?;
+        Ok(())
     }
 
     /// The check every other site makes on receipt, made before writing

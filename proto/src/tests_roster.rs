@@ -169,3 +169,49 @@ fn a_removal_is_final_and_a_member_cannot_revoke_users_tokens() {
         assert_eq!(net.call(i, Some(&admin), Command::Whoami).unwrap_err().status(), 401, "site {i}");
     }
 }
+
+/// `user`'s caller on site `i`, with the session of a fresh login.
+fn caller(net: &mut Net, i: usize, user: &str, password: &str) -> crate::consent::Caller {
+    let token = net.login(i, user, password);
+    let (claims, _, _) = auth::open::<auth::Claims>(&token).unwrap();
+    let user = net.peers[i].realm().user(user).unwrap().unwrap();
+    crate::consent::Caller { user, session: crate::consent::Session::of(&claims) }
+}
+
+#[test]
+fn the_floor_rises_only_with_a_realm_admins_consent() {
+    let to = crate::consent::FLOOR + 1;
+    // Raised by a member on its own, it would shut out every site not yet upgraded.
+    let mut net = fresh(3);
+    forge(&mut net, |p| {
+        p.realm.raise_floor(to, None).unwrap();
+    });
+    refused(&mut net, "with no realm admin's consent");
+    // A user who is not a realm admin consents to nothing of the kind.
+    let mut net = fresh(3);
+    let admin = net.login(0, "admin", "admin-password");
+    let bob = crate::api::NewUser { name: "bob".into(), password: "bob-password".into(), realm_admin: false };
+    net.call(0, Some(&admin), Command::CreateUser(bob)).unwrap();
+    net.settle();
+    let bob = caller(&mut net, 2, "bob", "bob-password");
+    let e = net.peers[2].raise_floor(&bob, to).unwrap_err();
+    assert!(e.to_string().contains("not a realm admin"), "{e}");
+    let consent = bob.signing_session().unwrap().sign_message(&crate::roster::floor_message(to));
+    forge(&mut net, |p| {
+        p.realm.raise_floor(to, Some(&serde_json::to_string(&consent).unwrap())).unwrap();
+    });
+    refused(&mut net, "not a realm admin");
+    for i in 0..2 {
+        assert_eq!(net.peers[i].realm().floor(), crate::consent::FLOOR, "site {i}");
+    }
+    // A realm admin's raise is taken everywhere.
+    let mut net = fresh(3);
+    let admin = caller(&mut net, 2, "admin", "admin-password");
+    net.peers[2].raise_floor(&admin, to).unwrap();
+    net.input(2, Input::Timer(TimerId::Repair));
+    net.settle();
+    for i in 0..3 {
+        assert_eq!(net.peers[i].realm().floor(), to, "site {i}");
+        assert!(net.peers[i].take_refusals().is_empty(), "site {i}");
+    }
+}

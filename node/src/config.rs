@@ -39,6 +39,8 @@ pub struct File {
     pub publish_address: Option<String>,
     pub libvirt_uri: Option<String>,
     pub libvirt_pool: Option<String>,
+    /// `kvm` or `qemu` (TCG); default kvm where /dev/kvm exists.
+    pub libvirt_domain_type: Option<String>,
     /// Peer network listen addresses (multiaddrs).
     pub listen: Option<Vec<String>>,
     /// Addresses other members should dial, when not the listen addresses (NAT).
@@ -80,6 +82,10 @@ pub struct Flags {
     /// libvirt storage pool that receives VM disks.
     #[arg(long, env = "ATOLL_LIBVIRT_POOL")]
     pub libvirt_pool: Option<String>,
+    /// Domain type of VMs on a QEMU hypervisor: kvm, or qemu (emulation, for
+    /// hosts whose /dev/kvm cannot run guests). Default: kvm where /dev/kvm exists.
+    #[arg(long, env = "ATOLL_LIBVIRT_DOMAIN_TYPE", value_parser = ["kvm", "qemu"])]
+    pub libvirt_domain_type: Option<String>,
     /// Peer network listen address (multiaddr; repeatable). Default: QUIC and TCP on port 7481.
     #[arg(long)]
     pub listen: Vec<String>,
@@ -119,6 +125,8 @@ pub struct Settings {
     pub ports: atoll_proto::lifecycle::PortPolicy,
     pub libvirt_uri: String,
     pub libvirt_pool: String,
+    /// None: kvm where /dev/kvm exists, else qemu.
+    pub libvirt_domain_type: Option<String>,
     pub net: crate::net::Settings,
     pub join: Option<String>,
     pub unsandboxed: bool,
@@ -153,6 +161,10 @@ impl Settings {
             bootstrap: multiaddrs(&bootstrap)?,
             mdns: flags.mdns || file.mdns,
         };
+        let libvirt_domain_type = flags.libvirt_domain_type.clone().or(file.libvirt_domain_type);
+        if let Some(t) = libvirt_domain_type.as_deref().filter(|t| !["kvm", "qemu"].contains(t)) {
+            anyhow::bail!("config: libvirt_domain_type {t:?} is neither \"kvm\" nor \"qemu\"");
+        }
         let default_ports = atoll_proto::lifecycle::PortPolicy::default();
         let ports = atoll_proto::lifecycle::PortPolicy::parse(
             file.publish_ports
@@ -186,6 +198,7 @@ impl Settings {
                 .clone()
                 .or(file.libvirt_pool)
                 .unwrap_or_else(|| "default".into()),
+            libvirt_domain_type,
         })
     }
 }

@@ -191,23 +191,17 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "libvirt")]
+/// The VM driver; without libvirt's library or daemon, one that says why.
 async fn vm_driver(s: &Settings, exits: Exits) -> anyhow::Result<Box<dyn Driver>> {
-    let (uri, pool, site, vms) =
-        (s.libvirt_uri.clone(), s.libvirt_pool.clone(), s.site.clone(), s.data_dir.join("vms"));
-    let d =
-        tokio::task::spawn_blocking(move || crate::driver::Libvirt::connect(&uri, &pool, &site, vms, exits))
-            .await?;
+    let at = crate::driver::libvirt::Place {
+        uri: s.libvirt_uri.clone(),
+        pool: s.libvirt_pool.clone(),
+        domain_type: s.libvirt_domain_type.clone(),
+        site: s.site.clone(),
+        root: s.data_dir.join("vms"),
+    };
+    let d = tokio::task::spawn_blocking(move || crate::driver::Libvirt::connect(at, exits)).await?;
     Ok(Box::new(d))
-}
-
-#[cfg(not(feature = "libvirt"))]
-async fn vm_driver(s: &Settings, _: Exits) -> anyhow::Result<Box<dyn Driver>> {
-    let why = format!(
-        "this atoll was built without libvirt support (cargo feature `libvirt`), so libvirt {} (pool {}) is not used",
-        s.libvirt_uri, s.libvirt_pool
-    );
-    Ok(Box::new(crate::driver::Absent { kind: atoll_crdt::Kind::Vm, why }))
 }
 
 /// SIGINT or SIGTERM.

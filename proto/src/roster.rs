@@ -19,8 +19,8 @@
 
 use atoll_crdt::realm::FLOOR_CONSENT;
 use atoll_crdt::{
-    Admission, Consent, Doc, Enrolment, Entity, Incoming, Member, RecordWrite, Removal, Revocation, RootWrite,
-    ScalarValue, SiteId,
+    Admission, Consent, Doc, Enrolment, Entity, Incoming, Member, RecordWrite, Removal, Revocation,
+    RootWrite, ScalarValue, SiteId,
 };
 use sha2::{Digest, Sha256};
 

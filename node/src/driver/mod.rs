@@ -4,7 +4,6 @@
 //! and reports on its own, through the [`Exits`] channel, a workload that ends.
 
 pub mod docker;
-#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod process;
 mod procfs;
@@ -20,7 +19,6 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use docker::Docker;
-#[cfg(feature = "libvirt")]
 pub use libvirt::Libvirt;
 pub use process::Process;
 
@@ -163,46 +161,6 @@ pub fn instance_dir(root: &std::path::Path, key: &str) -> std::path::PathBuf {
 pub fn legacy_dir_name(key: &str) -> Option<String> {
     let old = key.replace('/', "__");
     (old != dir_name(key)).then_some(old)
-}
-
-/// The driver of a kind this build or this host cannot run: it says why and
-/// refuses every operation. (Builds with every driver compiled in have no use for it.)
-#[cfg_attr(feature = "libvirt", allow(dead_code))]
-pub struct Absent {
-    pub kind: Kind,
-    pub why: String,
-}
-
-#[cfg_attr(feature = "libvirt", allow(dead_code))]
-impl Absent {
-    fn refuse<T: Send + 'static>(&self) -> DriverFuture<'_, T> {
-        let why = self.why.clone();
-        Box::pin(async move { Err(DriverError::Runtime(why)) })
-    }
-}
-
-impl Driver for Absent {
-    fn fingerprint(&self) -> Fingerprint {
-        Fingerprint { kind: self.kind, available: false, version: String::new(), detail: self.why.clone() }
-    }
-    fn start<'a>(&'a self, _: &'a InstanceSpec, _: u64, _: PathBuf) -> DriverFuture<'a, (String, String)> {
-        self.refuse()
-    }
-    fn recover<'a>(&'a self, _: &'a str, _: u64, _: &'a str) -> DriverFuture<'a, Recovered> {
-        self.refuse()
-    }
-    fn stop<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, ()> {
-        self.refuse()
-    }
-    fn destroy<'a>(&'a self, _: &'a str) -> DriverFuture<'a, ()> {
-        self.refuse()
-    }
-    fn logs<'a>(&'a self, _: &'a str, _: u64) -> DriverFuture<'a, Vec<u8>> {
-        self.refuse()
-    }
-    fn usage(&self) -> DriverFuture<'_, Vec<Usage>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
 }
 
 #[cfg(test)]

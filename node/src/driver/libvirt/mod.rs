@@ -1,4 +1,5 @@
-//! Virtual machines through libvirt (the `virt` bindings).
+//! Virtual machines through libvirt (its C library, loaded at start:
+//! [`binding`]).
 //!
 //! The image blob (qcow2 or raw) is uploaded into a storage volume of the
 //! configured pool, and a domain is defined from the instance's cpus, memory and
@@ -7,8 +8,7 @@
 //! the blob in the data dir instead, and the start detail says so.
 //!
 //! Every libvirt call blocks, so each runs on tokio's blocking pool. The
-//! connection lives as long as the process: `virt`'s `Connect` panics if closing
-//! fails on drop, and a daemon never needs to close it.
+//! connection lives as long as the process.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use atoll_crdt::{ImageFormat, Kind};
 use atoll_proto::InstanceSpec;
-use virt::connect::Connect;
-use virt::domain::Domain;
-use virt::storage_vol::StorageVol;
-use virt::stream::Stream;
+
+mod binding;
+
+use binding::{Connection as Connect, Domain};
 
 use super::{
     Driver, DriverError, DriverFuture, Exit, Exits, Fingerprint, Recovered, dir_name, legacy_dir_name,
@@ -41,12 +41,26 @@ fn find(conn: &Connect, names: &[String]) -> Option<Domain> {
     names.iter().find_map(|n| conn.lookup_domain_by_name(n).ok())
 }
 
-fn virt_err(e: virt::error::Error) -> DriverError {
-    DriverError::Runtime(format!("libvirt: {}", e.message()))
+fn virt_err(e: binding::Error) -> DriverError {
+    DriverError::Runtime(format!("libvirt: {e}"))
+}
+
+/// Where the driver's VMs go.
+pub struct Place {
+    /// The libvirt connection (`qemu:///system`, `test:///default`).
+    pub uri: String,
+    /// The storage pool that receives disks.
+    pub pool: String,
+    /// `kvm` or `qemu` on a QEMU hypervisor; None: kvm where /dev/kvm exists.
+    pub domain_type: Option<String>,
+    pub site: String,
+    /// Per-instance files (console logs, disk copies).
+    pub root: PathBuf,
 }
 
 pub struct Libvirt {
     conn: Option<&'static Connect>,
+    domain_type: &'static str,
     fingerprint: Fingerprint,
     site: String,
     pool: String,
@@ -63,10 +77,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Libvirt {
-    pub fn connect(uri: &str, pool: &str, site: &str, root: PathBuf, exits: Exits) -> Libvirt {
-        // libvirt prints every error to stderr unless told not to; we report ours.
-        virt::error::clear_error_callback();
-        let (conn, fingerprint) = match Connect::open(Some(uri)) {
+    pub fn connect(at: Place, exits: Exits) -> Libvirt {
+        let Place { uri, pool, domain_type, site, root } = at;
+        let (conn, fingerprint) = match Connect::open(&uri) {
             Ok(c) => {
                 let kind = c.driver_type().unwrap_or_default();
                 let version = c.hyp_version().map(version_string).unwrap_or_default();
@@ -85,15 +98,33 @@ impl Libvirt {
                     kind: Kind::Vm,
                     available: false,
                     version: String::new(),
-                    detail: format!("libvirt at {uri} not reachable: {}", e.message()),
+                    detail: match binding::available() {
+                        Ok(()) => format!("libvirt at {uri} not reachable: {e}"),
+                        Err(why) => format!("{why}: no VMs on this site"),
+                    },
                 },
             ),
         };
+        let domain_type = if fingerprint.version.to_lowercase().starts_with("test") {
+            "test"
+        } else {
+            match domain_type.as_deref() {
+                Some("qemu") => "qemu",
+                Some(_) => "kvm",
+                None if Path::new("/dev/kvm").exists() => "kvm",
+                None => "qemu",
+            }
+        };
+        let mut fingerprint = fingerprint;
+        if fingerprint.available {
+            fingerprint.detail.push_str(&format!(", domain type {domain_type}"));
+        }
         Libvirt {
             conn,
+            domain_type,
             fingerprint,
-            site: site.into(),
-            pool: pool.into(),
+            site,
+            pool,
             root,
             exits,
             runs: Arc::default(),
@@ -115,16 +146,6 @@ impl Libvirt {
     fn names(&self, key: &str) -> Vec<String> {
         let legacy = legacy_dir_name(key).map(|o| format!("atoll.{}.{o}", self.site));
         std::iter::once(self.name(key)).chain(legacy).collect()
-    }
-
-    fn domain_type(&self) -> &'static str {
-        if self.fingerprint.version.starts_with("Test") || self.fingerprint.version.starts_with("TEST") {
-            "test"
-        } else if Path::new("/dev/kvm").exists() {
-            "kvm"
-        } else {
-            "qemu"
-        }
     }
 
     /// Watches a running domain until it stops without being asked.
@@ -154,7 +175,7 @@ impl Libvirt {
     }
 }
 
-fn version_string(v: u32) -> String {
+fn version_string(v: u64) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
@@ -198,19 +219,19 @@ fn upload_volume(
     blob: &Path,
     capacity: u64,
 ) -> Result<String, String> {
-    let pool = conn.lookup_storage_pool_by_name(pool).map_err(|e| e.message().to_owned())?;
+    let pool = conn.lookup_storage_pool_by_name(pool).map_err(|e| e.to_string())?;
     if let Ok(old) = pool.lookup_storage_vol_by_name(name) {
-        old.delete(0).map_err(|e| e.message().to_owned())?;
+        old.delete().map_err(|e| e.to_string())?;
     }
     let xml = format!(
         "<volume><name>{name}</name><capacity unit='bytes'>{capacity}</capacity>\
          <target><format type='{fmt}'/></target></volume>"
     );
-    let vol = StorageVol::create_xml(&pool, &xml, 0).map_err(|e| e.message().to_owned())?;
+    let vol = pool.create_volume_xml(&xml).map_err(|e| e.to_string())?;
     let len = std::fs::metadata(blob).map_err(|e| e.to_string())?.len();
     let result = (|| {
-        let stream = Stream::new(conn, 0).map_err(|e| e.message().to_owned())?;
-        vol.upload(&stream, 0, len, 0).map_err(|e| e.message().to_owned())?;
+        let stream = conn.new_stream().map_err(|e| e.to_string())?;
+        vol.upload(&stream, 0, len).map_err(|e| e.to_string())?;
         let mut file = std::fs::File::open(blob).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; BLOCK];
         loop {
@@ -220,17 +241,20 @@ fn upload_volume(
             }
             let mut sent = 0;
             while sent < n {
-                let k = stream.send(&buf[sent..n]).map_err(|e| e.message().to_owned())?;
-                sent += usize::try_from(k).map_err(|_| "stream refused data".to_owned())?;
+                let k = stream.send(&buf[sent..n]).map_err(|e| e.to_string())?;
+                if k == 0 {
+                    return Err("the stream took no data".to_owned());
+                }
+                sent += k;
             }
         }
-        stream.finish().map_err(|e| e.message().to_owned())
+        stream.finish().map_err(|e| e.to_string())
     })();
     if let Err(e) = result {
-        let _ = vol.delete(0);
+        let _ = vol.delete();
         return Err(e);
     }
-    vol.path().map_err(|e| e.message().to_owned())
+    vol.path().map_err(|e| e.to_string())
 }
 
 fn domain_xml(name: &str, dtype: &str, spec: &InstanceSpec, disk: &str, console: &Path) -> String {
@@ -301,7 +325,7 @@ impl Driver for Libvirt {
                 }
             })
             .await?;
-            let xml = domain_xml(&name, self.domain_type(), spec, &disk, &console);
+            let xml = domain_xml(&name, self.domain_type, spec, &disk, &console);
             lock(&self.stopping).remove(&spec.key);
             lock(&self.runs).insert(spec.key.clone(), run);
             let domain = blocking(move || {
@@ -389,7 +413,7 @@ impl Driver for Libvirt {
                 if let Ok(p) = conn.lookup_storage_pool_by_name(&pool) {
                     for fmt in ["qcow2", "raw"] {
                         if let Ok(v) = p.lookup_storage_vol_by_name(&format!("{name}.{fmt}")) {
-                            v.delete(0).map_err(virt_err)?;
+                            v.delete().map_err(virt_err)?;
                         }
                     }
                 }
@@ -427,7 +451,7 @@ impl Driver for Libvirt {
                     };
                     let Ok(info) = d.info() else { continue };
                     let (cpu_seconds, memory_bytes) =
-                        (info.cpu_time as f64 / 1e9, info.memory.saturating_mul(1024));
+                        (info.cpu_time_ns as f64 / 1e9, info.memory_kib.saturating_mul(1024));
                     all.push(super::Usage { key, cpu_seconds, memory_bytes });
                 }
                 Ok(all)

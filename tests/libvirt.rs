@@ -148,12 +148,38 @@ fn a_real_guest_boots_stops_starts_and_goes() {
         ("ATOLL_LIBVIRT_POOL", pool.0.as_str()),
         ("ATOLL_LIBVIRT_DOMAIN_TYPE", if kvm { "kvm" } else { "qemu" }),
     ];
-    let d = Daemon::start_with(root.path(), "qemu-site", &env);
+    // The image is uploaded on another site than the one that runs the VM:
+    // the create goes through the first, and the second fetches the image.
+    let a = Daemon::start_with(root.path(), "image-site", &[("ATOLL_LIBVIRT_URI", "test:///default")]);
+    a.login_admin();
+    a.cli().ok(&["image", "add", disk.to_str().unwrap(), "--name", "guest", "--format", "raw"]);
+    let d = Daemon::start_args(
+        root.path(),
+        "qemu-site",
+        &env,
+        &["--join", &a.invite("qemu-site")],
+        Some(&a.password),
+    );
     d.login_admin();
     assert!(vm_fingerprint(&d), "qemu:///system is not usable: {}", d.cli().ok(&["site", "show"]));
-    d.cli().ok(&["image", "add", disk.to_str().unwrap(), "--name", "guest", "--format", "raw"]);
-    let out = d.cli().ok(&["instance", "create", "g", "--image", "guest", "--memory", "160", "--cpus", "1"]);
-    assert!(out.contains(&format!("in pool {}", pool.0)), "the disk did not go to the pool: {out}");
+    let create = [
+        "instance",
+        "create",
+        "g",
+        "--image",
+        "guest",
+        "--site",
+        "qemu-site",
+        "--memory",
+        "160",
+        "--cpus",
+        "1",
+    ];
+    let out = a.cli().ok(&create);
+    assert!(out.contains("running"), "{out}");
+    let shown = d.cli().json(&["instance", "show", "g"]);
+    let detail = shown.to_string();
+    assert!(detail.contains(&format!("in pool {}", pool.0)), "the disk did not go to the pool: {shown}");
     let logs = || d.cli().ok(&["instance", "logs", "g"]);
     // The last boot line: "atoll-guest-up: boot ID, N cpus, M kB" (console lines end in \r\n).
     let booted = |logs: &str| logs.lines().rev().find(|l| l.starts_with(MARKER)).map(|l| l.trim().to_owned());

@@ -14,9 +14,6 @@ mod store;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "atoll", version, about = "Atoll: a peer-to-peer infrastructure manager for edge sites")]
 struct Cli {
@@ -48,7 +45,22 @@ enum Top {
     Client(cli::Cmd),
 }
 
+/// The C allocator's settings for a small resident set (docs/benchmarks.md,
+/// "Idle memory"): a fixed mmap threshold, so that a large buffer (argon2's
+/// 19 MiB) goes back to the system when freed instead of raising the
+/// threshold and staying in the heap; and two arenas, not eight per core.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters; called before
+    // any thread is spawned.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let args = Cli::parse();
     if let Top::Completions { shell } = args.cmd {
         clap_complete::generate(shell, &mut Cli::command(), "atoll", &mut std::io::stdout());

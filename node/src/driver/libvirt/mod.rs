@@ -79,7 +79,16 @@ async fn blocking<T: Send + 'static>(
 impl Libvirt {
     pub fn connect(at: Place, exits: Exits) -> Libvirt {
         let Place { uri, pool, domain_type, site, root } = at;
-        let (conn, fingerprint) = match Connect::open(&uri) {
+        let opened = match no_daemon(&uri) {
+            // Loading libvirt's library and its dependencies costs ~12 MB of
+            // resident memory (docs/benchmarks.md): not for nothing.
+            Some(why) => Err(why),
+            None => Connect::open(&uri).map_err(|e| match binding::available() {
+                Ok(()) => format!("libvirt at {uri} not reachable: {e}"),
+                Err(why) => format!("{why}: no VMs on this site"),
+            }),
+        };
+        let (conn, fingerprint) = match opened {
             Ok(c) => {
                 let kind = c.driver_type().unwrap_or_default();
                 let version = c.hyp_version().map(version_string).unwrap_or_default();
@@ -92,18 +101,9 @@ impl Libvirt {
                 };
                 (Some(&*Box::leak(Box::new(c))), f)
             }
-            Err(e) => (
-                None,
-                Fingerprint {
-                    kind: Kind::Vm,
-                    available: false,
-                    version: String::new(),
-                    detail: match binding::available() {
-                        Ok(()) => format!("libvirt at {uri} not reachable: {e}"),
-                        Err(why) => format!("{why}: no VMs on this site"),
-                    },
-                },
-            ),
+            Err(detail) => {
+                (None, Fingerprint { kind: Kind::Vm, available: false, version: String::new(), detail })
+            }
         };
         let domain_type = if fingerprint.version.to_lowercase().starts_with("test") {
             "test"
@@ -173,6 +173,18 @@ impl Libvirt {
             }
         });
     }
+}
+
+/// Sockets where a local libvirt daemon for `qemu:///system` listens
+/// (monolithic libvirtd, or the modular virtqemud).
+const SYSTEM_SOCKETS: &[&str] = &["/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock"];
+
+/// Why `uri` certainly has no daemon to talk to, without loading libvirt.
+fn no_daemon(uri: &str) -> Option<String> {
+    let system = uri.trim_end_matches('/') == "qemu:///system";
+    (system && !SYSTEM_SOCKETS.iter().any(|s| Path::new(s).exists())).then(|| {
+        format!("no libvirt daemon runs here ({} is missing): no VMs on this site", SYSTEM_SOCKETS[0])
+    })
 }
 
 fn version_string(v: u64) -> String {

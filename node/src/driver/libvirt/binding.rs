@@ -36,11 +36,11 @@ pub struct Info {
 struct Api {
     connect_open: unsafe extern "C" fn(*const c_char) -> Ptr,
     connect_get_type: unsafe extern "C" fn(Ptr) -> *const c_char,
-    connect_get_version: unsafe extern "C" fn(Ptr, *mut c_ulong) -> c_int,
-    connect_get_lib_version: unsafe extern "C" fn(Ptr, *mut c_ulong) -> c_int,
-    domain_lookup_by_name: unsafe extern "C" fn(Ptr, *const c_char) -> Ptr,
-    domain_lookup_by_uuid_string: unsafe extern "C" fn(Ptr, *const c_char) -> Ptr,
-    domain_define_xml: unsafe extern "C" fn(Ptr, *const c_char) -> Ptr,
+    connect_get_version: VersionFn,
+    connect_get_lib_version: VersionFn,
+    domain_lookup_by_name: ByStrFn,
+    domain_lookup_by_uuid_string: ByStrFn,
+    domain_define_xml: ByStrFn,
     domain_create: unsafe extern "C" fn(Ptr) -> c_int,
     domain_shutdown: unsafe extern "C" fn(Ptr) -> c_int,
     domain_destroy: unsafe extern "C" fn(Ptr) -> c_int,
@@ -50,9 +50,9 @@ struct Api {
     domain_get_name: unsafe extern "C" fn(Ptr) -> *const c_char,
     domain_get_info: unsafe extern "C" fn(Ptr, *mut Info) -> c_int,
     domain_free: unsafe extern "C" fn(Ptr) -> c_int,
-    pool_lookup_by_name: unsafe extern "C" fn(Ptr, *const c_char) -> Ptr,
+    pool_lookup_by_name: ByStrFn,
     pool_free: unsafe extern "C" fn(Ptr) -> c_int,
-    vol_lookup_by_name: unsafe extern "C" fn(Ptr, *const c_char) -> Ptr,
+    vol_lookup_by_name: ByStrFn,
     vol_create_xml: unsafe extern "C" fn(Ptr, *const c_char, c_uint) -> Ptr,
     vol_delete: unsafe extern "C" fn(Ptr, c_uint) -> c_int,
     vol_upload: unsafe extern "C" fn(Ptr, Ptr, c_ulonglong, c_ulonglong, c_uint) -> c_int,
@@ -173,6 +173,20 @@ fn status(api: &Api, rc: c_int) -> Result<c_int, Error> {
     if rc < 0 { Err(last_error(api)) } else { Ok(rc) }
 }
 
+/// A call that takes an object and a string and returns an object.
+type ByStrFn = unsafe extern "C" fn(Ptr, *const c_char) -> Ptr;
+/// A call that writes a version number.
+type VersionFn = unsafe extern "C" fn(Ptr, *mut c_ulong) -> c_int;
+
+/// `pick`'s call on the live object `owner` with `arg`: the object it
+/// returns, or this thread's last error.
+fn by_str(owner: Ptr, arg: &str, pick: impl FnOnce(&Api) -> ByStrFn) -> Result<Ptr, Error> {
+    let api = api()?;
+    let arg = c_string(arg)?;
+    // SAFETY: a live object and a C string alive for the call.
+    object(api, unsafe { pick(api)(owner, arg.as_ptr()) })
+}
+
 /// A connection to a hypervisor; kept for the life of the process.
 pub struct Connection(Ptr);
 /// A domain (a VM) defined on a connection.
@@ -215,49 +229,37 @@ impl Connection {
 
     /// The hypervisor's version, major * 1,000,000 + minor * 1,000 + micro.
     pub fn hyp_version(&self) -> Result<u64, Error> {
-        let api = api()?;
-        let mut v: c_ulong = 0;
-        // SAFETY: a live connection and a valid out pointer.
-        status(api, unsafe { (api.connect_get_version)(self.0, &mut v) })?;
-        Ok(v)
+        self.version(|api| api.connect_get_version)
     }
 
     /// The library's version, encoded as [`Connection::hyp_version`].
     pub fn lib_version(&self) -> Result<u64, Error> {
+        self.version(|api| api.connect_get_lib_version)
+    }
+
+    fn version(&self, pick: impl FnOnce(&Api) -> VersionFn) -> Result<u64, Error> {
         let api = api()?;
         let mut v: c_ulong = 0;
-        // SAFETY: as above.
-        status(api, unsafe { (api.connect_get_lib_version)(self.0, &mut v) })?;
+        // SAFETY: a live connection and a valid out pointer.
+        status(api, unsafe { pick(api)(self.0, &mut v) })?;
         Ok(v)
     }
 
     pub fn lookup_domain_by_name(&self, name: &str) -> Result<Domain, Error> {
-        let api = api()?;
-        let name = c_string(name)?;
-        // SAFETY: a live connection and a C string alive for the call.
-        object(api, unsafe { (api.domain_lookup_by_name)(self.0, name.as_ptr()) }).map(Domain)
+        by_str(self.0, name, |api| api.domain_lookup_by_name).map(Domain)
     }
 
     pub fn lookup_domain_by_uuid_string(&self, uuid: &str) -> Result<Domain, Error> {
-        let api = api()?;
-        let uuid = c_string(uuid)?;
-        // SAFETY: as above.
-        object(api, unsafe { (api.domain_lookup_by_uuid_string)(self.0, uuid.as_ptr()) }).map(Domain)
+        by_str(self.0, uuid, |api| api.domain_lookup_by_uuid_string).map(Domain)
     }
 
     /// Defines (does not start) a persistent domain.
     pub fn define_domain_xml(&self, xml: &str) -> Result<Domain, Error> {
-        let api = api()?;
-        let xml = c_string(xml)?;
-        // SAFETY: as above.
-        object(api, unsafe { (api.domain_define_xml)(self.0, xml.as_ptr()) }).map(Domain)
+        by_str(self.0, xml, |api| api.domain_define_xml).map(Domain)
     }
 
     pub fn lookup_storage_pool_by_name(&self, name: &str) -> Result<Pool, Error> {
-        let api = api()?;
-        let name = c_string(name)?;
-        // SAFETY: as above.
-        object(api, unsafe { (api.pool_lookup_by_name)(self.0, name.as_ptr()) }).map(Pool)
+        by_str(self.0, name, |api| api.pool_lookup_by_name).map(Pool)
     }
 
     pub fn new_stream(&self) -> Result<Stream, Error> {
@@ -323,10 +325,7 @@ impl Domain {
 
 impl Pool {
     pub fn lookup_storage_vol_by_name(&self, name: &str) -> Result<Volume, Error> {
-        let api = api()?;
-        let name = c_string(name)?;
-        // SAFETY: a live pool and a C string alive for the call.
-        object(api, unsafe { (api.vol_lookup_by_name)(self.0, name.as_ptr()) }).map(Volume)
+        by_str(self.0, name, |api| api.vol_lookup_by_name).map(Volume)
     }
 
     pub fn create_volume_xml(&self, xml: &str) -> Result<Volume, Error> {

@@ -65,7 +65,9 @@ fn the_api_answers_as_its_openapi_document_says() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let d = Daemon::start(root.path(), "site-1");
+    // Its random VM instances go to libvirt's in-process test hypervisor,
+    // never to a libvirt daemon of the host, where they would outlive the test.
+    let d = Daemon::start_with(root.path(), "site-1", &[("ATOLL_LIBVIRT_URI", "test:///default")]);
     // Two tokens before any run: the first run's wrong passwords lock
     // logins from this address out for a while, as they should.
     let (first, second) = (token(&d), token(&d));

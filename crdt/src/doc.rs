@@ -87,6 +87,9 @@ pub struct Doc {
     /// Counts the calls that may have changed the content, for caches of
     /// what is read from it ([`Doc::edits`]).
     pub(crate) edits: u64,
+    /// The root's collections' object ids, as of an edit count: reading one
+    /// is a root lookup in automerge, and every read of an entity needs one.
+    collections: std::cell::RefCell<(u64, Vec<(&'static str, ObjId)>)>,
 }
 
 /// Runs automerge on bytes from a peer or a file, turning a panic into an
@@ -168,7 +171,7 @@ impl Doc {
         for c in collections {
             inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
         }
-        let mut doc = Doc { inner, ledger: Default::default(), edits: 0 };
+        let mut doc = Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() };
         doc.commit(now);
         Ok(doc)
     }
@@ -177,7 +180,7 @@ impl Doc {
     pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
         crate::chunks::check(bytes)?;
         let inner = guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor));
-        let doc = Doc { inner, ledger: Default::default(), edits: 0 };
+        let doc = Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() };
         doc.check(collections)?;
         Ok(doc)
     }
@@ -193,12 +196,20 @@ impl Doc {
             inner: guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)),
             ledger: Default::default(),
             edits: 0,
+            collections: Default::default(),
         })
     }
 
     /// How many entities a collection holds, without decoding them.
     pub fn count<T: Entity>(&self) -> usize {
         self.collection(T::COLLECTION).map(|c| self.inner.length(&c)).unwrap_or(0)
+    }
+
+    /// The keys of a collection's entities, in key order, without reading
+    /// the entities.
+    pub fn keys<T: Entity>(&self) -> Vec<String> {
+        let Ok(coll) = self.collection(T::COLLECTION) else { return Vec::new() };
+        self.inner.keys(&coll).collect()
     }
 
     /// Whether the document has the collection (a replica filled by sync has it
@@ -222,8 +233,18 @@ impl Doc {
     }
 
     pub(crate) fn collection(&self, name: &'static str) -> Result<ObjId, DocError> {
+        let mut cached = self.collections.borrow_mut();
+        if cached.0 != self.edits {
+            *cached = (self.edits, Vec::new());
+        }
+        if let Some((_, id)) = cached.1.iter().find(|(n, _)| *n == name) {
+            return Ok(id.clone());
+        }
         match self.inner.get(automerge::ROOT, name)? {
-            Some((Value::Object(ObjType::Map), id)) => Ok(id),
+            Some((Value::Object(ObjType::Map), id)) => {
+                cached.1.push((name, id.clone()));
+                Ok(id)
+            }
             _ => Err(DocError::MissingCollection(name)),
         }
     }
@@ -552,6 +573,7 @@ impl Doc {
             inner: AutoCommit::new().with_actor(ActorId::from(actor)),
             ledger: Default::default(),
             edits: 0,
+            collections: Default::default(),
         }
     }
 
@@ -679,6 +701,7 @@ impl Doc {
             inner: self.inner.fork().with_actor(ActorId::from(actor)),
             ledger: Default::default(),
             edits: 0,
+            collections: Default::default(),
         }
     }
 }

@@ -222,22 +222,76 @@ pub fn check_seal(public_key_hex: &str, body: &[u8], sig: &[u8; 64]) -> Result<(
 
 /// Verifies a token against the realm; returns the user it names.
 pub fn verify(realm: &Realm, token: &str, now: u64) -> Result<(Claims, User), ApiError> {
+    verify_with(realm, token, now, &mut Verified::default())
+}
+
+/// Tokens whose signatures verified, each with the keys it verified with:
+/// a client sends the same token with every call, and checking its two
+/// signatures again (about 0.1 ms) was most of what a read cost. Only the
+/// signatures are remembered; expiry, the user and revocations are read
+/// again on every call.
+#[derive(Default)]
+pub struct Verified {
+    seen: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Verified {
+    /// Tokens remembered (the oldest is forgotten first).
+    pub const MAX: usize = 1024;
+
+    fn id(token: &str, site_key: &str, user_key: Option<&UserKey>) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [token, site_key, user_key.map_or("", |k| k.public.as_str())] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().into()
+    }
+
+    fn remember(&mut self, id: [u8; 32]) {
+        if self.seen.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+}
+
+/// [`verify`], skipping the signature checks of a token already verified
+/// with the same keys.
+pub fn verify_with(
+    realm: &Realm,
+    token: &str,
+    now: u64,
+    memo: &mut Verified,
+) -> Result<(Claims, User), ApiError> {
     let bad = |why: &str| ApiError::Unauthenticated(format!("invalid token: {why}; log in again"));
     if token.len() > MAX_TOKEN_LEN {
         return Err(bad("too long"));
     }
     let (claims, body, sig) = open::<Claims>(token).map_err(bad)?;
     let member = realm.member(&claims.site)?.ok_or_else(|| bad("issued by a site that is not a member"))?;
-    check_seal(&member.public_key, &body, &sig).map_err(bad)?;
+    let user = realm.user(&claims.user)?;
+    let id = Verified::id(token, &member.public_key, user.as_ref().and_then(|u| u.key.as_ref()));
+    let known = memo.seen.contains(&id);
+    if !known {
+        check_seal(&member.public_key, &body, &sig).map_err(bad)?;
+    }
     if claims.expires_at <= now {
         return Err(ApiError::Unauthenticated("token expired; log in again".into()));
     }
-    let user = realm.user(&claims.user)?.ok_or_else(|| bad("user no longer exists"))?;
+    let user = user.ok_or_else(|| bad("user no longer exists"))?;
     // A user with a key signs their own tokens: a member's seal alone (a
     // site that never saw the password) is not enough.
-    if let Some(k) = &user.key {
+    if let Some(k) = user.key.as_ref().filter(|_| !known) {
         check_user_sig(&claims, k).map_err(bad)?;
     }
+    memo.remember(id);
     // A user deleted and created again under the same name is someone else.
     if claims.issued_at < user.created_at {
         return Err(bad("issued before the user was created"));
@@ -421,6 +475,32 @@ mod tests {
         for junk in ["", ".", "a.b", "x".repeat(5000).as_str()] {
             assert!(verify(&realm, junk, 50).is_err());
         }
+    }
+
+    /// A remembered token skips only its signature checks: expiry still
+    /// applies, and a token differing in any byte is checked afresh.
+    #[test]
+    fn remembered_tokens_are_still_checked_for_all_but_their_signatures() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let key = SigningKey::generate(&mut rng);
+        let site = SiteId::new("a").unwrap();
+        let realm = realm_with(&site, &key, None);
+        let claims = Claims::new("ann", &site, 0, 100);
+        let token = issue(&key, &claims, None);
+        let mut memo = Verified::default();
+        assert!(verify_with(&realm, &token, 50, &mut memo).is_ok());
+        assert!(verify_with(&realm, &token, 60, &mut memo).is_ok());
+        assert!(verify_with(&realm, &token, 100, &mut memo).is_err());
+        let (_, sig) = token.split_once('.').unwrap();
+        let forged = Claims { user: "root".into(), ..claims };
+        let body = B64.encode(serde_json::to_vec(&forged).unwrap());
+        assert!(verify_with(&realm, &format!("{body}.{sig}"), 50, &mut memo).is_err());
+        for i in 0..Verified::MAX + 10 {
+            let t = issue(&key, &Claims::new("ann", &site, i as u64, 100), None);
+            assert!(verify_with(&realm, &t, 50, &mut memo).is_ok());
+        }
+        assert_eq!(memo.order.len(), Verified::MAX);
+        assert_eq!(memo.seen.len(), Verified::MAX);
     }
 
     /// A user with a key: a member's seal alone, or the signature of another

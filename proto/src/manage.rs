@@ -564,7 +564,24 @@ impl Peer {
     }
 
     /// Rights held free here, per project, most spare instances first.
+    /// Reading them costs an account per project (about 25 us each), so they
+    /// are kept until a document held here is edited.
     fn spare_rights(&self) -> Result<Vec<(String, Resources)>, ApiError> {
+        let edits: Vec<u64> = [self.realm.doc.edits(), self.own.doc.edits()]
+            .into_iter()
+            .chain(self.others.values().map(|d| d.doc.edits()))
+            .collect();
+        if let Some((at, spare)) = self.spare.0.borrow().as_ref()
+            && *at == edits
+        {
+            return Ok(spare.clone());
+        }
+        let spare = self.read_spare_rights()?;
+        *self.spare.0.borrow_mut() = Some((edits, spare.clone()));
+        Ok(spare)
+    }
+
+    fn read_spare_rights(&self) -> Result<Vec<(String, Resources)>, ApiError> {
         let mut spare = Vec::new();
         for p in self.realm.projects()? {
             let free = self.account(&p.name)?.available();
@@ -577,3 +594,8 @@ impl Peer {
         Ok(spare)
     }
 }
+
+/// [`Peer::spare_rights`] as of the edit counts of the realm, the own
+/// document and the others held, in that order.
+#[derive(Default)]
+pub(crate) struct SpareCache(std::cell::RefCell<Option<(Vec<u64>, Vec<(String, Resources)>)>>);

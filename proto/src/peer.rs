@@ -273,6 +273,10 @@ pub struct Peer {
     /// When each member was last heard from, and its latest summary (volatile).
     pub(crate) seen: BTreeMap<SiteId, Millis>,
     pub(crate) summaries: BTreeMap<SiteId, crate::api::SiteView>,
+    /// Tokens whose signatures verified here (crate::auth::Verified).
+    pub(crate) verified: auth::Verified,
+    /// This site's spare rights per project, as of the documents' edits.
+    pub(crate) spare: crate::manage::SpareCache,
     /// Replies held until this input's writes are persisted.
     pub(crate) replies: Vec<(ReqId, ApiResult)>,
     /// Image blobs the shell is fetching, and callers waiting on them (with their user).
@@ -357,6 +361,8 @@ impl Peer {
             metrics: None,
             seen: BTreeMap::new(),
             summaries: BTreeMap::new(),
+            spare: Default::default(),
+            verified: Default::default(),
             changed: Vec::new(),
             fetching: BTreeSet::new(),
             fetch_waiters: BTreeMap::new(),
@@ -617,7 +623,7 @@ impl Peer {
                     "no token: log in first (atoll login)".into(),
                 )));
             };
-            match auth::verify(&self.realm, &token, now) {
+            match auth::verify_with(&self.realm, &token, now, &mut self.verified) {
                 Ok((claims, _)) if matches!(cmd, Command::Logout) => {
                     return Outcome::Now(self.logout(now, &claims, &token));
                 }

@@ -23,6 +23,17 @@ pub const REPAIR_FANOUT: usize = 3;
 /// requests) reopens it once, short enough to converge within the heal goal.
 pub const RESYNC_AFTER: Millis = 300;
 
+/// The sites a document's owner gave rights to. A transfer's key is
+/// `<project>/<recipient>`: the keys name them without decoding every
+/// transfer (this runs after each change to the document, which may hold
+/// thousands).
+fn recipients(doc: &Doc) -> BTreeSet<SiteId> {
+    doc.keys::<atoll_crdt::Transfer>()
+        .iter()
+        .filter_map(|k| k.rsplit_once('/').and_then(|(_, to)| SiteId::new(to).ok()))
+        .collect()
+}
+
 impl Peer {
     pub(crate) fn doc_mut(&mut self, id: &DocId) -> Option<&mut Doc> {
         match id {
@@ -82,9 +93,7 @@ impl Peer {
     /// Whether we gave `peer` quota rights: it needs our document to count them.
     fn is_recipient(&mut self, peer: &SiteId) -> bool {
         if self.custody.recipients.is_none() {
-            let to =
-                self.own.doc.list::<atoll_crdt::Transfer>().unwrap_or_default().into_iter().map(|t| t.to);
-            self.custody.recipients = Some(to.collect());
+            self.custody.recipients = Some(recipients(&self.own.doc));
         }
         self.custody.recipients.as_ref().is_some_and(|r| r.contains(peer))
     }
@@ -136,14 +145,7 @@ impl Peer {
         if let Some(g) = self.custody.gave.get(owner) {
             return g.clone();
         }
-        let to: BTreeSet<SiteId> = self
-            .others
-            .get(owner)
-            .filter(|d| d.doc.count::<atoll_crdt::Transfer>() > 0)
-            .map(|d| {
-                d.doc.list::<atoll_crdt::Transfer>().unwrap_or_default().into_iter().map(|t| t.to).collect()
-            })
-            .unwrap_or_default();
+        let to = self.others.get(owner).map(|d| recipients(&d.doc)).unwrap_or_default();
         self.custody.gave.insert(owner.clone(), to.clone());
         to
     }

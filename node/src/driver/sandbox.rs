@@ -34,6 +34,8 @@ pub const UID_BASE: u32 = 200_000;
 pub const UID_SPAN: u32 = 65_536;
 /// Processes (and threads) one instance may have at once: a fork bomb stops here.
 pub const PIDS_MAX: u32 = 512;
+/// Tries at removing a cell's cgroup ([`Cell::remove`]): 1+2+...+64 ms, then 64 ms each.
+const REMOVE_ATTEMPTS: u32 = 20;
 /// Files of `/etc` a workload may read (names, hosts, TLS roots, time zone).
 const ETC: [&str; 9] = [
     "passwd",
@@ -374,10 +376,13 @@ impl Cell {
     }
 
     /// Kills what is left in the cell and removes its cgroups (retried
-    /// briefly: a killed process leaves its cgroup a moment later).
+    /// briefly: a killed process leaves its cgroup a moment later, usually
+    /// within a millisecond, so the waits start at 1 ms and double up to
+    /// 64 ms, about 1 s in all).
     pub fn remove(&self) {
         for d in &self.dirs {
-            for attempt in 0..20 {
+            let mut wait = Duration::from_millis(1);
+            for attempt in 0..REMOVE_ATTEMPTS {
                 if !d.exists() {
                     break;
                 }
@@ -385,8 +390,9 @@ impl Cell {
                 if std::fs::remove_dir(d).is_ok() {
                     break;
                 }
-                if attempt < 19 {
-                    std::thread::sleep(Duration::from_millis(50));
+                if attempt + 1 < REMOVE_ATTEMPTS {
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(64));
                 }
             }
         }

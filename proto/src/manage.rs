@@ -598,4 +598,7 @@ impl Peer {
 /// [`Peer::spare_rights`] as of the edit counts of the realm, the own
 /// document and the others held, in that order.
 #[derive(Default)]
-pub(crate) struct SpareCache(std::cell::RefCell<Option<(Vec<u64>, Vec<(String, Resources)>)>>);
+pub(crate) struct SpareCache(std::cell::RefCell<Option<(Vec<u64>, Spare)>>);
+
+/// Free rights per project.
+type Spare = Vec<(String, Resources)>;

@@ -30,6 +30,15 @@ fn admin_runs_a_workload_and_other_projects_cannot_touch_it() {
     let logs = d.cli().ok(&["instance", "logs", "web"]);
     assert!(logs.contains("hello from default/web"), "{logs}");
 
+    // The site tells its own memory: the process, and what its core holds.
+    let site = d.cli().json(&["site", "show"]);
+    let rss = site["memory"]["process"]["rss_kib"].as_u64().unwrap();
+    assert!(rss > 1024 && rss < 4 << 20, "{site}");
+    let held = site["memory"]["held"].as_array().unwrap();
+    assert!(held.iter().any(|h| h["what"].as_str().unwrap().starts_with("this site's document")), "{site}");
+    let table = d.cli().ok(&["site", "show"]);
+    assert!(table.contains("resident") && table.contains("change signatures"), "{table}");
+
     let out = d.cli().ok(&["instance", "stop", "web"]);
     assert!(out.contains("stopped"), "{out}");
     let listed = d.cli().json(&["instance", "list"]);

@@ -79,6 +79,14 @@ enum Stored {
     Packed(Vec<u8>),
 }
 
+/// What a replica holds ([`Doc::size`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DocSize {
+    pub changes: u64,
+    pub ops: u64,
+    pub signatures: u64,
+}
+
 /// An automerge document with Atoll's collection layout.
 pub struct Doc {
     pub(crate) inner: AutoCommit,
@@ -486,6 +494,13 @@ impl Doc {
         }
         self.inner.delete(&coll, key)?;
         Ok(true)
+    }
+
+    /// How much this replica holds: its history, not only its content
+    /// (automerge keeps every change), and the signatures beside it.
+    pub fn size(&self) -> DocSize {
+        let stats = automerge::ReadDoc::stats(&self.inner);
+        DocSize { changes: stats.num_changes, ops: stats.num_ops, signatures: self.ledger.len() as u64 }
     }
 
     /// How many calls that may have changed the content were made on this

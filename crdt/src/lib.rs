@@ -20,7 +20,7 @@ pub mod realm;
 pub mod site;
 
 pub use automerge::{Change, ChangeHash, ScalarValue};
-pub use doc::{Doc, DocError, Entity, SyncState};
+pub use doc::{Doc, DocError, DocSize, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};
 pub use flavor::{Flavor, FlavorRecord};

@@ -242,6 +242,16 @@ impl Ledger {
         self.sigs.len()
     }
 
+    /// Changes held back until their dependencies arrive (at most [`MAX_WAITING`]).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Refused changes remembered (at most [`MAX_REFUSED`]).
+    pub fn refused(&self) -> usize {
+        self.refused.len()
+    }
+
     /// Whether change `hash` was refused (and is remembered: at most [`MAX_REFUSED`]).
     pub fn is_refused(&self, hash: &[u8; 32]) -> bool {
         self.refused.contains_key(hash)

@@ -1,9 +1,10 @@
-//! Host figures sampled for the peer: load, free memory, free disk.
+//! Host figures sampled for the peer (load, free memory, free disk) and the
+//! daemon's own memory.
 
 use std::path::Path;
 use std::time::Duration;
 
-use atoll_proto::api::HostMetrics;
+use atoll_proto::api::{HostMetrics, ProcessMemory};
 
 pub const EVERY: Duration = Duration::from_secs(5);
 
@@ -44,6 +45,39 @@ pub fn sample(data_dir: &Path, now: u64) -> HostMetrics {
     }
 }
 
+/// This process's memory: `/proc/self/status` and the C allocator's figures.
+pub fn process_memory() -> ProcessMemory {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (heap_in_use_kib, heap_free_kib) = heap_kib();
+    ProcessMemory {
+        rss_kib: kib("VmRSS:"),
+        anonymous_kib: kib("RssAnon:"),
+        file_kib: kib("RssFile:"),
+        heap_in_use_kib,
+        heap_free_kib,
+    }
+}
+
+/// (in use, freed but kept) by glibc's allocator, all arenas.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_kib() -> (u64, u64) {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    (((m.uordblks + m.hblkhd) >> 10) as u64, (m.fordblks >> 10) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_kib() -> (u64, u64) {
+    (0, 0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,5 +86,14 @@ mod tests {
         assert!(m.free_memory_mib > 0 && m.free_disk_mib > 0, "{m:?}");
         let (total, free) = super::disk_mib(std::path::Path::new("/"));
         assert!(total >= free && free > 0);
+    }
+
+    #[test]
+    fn counts_this_process() {
+        let held = vec![0u8; 4 << 20];
+        let m = super::process_memory();
+        assert!(m.rss_kib > 0 && m.rss_kib >= m.anonymous_kib && m.rss_kib >= m.file_kib, "{m:?}");
+        assert!(m.heap_in_use_kib >= 4 << 10, "{m:?}");
+        drop(held);
     }
 }

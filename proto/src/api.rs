@@ -459,6 +459,54 @@ pub struct SiteView {
     pub spare: Vec<(String, Resources)>,
 }
 
+/// `GET /v1/site`: the summary this site gossips, and what this peer holds in
+/// memory. Local only: summaries travel between peers by postcard, whose
+/// layout is fixed between versions, so this is not part of [`SiteView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SiteShow {
+    #[serde(flatten)]
+    pub site: SiteView,
+    /// Absent from sites older than 0.2.
+    #[serde(default)]
+    pub memory: Footprint,
+}
+
+/// The peer's memory: the process as the kernel counts it, and what the
+/// peer core holds, largest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Footprint {
+    /// Filled by the daemon when it answers (None from the core alone).
+    pub process: Option<ProcessMemory>,
+    pub held: Vec<Held>,
+}
+
+/// The daemon process's memory, in KiB (`/proc/self/status` and the C
+/// allocator's statistics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ProcessMemory {
+    pub rss_kib: u64,
+    /// Of the RSS: the heap and stacks (`RssAnon`).
+    pub anonymous_kib: u64,
+    /// Of the RSS: mapped files, mostly the binary's code (`RssFile`, shared).
+    pub file_kib: u64,
+    /// Allocated and not freed (`mallinfo2`).
+    pub heap_in_use_kib: u64,
+    /// Freed but kept by the allocator.
+    pub heap_free_kib: u64,
+}
+
+/// One thing the peer core keeps in memory: how many (`count` of `unit`),
+/// its bound when it has one, and its size in bytes where the core can
+/// count it (payload bytes: a lower bound of what it takes in memory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Held {
+    pub what: String,
+    pub count: u64,
+    pub unit: String,
+    pub bound: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
 /// Projects whose spare rights a summary lists.
 pub const MAX_SPARE_SHOWN: usize = 64;
 
@@ -560,7 +608,7 @@ pub enum Reply {
     Images(Vec<ImageView>),
     Instance(Instance),
     Instances(crate::gather::InstanceList),
-    Site(SiteView),
+    Site(Box<SiteShow>),
     Sites(Vec<SiteRow>),
     Reachability(Vec<crate::reach::Sees>),
     Intent(IntentView),

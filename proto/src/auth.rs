@@ -240,6 +240,14 @@ impl Verified {
     /// Tokens remembered (the oldest is forgotten first).
     pub const MAX: usize = 1024;
 
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     fn id(token: &str, site_key: &str, user_key: Option<&UserKey>) -> [u8; 32] {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();

@@ -232,6 +232,12 @@ pub struct Gather {
 }
 
 impl Gather {
+    /// Calls waiting, sites whose part is remembered, and their instances.
+    pub fn held(&self) -> (usize, usize, usize) {
+        let instances = self.heard.values().map(|(_, t)| t.instances.len()).sum();
+        (self.parked.len(), self.heard.len(), instances)
+    }
+
     pub fn is_full(&self) -> bool {
         self.parked.len() >= MAX_PARKED
     }

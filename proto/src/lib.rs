@@ -12,6 +12,7 @@ pub mod consent;
 pub mod driver;
 mod fetch;
 mod flavors;
+mod footprint;
 mod founding;
 pub mod gather;
 mod identity;

@@ -544,7 +544,8 @@ impl Peer {
     }
 
     pub(crate) fn show_site(&self) -> ApiResult {
-        Ok(Reply::Site(self.summary()?))
+        let site = self.summary()?;
+        Ok(Reply::Site(Box::new(crate::api::SiteShow { site, memory: crate::footprint::footprint(self) })))
     }
 
     /// This site's summary, gossiped to every peer as ephemeral data.

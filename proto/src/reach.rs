@@ -54,6 +54,11 @@ pub struct Reach {
 }
 
 impl Reach {
+    /// Calls waiting for the reachability matrix.
+    pub fn waiting(&self) -> usize {
+        self.parked.len()
+    }
+
     /// An answer from `from`; the whole view once nobody else is awaited.
     /// Answers to no call, from a site not asked, or repeated, are dropped.
     pub fn on_told(

@@ -72,6 +72,11 @@ pub struct Rebalance {
 }
 
 impl Rebalance {
+    /// Calls waiting for rights.
+    pub fn waiting(&self) -> usize {
+        self.parked.len()
+    }
+
     /// Whether calls of `project` wait here (then this site gives none of it).
     fn waits_for(&self, project: &str) -> bool {
         self.parked.values().any(|p| p.new.project == project)

@@ -546,3 +546,19 @@ fn driver_failures_are_counted_by_kind() {
     let stats = h.peer.stats().unwrap();
     assert_eq!(stats.driver_failures.into_iter().collect::<Vec<_>>(), [(atoll_crdt::Kind::Process, 1)]);
 }
+
+#[test]
+fn a_site_shows_what_its_core_holds() {
+    let mut h = Harness::new();
+    let token = h.login("admin", "admin-password");
+    let Ok(Reply::Site(show)) = h.call(Some(&token), Command::ShowSite) else { panic!("no site view") };
+    let held = &show.memory.held;
+    let realm = held.iter().find(|x| x.what.starts_with("realm document")).expect("realm row");
+    assert!(realm.count > 0 && realm.unit == "ops", "{realm:?}");
+    let sigs = held.iter().find(|x| x.what == "change signatures").expect("signature row");
+    assert!(sigs.count > 0 && sigs.bytes == Some(sigs.count * 96), "{sigs:?}");
+    let tokens = held.iter().find(|x| x.what.starts_with("tokens")).expect("token row");
+    assert_eq!((tokens.count, tokens.bound), (1, Some(1024)));
+    assert!(held.windows(2).all(|w| w[0].bytes.unwrap_or(0) >= w[1].bytes.unwrap_or(0)), "{held:?}");
+    assert!(show.memory.process.is_none(), "the core cannot know its process");
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use atoll_crdt::{Image, ImageFormat, Project, Resources, Role, RoleBinding, SiteId};
-use atoll_proto::api::{Grant, ImageView, NewProject, NewUser, QuotaView, SiteView, UserView, Whoami};
+use atoll_proto::api::{Grant, ImageView, NewProject, NewUser, QuotaView, UserView, Whoami};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -395,58 +395,7 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                 vec![vec![w.user.clone(), w.realm_admin.to_string(), w.site.to_string(), roles.join(",")]]
             });
         }
-        Cmd::Site(SiteCmd::Show) => {
-            let s: SiteView = api.get("/v1/site").await?;
-            let d = &s.descriptor;
-            let live = s.live.clone().unwrap_or_default();
-            let headers = [
-                "SITE",
-                "REGION",
-                "OPERATOR",
-                "ARCH",
-                "CPUS",
-                "MEMORY",
-                "DISK",
-                "INSTANCES",
-                "RUNNING",
-                "IMAGES",
-                "LOAD",
-                "FREE MEMORY",
-                "FREE DISK",
-            ];
-            print(g.output, &s, &headers, || {
-                vec![vec![
-                    d.site.to_string(),
-                    d.region.clone(),
-                    d.operator.clone(),
-                    d.arch.clone(),
-                    format!("{}/{}", s.allocated.cpus, d.capacity.cpus),
-                    format!("{}/{} MiB", s.allocated.memory_mib, d.capacity.memory_mib),
-                    format!("{} MiB", d.disk_mib),
-                    format!("{}/{}", s.instances, d.capacity.instances),
-                    s.running.to_string(),
-                    s.images.to_string(),
-                    format!("{:.2}", live.load),
-                    format!("{} MiB", live.free_memory_mib),
-                    format!("{} MiB", live.free_disk_mib),
-                ]]
-            });
-            if g.output == Format::Table {
-                let rows: Vec<Vec<String>> = d
-                    .drivers
-                    .iter()
-                    .map(|f| {
-                        let state = if f.available { "ready" } else { "unavailable" };
-                        vec![f.kind.to_string(), state.into(), f.version.clone(), f.detail.clone()]
-                    })
-                    .collect();
-                println!("\n{}", output::table(&["DRIVER", "STATE", "VERSION", "DETAIL"], &rows));
-                if !d.labels.is_empty() {
-                    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("\nlabels: {}", labels.join(", "));
-                }
-            }
-        }
+        Cmd::Site(SiteCmd::Show) => site::show(&g, &api).await?,
         Cmd::Site(SiteCmd::List) => site::list(&g, &api).await?,
         Cmd::Site(SiteCmd::Reach) => site::reach(&g, &api).await?,
         Cmd::Site(SiteCmd::Invite { name, ttl }) => site::invite(&g, &api, name, ttl).await?,

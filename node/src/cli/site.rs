@@ -1,11 +1,100 @@
-//! `atoll site list|invite`: the realm's sites as the serving site sees them.
+//! `atoll site show|list|reach|invite`: this site, and the realm's sites as
+//! the serving site sees them.
 
-use atoll_proto::api::SiteRow;
+use atoll_proto::api::{Footprint, SiteRow, SiteShow};
 use atoll_proto::reach::Sees;
 
 use super::Global;
 use super::client::Api;
 use super::output::{self, Format, ago, print};
+
+/// This site: descriptor, counts, live figures, drivers, and its peer's memory.
+pub async fn show(g: &Global, api: &Api) -> anyhow::Result<()> {
+    let show: SiteShow = api.get("/v1/site").await?;
+    let s = &show.site;
+    let d = &s.descriptor;
+    let live = s.live.clone().unwrap_or_default();
+    let headers = [
+        "SITE",
+        "REGION",
+        "OPERATOR",
+        "ARCH",
+        "CPUS",
+        "MEMORY",
+        "DISK",
+        "INSTANCES",
+        "RUNNING",
+        "IMAGES",
+        "LOAD",
+        "FREE MEMORY",
+        "FREE DISK",
+    ];
+    print(g.output, &show, &headers, || {
+        vec![vec![
+            d.site.to_string(),
+            d.region.clone(),
+            d.operator.clone(),
+            d.arch.clone(),
+            format!("{}/{}", s.allocated.cpus, d.capacity.cpus),
+            format!("{}/{} MiB", s.allocated.memory_mib, d.capacity.memory_mib),
+            format!("{} MiB", d.disk_mib),
+            format!("{}/{}", s.instances, d.capacity.instances),
+            s.running.to_string(),
+            s.images.to_string(),
+            format!("{:.2}", live.load),
+            format!("{} MiB", live.free_memory_mib),
+            format!("{} MiB", live.free_disk_mib),
+        ]]
+    });
+    if g.output == Format::Table {
+        let rows: Vec<Vec<String>> = d
+            .drivers
+            .iter()
+            .map(|f| {
+                let state = if f.available { "ready" } else { "unavailable" };
+                vec![f.kind.to_string(), state.into(), f.version.clone(), f.detail.clone()]
+            })
+            .collect();
+        println!("\n{}", output::table(&["DRIVER", "STATE", "VERSION", "DETAIL"], &rows));
+        if !d.labels.is_empty() {
+            let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("\nlabels: {}", labels.join(", "));
+        }
+        memory(&show.memory);
+    }
+    Ok(())
+}
+
+/// The peer's memory: the process, then what its core holds, largest first.
+fn memory(m: &Footprint) {
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    match &m.process {
+        Some(p) => println!(
+            "\nmemory: {} resident ({} anonymous, {} mapped files); heap {} in use, {} freed and kept",
+            mib(p.rss_kib),
+            mib(p.anonymous_kib),
+            mib(p.file_kib),
+            mib(p.heap_in_use_kib),
+            mib(p.heap_free_kib)
+        ),
+        None => println!("\nmemory: not reported by this site"),
+    }
+    let rows: Vec<Vec<String>> = m
+        .held
+        .iter()
+        .map(|h| {
+            vec![
+                h.what.clone(),
+                format!("{} {}", h.count, h.unit),
+                h.bound.map_or("-".into(), |b| b.to_string()),
+                h.bytes.map_or("-".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0)),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!("{}", output::table(&["HELD", "COUNT", "AT MOST", "BYTES"], &rows));
+    }
+}
 
 /// A matrix: a row per site, what it reaches (yes/no), `?` where unknown.
 pub async fn reach(g: &Global, api: &Api) -> anyhow::Result<()> {

@@ -581,6 +581,10 @@ impl Doc {
         Ok(())
     }
 
+    pub(crate) fn from_inner(inner: AutoCommit) -> Doc {
+        Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() }
+    }
+
     /// An empty replica, to be filled by the sync protocol from a peer that holds
     /// the document (a site document this site has not seen yet).
     pub fn empty(actor: &[u8]) -> Doc {

@@ -12,6 +12,7 @@
 pub mod chunks;
 pub mod doc;
 pub mod entity;
+pub mod epoch;
 pub mod escrow;
 pub mod flavor;
 pub mod intent;

@@ -541,6 +541,11 @@ impl Runtime {
             StoreWrite::Append { doc, bytes } => self.store.append_doc(doc, bytes),
             StoreWrite::Snapshot { doc, bytes } => self.store.replace_doc(doc, bytes),
             StoreWrite::Sigs { doc, bytes } => self.store.append_sigs(doc, bytes),
+            StoreWrite::Epoch { doc, bytes, sigs } => {
+                self.store.append_sigs(doc, sigs)?;
+                self.store.replace_doc(doc, bytes)?;
+                self.store.replace_sigs(doc, sigs)
+            }
             StoreWrite::DeleteBlob { digest, chunks } => {
                 if let Some(d) = digest {
                     self.store.delete_blob(d)?;

@@ -34,6 +34,8 @@ pub trait Store: Send + Sync + 'static {
     fn append_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     /// Atomically replaces a document's log by one snapshot.
     fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Atomically replaces a document's ledger (a new epoch's signatures).
+    fn replace_sigs(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError>;
     /// Every document with a log.
     fn docs(&self) -> Result<Vec<DocId>, StoreError>;
     /// Appends signature records to a document's ledger (docs/architecture.md, "Provenance").
@@ -130,6 +132,26 @@ impl Disk {
         key.extend_from_slice(&seq.to_be_bytes());
         Ok(key)
     }
+    /// Replaces a document's entries in `tree` by one, atomically.
+    fn replace(tree: &sled::Tree, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        let prefix = Self::prefix(doc);
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for entry in tree.scan_prefix(&prefix) {
+            let (k, _) = entry?;
+            batch.remove(k.clone());
+            last = Some(k);
+        }
+        // The snapshot takes the place of the newest entry so keys keep growing.
+        let key = last.map(|k| k.to_vec()).unwrap_or_else(|| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&0u64.to_be_bytes());
+            k
+        });
+        batch.insert(key, bytes);
+        tree.apply_batch(batch)?;
+        Ok(())
+    }
 }
 
 impl Store for Disk {
@@ -166,25 +188,12 @@ impl Store for Disk {
     }
 
     fn replace_doc(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
-        let prefix = Self::prefix(doc);
-        let mut batch = sled::Batch::default();
-        let mut last = None;
-        for entry in self.docs.scan_prefix(&prefix) {
-            let (k, _) = entry?;
-            batch.remove(k.clone());
-            last = Some(k);
-        }
-        // The snapshot takes the place of the newest entry so keys keep growing.
-        let key = last.map(|k| k.to_vec()).unwrap_or_else(|| {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&0u64.to_be_bytes());
-            k
-        });
-        batch.insert(key, bytes);
-        self.docs.apply_batch(batch)?;
-        Ok(())
+        Self::replace(&self.docs, doc, bytes)
     }
 
+    fn replace_sigs(&self, doc: &DocId, bytes: &[u8]) -> Result<(), StoreError> {
+        Self::replace(&self.sigs, doc, bytes)
+    }
     fn docs(&self) -> Result<Vec<DocId>, StoreError> {
         let mut out: Vec<DocId> = Vec::new();
         for entry in self.docs.iter() {

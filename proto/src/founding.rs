@@ -33,8 +33,9 @@ impl Peer {
         let mut nonce = [0u8; 16];
         ChaCha20Rng::from_seed(cfg.seed).fill_bytes(&mut nonce);
         // A realm founded by this release takes intents and realm records
-        // with their user's consent only (crate::consent, crate::rules).
-        let realm = Realm::found(&site, &cfg.descriptor.public_key, &nonce, crate::consent::FLOOR, now)?;
+        // with their user's consent only (crate::consent, crate::rules), and
+        // its sites compact their documents (crate::epoch).
+        let realm = Realm::found(&site, &cfg.descriptor.public_key, &nonce, crate::epoch::FLOOR, now)?;
         let own = SiteDoc::create(&site, now)?;
         let mut peer = Peer::assemble(cfg, realm, own);
         peer.unsaved = true;

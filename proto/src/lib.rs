@@ -10,6 +10,7 @@ pub mod auth;
 pub mod blob;
 pub mod consent;
 pub mod driver;
+pub mod epoch;
 mod fetch;
 mod flavors;
 mod footprint;
@@ -40,6 +41,8 @@ pub use wire::{PeerMsg, WireError};
 mod tests;
 #[cfg(test)]
 mod tests_consent;
+#[cfg(test)]
+mod tests_epoch;
 #[cfg(test)]
 mod tests_gather;
 #[cfg(test)]

@@ -49,6 +49,12 @@ pub enum StoreWrite {
     Append { doc: DocId, bytes: Vec<u8> },
     /// A whole document replacing its log.
     Snapshot { doc: DocId, bytes: Vec<u8> },
+    /// A new epoch of a document (crate::epoch): its whole copy replacing
+    /// the log, and its signatures (`Ledger::encode` records) replacing the
+    /// ledger. Store the signatures first, replace the log, then drop the
+    /// older signatures: a crash in between leaves extra signatures, never
+    /// missing ones.
+    Epoch { doc: DocId, bytes: Vec<u8>, sigs: Vec<u8> },
     /// Signatures of a document's changes to append to its ledger
     /// (`atoll_crdt::Ledger::encode` records).
     Sigs { doc: DocId, bytes: Vec<u8> },
@@ -184,6 +190,9 @@ pub enum Sabotage {
     /// Count every transfer of rights to us as written, whether or not its
     /// giver held them (crate `atoll_crdt::escrow::flows`).
     Backing,
+    /// Never send a whole newer epoch to a peer holding an older one
+    /// (crate::epoch): a site cut off across a compaction stays behind.
+    Epoch,
     /// A tampered member: at each repair round, give itself quota rights in
     /// every other site's document it holds (crate::provenance::forge_rights).
     Forge,
@@ -224,6 +233,25 @@ pub(crate) struct Custody {
     /// New recipients of our rights, to be sent the documents upstream of us
     /// at the next announcement.
     pub introduce: BTreeSet<SiteId>,
+}
+
+impl Custody {
+    /// Drops what was read from document `id`, which changed (`here` is this site).
+    pub(crate) fn forget(&mut self, id: &DocId, here: &SiteId) {
+        match id {
+            DocId::Realm => self.stale = true,
+            DocId::Site(s) => {
+                self.links.remove(s);
+                self.gave.remove(s);
+                self.upstream = None;
+                // Our own document may change by sync too (a change of
+                // ours relayed back after a restart): read it again.
+                if s == here {
+                    self.recipients = None;
+                }
+            }
+        }
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived return value
@@ -299,6 +327,8 @@ pub struct Peer {
     pub(crate) next_intent_req: ReqId,
     /// Changes from peers the gates refused (crate::provenance).
     pub(crate) refusals: crate::provenance::Refusals,
+    /// Compaction of our document and adoption of others' newer epochs.
+    pub(crate) epochs: crate::epoch::Epochs,
     /// The realm's first author, once read.
     founder: Option<Option<Vec<u8>>>,
 }
@@ -370,6 +400,7 @@ impl Peer {
             applying: BTreeMap::new(),
             next_intent_req: crate::intents::INTENT_REQ,
             refusals: crate::provenance::Refusals::default(),
+            epochs: crate::epoch::Epochs::default(),
             founder: None,
         }
     }
@@ -433,6 +464,12 @@ impl Peer {
             proof,
             floor: self.realm.floor(),
         }))
+    }
+
+    /// Compacts this site's document after `changes` in an epoch instead of
+    /// [`crate::epoch::COMPACT_AFTER`] (the simulator compacts often).
+    pub fn compact_after(&mut self, changes: u64) {
+        self.epochs.after = changes.max(1);
     }
 
     /// Makes this peer break one rule (for showing that checks catch it).
@@ -730,6 +767,8 @@ impl Peer {
     /// Commits pending writes and hands the bytes of every new change (local, or
     /// received from a peer) to the shell.
     pub(crate) fn flush(&mut self, now: Millis, fx: &mut impl Effects) {
+        self.own.doc.commit(now);
+        self.compact_if_due(now);
         let site = DocId::Site(self.site.clone());
         let mut sign = crate::provenance::signer(&self.key);
         for doc in [&mut self.realm.doc, &mut self.own.doc] {
@@ -741,6 +780,15 @@ impl Peer {
             .chain(self.others.iter_mut().map(|(s, d)| (DocId::Site(s.clone()), &mut d.doc)));
         for (id, doc) in docs {
             doc.commit(now);
+            if self.epochs.replaced.remove(&id) {
+                doc.ledger_mut().take_unsaved();
+                let sigs = atoll_crdt::Ledger::encode(&doc.all_signatures());
+                self.custody.forget(&id, &self.site);
+                self.changed.push(id.clone());
+                self.appends.insert(id.clone(), 0);
+                fx.persist(StoreWrite::Epoch { doc: id, bytes: doc.save(), sigs });
+                continue;
+            }
             // Signatures first: a change stored without its signature could
             // not be relayed after a crash.
             let sigs = doc.ledger_mut().take_unsaved();
@@ -751,19 +799,7 @@ impl Peer {
             if bytes.is_empty() {
                 continue;
             }
-            match &id {
-                DocId::Realm => self.custody.stale = true,
-                DocId::Site(s) => {
-                    self.custody.links.remove(s);
-                    self.custody.gave.remove(s);
-                    self.custody.upstream = None;
-                    // Our own document may change by sync too (a change of
-                    // ours relayed back after a restart): read it again.
-                    if s == &self.site {
-                        self.custody.recipients = None;
-                    }
-                }
-            }
+            self.custody.forget(&id, &self.site);
             self.changed.push(id.clone());
             let n = self.appends.entry(id.clone()).or_insert(0);
             *n += 1;

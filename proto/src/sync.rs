@@ -188,6 +188,7 @@ impl Peer {
         self.counters.disconnected(peer);
         self.connected.remove(peer);
         self.sync.retain(|(p, _), _| p != peer);
+        self.epochs.forget(peer);
     }
 
     /// A message to `peer` was lost. Automerge's sync state counts what it
@@ -200,6 +201,7 @@ impl Peer {
             return;
         }
         self.sync.retain(|(p, _), _| p != peer);
+        self.epochs.forget(peer);
         if self.connected.contains(peer) && self.resync.insert(peer.clone()) {
             fx.schedule(TimerId::Resync { site: peer.clone() }, RESYNC_AFTER);
         }
@@ -231,7 +233,7 @@ impl Peer {
     /// A replica for a document a member offers: the realm, our own document,
     /// and any member's document (peers offer what `shares` says we should
     /// hold: as owner, custodian, party to an intent, or quota recipient).
-    fn ensure_doc(&mut self, from: &SiteId, id: &DocId) -> bool {
+    pub(crate) fn ensure_doc(&mut self, from: &SiteId, id: &DocId) -> bool {
         match id {
             DocId::Realm => true,
             DocId::Site(s) if s == &self.site => true,
@@ -255,7 +257,16 @@ impl Peer {
         let out = self.doc_mut(id).and_then(|d| d.sync_out(&mut state));
         let sent = out.is_some();
         if let Some((msg, sigs)) = out {
-            fx.send(peer, PeerMsg::Sync { doc: id.clone(), msg, sigs });
+            let epoch = self.epoch_of(id);
+            let doc = id.clone();
+            fx.send(
+                peer,
+                if epoch == 0 {
+                    PeerMsg::Sync { doc, msg, sigs }
+                } else {
+                    PeerMsg::SyncAt { doc, epoch, msg, sigs }
+                },
+            );
         }
         self.sync.insert(key, state);
         sent
@@ -311,26 +322,57 @@ impl Peer {
             PeerMsg::RightsGiven { project, amount, hints } => {
                 self.on_rights_given(now, &from, &project, amount, &hints, fx)
             }
-            PeerMsg::Sync { doc, msg, sigs } => {
-                if !self.ensure_doc(&from, &doc) {
-                    return;
+            PeerMsg::Sync { doc, msg, sigs } => self.on_sync(now, from, doc, 0, &msg, &sigs, fx),
+            PeerMsg::SyncAt { doc, epoch, msg, sigs } => self.on_sync(now, from, doc, epoch, &msg, &sigs, fx),
+            PeerMsg::Epoch { doc, epoch, saved, sigs } => self.on_epoch(&from, doc, epoch, &saved, &sigs),
+        }
+    }
+
+    /// A sync message for `doc` from a peer at `epoch` of it (crate::epoch):
+    /// applied when we are at the same epoch; otherwise the side behind is
+    /// brought the newer copy whole.
+    #[allow(clippy::too_many_arguments)]
+    fn on_sync(
+        &mut self,
+        now: Millis,
+        from: SiteId,
+        doc: DocId,
+        epoch: u64,
+        msg: &[u8],
+        sigs: &[atoll_crdt::Signed],
+        fx: &mut impl Effects,
+    ) {
+        if !self.ensure_doc(&from, &doc) {
+            return;
+        }
+        match crate::epoch::compare(epoch, self.epoch_of(&doc)) {
+            crate::epoch::Behind::Neither => {}
+            crate::epoch::Behind::Them => {
+                self.sync.remove(&(from.clone(), doc.clone()));
+                self.send_epoch(&from, &doc, fx);
+                return;
+            }
+            crate::epoch::Behind::Us => {
+                // A fresh message shows the peer our epoch; it answers with its copy.
+                self.sync.remove(&(from.clone(), doc.clone()));
+                self.sync_to(&from, &doc, fx);
+                return;
+            }
+        }
+        let key = (from.clone(), doc.clone());
+        let mut state = self.sync.remove(&key).unwrap_or_default();
+        let applied = self.sync_in(&doc, &mut state, msg, sigs);
+        self.sync.insert(key, state);
+        match applied {
+            Some(Ok(received)) => {
+                self.refusals.note(&from, &doc, received.refused);
+                if !self.sync_to(&from, &doc, fx) {
+                    self.counters.quiet(&from, &doc, now);
                 }
-                let key = (from.clone(), doc.clone());
-                let mut state = self.sync.remove(&key).unwrap_or_default();
-                let applied = self.sync_in(&doc, &mut state, &msg, &sigs);
-                self.sync.insert(key, state);
-                match applied {
-                    Some(Ok(received)) => {
-                        self.refusals.note(&from, &doc, received.refused);
-                        if !self.sync_to(&from, &doc, fx) {
-                            self.counters.quiet(&from, &doc, now);
-                        }
-                    }
-                    // A malformed message: drop its sync progress and start over next round.
-                    Some(Err(_)) | None => {
-                        self.sync.remove(&(from, doc));
-                    }
-                }
+            }
+            // A malformed message: drop its sync progress and start over next round.
+            Some(Err(_)) | None => {
+                self.sync.remove(&(from, doc));
             }
         }
     }

@@ -117,6 +117,10 @@ impl Harness {
                 Fx::Persist(StoreWrite::Append { doc, bytes }) => {
                     self.store.entry(doc.to_string()).or_default().extend(bytes);
                 }
+                Fx::Persist(StoreWrite::Epoch { doc, bytes, sigs }) => {
+                    self.store.insert(doc.to_string(), bytes);
+                    self.store.insert(format!("sigs/{doc}"), sigs);
+                }
                 Fx::Persist(StoreWrite::Sigs { doc, bytes }) => {
                     self.store.entry(format!("sigs/{doc}")).or_default().extend(bytes);
                 }

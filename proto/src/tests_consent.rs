@@ -90,13 +90,17 @@ fn a_consent_copied_from_another_intent_is_refused() {
 fn the_realm_root_is_never_rewritten_nor_its_floor_lowered() {
     for (key, value) in [("floor", ScalarValue::Uint(2)), ("users", ScalarValue::Str("gone".into()))] {
         let (mut net, _) = setup();
-        assert_eq!(net.peers[0].realm().floor(), consent::FLOOR, "a new realm starts at the consent floor");
+        assert_eq!(
+            net.peers[0].realm().floor(),
+            crate::epoch::FLOOR,
+            "a new realm starts at the epoch floor"
+        );
         net.peers[2].realm.doc.put_root(key, value).unwrap();
         net.input(2, Input::Timer(TimerId::Repair));
         net.settle();
         for i in 0..2 {
             let realm = net.peers[i].realm();
-            assert_eq!(realm.floor(), consent::FLOOR, "site {i} took a lower floor");
+            assert_eq!(realm.floor(), crate::epoch::FLOOR, "site {i} took a lower floor");
             assert!(realm.user("admin").unwrap().is_some(), "site {i} lost its users");
         }
         let refusals = net.peers[0].take_refusals();

@@ -180,7 +180,7 @@ fn caller(net: &mut Net, i: usize, user: &str, password: &str) -> crate::consent
 
 #[test]
 fn the_floor_rises_only_with_a_realm_admins_consent() {
-    let to = crate::consent::FLOOR + 1;
+    let to = crate::epoch::FLOOR + 1;
     // Raised by a member on its own, it would shut out every site not yet upgraded.
     let mut net = fresh(3);
     forge(&mut net, |p| {
@@ -202,7 +202,7 @@ fn the_floor_rises_only_with_a_realm_admins_consent() {
     });
     refused(&mut net, "not a realm admin");
     for i in 0..2 {
-        assert_eq!(net.peers[i].realm().floor(), crate::consent::FLOOR, "site {i}");
+        assert_eq!(net.peers[i].realm().floor(), crate::epoch::FLOOR, "site {i}");
     }
     // A realm admin's raise is taken everywhere.
     let mut net = fresh(3);

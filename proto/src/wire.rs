@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::DocId;
 
-/// The newest wire version this build writes. 3: `ReachAsk`/`ReachTold`.
-pub const VERSION: u16 = 3;
+/// The newest wire version this build writes. 3: `ReachAsk`/`ReachTold`;
+/// 4: `SyncAt`/`Epoch` (documents compacted into epochs, crate::epoch).
+pub const VERSION: u16 = 4;
 /// The oldest wire version this build still reads and writes: the previous
 /// release's (docs/architecture.md, "Versions side by side"). A peer writes
 /// each other peer the newest version both speak, learnt when they connect,
@@ -83,6 +84,12 @@ pub enum PeerMsg {
         as_of: Option<atoll_crdt::Millis>,
         cut: bool,
     },
+    /// [`PeerMsg::Sync`] for a document in an epoch after the first (wire 4;
+    /// `Sync` is epoch 0).
+    SyncAt { doc: DocId, epoch: u64, msg: Vec<u8>, sigs: Vec<atoll_crdt::Signed> },
+    /// A whole copy of a site document's epoch (automerge's saved form) with
+    /// the signatures of every change, for a peer holding an older one (wire 4).
+    Epoch { doc: DocId, epoch: u64, saved: Vec<u8>, sigs: Vec<atoll_crdt::Signed> },
     /// Asks which members the receiver has a connection to now (wire 3).
     ReachAsk { id: u64 },
     /// The answer: at most [`crate::reach::MAX_REACHES`] sites (wire 3).
@@ -177,6 +184,7 @@ impl PeerMsg {
     pub fn since(&self) -> u16 {
         match self {
             PeerMsg::ReachAsk { .. } | PeerMsg::ReachTold { .. } => 3,
+            PeerMsg::SyncAt { .. } | PeerMsg::Epoch { .. } => 4,
             _ => 2,
         }
     }
@@ -232,6 +240,9 @@ mod tests {
         // What a version-2 peer would misread is never for it.
         assert_eq!(PeerMsg::ReachAsk { id: 1 }.since(), 3);
         assert_eq!(PeerMsg::Heads { docs: vec![] }.since(), 2);
+        let epoch = PeerMsg::Epoch { doc: DocId::Realm, epoch: 1, saved: vec![], sigs: vec![] };
+        assert_eq!(epoch.since(), 4);
+        assert_eq!(PeerMsg::decode(&epoch.encode_as(4)).unwrap(), epoch);
         for junk in ["wire/", "wire/3", "wire/a-b", "wire/5-4", "wire/70000-1"] {
             assert_eq!(Speaks::from_advert(junk), None, "{junk}");
         }

@@ -192,6 +192,14 @@ fn sabotage(peer: &mut Peer, s: atoll_proto::Sabotage) {
 #[cfg(not(feature = "sabotage"))]
 fn sabotage(_: &mut Peer, _: atoll_proto::Sabotage) {}
 
+/// What a scenario sets on every peer it starts or restarts.
+fn configure(peer: &mut Peer, sc: &Scenario) {
+    sabotage(peer, sc.sabotage);
+    if let Some(n) = sc.sites.compact_after {
+        peer.compact_after(n);
+    }
+}
+
 /// An unordered pair of sites, lowest first.
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
@@ -252,7 +260,7 @@ impl Sim {
             } else {
                 Peer::join(cfg, 0, &realm_bytes).expect("join")
             };
-            sabotage(&mut peer, sc.sabotage);
+            configure(&mut peer, &sc);
             sites.push(Site {
                 id: peer.site().clone(),
                 peer: Some(peer),
@@ -369,6 +377,10 @@ impl Sim {
                 }
                 StoreWrite::Sigs { doc, bytes } => {
                     store.entry(format!("sigs/{doc}")).or_default().extend(bytes)
+                }
+                StoreWrite::Epoch { doc, bytes, sigs } => {
+                    store.insert(doc.to_string(), bytes);
+                    store.insert(format!("sigs/{doc}"), sigs);
                 }
                 StoreWrite::DeleteBlob { .. } => {}
             }
@@ -797,6 +809,11 @@ impl Sim {
 
     pub fn trace_hash(&self) -> String {
         hex::encode(self.trace.clone().finalize())
+    }
+
+    /// Epochs started by compaction, over the sites that are up.
+    pub fn epochs(&self) -> u64 {
+        self.sites.iter().filter_map(|s| s.peer.as_ref()).map(|p| p.own().doc.epoch()).sum()
     }
 
     /// Bytes each site persisted: (sum over sites, largest site).

@@ -74,6 +74,8 @@ enum Rule {
     Rules,
     /// Count transfers of rights as written, whether their giver held them or not.
     Backing,
+    /// Never send a newer epoch of a document to a peer holding an older one.
+    Epoch,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -90,6 +92,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Consent => Sabotage::Consent,
         Rule::Rules => Sabotage::Rules,
         Rule::Backing => Sabotage::Backing,
+        Rule::Epoch => Sabotage::Epoch,
     })
 }
 

@@ -70,6 +70,8 @@ pub struct Report {
     pub refused_changes: u64,
     pub persisted_total_bytes: usize,
     pub persisted_max_site_bytes: usize,
+    /// Epochs its sites started by compacting their documents, all sites together.
+    pub epochs: u64,
     pub peak_rss_kib: u64,
     pub trace_hash: String,
     pub violations: Vec<String>,
@@ -149,6 +151,7 @@ impl Report {
             refused_changes: sim.stats.refused_changes,
             persisted_total_bytes: total,
             persisted_max_site_bytes: max,
+            epochs: sim.epochs(),
             peak_rss_kib: peak_rss_kib(),
             trace_hash: sim.trace_hash(),
             violations: sim
@@ -184,7 +187,7 @@ impl Report {
              rights asked and answered: {} messages, {} bytes\n\
              forged messages sent {}; changes refused by the peers {}\n\
              instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
-             persisted state: {} bytes over all sites, {} bytes at the largest\n\
+             persisted state: {} bytes over all sites, {} bytes at the largest; documents compacted {} times\n\
              peak memory {} MiB\n",
             self.simulated_s,
             self.wall_s,
@@ -206,6 +209,7 @@ impl Report {
             self.quiet_sync_messages,
             self.persisted_total_bytes,
             self.persisted_max_site_bytes,
+            self.epochs,
             self.peak_rss_kib / 1024,
         ));
         for c in &self.convergence {

@@ -48,6 +48,10 @@ pub struct Sites {
     /// Regions assigned round-robin.
     #[serde(default = "one_region")]
     pub regions: Vec<String>,
+    /// Changes after which a site compacts its document into a new epoch
+    /// (the peer's default, `atoll_proto::epoch::COMPACT_AFTER`, if unset).
+    #[serde(default)]
+    pub compact_after: Option<u64>,
 }
 
 fn one_region() -> Vec<String> {

@@ -234,7 +234,7 @@ impl Sim {
                 return;
             }
         };
-        sabotage(&mut peer, self.sc.sabotage);
+        configure(&mut peer, &self.sc);
         let mut fx = Outbox::default();
         if let Err(e) = peer.boot(self.now, &mut fx) {
             self.checks.violation(self.now, format!("s{i} does not boot: {e}"));

@@ -96,6 +96,10 @@ impl Peer {
         let Some(doc) = self.doc_mut(id) else { return };
         let saved = doc.save();
         let sigs = doc.all_signatures();
+        // Beyond a peer message it would be refused unread (docs/architecture.md, "Known limits").
+        if saved.len() + sigs.len() * 96 + (64 << 10) > crate::wire::MAX_MESSAGE {
+            return;
+        }
         fx.send(peer, PeerMsg::Epoch { doc: id.clone(), epoch, saved, sigs });
     }
 

@@ -427,15 +427,20 @@ impl Peer {
             .filter(|s| reached(s))
             .cloned()
             .collect();
+        // Sites this call asked that have not answered in half the wait are
+        // asked again first: the ask or its answer may have been lost (a
+        // connection replaced, a full queue), and nothing else resends it.
+        let silent: Vec<SiteId> =
+            p.asked.iter().filter(|(s, a)| reached(s) && a.is_none()).map(|(s, _)| s.clone()).collect();
         // Not those another call of the burst asked and still waits on.
-        let mut again: Vec<SiteId> = self.rebalance.pending(&p.new.project);
-        let skip = again.len();
-        for s in answered(false).into_iter().chain(hinted).chain(fresh).chain(answered(true)) {
-            if !again.contains(&s) && again.len() - skip < MAX_ASKED - p.asks {
+        let pending = self.rebalance.pending(&p.new.project);
+        let mut again: Vec<SiteId> = Vec::new();
+        for s in silent.iter().cloned().chain(answered(false)).chain(hinted).chain(fresh).chain(answered(true)) {
+            let waited_on = pending.contains(&s) && !silent.contains(&s);
+            if !again.contains(&s) && !waited_on && again.len() < MAX_ASKED.saturating_sub(p.asks) {
                 again.push(s);
             }
         }
-        let again = again.split_off(skip);
         for s in &again {
             fx.send(s, PeerMsg::RightsAsk { project: p.new.project.clone(), want });
         }

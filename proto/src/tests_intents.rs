@@ -253,6 +253,29 @@ fn rights_move_on_demand_from_a_connected_site() {
     net.assert_converged();
 }
 
+/// An ask lost on the way (a connection replaced, a full queue) is sent
+/// again halfway through the wait: the call is admitted, not refused with
+/// "did not answer" while the holder is connected all along.
+#[test]
+fn a_lost_ask_is_sent_again_halfway_through_the_wait() {
+    let mut net = crate::tests_sync::Net::new(3);
+    net.settle();
+    let admin = net.login(0, "admin", "admin-password");
+    net.call(2, Some(&admin), Command::RegisterImage(crate::tests::image("default", "img"))).unwrap();
+    net.settle();
+    net.cut.insert((2, 0));
+    let req = net.ask(2, &admin, Command::CreateInstance(new_instance("web", "img")));
+    net.settle();
+    assert!(net.reply(req).is_none(), "waits for site 0, whose ask was lost");
+    net.cut.clear();
+    net.fire(|t| matches!(t, TimerId::RightsWait { last: false, .. }));
+    net.settle();
+    match net.reply(req) {
+        Some(Ok(Reply::Instance(i))) => assert_eq!(i.observed, Observed::Running),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Nobody in reach, or nobody with spare rights: the refusal says so.
 #[test]
 fn a_refusal_says_whom_it_asked_and_what_is_out_of_reach() {

@@ -435,7 +435,9 @@ impl Peer {
         // Not those another call of the burst asked and still waits on.
         let pending = self.rebalance.pending(&p.new.project);
         let mut again: Vec<SiteId> = Vec::new();
-        for s in silent.iter().cloned().chain(answered(false)).chain(hinted).chain(fresh).chain(answered(true)) {
+        for s in
+            silent.iter().cloned().chain(answered(false)).chain(hinted).chain(fresh).chain(answered(true))
+        {
             let waited_on = pending.contains(&s) && !silent.contains(&s);
             if !again.contains(&s) && !waited_on && again.len() < MAX_ASKED.saturating_sub(p.asks) {
                 again.push(s);

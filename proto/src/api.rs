@@ -354,6 +354,9 @@ pub enum Command {
     DeleteFlavor {
         name: String,
     },
+    /// Where a deployment's replicas would go, with every site's verdict
+    /// (docs/architecture.md, "Deployments and placement"). Places nothing.
+    PlanDeployment(crate::deployment::Deployment),
 }
 
 /// A flavor to add (crdt::flavor).
@@ -625,6 +628,7 @@ pub enum Reply {
     Revoked(Revoked),
     Flavor(atoll_crdt::Flavor),
     Flavors(Vec<atoll_crdt::Flavor>),
+    Plan(crate::placement::DeploymentPlan),
 }
 
 impl Reply {

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod blob;
 pub mod consent;
+pub mod deployment;
 pub mod driver;
 pub mod epoch;
 mod fetch;
@@ -22,6 +23,7 @@ pub mod lifecycle;
 mod manage;
 pub mod membership;
 pub mod peer;
+pub mod placement;
 pub mod provenance;
 pub mod reach;
 mod rebalance;
@@ -51,6 +53,8 @@ mod tests_identity;
 mod tests_intents;
 #[cfg(test)]
 mod tests_membership;
+#[cfg(test)]
+mod tests_placement;
 #[cfg(test)]
 mod tests_provenance;
 #[cfg(test)]

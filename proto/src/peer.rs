@@ -756,6 +756,7 @@ impl Peer {
             CreateFlavor(n) => self.create_flavor(now, caller, n),
             ListFlavors => self.list_flavors(),
             DeleteFlavor { name } => self.delete_flavor(caller, &name),
+            PlanDeployment(d) => self.plan_deployment(now, user, &d),
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
                 self.invite(now, caller, name, ttl)

@@ -566,3 +566,36 @@ fn a_site_shows_what_its_core_holds() {
     assert!(held.windows(2).all(|w| w[0].bytes.unwrap_or(0) >= w[1].bytes.unwrap_or(0)), "{held:?}");
     assert!(show.memory.process.is_none(), "the core cannot know its process");
 }
+
+#[test]
+fn a_deployment_plan_places_on_what_the_site_sees_and_says_why_not() {
+    let mut h = Harness::new();
+    let admin = h.login("admin", "admin-password");
+    h.upload(&admin, "default", "app");
+    let deployment = |image: &str, region: &str| -> crate::deployment::Deployment {
+        serde_json::from_value(serde_json::json!({
+            "name": "shop", "project": "default",
+            "services": { "web": { "image": image, "replicas": 2, "placement": { "regions": [region] } } }
+        }))
+        .unwrap()
+    };
+    let Ok(Reply::Plan(p)) = h.call(Some(&admin), Command::PlanDeployment(deployment("app", "eu"))) else {
+        panic!("no plan")
+    };
+    let web = &p.services[0];
+    assert_eq!(web.chosen.iter().map(SiteId::as_str).collect::<Vec<_>>(), ["edge-1", "edge-1"]);
+    assert!(p.rights.instances >= 2, "the founder holds the project's rights: {:?}", p.rights);
+
+    let Ok(Reply::Plan(p)) = h.call(Some(&admin), Command::PlanDeployment(deployment("app", "us"))) else {
+        panic!("no plan")
+    };
+    let web = &p.services[0];
+    assert_eq!((web.chosen.len(), web.short), (0, 2));
+    assert!(
+        matches!(&web.rows[0].filter, Some(crate::placement::Filter::Region { region }) if region == "eu")
+    );
+
+    let err = h.call(Some(&admin), Command::PlanDeployment(deployment("nope", "eu"))).unwrap_err();
+    assert_eq!(err.status(), 404, "{err}");
+    assert!(err.to_string().contains("service web"), "{err}");
+}

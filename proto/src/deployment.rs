@@ -17,7 +17,8 @@ use crate::manage::check_name;
 
 /// Services in one deployment.
 pub const MAX_SERVICES: usize = 16;
-/// Replicas of one service.
+/// Replicas of one service, and of all services of a deployment together
+/// (a plan scores every site once per replica: this bounds its work).
 pub const MAX_REPLICAS: u32 = 1_000;
 /// Entries in one list or map of a placement rule (sites, regions, labels...).
 pub const MAX_RULE_ITEMS: usize = 32;
@@ -176,6 +177,13 @@ impl Deployment {
                 return Err(invalid(format!("service {name} cannot go with itself")));
             }
         }
+        // Each service has at most MAX_REPLICAS: the sum cannot overflow.
+        let total: u32 = self.services.values().map(|s| s.replicas).sum();
+        if total > MAX_REPLICAS {
+            return Err(invalid(format!(
+                "a deployment has at most {MAX_REPLICAS} replicas over all its services"
+            )));
+        }
         self.order().map(|_| ())
     }
 
@@ -325,6 +333,9 @@ mod tests {
         s.image = "Bad Image".into();
         assert!(deployment(vec![("front", s)]).check().is_err());
         assert!(deployment(vec![]).check().is_err());
+        let e =
+            deployment(vec![("a", service("hello", 600)), ("b", service("hello", 600))]).check().unwrap_err();
+        assert!(e.to_string().contains("over all its services"), "{e}");
     }
 
     #[test]

@@ -218,6 +218,8 @@ struct Slot<'a> {
     first: Option<Filter>,
     score: Option<i64>,
     picks: u32,
+    /// Replicas of the service being placed on the site (running and picked).
+    mine: u32,
 }
 
 fn place(
@@ -234,19 +236,31 @@ fn place(
     let mut slots: Vec<Slot> = sites
         .iter()
         .map(|row| {
-            let (km, filter) = match fixed_filter(row, &s.placement, kind) {
+            let here = replicas.get(&row.member.site);
+            let count = |service: &str| here.and_then(|m| m.get(service)).copied().unwrap_or(0);
+            // Other services are not placed while this one is: their
+            // affinities are decided once per site.
+            let (km, filter) = match fixed_filter(row, &s.placement, kind).and_then(|km| {
+                affinity(name, &s.placement, count)?;
+                Ok(km)
+            }) {
                 Err(f) => (None, Some(f)),
                 Ok(km) => (km, None),
             };
-            Slot { row, taken: Resources::ZERO, km, first: filter, score: None, picks: 0 }
+            Slot { row, taken: Resources::ZERO, km, first: filter, score: None, picks: 0, mine: count(name) }
         })
         .collect();
-    slots.sort_by(|a, b| a.row.member.site.cmp(&b.row.member.site));
+    if !slots.is_sorted_by(|a, b| a.row.member.site <= b.row.member.site) {
+        slots.sort_by(|a, b| a.row.member.site.cmp(&b.row.member.site));
+    }
     if let Some(closest) = s.placement.near.and_then(|n| n.closest) {
         keep_closest(&mut slots, closest);
     }
-    let regions = sites.iter().map(|r| (&r.member.site, r.member.region.as_str())).collect();
-    let cx = Context { project, name, s, each, regions };
+    let mut by_region: BTreeMap<&str, u32> = BTreeMap::new();
+    for slot in slots.iter().filter(|x| x.mine > 0) {
+        *by_region.entry(slot.row.member.region.as_str()).or_default() += slot.mine;
+    }
+    let cx = Context { project, s, each };
     let mut chosen = Vec::new();
     let mut why_short = None;
     let wanted = s.replicas.saturating_sub(running);
@@ -264,8 +278,7 @@ fn place(
         let mut best: Option<(i64, usize)> = None;
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.first.is_none() {
-                let verdict =
-                    fits(slot, name, s, each, replicas).map(|()| score(slot, &cx, replicas, max_km));
+                let verdict = fits(slot, name, s, each).map(|()| score(slot, &cx, &by_region, max_km));
                 if round == 0 {
                     match &verdict {
                         Err(f) => slot.first = Some(f.clone()),
@@ -291,13 +304,18 @@ fn place(
             slot.taken.cpus + s.cpus,
             slot.taken.memory_mib + s.memory_mib,
         );
-        *replicas.entry(slot.row.member.site.clone()).or_default().entry(name.to_owned()).or_default() += 1;
+        slot.mine += 1;
+        *by_region.entry(slot.row.member.region.as_str()).or_default() += 1;
         if let Some(r) = rights {
             *r = Resources::new(r.instances - 1, r.cpus - s.cpus, r.memory_mib - s.memory_mib);
         }
         chosen.push(slot.row.member.site.clone());
     }
     let short = wanted - chosen.len() as u32;
+    for slot in slots.iter().filter(|x| x.picks > 0) {
+        *replicas.entry(slot.row.member.site.clone()).or_default().entry(name.to_owned()).or_default() +=
+            slot.picks;
+    }
     let rows = slots
         .into_iter()
         .map(|x| Row {
@@ -359,9 +377,21 @@ fn keep_closest(slots: &mut [Slot], closest: u32) {
     }
 }
 
-/// The rules that depend on what is placed already: room, per-site maximum,
-/// affinity and anti-affinity.
-fn fits(slot: &Slot, name: &str, s: &Service, each: Resources, replicas: &Replicas) -> Result<(), Filter> {
+/// `avoid` and `with` towards the other services of the deployment, from the
+/// replicas each site runs or was given (`count`).
+fn affinity(name: &str, rules: &Rules, count: impl Fn(&str) -> u32) -> Result<(), Filter> {
+    if let Some(service) = rules.avoid.iter().find(|a| *a != name && count(a) > 0) {
+        return Err(Filter::Avoids { service: service.clone() });
+    }
+    if let Some(service) = rules.with.iter().find(|w| count(w) == 0) {
+        return Err(Filter::Lacks { service: service.clone() });
+    }
+    Ok(())
+}
+
+/// The rules that depend on what this service placed already: room,
+/// per-site maximum, anti-affinity with itself.
+fn fits(slot: &Slot, name: &str, s: &Service, each: Resources) -> Result<(), Filter> {
     let view = slot.row.summary.as_ref().expect("kept sites have a summary");
     let cap = view.descriptor.capacity;
     let free_cpus = cap.cpus.saturating_sub(view.allocated.cpus).saturating_sub(slot.taken.cpus);
@@ -373,33 +403,25 @@ fn fits(slot: &Slot, name: &str, s: &Service, each: Resources, replicas: &Replic
     if free_mib < each.memory_mib {
         return Err(Filter::Memory { free_mib: free_mib.max(0), need_mib: each.memory_mib });
     }
-    let here = replicas.get(&slot.row.member.site);
-    let count = |service: &str| here.and_then(|m| m.get(service)).copied().unwrap_or(0);
     if let Some(max) = s.placement.max_per_site
-        && count(name) >= max
+        && slot.mine >= max
     {
         return Err(Filter::MaxPerSite { max });
     }
-    if let Some(service) = s.placement.avoid.iter().find(|a| count(a) > 0) {
-        return Err(Filter::Avoids { service: service.clone() });
-    }
-    if let Some(service) = s.placement.with.iter().find(|w| count(w) == 0) {
-        return Err(Filter::Lacks { service: service.clone() });
+    if slot.mine > 0 && s.placement.avoid.iter().any(|a| a == name) {
+        return Err(Filter::Avoids { service: name.to_owned() });
     }
     Ok(())
 }
 
 struct Context<'a> {
     project: &'a str,
-    name: &'a str,
     s: &'a Service,
     each: Resources,
-    /// Each member's region, for spreading over regions.
-    regions: BTreeMap<&'a SiteId, &'a str>,
 }
 
-fn score(slot: &Slot, cx: &Context, replicas: &Replicas, max_km: u32) -> i64 {
-    let &Context { project, name, s, each, ref regions } = cx;
+fn score(slot: &Slot, cx: &Context, by_region: &BTreeMap<&str, u32>, max_km: u32) -> i64 {
+    let &Context { project, s, each } = cx;
     let view = slot.row.summary.as_ref().expect("kept sites have a summary");
     let cap = view.descriptor.capacity;
     // Per mille of the site's capacity still free after this pick, the
@@ -415,15 +437,10 @@ fn score(slot: &Slot, cx: &Context, replicas: &Replicas, max_km: u32) -> i64 {
         each.memory_mib,
     ));
     let mut points = FREE * free / 1000;
-    let here = |site: &SiteId| replicas.get(site).and_then(|m| m.get(name)).copied().unwrap_or(0);
     let crowd = match s.placement.spread {
         Spread::None => 0,
-        Spread::Site => here(&slot.row.member.site),
-        Spread::Region => replicas
-            .iter()
-            .filter(|(site, _)| regions.get(*site).is_some_and(|r| *r == slot.row.member.region))
-            .filter_map(|(_, m)| m.get(name))
-            .sum(),
+        Spread::Site => slot.mine,
+        Spread::Region => by_region.get(slot.row.member.region.as_str()).copied().unwrap_or(0),
     };
     points -= SPREAD * i64::from(crowd) / (i64::from(crowd) + 1);
     let spare = view.spare.iter().find(|(p, _)| p == project).map(|(_, r)| *r);

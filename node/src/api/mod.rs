@@ -2,6 +2,7 @@
 //! which builds both the router and the OpenAPI document.
 
 mod dashboard;
+mod deploy;
 mod identity;
 mod login;
 mod openapi;
@@ -727,6 +728,7 @@ pub fn routes() -> Vec<Route> {
     ]
     .into_iter()
     .chain(identity::routes())
+    .chain(deploy::routes())
     .collect()
 }
 

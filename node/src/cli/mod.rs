@@ -2,6 +2,7 @@
 
 pub mod client;
 mod credentials;
+mod deploy;
 mod identity;
 mod instance;
 mod intent;
@@ -87,6 +88,9 @@ pub enum Cmd {
     /// Operations sent to other sites, and their outcomes.
     #[command(subcommand)]
     Intent(IntentCmd),
+    /// Deployments: services with replica counts and placement rules.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +423,7 @@ pub async fn run(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Image(c) => image(&g, &api, c).await?,
         Cmd::Instance(c) => instance::run(&g, &api, c).await?,
         Cmd::Intent(c) => intent::run(&g, &api, c).await?,
+        Cmd::Deploy(c) => deploy::run(&g, &api, c).await?,
         Cmd::User(UserCmd::Create { name, realm_admin }) => {
             let password = read_secret(
                 "New password: ",

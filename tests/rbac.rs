@@ -124,6 +124,13 @@ fn cases() -> Vec<Case> {
             r#"{"name":"x","project":"p","image":"img","memory_mib":32}"#,
             Member,
         ),
+        case(
+            "post",
+            "/v1/deployments/plan",
+            "/v1/deployments/plan",
+            r#"{"name":"d","project":"p","services":{"s":{"image":"img","replicas":1}}}"#,
+            Member,
+        ),
         case("post", "/v1/instances/{project}/{name}/stop", "/v1/instances/p/w/stop", "", Member),
         case("post", "/v1/instances/{project}/{name}/start", "/v1/instances/p/w/start", "", Member),
         case(

@@ -12,7 +12,7 @@ use crate::api::{
     ApiError, IMAGE_REF_PATTERN, MAX_ARGS, MAX_CPUS, MAX_DISK_MIB, MAX_ENV, MAX_MEMORY_MIB, MAX_PORTS,
     PORT_PATTERN,
 };
-use crate::lifecycle::parse_port;
+use crate::lifecycle::check_shape;
 use crate::manage::check_name;
 
 /// Services in one deployment.
@@ -213,21 +213,13 @@ impl Service {
         if self.replicas > MAX_REPLICAS {
             return Err(format!("at most {MAX_REPLICAS} replicas"));
         }
-        if !(1..=MAX_CPUS).contains(&self.cpus) {
-            return Err(format!("cpus must be 1 to {MAX_CPUS}"));
-        }
-        if !(1..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(format!("memory must be 1 to {MAX_MEMORY_MIB} MiB"));
-        }
-        if !(0..=MAX_DISK_MIB).contains(&self.disk_mib) {
-            return Err("disk size out of range".into());
-        }
-        if self.args.len() > MAX_ARGS || self.env.len() > MAX_ENV || self.ports.len() > MAX_PORTS {
-            return Err(format!("at most {MAX_ARGS} arguments, {MAX_ENV} variables and {MAX_PORTS} ports"));
-        }
-        for p in &self.ports {
-            parse_port(p)?;
-        }
+        check_shape(
+            self.cpus,
+            self.memory_mib,
+            self.disk_mib,
+            (self.args.len(), self.env.len()),
+            &self.ports,
+        )?;
         let (img_project, img_name) = self.image.split_once('/').unwrap_or(("default", &self.image));
         check_name("image", img_name).and(check_name("project", img_project)).map_err(|e| e.to_string())?;
         // The instance names are `<deployment>-<service>-<n>`; the service

@@ -59,24 +59,11 @@ impl Peer {
 
     fn validate(&self, n: &NewInstance) -> Result<(), ApiError> {
         check_name("instance", &n.name)?;
-        if !(1..=MAX_CPUS).contains(&n.cpus) {
-            return Err(ApiError::Invalid(format!("cpus must be 1 to {MAX_CPUS}")));
-        }
-        if !(1..=MAX_MEMORY_MIB).contains(&n.memory_mib) {
-            return Err(ApiError::Invalid(format!("memory must be 1 to {MAX_MEMORY_MIB} MiB")));
-        }
-        if !(0..=MAX_DISK_MIB).contains(&n.disk_mib) {
-            return Err(ApiError::Invalid("disk size out of range".into()));
-        }
+        check_shape(n.cpus, n.memory_mib, n.disk_mib, (n.args.len(), n.env.len()), &n.ports)
+            .map_err(ApiError::Invalid)?;
         for p in &n.ports {
-            parse_port(p).map_err(ApiError::Invalid)?;
             // Well formed but outside what this site publishes: its policy.
             self.ports.admit(p).map_err(ApiError::Conflict)?;
-        }
-        if n.args.len() > MAX_ARGS || n.env.len() > MAX_ENV || n.ports.len() > MAX_PORTS {
-            return Err(ApiError::Invalid(format!(
-                "at most {MAX_ARGS} arguments, {MAX_ENV} variables and {MAX_PORTS} ports"
-            )));
         }
         Ok(())
     }
@@ -549,6 +536,31 @@ pub struct Port {
     pub host: u16,
     pub container: u16,
     pub proto: String,
+}
+
+/// The bounds of an instance's shape, for one instance and for each replica
+/// of a deployment alike: sizes, how many arguments, variables and ports,
+/// and ports well formed.
+pub(crate) fn check_shape(
+    cpus: i64,
+    memory_mib: i64,
+    disk_mib: i64,
+    (args, env): (usize, usize),
+    ports: &[String],
+) -> Result<(), String> {
+    if !(1..=MAX_CPUS).contains(&cpus) {
+        return Err(format!("cpus must be 1 to {MAX_CPUS}"));
+    }
+    if !(1..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        return Err(format!("memory must be 1 to {MAX_MEMORY_MIB} MiB"));
+    }
+    if !(0..=MAX_DISK_MIB).contains(&disk_mib) {
+        return Err("disk size out of range".into());
+    }
+    if args > MAX_ARGS || env > MAX_ENV || ports.len() > MAX_PORTS {
+        return Err(format!("at most {MAX_ARGS} arguments, {MAX_ENV} variables and {MAX_PORTS} ports"));
+    }
+    ports.iter().try_for_each(|p| parse_port(p).map(drop))
 }
 
 pub fn parse_port(s: &str) -> Result<Port, String> {

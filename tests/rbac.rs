@@ -131,6 +131,23 @@ fn cases() -> Vec<Case> {
             r#"{"name":"d","project":"p","services":{"s":{"image":"img","replicas":1}}}"#,
             Member,
         ),
+        case(
+            "post",
+            "/v1/deployments",
+            "/v1/deployments",
+            r#"{"name":"d","project":"p","services":{"s":{"image":"img","replicas":0}}}"#,
+            Member,
+        ),
+        case("get", "/v1/deployments", "/v1/deployments", "", NoRole),
+        case("get", "/v1/deployments/{project}/{name}", "/v1/deployments/p/d", "", Reader),
+        case(
+            "post",
+            "/v1/deployments/{project}/{name}/scale",
+            "/v1/deployments/p/d/scale",
+            r#"{"service":"s","replicas":0}"#,
+            Member,
+        ),
+        case("delete", "/v1/deployments/{project}/{name}", "/v1/deployments/p/d", "", Member),
         case("post", "/v1/instances/{project}/{name}/stop", "/v1/instances/p/w/stop", "", Member),
         case("post", "/v1/instances/{project}/{name}/start", "/v1/instances/p/w/start", "", Member),
         case(

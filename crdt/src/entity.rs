@@ -721,6 +721,9 @@ pub struct Instance {
     pub restarts: u64,
     pub created_by: String,
     pub created_at: Millis,
+    /// Set on a deployment's replicas (absent from instances made by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::ReplicaOf>,
 }
 
 impl Instance {

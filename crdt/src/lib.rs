@@ -10,6 +10,7 @@
 //! [`Millis`] from the caller.
 
 pub mod chunks;
+pub mod deployment;
 pub mod doc;
 pub mod entity;
 pub mod epoch;
@@ -21,6 +22,7 @@ pub mod realm;
 pub mod site;
 
 pub use automerge::{Change, ChangeHash, ScalarValue};
+pub use deployment::{DeploymentRecord, ReplicaOf};
 pub use doc::{Doc, DocError, DocSize, Entity, SyncState};
 pub use entity::*;
 pub use escrow::{Account, EscrowError};

@@ -23,14 +23,15 @@ const COLLECTIONS: &[&str] = &[
     // Added later: not required of a saved realm.
     Revocation::COLLECTION,
     Flavor::COLLECTION,
+    crate::DeploymentRecord::COLLECTION,
 ];
 
 /// The collections a saved realm must have: realms founded before token
 /// revocation have no `revocations` map, and no site may add one later (two
 /// sites adding it concurrently would create two maps, one hiding the other),
 /// so such a realm reads as having no revocations and refuses to record one.
-/// The same holds for flavors.
-const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 2).0;
+/// The same holds for flavors and deployments.
+const REQUIRED: &[&str] = COLLECTIONS.split_at(COLLECTIONS.len() - 3).0;
 
 /// Root key of the founder's public key, written in the realm's first change.
 pub const FOUNDER: &str = "founder";
@@ -206,6 +207,29 @@ impl Realm {
             return Ok(None);
         }
         Ok(self.doc.get::<crate::FlavorRecord>(name)?.filter(|r| !r.seal.retired))
+    }
+
+    /// Whether this realm keeps deployments (realms founded before them do
+    /// not, and no site may add the collection later).
+    pub fn has_deployments(&self) -> bool {
+        self.doc.has_collection(crate::DeploymentRecord::COLLECTION)
+    }
+
+    /// Every deployment's latest record, retired ones included (a retired
+    /// deployment's replicas are still to be stopped).
+    pub fn deployments(&self) -> Result<Vec<crate::DeploymentRecord>, DocError> {
+        if !self.has_deployments() {
+            return Ok(Vec::new());
+        }
+        self.doc.list()
+    }
+
+    /// A deployment's latest record, retired or not.
+    pub fn deployment(&self, project: &str, name: &str) -> Result<Option<crate::DeploymentRecord>, DocError> {
+        if !self.has_deployments() {
+            return Ok(None);
+        }
+        self.doc.get(&format!("{project}/{name}"))
     }
 
     /// Whether a token of `user` issued at `issued_at`, whose SHA-256 is

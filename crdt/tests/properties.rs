@@ -291,6 +291,7 @@ fn instance(s: &SiteId, now: u64, cpus: i64, mem: i64) -> Instance {
         restarts: 0,
         created_by: "u".into(),
         created_at: now,
+        replica: None,
     }
 }
 

@@ -144,6 +144,12 @@ pub struct NewInstance {
     #[serde(default)]
     #[schemars(length(max = MAX_PORTS), inner(pattern(PORT_PATTERN)))]
     pub ports: Vec<String>,
+    /// Set by the peer when it makes a deployment's replica; never read
+    /// from a caller (a hand-made instance posing as a replica would be
+    /// counted, or stopped, by the deployment's reconciler).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub replica: Option<atoll_crdt::ReplicaOf>,
 }
 
 fn one() -> i64 {
@@ -357,6 +363,40 @@ pub enum Command {
     /// Where a deployment's replicas would go, with every site's verdict
     /// (docs/architecture.md, "Deployments and placement"). Places nothing.
     PlanDeployment(crate::deployment::Deployment),
+    /// Writes a new revision of a deployment (created if new); the
+    /// deployment's reconciler places, replaces and stops its replicas.
+    ApplyDeployment(crate::deployment::Deployment),
+    ListDeployments,
+    ShowDeployment {
+        project: String,
+        name: String,
+    },
+    ScaleDeployment {
+        project: String,
+        name: String,
+        service: String,
+        replicas: u32,
+    },
+    DeleteDeployment {
+        project: String,
+        name: String,
+    },
+    /// A reconciler's request (an intent, never a user's call) to make
+    /// replica `name` of a service here, as revision `revision` or later of
+    /// the deployment's record says.
+    PlaceReplica {
+        project: String,
+        deployment: String,
+        revision: u64,
+        service: String,
+        name: String,
+    },
+    /// A reconciler's request to delete one of a deployment's replicas here.
+    StopReplica {
+        project: String,
+        deployment: String,
+        name: String,
+    },
 }
 
 /// A flavor to add (crdt::flavor).
@@ -629,6 +669,8 @@ pub enum Reply {
     Flavor(atoll_crdt::Flavor),
     Flavors(Vec<atoll_crdt::Flavor>),
     Plan(crate::placement::DeploymentPlan),
+    Deployment(Box<crate::deployments::DeploymentView>),
+    Deployments(Vec<crate::deployments::DeploymentView>),
 }
 
 impl Reply {

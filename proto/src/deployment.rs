@@ -69,6 +69,75 @@ pub struct Service {
     pub ports: Vec<String>,
     #[serde(default)]
     pub placement: Rules,
+    /// How long replicas on a site this site cannot reach still count before
+    /// they are replaced elsewhere: `30s`, `5m`, `2h`, or `never`.
+    #[serde(default = "default_lost_after")]
+    #[schemars(pattern(LOST_AFTER_PATTERN))]
+    pub lost_after: String,
+    /// Which copies stay when a lost site returns and the service runs more
+    /// replicas than it wants.
+    #[serde(default)]
+    pub on_heal: OnHeal,
+}
+
+/// `lost_after`: a count of seconds, minutes or hours, or `never`.
+pub const LOST_AFTER_PATTERN: &str = "^([0-9]{1,6}[smh]|never)$";
+
+/// Which copies of a service are kept when it runs more than it wants (after
+/// a heal, or a scale down); the others are stopped, never the kept ones
+/// restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHeal {
+    /// The oldest copies (those that ran before the partition).
+    #[default]
+    KeepOriginal,
+    /// The newest copies (those started while the site was lost).
+    KeepReplacement,
+    /// The copies running for the longest time without a restart.
+    LongestRunning,
+}
+
+fn default_lost_after() -> String {
+    "5m".into()
+}
+
+impl Service {
+    /// `lost_after` in milliseconds (None: never replaced).
+    pub fn lost_after_ms(&self) -> Result<Option<u64>, String> {
+        let bad = || format!("lost_after {:?}: write e.g. 30s, 5m, 2h or never", self.lost_after);
+        if self.lost_after == "never" {
+            return Ok(None);
+        }
+        let (n, unit) = self.lost_after.split_at(self.lost_after.len().saturating_sub(1));
+        let scale = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(bad()),
+        };
+        if n.is_empty() || n.len() > 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        Ok(Some(n.parse::<u64>().map_err(|_| bad())? * scale))
+    }
+
+    /// A digest of everything a replica is made from (not the count): a
+    /// replica made from another digest is replaced, the others kept.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let made_of = (
+            &self.image,
+            (self.cpus, self.memory_mib, self.disk_mib),
+            self.restart,
+            &self.args,
+            &self.env,
+            &self.ports,
+            serde_json::to_string(&self.placement).unwrap_or_default(),
+        );
+        let bytes = serde_json::to_vec(&made_of).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(bytes)[..8])
+    }
 }
 
 fn one() -> i64 {
@@ -165,6 +234,13 @@ impl Deployment {
         for (name, s) in &self.services {
             check_name("service", name)?;
             s.check(name).map_err(|e| invalid(format!("service {name}: {e}")))?;
+            // Replicas are named `<deployment>.<service>.<n>` (n < 10,000).
+            if self.name.len() + name.len() + 6 > 63 {
+                return Err(invalid(format!(
+                    "deployment {} and service {name}: together at most 57 characters (replica names)",
+                    self.name
+                )));
+            }
             for other in s.placement.avoid.iter().chain(&s.placement.with) {
                 if !self.services.contains_key(other) {
                     return Err(invalid(format!("service {name}: no service {other} in this deployment")));
@@ -222,12 +298,10 @@ impl Service {
         )?;
         let (img_project, img_name) = self.image.split_once('/').unwrap_or(("default", &self.image));
         check_name("image", img_name).and(check_name("project", img_project)).map_err(|e| e.to_string())?;
-        // The instance names are `<deployment>-<service>-<n>`; the service
-        // part must leave room for them (checked against the deployment's
-        // name by the caller that names replicas).
         if name.len() > 40 {
             return Err("service names have at most 40 characters".into());
         }
+        self.lost_after_ms()?;
         self.placement.check()
     }
 }

@@ -87,8 +87,19 @@ fn summarize(cmd: &Command) -> Option<(String, &str)> {
         Command::StopInstance { project, name } => (format!("stop instance {project}/{name}"), project),
         Command::DeleteInstance { project, name } => (format!("delete instance {project}/{name}"), project),
         Command::CopyImage { project, name } => (format!("copy image {project}/{name}"), project),
+        Command::PlaceReplica { project, deployment, name, .. } => {
+            (format!("place replica {project}/{name} of deployment {deployment}"), project)
+        }
+        Command::StopReplica { project, deployment, name } => {
+            (format!("stop replica {project}/{name} of deployment {deployment}"), project)
+        }
         _ => return None,
     })
+}
+
+/// A reconciler's command, which no caller may send.
+fn is_replica(cmd: &Command) -> bool {
+    matches!(cmd, Command::PlaceReplica { .. } | Command::StopReplica { .. })
 }
 
 impl Peer {
@@ -121,7 +132,12 @@ impl Peer {
         cmd: &Command,
     ) -> Result<String, ApiError> {
         let user = &caller.user;
-        let Some((summary, project)) = summarize(cmd) else {
+        let project = match summarize(cmd) {
+            Some(_) if is_replica(cmd) => None,
+            Some((_, project)) => Some(project),
+            None => None,
+        };
+        let Some(project) = project else {
             return Err(ApiError::Invalid(
                 "only instance create/start/stop/delete and image copy can be sent to another site".into(),
             ));
@@ -140,6 +156,23 @@ impl Peer {
             }
             _ => auth::require(&self.realm, user, project, atoll_crdt::Role::Member, site)?,
         }
+        self.write_intent(now, site, &user.name, cmd, caller.session.as_ref())
+    }
+
+    /// Writes an intent for `site` to apply `cmd` as `user`, signed by the
+    /// user's `session` if given (a reconciler's replica commands carry
+    /// none: the deployment's record stands for them, crate::deployments).
+    pub(crate) fn write_intent(
+        &mut self,
+        now: Millis,
+        site: &SiteId,
+        user: &str,
+        cmd: &Command,
+        session: Option<&crate::consent::Session>,
+    ) -> Result<String, ApiError> {
+        let Some((summary, _)) = summarize(cmd) else {
+            return Err(ApiError::Invalid("this command cannot be sent to another site".into()));
+        };
         let command = serde_json::to_string(cmd).map_err(|e| ApiError::Internal(e.to_string()))?;
         // A fresh id: an intent overwritten by a new one would lose the new
         // operation and answer the caller with the old one's outcome.
@@ -156,7 +189,7 @@ impl Peer {
             id: id.clone(),
             requester: self.site.clone(),
             target: site.clone(),
-            user: user.name.clone(),
+            user: user.to_owned(),
             command,
             summary,
             created_at: now,
@@ -165,7 +198,7 @@ impl Peer {
         // Without a session (a token of the release before consents, or
         // of a user without a key) the target takes it only while the
         // realm's floor lets such intents in; it says so.
-        intent.consent = caller.session.as_ref().map(|s| s.sign(&intent));
+        intent.consent = session.map(|s| s.sign(&intent));
         self.own.doc.put(&intent)?;
         self.intent_issued(&id, now);
         Ok(id)
@@ -252,7 +285,7 @@ impl Peer {
         Some(settled.into_result())
     }
 
-    fn outcome_of(&self, target: &SiteId, id: &str) -> Option<IntentOutcome> {
+    pub(crate) fn outcome_of(&self, target: &SiteId, id: &str) -> Option<IntentOutcome> {
         let doc = if target == &self.site { &self.own.doc } else { &self.others.get(target)?.doc };
         doc.get::<IntentOutcome>(id).ok().flatten()
     }
@@ -381,14 +414,17 @@ impl Peer {
                 .realm
                 .user(&intent.user)?
                 .ok_or_else(|| ApiError::Forbidden(format!("no user {} in the realm", intent.user)))?;
-            // The requester's word is not enough: the user's own (crate::consent).
-            if !self.breaks(crate::peer::Sabotage::Consent) {
-                consent::check(&self.realm, &intent, now)?;
-            }
             let cmd: Command = serde_json::from_str(&intent.command)
                 .map_err(|e| ApiError::Invalid(format!("unreadable intent command: {e}")))?;
             if summarize(&cmd).is_none() {
                 return Err(ApiError::Invalid("this command cannot be sent to another site".into()));
+            }
+            // The requester's word is not enough: the user's own
+            // (crate::consent), or for a replica, their signed deployment.
+            if is_replica(&cmd) {
+                self.replica_standing(&intent, &cmd)?;
+            } else if !self.breaks(crate::peer::Sabotage::Consent) {
+                consent::check(&self.realm, &intent, now)?;
             }
             Ok((user, cmd))
         })();

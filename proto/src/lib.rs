@@ -10,6 +10,7 @@ pub mod auth;
 pub mod blob;
 pub mod consent;
 pub mod deployment;
+pub mod deployments;
 pub mod driver;
 pub mod epoch;
 mod fetch;
@@ -27,6 +28,7 @@ pub mod placement;
 pub mod provenance;
 pub mod reach;
 mod rebalance;
+pub mod reconcile;
 mod refetch;
 pub mod roster;
 pub mod rules;
@@ -57,6 +59,8 @@ mod tests_membership;
 mod tests_placement;
 #[cfg(test)]
 mod tests_provenance;
+#[cfg(test)]
+mod tests_reconcile;
 #[cfg(test)]
 mod tests_roster;
 #[cfg(test)]

@@ -164,6 +164,7 @@ impl Peer {
             restarts: 0,
             created_by: caller.name.clone(),
             created_at: now,
+            replica: n.replica,
         };
         if !self.breaks(crate::peer::Sabotage::Escrow) {
             self.account(&inst.project)?.admit(&inst.project, inst.resources())?;

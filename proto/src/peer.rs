@@ -83,6 +83,8 @@ pub enum TimerId {
     GatherWait { id: u64 },
     /// A call waiting for other sites' views of who they reach is answered.
     ReachWait { id: u64 },
+    /// Run the deployments' reconcilers this site acts for.
+    Reconcile,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +333,8 @@ pub struct Peer {
     pub(crate) epochs: crate::epoch::Epochs,
     /// The realm's first author, once read.
     founder: Option<Option<Vec<u8>>>,
+    /// Deployments' reconciliation (crate::deployments).
+    pub(crate) deploy: crate::deployments::Reconciler,
 }
 
 impl Peer {
@@ -402,6 +406,7 @@ impl Peer {
             refusals: crate::provenance::Refusals::default(),
             epochs: crate::epoch::Epochs::default(),
             founder: None,
+            deploy: Default::default(),
         }
     }
 
@@ -545,10 +550,12 @@ impl Peer {
         }
         self.flush(now, fx);
         fx.schedule(TimerId::Repair, crate::sync::REPAIR_EVERY);
+        fx.schedule(TimerId::Reconcile, crate::deployments::RECONCILE_EVERY);
         self.resume_all(now, fx)?;
         self.resume_intents(now, fx);
         self.flush(now, fx);
         self.settle_applied(now);
+        self.settle_quiet(now);
         self.flush(now, fx);
         for (req, result) in self.replies.drain(..) {
             fx.reply(req, result);
@@ -599,6 +606,7 @@ impl Peer {
             Input::Timer(TimerId::RightsWait { id, last: true }) => self.on_rights_wait(now, id, fx),
             Input::Timer(TimerId::GatherWait { id }) => self.on_gather_wait(now, id, fx),
             Input::Timer(TimerId::ReachWait { id }) => self.on_reach_wait(id, fx),
+            Input::Timer(TimerId::Reconcile) => self.on_reconcile_timer(now, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());
@@ -630,6 +638,7 @@ impl Peer {
             self.time_settled(now, &others);
         }
         self.settle_applied(now);
+        self.settle_quiet(now);
         // Persist before replying: an acknowledged write is durable.
         self.flush(now, fx);
         for write in self.deferred.drain(..) {
@@ -757,6 +766,27 @@ impl Peer {
             ListFlavors => self.list_flavors(),
             DeleteFlavor { name } => self.delete_flavor(caller, &name),
             PlanDeployment(d) => self.plan_deployment(now, user, &d),
+            ApplyDeployment(d) => self.apply_deployment(now, caller, d),
+            ListDeployments => self.list_deployments(user),
+            ShowDeployment { project, name } => self.show_deployment(user, &project, &name),
+            ScaleDeployment { project, name, service, replicas } => {
+                self.scale_deployment(now, caller, (&project, &name), &service, replicas)
+            }
+            DeleteDeployment { project, name } => self.delete_deployment(now, caller, &project, &name),
+            PlaceReplica { project, deployment, revision, service, name } => {
+                return self.place_replica(
+                    now,
+                    req,
+                    user,
+                    (&project, &deployment, revision),
+                    &service,
+                    name,
+                    fx,
+                );
+            }
+            StopReplica { project, deployment, name } => {
+                return self.stop_replica(now, req, user, (&project, &deployment, &name), fx);
+            }
             InviteSite { name, ttl_secs } => auth::require_realm_admin(user).and_then(|()| {
                 let ttl = ttl_secs.map_or(crate::membership::INVITE_TTL, |s| s.saturating_mul(1000));
                 self.invite(now, caller, name, ttl)

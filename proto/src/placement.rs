@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_crdt::{Kind, Resources, Role, SiteId, User, Visibility};
+use atoll_crdt::{Kind, Resources, Role, SiteId, User};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiResult, Reply, SiteRow};
@@ -149,21 +149,7 @@ impl Peer {
             return Err(ApiError::NotFound(format!("no project {}", d.project)));
         }
         auth::require(&self.realm, user, &d.project, Role::Member, &self.site)?;
-        let mut kinds = BTreeMap::new();
-        for (name, s) in &d.services {
-            let (img_project, img_name) = s.image.split_once('/').unwrap_or((&d.project, &s.image));
-            let image = self
-                .realm
-                .image(img_project, img_name)?
-                .filter(|i| i.project == d.project || i.visibility == Visibility::Public)
-                .ok_or_else(|| {
-                    ApiError::NotFound(format!(
-                        "service {name}: no image {img_project}/{img_name} usable by project {}",
-                        d.project
-                    ))
-                })?;
-            kinds.insert(name.clone(), image.format.kind());
-        }
+        let kinds = self.kinds(d)?;
         let Reply::Sites(rows) = self.list_sites(now)? else { unreachable!("list_sites answers sites") };
         // This site's own rights exactly; the others' from their summaries
         // (which list a site's 64 most spare projects: an undercount only).
@@ -174,7 +160,8 @@ impl Peer {
                 rights = rights.checked_plus(*r).unwrap_or(rights);
             }
         }
-        let services = plan(d, &kinds, &rows, &Replicas::new(), Some(rights))?;
+        let running = self.running_replicas(d);
+        let services = plan(d, &kinds, &rows, &running, Some(rights))?;
         Ok(Reply::Plan(DeploymentPlan {
             deployment: d.name.clone(),
             project: d.project.clone(),

@@ -21,8 +21,9 @@
 
 use atoll_crdt::realm::floor_at;
 use atoll_crdt::{
-    ChangeHash, Doc, Entity, FlavorRecord, Holder, Image, Incoming, Member, Millis, ProjectRecord,
-    QuotaGrant, RecordWrite, Removal, Revocation, Role, RoleBinding, Seal, SiteId, User, UserKey,
+    ChangeHash, DeploymentRecord, Doc, Entity, FlavorRecord, Holder, Image, Incoming, Member, Millis,
+    ProjectRecord, QuotaGrant, RecordWrite, Removal, Revocation, Role, RoleBinding, Seal, SiteId, User,
+    UserKey,
 };
 use sha2::{Digest, Sha256};
 
@@ -38,6 +39,7 @@ pub const GUARDED: &[&str] = &[
     Image::COLLECTION,
     ProjectRecord::COLLECTION,
     FlavorRecord::COLLECTION,
+    DeploymentRecord::COLLECTION,
 ];
 
 /// Prefix of what a session key signs for a record: never an intent, a
@@ -339,6 +341,60 @@ impl Sealed for FlavorRecord {
     }
 }
 
+impl Sealed for DeploymentRecord {
+    fn seal(&self) -> &Seal {
+        &self.seal
+    }
+    fn seal_mut(&mut self) -> &mut Seal {
+        &mut self.seal
+    }
+    fn fields(&self) -> Vec<u8> {
+        let fields = (
+            &self.project,
+            &self.name,
+            &self.spec,
+            &self.created_by,
+            &self.home,
+            self.updated_at,
+            self.seal.rev,
+            self.seal.retired,
+        );
+        serde_json::to_vec(&fields).unwrap_or_default()
+    }
+    /// A project member (on the writing site) writes the project's
+    /// deployments under their own name: its replicas run with their rights.
+    /// Its desired state must read as a deployment of that name and project
+    /// (every site's reconciler trusts it).
+    fn authority(
+        at: &At<'_>,
+        signer: &User,
+        author: &SiteId,
+        _: Option<&DeploymentRecord>,
+        after: &DeploymentRecord,
+    ) -> Result<UserKey, String> {
+        let key = signer.key.clone().ok_or_else(|| format!("user {} has no key", signer.name))?;
+        if after.created_by != signer.name {
+            return Err(format!("it names {} as its user, not {}", after.created_by, signer.name));
+        }
+        if &after.home != author {
+            return Err(format!("it names {} as its home, written by {author}", after.home));
+        }
+        crate::deployments::read_spec(after).map_err(|e| e.to_string())?;
+        if signer.realm_admin {
+            return Ok(key);
+        }
+        let project = &after.project;
+        let role = at
+            .binding(&signer.name, project)?
+            .filter(|b| b.sites.as_ref().is_none_or(|s| s.contains(author)))
+            .map(|b| b.role);
+        if role.is_none_or(|r| r < Role::Member) {
+            return Err(format!("user {} is not Member of project {project} on site {author}", signer.name));
+        }
+        Ok(key)
+    }
+}
+
 /// The realm as of some heads (None: as it is now): what a rule reads.
 pub struct At<'a> {
     pub doc: &'a Doc,
@@ -488,6 +544,7 @@ pub fn check_change(doc: &Doc, change: &Incoming<'_>, author: &SiteId) -> Result
             QuotaGrant::COLLECTION => one::<QuotaGrant>(&at, author, &key, &bytes),
             ProjectRecord::COLLECTION => one::<ProjectRecord>(&at, author, &key, &bytes),
             FlavorRecord::COLLECTION => one::<FlavorRecord>(&at, author, &key, &bytes),
+            DeploymentRecord::COLLECTION => one::<DeploymentRecord>(&at, author, &key, &bytes),
             _ => one::<Image>(&at, author, &key, &bytes),
         };
         judged.map_err(|why| format!("{collection} record {key:?}: {why}"))?;

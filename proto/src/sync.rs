@@ -160,7 +160,16 @@ impl Peer {
                 self.others.get(owner).map(|d| &d.doc)
             };
             let mut links = std::collections::BTreeSet::new();
+            // A deployment's replicas: its reconcilers must see them.
+            let mut deployments = std::collections::BTreeSet::new();
             if let Some(doc) = doc {
+                if doc.count::<atoll_crdt::Instance>() > 0 {
+                    for i in doc.list::<atoll_crdt::Instance>().unwrap_or_default() {
+                        if let Some(tag) = i.replica {
+                            deployments.insert(format!("{}/{}", i.project, tag.deployment));
+                        }
+                    }
+                }
                 if doc.count::<Intent>() > 0 {
                     links.extend(doc.list::<Intent>().unwrap_or_default().into_iter().map(|i| i.target));
                 }
@@ -168,6 +177,12 @@ impl Peer {
                     links.extend(
                         doc.list::<IntentOutcome>().unwrap_or_default().into_iter().map(|o| o.requester),
                     );
+                }
+            }
+            if !deployments.is_empty() {
+                let members = self.member_sites();
+                for key in deployments {
+                    links.extend(crate::reconcile::reconcilers(&key, &members));
                 }
             }
             self.custody.links.insert(owner.clone(), links);

@@ -212,6 +212,7 @@ fn new_instance(name: &str, restart: RestartPolicy) -> NewInstance {
         args: vec![],
         env: Default::default(),
         ports: vec![],
+        replica: None,
     }
 }
 
@@ -598,4 +599,90 @@ fn a_deployment_plan_places_on_what_the_site_sees_and_says_why_not() {
     let err = h.call(Some(&admin), Command::PlanDeployment(deployment("nope", "eu"))).unwrap_err();
     assert_eq!(err.status(), 404, "{err}");
     assert!(err.to_string().contains("service web"), "{err}");
+}
+
+#[test]
+fn a_deployment_is_reconciled_here_scaled_updated_and_deleted() {
+    use crate::deployments::DeploymentView;
+    let mut h = Harness::new();
+    let admin = h.login("admin", "admin-password");
+    h.upload(&admin, "default", "app");
+    let shop = |replicas: u32, args: &[&str]| -> crate::deployment::Deployment {
+        serde_json::from_value(serde_json::json!({
+            "name": "shop", "project": "default",
+            "services": { "web": { "image": "app", "replicas": replicas, "args": args } }
+        }))
+        .unwrap()
+    };
+    let replicas = |h: &Harness| -> Vec<(String, Desired)> {
+        let mut v: Vec<_> = h
+            .peer
+            .own()
+            .instances()
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.replica.as_ref().is_some_and(|t| t.deployment == "shop"))
+            .map(|i| (i.name, i.desired))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let Ok(Reply::Deployment(v)) = h.call(Some(&admin), Command::ApplyDeployment(shop(2, &[]))) else {
+        panic!("not applied")
+    };
+    assert_eq!((v.revision, v.reconciler.as_ref().map(SiteId::as_str)), (1, Some("edge-1")));
+    assert!(replicas(&h).is_empty(), "nothing is placed before the reconciler runs");
+
+    h.input(Input::Timer(TimerId::Reconcile));
+    assert_eq!(
+        replicas(&h),
+        [("shop.web.0".into(), Desired::Running), ("shop.web.1".into(), Desired::Running)]
+    );
+    h.input(Input::Timer(TimerId::Reconcile));
+    assert_eq!(replicas(&h).len(), 2, "a second round adds nothing");
+
+    // Scaling down stops the newest copy (keep_original; ties by name).
+    let scale = Command::ScaleDeployment {
+        project: "default".into(),
+        name: "shop".into(),
+        service: "web".into(),
+        replicas: 1,
+    };
+    let Ok(Reply::Deployment(v)) = h.call(Some(&admin), scale) else { panic!("not scaled") };
+    assert_eq!(v.revision, 2);
+    h.input(Input::Timer(TimerId::Reconcile));
+    assert_eq!(
+        replicas(&h),
+        [("shop.web.0".into(), Desired::Running), ("shop.web.1".into(), Desired::Deleted)]
+    );
+
+    // A changed spec replaces the copy under a fresh name.
+    h.call(Some(&admin), Command::ApplyDeployment(shop(1, &["-v"]))).unwrap();
+    h.input(Input::Timer(TimerId::Reconcile));
+    let now = replicas(&h);
+    assert!(now.contains(&("shop.web.0".into(), Desired::Deleted)), "{now:?}");
+    assert!(now.contains(&("shop.web.2".into(), Desired::Running)), "{now:?}");
+
+    let show = Command::ShowDeployment { project: "default".into(), name: "shop".into() };
+    let Ok(Reply::Deployment(v)) = h.call(Some(&admin), show) else { panic!("no view") };
+    let v: &DeploymentView = &v;
+    assert_eq!((v.services[0].service.as_str(), v.services[0].replicas), ("web", 1));
+
+    let delete = Command::DeleteDeployment { project: "default".into(), name: "shop".into() };
+    h.call(Some(&admin), delete).unwrap();
+    h.input(Input::Timer(TimerId::Reconcile));
+    assert!(replicas(&h).iter().all(|(_, d)| *d == Desired::Deleted), "{:?}", replicas(&h));
+    let Ok(Reply::Deployments(list)) = h.call(Some(&admin), Command::ListDeployments) else { panic!() };
+    assert!(list.is_empty(), "a deleted deployment is not listed");
+
+    // A caller cannot send a reconciler's command.
+    let place = Command::PlaceReplica {
+        project: "default".into(),
+        deployment: "shop".into(),
+        revision: 1,
+        service: "web".into(),
+        name: "shop.web.9".into(),
+    };
+    let remote = Command::Remote { site: SiteId::new("edge-2").unwrap(), wait_ms: 0, then: Box::new(place) };
+    assert!(h.call(Some(&admin), remote).is_err());
 }

@@ -444,3 +444,36 @@ fn an_intent_from_a_removed_site_is_refused() {
     assert!(net.peers[1].realm().member(&net.site(0)).unwrap().is_none(), "s1 never heard of the removal");
     assert!(instance_on(&net, 1, "db").is_none(), "the removed site's intent was applied");
 }
+
+#[test]
+fn a_deployment_is_placed_over_sites_by_its_reconciler() {
+    let (mut net, admin) = setup(3);
+    let d: crate::deployment::Deployment = serde_json::from_value(serde_json::json!({
+        "name": "shop", "project": "default",
+        "services": { "web": { "image": "img", "replicas": 3, "memory_mib": 64,
+                               "placement": { "avoid": ["web"] } } }
+    }))
+    .unwrap();
+    net.call(0, Some(&admin), Command::ApplyDeployment(d)).unwrap();
+    net.settle();
+    net.gossip();
+    for _ in 0..3 {
+        net.fire(|t| matches!(t, TimerId::Reconcile));
+        net.settle();
+    }
+    let on = |net: &Net, i: usize| {
+        net.peers[i].own().instances().unwrap().into_iter().filter(|i| i.replica.is_some()).count()
+    };
+    assert_eq!([on(&net, 0), on(&net, 1), on(&net, 2)], [1, 1, 1], "one replica per site (avoid)");
+    // Placed by one reconciler only: every site sees the same one.
+    let reconcilers: Vec<_> = (0..3)
+        .map(|i| {
+            let show = Command::ShowDeployment { project: "default".into(), name: "shop".into() };
+            match net.call(i, Some(&admin), show) {
+                Ok(Reply::Deployment(v)) => v.reconciler,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert!(reconcilers.iter().all(|r| r.is_some() && *r == reconcilers[0]), "{reconcilers:?}");
+}

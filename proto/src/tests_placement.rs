@@ -10,7 +10,7 @@ use crate::api::{SiteRow, SiteView};
 use crate::deployment::{Deployment, Near, Service, Spread};
 use crate::placement::{Filter, Replicas, ServicePlan, km, plan};
 
-fn site(name: &str, region: &str, cpus: i64, kinds: &[Kind]) -> SiteRow {
+pub(crate) fn site(name: &str, region: &str, cpus: i64, kinds: &[Kind]) -> SiteRow {
     let id: SiteId = SiteId::new(name).unwrap();
     let descriptor = Descriptor {
         site: id.clone(),

@@ -167,6 +167,19 @@ impl Net {
         panic!("the network never went quiet");
     }
 
+    /// Every site's summary to every other, as the shell gossips them.
+    pub fn gossip(&mut self) {
+        let views: Vec<_> = self.peers.iter().map(|p| p.summary().unwrap()).collect();
+        for (from, view) in views.into_iter().enumerate() {
+            for to in 0..self.peers.len() {
+                if to != from && !self.cut.contains(&(from, to)) {
+                    let site = self.site(from);
+                    self.input(to, Input::Summary { from: site, view: Box::new(view.clone()) });
+                }
+            }
+        }
+    }
+
     /// Fires the timers set so far that `pick` selects.
     pub fn fire(&mut self, pick: impl Fn(&TimerId) -> bool) {
         let (due, kept): (Vec<_>, Vec<_>) =

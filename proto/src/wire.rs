@@ -80,6 +80,7 @@ pub enum PeerMsg {
     InstancesTold {
         id: u64,
         site: atoll_crdt::SiteId,
+        #[serde(with = "told")]
         instances: Option<Vec<atoll_crdt::Instance>>,
         as_of: Option<atoll_crdt::Millis>,
         cut: bool,
@@ -94,6 +95,105 @@ pub enum PeerMsg {
     ReachAsk { id: u64 },
     /// The answer: at most [`crate::reach::MAX_REACHES`] sites (wire 3).
     ReachTold { id: u64, reaches: Vec<atoll_crdt::SiteId> },
+}
+
+/// Instances as every wire version encodes them: postcard's layout is
+/// fixed, so a field added to [`atoll_crdt::Instance`] since (the replica
+/// tag, which a realm-wide listing does not need) does not travel.
+mod told {
+    use std::collections::BTreeMap;
+
+    use atoll_crdt::{Desired, Instance, Kind, Millis, Observed, RestartPolicy, SiteId};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Told {
+        name: String,
+        project: String,
+        site: SiteId,
+        image: String,
+        image_digest: String,
+        kind: Kind,
+        cpus: i64,
+        memory_mib: i64,
+        disk_mib: i64,
+        restart: RestartPolicy,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        ports: Vec<String>,
+        desired: Desired,
+        observed: Observed,
+        reason: String,
+        observed_at: Millis,
+        handle: Option<String>,
+        restarts: u64,
+        created_by: String,
+        created_at: Millis,
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<Instance>>, s: S) -> Result<S::Ok, S::Error> {
+        let told: Option<Vec<Told>> = v.as_ref().map(|list| {
+            list.iter()
+                .cloned()
+                .map(|i| Told {
+                    name: i.name,
+                    project: i.project,
+                    site: i.site,
+                    image: i.image,
+                    image_digest: i.image_digest,
+                    kind: i.kind,
+                    cpus: i.cpus,
+                    memory_mib: i.memory_mib,
+                    disk_mib: i.disk_mib,
+                    restart: i.restart,
+                    args: i.args,
+                    env: i.env,
+                    ports: i.ports,
+                    desired: i.desired,
+                    observed: i.observed,
+                    reason: i.reason,
+                    observed_at: i.observed_at,
+                    handle: i.handle,
+                    restarts: i.restarts,
+                    created_by: i.created_by,
+                    created_at: i.created_at,
+                })
+                .collect()
+        });
+        told.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Instance>>, D::Error> {
+        let told: Option<Vec<Told>> = Option::deserialize(d)?;
+        Ok(told.map(|list| {
+            list.into_iter()
+                .map(|t| Instance {
+                    name: t.name,
+                    project: t.project,
+                    site: t.site,
+                    image: t.image,
+                    image_digest: t.image_digest,
+                    kind: t.kind,
+                    cpus: t.cpus,
+                    memory_mib: t.memory_mib,
+                    disk_mib: t.disk_mib,
+                    restart: t.restart,
+                    args: t.args,
+                    env: t.env,
+                    ports: t.ports,
+                    desired: t.desired,
+                    observed: t.observed,
+                    reason: t.reason,
+                    observed_at: t.observed_at,
+                    handle: t.handle,
+                    restarts: t.restarts,
+                    created_by: t.created_by,
+                    created_at: t.created_at,
+                    replica: None,
+                })
+                .collect()
+        }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

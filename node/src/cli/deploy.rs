@@ -1,15 +1,18 @@
-//! `atoll deploy plan FILE`: where a deployment's replicas would go.
+//! `atoll deploy ...`: deployments applied, listed, shown, scaled and
+//! deleted, and `plan`: where a deployment's replicas would go.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use atoll_proto::api::Removed;
 use atoll_proto::deployment::Deployment;
+use atoll_proto::deployments::DeploymentView;
 use atoll_proto::placement::DeploymentPlan;
 use clap::Subcommand;
 
-use super::Global;
 use super::client::Api;
 use super::output::{Format, print, table};
+use super::{Global, json_str};
 
 /// Largest deployment file read (the API takes 64 KiB of JSON).
 const MAX_FILE: u64 = 64 << 10;
@@ -26,19 +29,137 @@ pub enum DeployCmd {
         /// A deployment in TOML (see examples/).
         file: PathBuf,
     },
+    /// Apply a deployment file: its new desired state. The deployment's
+    /// reconciler then places, replaces and stops replicas until the realm
+    /// runs what the file says; replicas whose service did not change keep
+    /// running.
+    #[command(
+        after_long_help = "Example:\n  atoll deploy apply examples/shop.toml\n  atoll deploy apply examples/shop.toml --dry-run"
+    )]
+    Apply {
+        file: PathBuf,
+        /// Show where the replicas would go (as `plan` does) and apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The deployments of your projects, with their replicas.
+    List,
+    /// One deployment: services, replicas wanted and running, and where.
+    Show { name: String },
+    /// Set how many replicas a service runs.
+    #[command(after_long_help = "Example:\n  atoll deploy scale shop web 5")]
+    Scale { name: String, service: String, replicas: u32 },
+    /// Delete a deployment: every replica is stopped.
+    Delete { name: String },
 }
 
 pub async fn run(g: &Global, api: &Api, c: DeployCmd) -> anyhow::Result<()> {
     match c {
-        DeployCmd::Plan { file } => {
+        DeployCmd::Plan { file } | DeployCmd::Apply { file, dry_run: true } => {
             let d = read(&file)?;
             let plan: DeploymentPlan = api.post("/v1/deployments/plan", &d).await?;
             show(g.output, &plan);
+        }
+        DeployCmd::Apply { file, dry_run: false } => {
+            let d = read(&file)?;
+            let v: DeploymentView = api.post("/v1/deployments", &d).await?;
+            if g.output == Format::Json {
+                print(g.output, &v, &[], Vec::new);
+            } else {
+                println!(
+                    "deployment {}/{} revision {} applied; reconciled by {}",
+                    v.deployment.project,
+                    v.deployment.name,
+                    v.revision,
+                    v.reconciler.as_ref().map_or("no reachable site".to_owned(), |s| s.to_string())
+                );
+            }
+        }
+        DeployCmd::List => {
+            let list: Vec<DeploymentView> = api.get("/v1/deployments").await?;
+            let rows = || {
+                list.iter()
+                    .flat_map(|v| {
+                        v.services.iter().map(move |s| {
+                            vec![
+                                format!("{}/{}", v.deployment.project, v.deployment.name),
+                                v.revision.to_string(),
+                                s.service.clone(),
+                                s.replicas.to_string(),
+                                s.running.to_string(),
+                                v.reconciler.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                            ]
+                        })
+                    })
+                    .collect()
+            };
+            print(
+                g.output,
+                &list,
+                &["DEPLOYMENT", "REVISION", "SERVICE", "WANTED", "RUNNING", "RECONCILER"],
+                rows,
+            );
+        }
+        DeployCmd::Show { name } => {
+            let v: DeploymentView = api.get(&format!("/v1/deployments/{}/{name}", g.project)).await?;
+            show_one(g.output, &v);
+        }
+        DeployCmd::Scale { name, service, replicas } => {
+            let body = serde_json::json!({ "service": service, "replicas": replicas });
+            let v: DeploymentView =
+                api.post(&format!("/v1/deployments/{}/{name}/scale", g.project), &body).await?;
+            show_one(g.output, &v);
+        }
+        DeployCmd::Delete { name } => {
+            let r: Removed = api.delete(&format!("/v1/deployments/{}/{name}", g.project)).await?;
+            print(g.output, &r, &[], Vec::new);
+            if g.output != Format::Json {
+                println!("{} deleted; its replicas are being stopped", r.removed);
+            }
         }
     }
     Ok(())
 }
 
+fn show_one(format: Format, v: &DeploymentView) {
+    if format == Format::Json {
+        print(format, v, &[], Vec::new);
+        return;
+    }
+    println!(
+        "Deployment {}/{} revision {} by {} (applied through {}); reconciled by {}",
+        v.deployment.project,
+        v.deployment.name,
+        v.revision,
+        v.created_by,
+        v.home,
+        v.reconciler.as_ref().map_or("no reachable site".to_owned(), |s| s.to_string())
+    );
+    if let Some(p) = &v.problem {
+        println!("latest problem: {p}");
+    }
+    let rows: Vec<Vec<String>> = v
+        .services
+        .iter()
+        .flat_map(|s| {
+            let head = vec![
+                s.service.clone(),
+                format!("{}/{}", s.running, s.replicas),
+                String::new(),
+                String::new(),
+            ];
+            std::iter::once(head).chain(s.copies.iter().map(|c| {
+                let state = if c.outdated {
+                    format!("{} (outdated)", json_str(&c.observed))
+                } else {
+                    json_str(&c.observed)
+                };
+                vec![String::new(), c.name.clone(), c.site.to_string(), state]
+            }))
+        })
+        .collect();
+    println!("{}", table(&["SERVICE", "RUNNING/WANTED | REPLICA", "SITE", "STATE"], &rows));
+}
 /// A deployment file, parsed and checked before it is sent.
 fn read(file: &PathBuf) -> anyhow::Result<Deployment> {
     let len = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();

@@ -138,6 +138,7 @@ pub async fn run(g: &Global, api: &Api, c: InstanceCmd) -> anyhow::Result<()> {
                 args,
                 env: env.into_iter().collect::<BTreeMap<_, _>>(),
                 ports,
+                replica: None,
             };
             let rb = api.request(reqwest::Method::POST, &format!("/v1/instances{}", at.query())).json(&body);
             if let Some(i) = settled::<Instance>(api.send_remote(rb).await?) {

@@ -687,7 +687,7 @@ async fn hash_file(file: &std::path::Path, len: u64) -> anyhow::Result<String> {
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
-fn json_str<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn json_str<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 

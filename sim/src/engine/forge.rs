@@ -75,6 +75,7 @@ impl Sim {
                             args: vec![],
                             env: Default::default(),
                             ports: vec![],
+                            replica: None,
                         });
                         doc.put(&Intent {
                             id: format!("{forger_id}.f{:015x}", self.stats.forged),

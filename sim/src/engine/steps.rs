@@ -104,6 +104,7 @@ impl Sim {
                     args: vec![],
                     env: Default::default(),
                     ports: vec![],
+                    replica: None,
                 });
                 let key = format!("{}/{name}", c.project);
                 match c.on {

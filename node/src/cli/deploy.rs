@@ -112,8 +112,9 @@ pub async fn run(g: &Global, api: &Api, c: DeployCmd) -> anyhow::Result<()> {
         }
         DeployCmd::Delete { name } => {
             let r: Removed = api.delete(&format!("/v1/deployments/{}/{name}", g.project)).await?;
-            print(g.output, &r, &[], Vec::new);
-            if g.output != Format::Json {
+            if g.output == Format::Json {
+                print(g.output, &r, &[], Vec::new);
+            } else {
                 println!("{} deleted; its replicas are being stopped", r.removed);
             }
         }

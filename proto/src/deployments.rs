@@ -335,7 +335,8 @@ impl Peer {
             let key = r.key();
             let ranked = reconcile::reconcilers(&key, &members);
             let me = self.site.clone();
-            if !reconcile::acts(&ranked, &me, |s| self.connected.contains(s)) {
+            let sabotaged = self.breaks(crate::peer::Sabotage::Reconcilers) && ranked.contains(&me);
+            if !sabotaged && !reconcile::acts(&ranked, &me, |s| self.connected.contains(s)) {
                 continue;
             }
             let round = match self.round_of(&r, &rows, &pending, (now, since)) {
@@ -411,12 +412,14 @@ impl Peer {
         }
         let refused: BTreeSet<SiteId> =
             self.deploy.refused.keys().filter(|(k, _)| *k == key).map(|(_, s)| s.clone()).collect();
+        let rights = Some(self.reachable_rights(&r.project, rows)?);
         let view = reconcile::View {
             deployment: d.as_ref(),
             kinds: &kinds,
             sites: rows,
             copies: &copies,
             refused: &refused,
+            rights,
         };
         Ok(reconcile::reconcile(&r.name, &view, now))
     }

@@ -198,6 +198,9 @@ pub enum Sabotage {
     /// A tampered member: at each repair round, give itself quota rights in
     /// every other site's document it holds (crate::provenance::forge_rights).
     Forge,
+    /// Every candidate reconciles each deployment, whoever it can reach
+    /// (two reconcilers at once: crate::reconcile).
+    Reconcilers,
 }
 
 pub struct PeerConfig {

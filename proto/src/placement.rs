@@ -151,15 +151,7 @@ impl Peer {
         auth::require(&self.realm, user, &d.project, Role::Member, &self.site)?;
         let kinds = self.kinds(d)?;
         let Reply::Sites(rows) = self.list_sites(now)? else { unreachable!("list_sites answers sites") };
-        // This site's own rights exactly; the others' from their summaries
-        // (which list a site's 64 most spare projects: an undercount only).
-        let mut rights = self.account(&d.project)?.available();
-        for row in rows.iter().filter(|r| r.reachable && r.member.site != self.site) {
-            let spare = row.summary.iter().flat_map(|v| &v.spare).find(|(p, _)| p == &d.project);
-            if let Some((_, r)) = spare {
-                rights = rights.checked_plus(*r).unwrap_or(rights);
-            }
-        }
+        let rights = self.reachable_rights(&d.project, &rows)?;
         let running = self.running_replicas(d);
         let services = plan(d, &kinds, &rows, &running, Some(rights))?;
         Ok(Reply::Plan(DeploymentPlan {
@@ -169,6 +161,22 @@ impl Peer {
             rights,
             services,
         }))
+    }
+}
+
+impl Peer {
+    /// A project's quota rights spare at the sites in reach: this site's
+    /// own exactly, the others' from their summaries (which list a site's
+    /// 64 most spare projects: an undercount only).
+    pub(crate) fn reachable_rights(&self, project: &str, rows: &[SiteRow]) -> Result<Resources, ApiError> {
+        let mut rights = self.account(project)?.available();
+        for row in rows.iter().filter(|r| r.reachable && r.member.site != self.site) {
+            let spare = row.summary.iter().flat_map(|v| &v.spare).find(|(p, _)| p == project);
+            if let Some((_, r)) = spare {
+                rights = rights.checked_plus(*r).unwrap_or(rights);
+            }
+        }
+        Ok(rights)
     }
 }
 

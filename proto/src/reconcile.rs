@@ -56,6 +56,9 @@ pub struct View<'a> {
     /// Sites that refused a placement of this deployment lately: given
     /// nothing this round.
     pub refused: &'a BTreeSet<SiteId>,
+    /// The project's quota rights spare in reach (None: not bounded):
+    /// replicas beyond them are short rather than asked for and refused.
+    pub rights: Option<atoll_crdt::Resources>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +189,7 @@ pub fn reconcile(name: &str, view: &View<'_>, now: Millis) -> Round {
     // Sites that refused lately, or cannot be reached, take nothing this round.
     let rows: Vec<SiteRow> =
         view.sites.iter().filter(|r| !view.refused.contains(&r.member.site)).cloned().collect();
-    let plans = match placement::plan(&want, view.kinds, &rows, &running, None) {
+    let plans = match placement::plan(&want, view.kinds, &rows, &running, view.rights) {
         Ok(p) => p,
         Err(e) => {
             actions.truncate(MAX_ACTIONS);

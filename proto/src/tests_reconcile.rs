@@ -45,7 +45,8 @@ fn round(d: Option<&Deployment>, rows: &[SiteRow], copies: Vec<Copy>, now: u64) 
     let kinds = BTreeMap::from([("web".to_owned(), Kind::Process)]);
     let copies = BTreeMap::from([("web".to_owned(), copies)]);
     let refused = BTreeSet::new();
-    let view = View { deployment: d, kinds: &kinds, sites: rows, copies: &copies, refused: &refused };
+    let view =
+        View { deployment: d, kinds: &kinds, sites: rows, copies: &copies, refused: &refused, rights: None };
     reconcile("shop", &view, now).actions
 }
 

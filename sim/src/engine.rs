@@ -146,6 +146,8 @@ enum Pending {
     Intent,
     /// A `quota give` with arbitrary figures: refusing it is fine, failing is not.
     Give,
+    /// A deployment applied or deleted: it must be taken.
+    Deploy,
     Other,
 }
 
@@ -171,6 +173,8 @@ pub struct Sim {
     link_free: HashMap<(usize, usize), Millis>,
     pub stats: crate::report::Stats,
     pub checks: Checks,
+    /// What must hold of deployments' replicas.
+    pub replicas: crate::replicas::Replicas,
     index: HashMap<SiteId, usize>,
     /// Forged changes sent (`forge` steps): no site may hold one.
     forged: Vec<(atoll_proto::DocId, [u8; 32])>,
@@ -296,6 +300,7 @@ impl Sim {
             link_free: HashMap::new(),
             stats: Default::default(),
             checks: Checks::default(),
+            replicas: Default::default(),
             index,
             forged: Vec::new(),
             lied_about: BTreeSet::new(),
@@ -571,6 +576,9 @@ impl Sim {
             (Some(Pending::Create { key, .. }), Err(e)) => {
                 self.checks.violation(self.now, format!("create {key} failed unexpectedly: {e}"));
             }
+            (Some(Pending::Deploy), Err(e)) => {
+                self.checks.violation(self.now, format!("a deployment call failed: {e}"));
+            }
             (_, Ok(Reply::Token(t))) => self.token = t.token,
             (_, Err(e)) => self.checks.violation(self.now, format!("setup call failed: {e}")),
             _ => {}
@@ -753,6 +761,27 @@ impl Sim {
                 self.process(q);
             }
             self.now = self.now.max(horizon);
+        }
+        // Deployments: reconcilers act every 2 s after the documents agree;
+        // give them time, then let the documents agree again.
+        if self.replicas.any {
+            for _ in 0..2 {
+                horizon = self.now + 30_000;
+                while let Some(Reverse(q)) = self.heap.pop() {
+                    if q.at > horizon {
+                        self.heap.push(Reverse(q));
+                        break;
+                    }
+                    self.process(q);
+                }
+                self.now = self.now.max(horizon);
+            }
+            let whole = self.cut.is_empty() && (0..self.sites.len()).all(|i| self.alive(i));
+            if whole {
+                for v in self.replicas.finish(&self.sites) {
+                    self.checks.violation(self.now, v);
+                }
+            }
         }
         self.stats.settled_at = self.now;
         self.check_forged();

@@ -3,6 +3,7 @@
 mod checks;
 mod engine;
 mod explore;
+mod replicas;
 mod report;
 mod scenario;
 
@@ -76,6 +77,8 @@ enum Rule {
     Backing,
     /// Never send a newer epoch of a document to a peer holding an older one.
     Epoch,
+    /// Let every candidate reconcile each deployment at once.
+    Reconcilers,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -93,6 +96,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Rules => Sabotage::Rules,
         Rule::Backing => Sabotage::Backing,
         Rule::Epoch => Sabotage::Epoch,
+        Rule::Reconcilers => Sabotage::Reconcilers,
     })
 }
 

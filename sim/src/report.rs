@@ -118,6 +118,12 @@ impl Report {
                     }
                 } else if let Some(f) = &s.forge {
                     format!("s{} forges {:?} as s{}", f.site, f.what, f.victim)
+                } else if let Some(d) = &s.deploy {
+                    if d.delete {
+                        format!("delete deployment {}/{} at s{}", d.project, d.name, d.site)
+                    } else {
+                        format!("deploy {}/{} x{} at s{}", d.project, d.name, d.replicas, d.site)
+                    }
                 } else {
                     "nothing".into()
                 };

@@ -133,6 +133,50 @@ pub struct Step {
     pub give: Option<Give>,
     /// A member sends what no honest peer would (a forger's message).
     pub forge: Option<Forge>,
+    /// A deployment applied (or applied again) through a site's API.
+    pub deploy: Option<Deploy>,
+}
+
+/// A deployment of one service, `web`, of site 0's image (whichever site
+/// it is applied through).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// The site whose API is called.
+    pub site: usize,
+    pub project: String,
+    pub name: String,
+    pub replicas: u32,
+    /// At most one replica per site (`avoid = ["web"]`).
+    #[serde(default)]
+    pub one_per_site: bool,
+    #[serde(default = "lost_after")]
+    pub lost_after: String,
+    #[serde(default)]
+    pub on_heal: atoll_proto::deployment::OnHeal,
+    /// Deleted rather than applied.
+    #[serde(default)]
+    pub delete: bool,
+}
+
+fn lost_after() -> String {
+    "10s".into()
+}
+
+impl Deploy {
+    /// The deployment as a user would write it.
+    pub fn deployment(&self) -> atoll_proto::deployment::Deployment {
+        let avoid: Vec<&str> = if self.one_per_site { vec!["web"] } else { vec![] };
+        serde_json::from_value(serde_json::json!({
+            "name": self.name, "project": self.project,
+            "services": { "web": {
+                "image": "img-s0", "replicas": self.replicas, "memory_mib": 64,
+                "restart": "always", "lost_after": self.lost_after, "on_heal": self.on_heal,
+                "placement": { "avoid": avoid },
+            } }
+        }))
+        .expect("a deployment of one service")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,16 +293,26 @@ impl Scenario {
             return bad("network.loss must be within 0..=1".into());
         }
         for s in &self.timeline {
-            let sites: Vec<usize> =
-                [s.crash, s.restart, s.create.as_ref().map(|c| c.site), s.create.as_ref().and_then(|c| c.on)]
-                    .into_iter()
-                    .flatten()
-                    .chain(s.partition.iter().flatten().flatten().copied())
-                    .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
-                    .chain(s.give.iter().flat_map(|g| std::iter::once(g.site).chain(g.to.iter().copied())))
-                    .collect();
+            let sites: Vec<usize> = [
+                s.crash,
+                s.restart,
+                s.create.as_ref().map(|c| c.site),
+                s.create.as_ref().and_then(|c| c.on),
+                s.deploy.as_ref().map(|d| d.site),
+            ]
+            .into_iter()
+            .flatten()
+            .chain(s.partition.iter().flatten().flatten().copied())
+            .chain(s.one_way.iter().flat_map(|(a, b)| a.iter().chain(b.iter()).copied()))
+            .chain(s.give.iter().flat_map(|g| std::iter::once(g.site).chain(g.to.iter().copied())))
+            .collect();
             if let Some(x) = sites.iter().find(|x| **x >= n) {
                 return bad(format!("step at {} s names site {x}, but there are {n}", s.at));
+            }
+            if let Some(d) = &s.deploy
+                && let Err(e) = d.deployment().check()
+            {
+                return bad(format!("step at {} s: {e}", s.at));
             }
             if s.at < 2.0 || s.at > self.duration {
                 return bad(format!(

@@ -37,20 +37,39 @@ pub enum DeployCmd {
         after_long_help = "Example:\n  atoll deploy apply examples/shop.toml\n  atoll deploy apply examples/shop.toml --dry-run"
     )]
     Apply {
+        /// A deployment in TOML (see examples/).
         file: PathBuf,
         /// Show where the replicas would go (as `plan` does) and apply nothing.
         #[arg(long)]
         dry_run: bool,
     },
-    /// The deployments of your projects, with their replicas.
+    /// The deployments of your projects: per service, the replicas wanted
+    /// and running, and the site reconciling it.
+    #[command(after_long_help = "Example:\n  atoll deploy list\n  atoll deploy list --output json")]
     List,
-    /// One deployment: services, replicas wanted and running, and where.
-    Show { name: String },
-    /// Set how many replicas a service runs.
+    /// One deployment: its revision, its reconciler, why replicas are
+    /// missing if they are, and each replica with its site and state.
+    #[command(after_long_help = "Example:\n  atoll deploy show shop\n  atoll --project lab deploy show shop")]
+    Show {
+        /// The deployment's name (in the project of --project).
+        name: String,
+    },
+    /// Set how many replicas one service runs (a new revision).
     #[command(after_long_help = "Example:\n  atoll deploy scale shop web 5")]
-    Scale { name: String, service: String, replicas: u32 },
-    /// Delete a deployment: every replica is stopped.
-    Delete { name: String },
+    Scale {
+        /// The deployment's name (in the project of --project).
+        name: String,
+        /// The service to scale.
+        service: String,
+        /// How many replicas it runs from now on (0 to 1,000).
+        replicas: u32,
+    },
+    /// Delete a deployment: its reconciler stops every replica.
+    #[command(after_long_help = "Example:\n  atoll deploy delete shop")]
+    Delete {
+        /// The deployment's name (in the project of --project).
+        name: String,
+    },
 }
 
 pub async fn run(g: &Global, api: &Api, c: DeployCmd) -> anyhow::Result<()> {

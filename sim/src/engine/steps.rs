@@ -38,8 +38,12 @@ impl Sim {
 
     /// An image held by each site that creates instances; the simulator keeps no blobs.
     fn register_images(&mut self) {
-        let creators: BTreeSet<usize> =
-            self.sc.timeline.iter().filter_map(|s| s.create.as_ref().map(|c| c.site)).collect();
+        let creators: BTreeSet<usize> = self
+            .sc
+            .timeline
+            .iter()
+            .filter_map(|s| s.create.as_ref().map(|c| c.site).or(s.deploy.as_ref().map(|_| 0)))
+            .collect();
         for i in creators {
             for p in self.sc.projects.clone() {
                 let image = NewImage {
@@ -81,6 +85,7 @@ impl Sim {
             self.set_cut(cut);
         }
         if step.heal == Some(true) {
+            self.replicas.heal(&self.sites);
             self.set_cut(BTreeSet::new());
             self.checks.heal_at(self.now);
         }
@@ -126,6 +131,15 @@ impl Sim {
         if let Some(f) = &step.forge {
             self.forge(f);
         }
+        if let Some(d) = &step.deploy {
+            self.replicas.any = true;
+            let cmd = if d.delete {
+                Command::DeleteDeployment { project: d.project.clone(), name: d.name.clone() }
+            } else {
+                Command::ApplyDeployment(d.deployment())
+            };
+            self.call(d.site, cmd, Pending::Deploy);
+        }
         if let Some(g) = &step.give {
             let to = g.to.iter().map(|t| self.sites[*t].id.clone()).collect();
             let amount = Resources::new(g.instances, g.cpus, g.memory_mib);
@@ -138,6 +152,8 @@ impl Sim {
     /// at once, or (silent cuts) once they notice.
     fn set_cut(&mut self, cut: BTreeSet<(usize, usize)>) {
         self.net_changed_at = self.now;
+        let whole = cut.is_empty() && (0..self.sites.len()).all(|i| self.alive(i));
+        self.replicas.network_changed(self.now, whole);
         if self.sc.network.silent_cuts {
             let before: Vec<(usize, usize)> =
                 self.overlay_pairs().into_iter().filter(|(a, b)| a < b && self.linked(*a, *b)).collect();
@@ -188,6 +204,8 @@ impl Sim {
 
     fn crash(&mut self, i: usize) {
         self.net_changed_at = self.now;
+        self.replicas.network_changed(self.now, false);
+        self.replicas.crashed(i);
         if self.sites[i].peer.take().is_none() {
             return;
         }
@@ -241,6 +259,8 @@ impl Sim {
             self.checks.violation(self.now, format!("s{i} does not boot: {e}"));
         }
         self.sites[i].peer = Some(peer);
+        let whole = self.cut.is_empty() && (0..self.sites.len()).all(|j| self.alive(j));
+        self.replicas.network_changed(self.now, whole);
         self.carry_out(i, fx);
         let id = self.sites[i].id.clone();
         for j in self.sites[i].neighbours.clone() {

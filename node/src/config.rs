@@ -33,6 +33,9 @@ pub struct File {
     pub max_upload_mib: Option<u64>,
     pub token_ttl_hours: Option<u64>,
     pub max_instances: Option<i64>,
+    /// CPUs the site advertises to placement (default: the host's; more
+    /// overcommits them).
+    pub cpus: Option<i64>,
     /// Host ports containers may publish, `FIRST-LAST` (default 30000-32767).
     pub publish_ports: Option<String>,
     /// The host address they are published on (default 0.0.0.0).
@@ -122,6 +125,8 @@ pub struct Settings {
     pub max_upload: u64,
     pub token_ttl_ms: u64,
     pub max_instances: i64,
+    /// None: the host's.
+    pub cpus: Option<i64>,
     pub ports: atoll_proto::lifecycle::PortPolicy,
     pub libvirt_uri: String,
     pub libvirt_pool: String,
@@ -188,6 +193,7 @@ impl Settings {
             max_upload: file.max_upload_mib.unwrap_or(8 * 1024).saturating_mul(1 << 20),
             token_ttl_ms: file.token_ttl_hours.unwrap_or(12).saturating_mul(3_600_000),
             max_instances: file.max_instances.unwrap_or(256),
+            cpus: file.cpus.filter(|c| *c > 0),
             libvirt_uri: flags
                 .libvirt_uri
                 .clone()

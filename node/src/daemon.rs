@@ -63,7 +63,7 @@ pub async fn run(s: Settings) -> anyhow::Result<()> {
             })
             .collect(),
         arch: std::env::consts::ARCH.into(),
-        capacity: host_capacity(s.max_instances),
+        capacity: host_capacity(s.max_instances, s.cpus),
         disk_mib: crate::metrics::disk_mib(data).0,
         version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -258,8 +258,9 @@ fn new_password() -> String {
     (0..20).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn host_capacity(max_instances: i64) -> Resources {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+fn host_capacity(max_instances: i64, cpus: Option<i64>) -> Resources {
+    let host = || std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+    let cpus = cpus.unwrap_or_else(host);
     let mem_kib: i64 = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -70,6 +70,9 @@ pub struct CopyView {
     pub observed: Observed,
     /// Made from an older spec of the service: to be replaced.
     pub outdated: bool,
+    /// Whether the serving site reaches its site now (the state is then the
+    /// last known one).
+    pub reachable: bool,
 }
 
 /// The peer's own bookkeeping for reconciliation (volatile).
@@ -260,6 +263,7 @@ impl Peer {
                             name: i.name.clone(),
                             observed: i.observed,
                             outdated: i.replica.as_ref().is_some_and(|t| t.spec != digest),
+                            reachable: *site == self.site || self.connected.contains(site),
                         })
                         .collect(),
                 }

@@ -175,6 +175,8 @@ pub struct Sim {
     pub checks: Checks,
     /// What must hold of deployments' replicas.
     pub replicas: crate::replicas::Replicas,
+    /// Summaries go round until then (None: the scenario's end).
+    gossip_until: Option<Millis>,
     index: HashMap<SiteId, usize>,
     /// Forged changes sent (`forge` steps): no site may hold one.
     forged: Vec<(atoll_proto::DocId, [u8; 32])>,
@@ -301,6 +303,7 @@ impl Sim {
             stats: Default::default(),
             checks: Checks::default(),
             replicas: Default::default(),
+            gossip_until: None,
             index,
             forged: Vec::new(),
             lied_about: BTreeSet::new(),
@@ -720,7 +723,8 @@ impl Sim {
             }
             Ev::Gossip => {
                 self.gossip();
-                if self.now + GOSSIP_EVERY <= (self.sc.duration * 1000.0) as Millis {
+                let until = self.gossip_until.unwrap_or((self.sc.duration * 1000.0) as Millis);
+                if self.now + GOSSIP_EVERY <= until {
                     self.push(self.now + GOSSIP_EVERY, Ev::Gossip);
                 }
             }
@@ -765,6 +769,10 @@ impl Sim {
         // Deployments: reconcilers act every 2 s after the documents agree;
         // give them time, then let the documents agree again.
         if self.replicas.any {
+            // Placement reads the summaries, which peers drop once stale:
+            // they keep going round meanwhile, as in the daemon.
+            self.gossip_until = Some(self.now + 60_000);
+            self.push(self.now + 1, Ev::Gossip);
             for _ in 0..2 {
                 horizon = self.now + 30_000;
                 while let Some(Reverse(q)) = self.heap.pop() {

@@ -90,18 +90,16 @@ impl Replicas {
                 None => (0, String::new()),
             };
             let fresh = now.get(&key).map_or(0, |l| l.iter().filter(|c| c.2 == digest).count());
-            // Short is right when the project has no rights left for one more.
-            let used: i64 = sites
+            // Short is right when no site holds a spare right of the
+            // project for one more (the escrow may keep some out of use).
+            let spare: i64 = sites
                 .iter()
-                .filter_map(|s| s.peer.as_ref())
-                .map(|p| p.own().consumed(&r.project).map_or(0, |c| c.instances))
+                .filter_map(|s| s.peer.as_ref()?.summary().ok())
+                .flat_map(|v| v.spare)
+                .filter(|(p, _)| *p == r.project)
+                .map(|(_, res)| res.instances)
                 .sum();
-            let total = sites
-                .iter()
-                .find_map(|s| s.peer.as_ref())
-                .and_then(|p| p.realm().quota_total(&r.project).ok())
-                .map_or(0, |t| t.instances);
-            let exhausted = used >= total;
+            let exhausted = spare < 1;
             if fresh > want || (fresh < want && !exhausted) {
                 out.push(format!(
                     "deployment {key}: {fresh} replicas run after the last heal, {want} wanted"

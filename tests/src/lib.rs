@@ -453,14 +453,19 @@ pub fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u
 /// with invitations it issues; returns them, all connected to each other,
 /// and the admin's token (valid on every site).
 pub fn loopback_realm(root: &Path, n: usize) -> (Vec<Daemon>, String) {
-    let first = Daemon::start(root, "site-1");
+    loopback_realm_with(root, n, &[])
+}
+
+/// Same, every daemon with extra environment (e.g. `ATOLL_CONFIG`).
+pub fn loopback_realm_with(root: &Path, n: usize, env: &[(&str, &str)]) -> (Vec<Daemon>, String) {
+    let first = Daemon::start_with(root, "site-1", env);
     first.login_admin();
     let mut sites = vec![first];
     for k in 2..=n {
         let name = format!("site-{k}");
         let inv = sites[0].cli().ok(&["site", "invite", "--name", &name]).trim().to_owned();
         let password = sites[0].password.clone();
-        sites.push(Daemon::join(root, &name, &inv, &password));
+        sites.push(Daemon::start_args(root, &name, env, &["--join", &inv], Some(&password)));
     }
     let admin = saved_token(&sites[0]);
     let everyone = || {

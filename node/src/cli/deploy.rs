@@ -169,17 +169,20 @@ fn show_one(format: Format, v: &DeploymentView) {
                 String::new(),
             ];
             std::iter::once(head).chain(s.copies.iter().map(|c| {
-                let state = if c.outdated {
-                    format!("{} (outdated)", json_str(&c.observed))
-                } else {
-                    json_str(&c.observed)
-                };
+                let mut state = json_str(&c.observed);
+                if c.outdated {
+                    state.push_str(" (outdated)");
+                }
+                if !c.reachable {
+                    state.push_str(" (last known: site out of reach)");
+                }
                 vec![String::new(), c.name.clone(), c.site.to_string(), state]
             }))
         })
         .collect();
     println!("{}", table(&["SERVICE", "RUNNING/WANTED | REPLICA", "SITE", "STATE"], &rows));
 }
+
 /// A deployment file, parsed and checked before it is sent.
 fn read(file: &PathBuf) -> anyhow::Result<Deployment> {
     let len = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();

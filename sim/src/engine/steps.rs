@@ -178,6 +178,8 @@ impl Sim {
             if was && !is {
                 self.input(a, Input::Disconnected(other));
             } else if !was && is {
+                // A link down since a crash during the cut is up again.
+                self.down.remove(&pair(a, b));
                 self.input(a, Input::Connected(other));
             }
         }

@@ -75,6 +75,9 @@ pub struct CopyView {
     pub reachable: bool,
 }
 
+/// A deployment's replicas by service: where each runs, and the instance.
+type ByService = BTreeMap<String, Vec<(SiteId, Instance)>>;
+
 /// The peer's own bookkeeping for reconciliation (volatile).
 #[derive(Default)]
 pub(crate) struct Reconciler {
@@ -307,15 +310,20 @@ impl Peer {
 
     /// The replicas of deployment `project/name` in the site documents held
     /// here, by service (deleted ones included).
-    fn copies_of(&self, project: &str, name: &str) -> BTreeMap<String, Vec<(SiteId, Instance)>> {
-        let mut out: BTreeMap<String, Vec<(SiteId, Instance)>> = BTreeMap::new();
+    fn copies_of(&self, project: &str, name: &str) -> ByService {
+        self.replicas_held().remove(&format!("{project}/{name}")).unwrap_or_default()
+    }
+
+    /// Every deployment's replicas in the site documents held here, by
+    /// `project/deployment` then service: one pass over the instances, for
+    /// a whole round of reconcilers.
+    fn replicas_held(&self) -> BTreeMap<String, ByService> {
+        let mut out: BTreeMap<String, ByService> = BTreeMap::new();
         for (site, doc) in std::iter::once((&self.site, &self.own)).chain(self.others.iter()) {
             for i in doc.instances().unwrap_or_default() {
-                if i.project == project
-                    && let Some(tag) = &i.replica
-                    && tag.deployment == name
-                {
-                    out.entry(tag.service.clone()).or_default().push((site.clone(), i));
+                if let Some(tag) = i.replica.clone() {
+                    let key = format!("{}/{}", i.project, tag.deployment);
+                    out.entry(key).or_default().entry(tag.service).or_default().push((site.clone(), i));
                 }
             }
         }
@@ -335,6 +343,7 @@ impl Peer {
         let members = self.member_sites();
         let Ok(Reply::Sites(rows)) = self.list_sites(now) else { return };
         let pending = self.pending_placements(now);
+        let mut held: Option<BTreeMap<String, ByService>> = None;
         for r in records {
             let key = r.key();
             let ranked = reconcile::reconcilers(&key, &members);
@@ -343,7 +352,9 @@ impl Peer {
             if !sabotaged && !reconcile::acts(&ranked, &me, |s| self.connected.contains(s)) {
                 continue;
             }
-            let round = match self.round_of(&r, &rows, &pending, (now, since)) {
+            let held = held.get_or_insert_with(|| self.replicas_held());
+            let mine = held.remove(&key).unwrap_or_default();
+            let round = match self.round_of(&r, mine, &rows, &pending, (now, since)) {
                 Ok(round) => round,
                 Err(e) => {
                     self.deploy.note(&key, now, e.to_string());
@@ -365,6 +376,7 @@ impl Peer {
     fn round_of(
         &self,
         r: &DeploymentRecord,
+        held: ByService,
         rows: &[SiteRow],
         pending: &BTreeMap<String, Vec<(SiteId, String)>>,
         (now, since): (Millis, Millis),
@@ -377,7 +389,7 @@ impl Peer {
         let key = r.key();
         let mut copies: BTreeMap<String, Vec<Copy>> = BTreeMap::new();
         let mut seen = BTreeSet::new();
-        for (service, list) in self.copies_of(&r.project, &r.name) {
+        for (service, list) in held {
             for (site, i) in list {
                 let tag = i.replica.as_ref();
                 seen.insert((site.clone(), i.name.clone()));

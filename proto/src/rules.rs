@@ -254,11 +254,7 @@ impl Sealed for Image {
         let project = &after.project;
         let creation = before.is_none_or(|b| b.seal.retired) && !after.seal.retired;
         let need = if creation { Role::Member } else { Role::Admin };
-        let role = at
-            .binding(&signer.name, project)?
-            .filter(|b| b.sites.as_ref().is_none_or(|s| s.contains(author)))
-            .map(|b| b.role);
-        if role.is_none_or(|r| r < need) {
+        if at.role_on(&signer.name, project, author)?.is_none_or(|r| r < need) {
             return Err(format!(
                 "user {} is not {need:?} of project {project} on site {author}",
                 signer.name
@@ -384,11 +380,7 @@ impl Sealed for DeploymentRecord {
             return Ok(key);
         }
         let project = &after.project;
-        let role = at
-            .binding(&signer.name, project)?
-            .filter(|b| b.sites.as_ref().is_none_or(|s| s.contains(author)))
-            .map(|b| b.role);
-        if role.is_none_or(|r| r < Role::Member) {
+        if at.role_on(&signer.name, project, author)?.is_none_or(|r| r < Role::Member) {
             return Err(format!("user {} is not Member of project {project} on site {author}", signer.name));
         }
         Ok(key)
@@ -436,6 +428,13 @@ impl At<'_> {
 
     pub fn binding(&self, user: &str, project: &str) -> Result<Option<RoleBinding>, String> {
         Ok(self.get::<RoleBinding>(&format!("{user}/{project}"))?.filter(|b| !b.seal.retired))
+    }
+
+    /// `user`'s role in `project` on site `site` (None: no binding, or one
+    /// scoped to other sites).
+    pub fn role_on(&self, user: &str, project: &str, site: &SiteId) -> Result<Option<Role>, String> {
+        let binding = self.binding(user, project)?;
+        Ok(binding.filter(|b| b.sites.as_ref().is_none_or(|s| s.contains(site))).map(|b| b.role))
     }
 
     /// Whether `site` is a member (its record, and no removal of its key).

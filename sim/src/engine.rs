@@ -757,33 +757,16 @@ impl Sim {
         let mut horizon = end;
         while horizon < end + SETTLE_MS && !self.checks.all_equal(&mut self.sites) {
             horizon += 1000;
-            while let Some(Reverse(q)) = self.heap.pop() {
-                if q.at > horizon {
-                    self.heap.push(Reverse(q));
-                    break;
-                }
-                self.process(q);
-            }
-            self.now = self.now.max(horizon);
+            self.advance(horizon);
         }
-        // Deployments: reconcilers act every 2 s after the documents agree;
-        // give them time, then let the documents agree again.
+        // Deployments: reconcilers act every 2 s once the documents agree;
+        // give them a minute.
         if self.replicas.any {
-            // Placement reads the summaries, which peers drop once stale:
-            // they keep going round meanwhile, as in the daemon.
+            // Placement reads gossiped summaries: a site restarted near the
+            // end has none until they go round again, as in the daemon.
             self.gossip_until = Some(self.now + 60_000);
             self.push(self.now + 1, Ev::Gossip);
-            for _ in 0..2 {
-                horizon = self.now + 30_000;
-                while let Some(Reverse(q)) = self.heap.pop() {
-                    if q.at > horizon {
-                        self.heap.push(Reverse(q));
-                        break;
-                    }
-                    self.process(q);
-                }
-                self.now = self.now.max(horizon);
-            }
+            self.advance(self.now + 60_000);
             let whole = self.cut.is_empty() && (0..self.sites.len()).all(|i| self.alive(i));
             if whole {
                 for v in self.replicas.finish(&self.sites) {
@@ -814,6 +797,18 @@ impl Sim {
                 format!("expected at least {min} quota refusals, got {}", self.stats.refused),
             );
         }
+    }
+
+    /// Processes every event due until `horizon`, then stands there.
+    fn advance(&mut self, horizon: Millis) {
+        while let Some(Reverse(q)) = self.heap.pop() {
+            if q.at > horizon {
+                self.heap.push(Reverse(q));
+                break;
+            }
+            self.process(q);
+        }
+        self.now = self.now.max(horizon);
     }
 
     /// After convergence the realm must go quiet: from 10 s on, a 30 s window

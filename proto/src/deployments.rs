@@ -78,6 +78,14 @@ pub struct CopyView {
 /// A deployment's replicas by service: where each runs, and the instance.
 type ByService = BTreeMap<String, Vec<(SiteId, Instance)>>;
 
+/// What a reconcile round reads of the peer, once for all its deployments:
+/// the sites as known here, placements in flight, the replicas held.
+struct Inputs {
+    rows: Vec<SiteRow>,
+    pending: BTreeMap<String, Vec<(SiteId, String)>>,
+    held: BTreeMap<String, ByService>,
+}
+
 /// The peer's own bookkeeping for reconciliation (volatile).
 #[derive(Default)]
 pub(crate) struct Reconciler {
@@ -305,7 +313,7 @@ impl Peer {
     /// The realm's members (removed ones left out): whom reconcilers are
     /// ranked among, the same list on every site.
     pub(crate) fn member_sites(&self) -> Vec<SiteId> {
-        self.realm.members().unwrap_or_default().into_iter().map(|m| m.site).collect()
+        self.realm.member_sites().unwrap_or_default()
     }
 
     /// The replicas of deployment `project/name` in the site documents held
@@ -341,9 +349,9 @@ impl Peer {
             return;
         }
         let members = self.member_sites();
-        let Ok(Reply::Sites(rows)) = self.list_sites(now) else { return };
-        let pending = self.pending_placements(now);
-        let mut held: Option<BTreeMap<String, ByService>> = None;
+        // What only a reconciler needs, read once it is one: every site of a
+        // realm asks every round, and few of them act.
+        let mut inputs: Option<Inputs> = None;
         for r in records {
             let key = r.key();
             let ranked = reconcile::reconcilers(&key, &members);
@@ -352,9 +360,14 @@ impl Peer {
             if !sabotaged && !reconcile::acts(&ranked, &me, |s| self.connected.contains(s)) {
                 continue;
             }
-            let held = held.get_or_insert_with(|| self.replicas_held());
+            if inputs.is_none() {
+                let Ok(Reply::Sites(rows)) = self.list_sites(now) else { return };
+                inputs =
+                    Some(Inputs { rows, pending: self.pending_placements(now), held: self.replicas_held() });
+            }
+            let Some(Inputs { rows, pending, held }) = inputs.as_mut() else { return };
             let mine = held.remove(&key).unwrap_or_default();
-            let round = match self.round_of(&r, mine, &rows, &pending, (now, since)) {
+            let round = match self.round_of(&r, mine, rows, pending, (now, since)) {
                 Ok(round) => round,
                 Err(e) => {
                     self.deploy.note(&key, now, e.to_string());

@@ -228,6 +228,11 @@ pub(crate) struct Custody {
     /// Per site document: the sites its intents or outcomes concern, who must
     /// receive it too. Dropped when the document changes.
     pub links: BTreeMap<SiteId, BTreeSet<SiteId>>,
+    /// Per site document: every site it was linked to since this peer
+    /// started. Kept when the document changes: the change that removes
+    /// what linked a site (a deployment's last replica on a host, deleted)
+    /// must reach it too, or its copy stays stale until a random repair.
+    pub linked_before: BTreeMap<SiteId, BTreeSet<SiteId>>,
     /// Per site document: the sites it gave quota rights to. Dropped when the
     /// document changes.
     pub gave: BTreeMap<SiteId, BTreeSet<SiteId>>,

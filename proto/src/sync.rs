@@ -185,7 +185,9 @@ impl Peer {
                     links.extend(crate::reconcile::reconcilers(&key, &members));
                 }
             }
-            self.custody.links.insert(owner.clone(), links);
+            let before = self.custody.linked_before.entry(owner.clone()).or_default();
+            before.extend(links);
+            self.custody.links.insert(owner.clone(), before.clone());
         }
         self.custody.links.get(owner).is_some_and(|l| l.contains(peer))
     }

@@ -20,13 +20,17 @@ fn instance_on(net: &Net, i: usize, name: &str) -> Option<atoll_crdt::Instance> 
 
 /// A realm of `n` sites where s1 holds image `img` and the admin is logged in on s0.
 fn setup(n: usize) -> (Net, String) {
+    setup_with(n, atoll_crdt::Resources::new(2, 2, 1024))
+}
+
+/// [`setup`], each site but s0 given `amount` of the project's rights.
+fn setup_with(n: usize, amount: atoll_crdt::Resources) -> (Net, String) {
     let mut net = Net::new(n);
     net.settle();
     let admin = net.login(0, "admin", "admin-password");
     net.call(1, Some(&admin), Command::RegisterImage(crate::tests::image("default", "img"))).unwrap();
     // Quota rights for every site: the realm's first site holds them all.
     let to = (1..n).map(|i| net.site(i)).collect();
-    let amount = atoll_crdt::Resources::new(2, 2, 1024);
     net.call(0, Some(&admin), Command::GiveQuota { project: "default".into(), to, amount }).unwrap();
     net.settle();
     (net, admin)
@@ -476,4 +480,46 @@ fn a_deployment_is_placed_over_sites_by_its_reconciler() {
         })
         .collect();
     assert!(reconcilers.iter().all(|r| r.is_some() && *r == reconcilers[0]), "{reconcilers:?}");
+}
+
+#[test]
+fn a_replica_deleted_reaches_every_site_its_host_document_went_to() {
+    // Ten sites: a host's document goes to its three custodians and to the
+    // deployment's three candidates, which need not be the same sites.
+    let (mut net, admin) = setup_with(10, atoll_crdt::Resources::new(1, 2, 1024));
+    let d: crate::deployment::Deployment = serde_json::from_value(serde_json::json!({
+        "name": "shop", "project": "default",
+        "services": { "web": { "image": "img", "replicas": 9, "memory_mib": 64,
+                               "placement": { "avoid": ["web"] } } }
+    }))
+    .unwrap();
+    net.call(0, Some(&admin), Command::ApplyDeployment(d)).unwrap();
+    net.settle();
+    let reconcile = |net: &mut Net| {
+        for _ in 0..3 {
+            net.gossip();
+            net.fire(|t| matches!(t, TimerId::Reconcile));
+            net.settle();
+        }
+    };
+    reconcile(&mut net);
+    let running = |net: &Net| -> usize {
+        (0..10)
+            .map(|i| net.peers[i].own().instances().unwrap().iter().filter(|i| i.replica.is_some()).count())
+            .sum()
+    };
+    assert_eq!(running(&net), 9);
+    let scale = Command::ScaleDeployment {
+        project: "default".into(),
+        name: "shop".into(),
+        service: "web".into(),
+        replicas: 0,
+    };
+    net.call(0, Some(&admin), scale).unwrap();
+    net.settle();
+    reconcile(&mut net);
+    assert_eq!(running(&net), 0, "scaled to 0");
+    // Every copy of every host's document saw its replica go: none is left
+    // stale until a random repair.
+    net.assert_converged();
 }

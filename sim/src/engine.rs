@@ -92,6 +92,8 @@ enum Ev {
     Gossip,
     Step(usize),
     Probe,
+    /// Deployments: a look at the replicas while a loss is being repaired.
+    Recovery,
     /// Setup calls, once the sites have met: 0 login, projects, shares; 1 images.
     Setup(u8),
 }
@@ -177,6 +179,10 @@ pub struct Sim {
     pub replicas: crate::replicas::Replicas,
     /// Summaries go round until then (None: the scenario's end).
     gossip_until: Option<Millis>,
+    /// Sites outside the largest group of the last partition.
+    outside: BTreeSet<usize>,
+    /// Whether an `Ev::Recovery` is queued.
+    recovery_queued: bool,
     index: HashMap<SiteId, usize>,
     /// Forged changes sent (`forge` steps): no site may hold one.
     forged: Vec<(atoll_proto::DocId, [u8; 32])>,
@@ -304,6 +310,8 @@ impl Sim {
             checks: Checks::default(),
             replicas: Default::default(),
             gossip_until: None,
+            outside: BTreeSet::new(),
+            recovery_queued: false,
             index,
             forged: Vec::new(),
             lied_about: BTreeSet::new(),
@@ -407,6 +415,12 @@ impl Sim {
             }
             if self.sc.network.silent_cuts && self.down.contains(&pair(i, j)) {
                 continue; // no connection: the shell sends nothing
+            }
+            // Beyond the full mesh, a site sending to one it has no link to
+            // (the target of an intent, a replica's host) dials it, as a
+            // daemon's shell would; the link then stays.
+            if !self.sites[i].neighbours.contains(&j) {
+                self.dial(i, j);
             }
             // No random loss during setup (the first 2 s): scenarios start from a realm that met.
             let lost = self.now >= SETUP_END && self.chance(self.sc.network.loss);
@@ -610,10 +624,12 @@ impl Sim {
             self.push(at, Ev::Step(k));
         }
         self.push(1000, Ev::Probe);
-        // Summaries go round in realms up to GOSSIP_UP_TO sites only: beyond,
-        // N summaries per site per round dominate the run (issue 17 bounds
-        // dissemination); sites then ask peers for rights in random order.
-        if self.sites.len() <= GOSSIP_UP_TO {
+        // Summaries go round in realms up to GOSSIP_UP_TO sites, or when the
+        // scenario deploys (placement reads them); beyond, they dominate the
+        // run (issue 17 bounds dissemination) and sites ask peers for rights
+        // in random order.
+        let deploys = self.sc.timeline.iter().any(|s| s.deploy.is_some());
+        if self.sites.len() <= GOSSIP_UP_TO || deploys {
             self.push(SETUP_END, Ev::Gossip);
         }
     }
@@ -657,6 +673,7 @@ impl Sim {
             Ev::Gossip => (11, 0, 0),
             Ev::Step(k) => (4, *k as u64, 0),
             Ev::Probe => (5, 0, 0),
+            Ev::Recovery => (12, 0, 0),
             Ev::Setup(phase) => (6, *phase as u64, 0),
         };
         self.trace.update(q.at.to_le_bytes());
@@ -729,6 +746,11 @@ impl Sim {
                 }
             }
             Ev::Step(k) => self.apply_step(k),
+            Ev::Recovery => {
+                self.recovery_queued = false;
+                self.replicas.recovery.probe(self.now, &self.sites);
+                self.queue_recovery();
+            }
             Ev::Setup(phase) => self.setup(phase),
             Ev::Probe => {
                 let sample = self.checks.probe(self.now, &mut self.sites);
@@ -796,6 +818,14 @@ impl Sim {
                 self.now,
                 format!("expected at least {min} quota refusals, got {}", self.stats.refused),
             );
+        }
+    }
+
+    /// Looks at the replicas again soon while a loss is being repaired.
+    pub(super) fn queue_recovery(&mut self) {
+        if self.replicas.recovery.open() && !self.recovery_queued {
+            self.recovery_queued = true;
+            self.push(self.now + crate::recovery::PROBE_EVERY, Ev::Recovery);
         }
     }
 

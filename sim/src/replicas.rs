@@ -23,6 +23,8 @@ pub struct Replicas {
     changes: Vec<(Millis, bool)>,
     /// Copies seen at each heal: (site, key) -> (created_at, restarts).
     at_heal: BTreeMap<(usize, String), (Millis, u64)>,
+    /// How long losses of replicas took to repair (a figure, not a check).
+    pub recovery: crate::recovery::Recoveries,
 }
 
 /// The replicas of every deployment on the live sites: (site, key, digest,
@@ -43,6 +45,24 @@ fn copies(sites: &[Site]) -> Copies {
                 out.entry(key).or_default().push((i, me, tag.spec.clone(), inst.created_at, inst.restarts));
             }
         }
+    }
+    out
+}
+
+/// Every deployment as the realm's record says it (whichever concurrent
+/// revision won), from the first live site: `project/name`, the replicas its
+/// service `web` wants (0 once deleted) and that service's spec digest.
+pub fn wanted(sites: &[Site]) -> Vec<(String, usize, String)> {
+    let records =
+        sites.iter().find_map(|s| s.peer.as_ref()).map(|p| p.realm().deployments().unwrap_or_default());
+    let mut out = Vec::new();
+    for r in records.unwrap_or_default() {
+        let d = if r.seal.retired { None } else { atoll_proto::deployments::read_spec(&r).ok() };
+        let (want, digest) = match d.as_ref().and_then(|d| d.services.get("web")) {
+            Some(s) => (s.replicas as usize, s.digest()),
+            None => (0, String::new()),
+        };
+        out.push((format!("{}/{}", r.project, r.name), want, digest));
     }
     out
 }
@@ -80,15 +100,8 @@ impl Replicas {
     pub fn finish(&self, sites: &[Site]) -> Vec<String> {
         let mut out = Vec::new();
         let now = copies(sites);
-        let records =
-            sites.iter().find_map(|s| s.peer.as_ref()).map(|p| p.realm().deployments().unwrap_or_default());
-        for r in records.unwrap_or_default() {
-            let key = format!("{}/{}", r.project, r.name);
-            let d = if r.seal.retired { None } else { atoll_proto::deployments::read_spec(&r).ok() };
-            let (want, digest) = match d.as_ref().and_then(|d| d.services.get("web")) {
-                Some(s) => (s.replicas as usize, s.digest()),
-                None => (0, String::new()),
-            };
+        for (key, want, digest) in wanted(sites) {
+            let project = key.split('/').next().unwrap_or_default();
             let fresh = now.get(&key).map_or(0, |l| l.iter().filter(|c| c.2 == digest).count());
             // Short is right when no site holds a spare right of the
             // project for one more (the escrow may keep some out of use).
@@ -96,7 +109,7 @@ impl Replicas {
                 .iter()
                 .filter_map(|s| s.peer.as_ref()?.summary().ok())
                 .flat_map(|v| v.spare)
-                .filter(|(p, _)| *p == r.project)
+                .filter(|(p, _)| p == project)
                 .map(|(_, res)| res.instances)
                 .sum();
             let exhausted = spare < 1;

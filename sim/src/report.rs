@@ -53,6 +53,8 @@ pub struct Report {
     pub intents_failed: usize,
     pub convergence: Vec<Convergence>,
     pub converged: bool,
+    /// Deployments: each loss of sites running replicas, and its repair.
+    pub recoveries: Vec<crate::recovery::Recovery>,
     /// Instances failed because their image could not be fetched (goal 0).
     pub failed_fetching: usize,
     /// Creations refused while a site in reach held spare rights (goal 0).
@@ -147,6 +149,7 @@ impl Report {
             intents_failed: sim.checks.intents_failed,
             convergence: sim.checks.convergence.clone(),
             converged: sim.checks.converged.unwrap_or(false),
+            recoveries: sim.replicas.recovery.list.clone(),
             failed_fetching: sim.checks.failed_fetching,
             refused_in_reach: sim.stats.refused_in_reach,
             refused_with_room: sim.stats.refused_with_room,
@@ -229,6 +232,25 @@ impl Report {
                     "heal at {:.1} s: did not converge before the end\n",
                     c.heal_at_ms as f64 / 1e3
                 )),
+            }
+        }
+        let secs =
+            |ms: Option<Millis>| ms.map_or("never".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3));
+        for r in &self.recoveries {
+            out.push_str(&format!(
+                "deployments: {} site(s) running {} replicas lost at {:.1} s: all running in reach again after {}",
+                r.sites_lost,
+                r.copies_lost,
+                r.lost_at_ms as f64 / 1e3,
+                secs(r.replaced_after_ms),
+            ));
+            match r.returned_at_ms {
+                Some(at) => out.push_str(&format!(
+                    "; back at {:.1} s, each count exact after {}\n",
+                    at as f64 / 1e3,
+                    secs(r.converged_after_ms)
+                )),
+                None => out.push_str("; not back\n"),
             }
         }
         out.push_str(&format!("trace {}\n", self.trace_hash));

@@ -40,7 +40,9 @@ def until(what, check):
     except Exception:
         driver.save_screenshot(screenshot)
         error = driver.find_element(By.ID, "error").text
-        sys.exit(f"dashboard: never saw {what} (page error: {error!r}); screenshot in {screenshot}")
+        # What the page showed, so that a failure in CI says why.
+        shown = "\n".join(f"  {t}: {rows(t)}" for t in ["sites", "instances", "intents"])
+        sys.exit(f"dashboard: never saw {what} (page error: {error!r}); screenshot in {screenshot}\n{shown}")
 
 
 try:

@@ -89,6 +89,9 @@ impl Sim {
             self.set_cut(BTreeSet::new());
             self.checks.heal_at(self.now);
         }
+        if self.replicas.any {
+            self.reach_changed(&step);
+        }
         if let Some(i) = step.crash {
             self.crash(i);
         }
@@ -133,6 +136,18 @@ impl Sim {
         }
         if let Some(d) = &step.deploy {
             self.replicas.any = true;
+            // A daemon keeps a connection to every member; beyond the
+            // simulator's full mesh, a deployment's reconcilers are linked to
+            // every site, or each would find the others, and the sites to
+            // place on, out of reach (and hear only a few summaries).
+            let ids: Vec<SiteId> = self.sites.iter().map(|s| s.id.clone()).collect();
+            let ranked = atoll_proto::reconcile::reconcilers(&format!("{}/{}", d.project, d.name), &ids);
+            let ranked: Vec<usize> = ranked.iter().filter_map(|s| self.index.get(s).copied()).collect();
+            for a in ranked {
+                for b in (0..self.sites.len()).filter(|b| *b != a) {
+                    self.dial(a, b);
+                }
+            }
             let cmd = if d.delete {
                 Command::DeleteDeployment { project: d.project.clone(), name: d.name.clone() }
             } else {
@@ -146,6 +161,31 @@ impl Sim {
             self.call(g.site, Command::GiveQuota { project: g.project.clone(), to, amount }, Pending::Give);
         }
         self.checks.quota(self.now, &self.sites, &self.sc.projects);
+    }
+
+    /// Tells the recovery figures which sites are out of reach after `step`
+    /// (before a crash takes the site's state away).
+    fn reach_changed(&mut self, step: &Step) {
+        let n = self.sites.len();
+        if let Some(groups) = &step.partition {
+            // The sites in no listed group form one more.
+            let rest: Vec<usize> = (0..n).filter(|s| !groups.iter().any(|g| g.contains(s))).collect();
+            let largest = groups.iter().chain([&rest]).max_by_key(|g| g.len()).cloned().unwrap_or_default();
+            self.outside = (0..n).filter(|s| !largest.contains(s)).collect();
+        }
+        if step.heal == Some(true) {
+            self.outside.clear();
+        }
+        let mut out = self.outside.clone();
+        out.extend((0..n).filter(|i| !self.alive(*i)));
+        out.extend(step.crash);
+        if let Some(i) = step.restart {
+            out.remove(&i);
+        }
+        if step.partition.is_some() || step.heal.is_some() || step.crash.is_some() || step.restart.is_some() {
+            self.replicas.recovery.reach_changed(self.now, out, &self.sites);
+            self.queue_recovery();
+        }
     }
 
     /// Replaces the cut set, telling peers which links went down or came up:
@@ -187,7 +227,7 @@ impl Sim {
 
     /// A site asked to act on a site it has no link to dials it, as a daemon
     /// dials the target of an intent; the link then stays, like an overlay one.
-    fn dial(&mut self, a: usize, b: usize) {
+    pub(super) fn dial(&mut self, a: usize, b: usize) {
         if self.sites[a].neighbours.contains(&b) {
             return;
         }

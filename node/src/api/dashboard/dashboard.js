@@ -75,8 +75,14 @@ function options(select, values) {
   if (values.includes(keep)) select.value = keep;
 }
 
-function showError(e) {
-  $("error").textContent = e ? String(e.message || e) : "";
+// Two sources of errors: the last action (create, upload, stop...) and the
+// last poll. A poll that succeeds clears only its own, so an action's
+// refusal stays on screen until the next action.
+const errors = { action: "", poll: "" };
+
+function showError(e, source = "action") {
+  errors[source] = e ? String(e.message || e) : "";
+  $("error").textContent = [errors.action, errors.poll].filter(Boolean).join(" · ");
 }
 
 async function refresh() {
@@ -100,9 +106,9 @@ async function refresh() {
     options(document.querySelector("#create [name=image]"), images.map((i) => i.project + "/" + i.name));
     renderIntents(intents);
     await renderQuotas(names);
-    showError(null);
+    showError(null, "poll");
   } catch (e) {
-    if (e.status !== 401) showError(e);
+    if (e.status !== 401) showError(e, "poll");
   }
 }
 
@@ -142,7 +148,7 @@ function act(inst, what) {
   const path = `/v1/instances/${encodeURIComponent(inst.project)}/${encodeURIComponent(inst.name)}`;
   const site = "?site=" + encodeURIComponent(inst.site);
   const call = what === "delete" ? api("DELETE", path + site) : api("POST", `${path}/${what}${site}`);
-  call.then(refresh, showError);
+  call.then(() => { showError(null); return refresh(); }, showError);
 }
 
 function renderInstances(list) {

@@ -449,15 +449,21 @@ fn an_intent_from_a_removed_site_is_refused() {
     assert!(instance_on(&net, 1, "db").is_none(), "the removed site's intent was applied");
 }
 
+/// Deployment `name` of project `default`: `replicas` of image `img`, at
+/// most one per site.
+fn one_per_site(name: &str, replicas: u32) -> crate::deployment::Deployment {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "project": "default",
+        "services": { "web": { "image": "img", "replicas": replicas, "memory_mib": 64,
+                               "placement": { "avoid": ["web"] } } }
+    }))
+    .unwrap()
+}
+
 #[test]
 fn a_deployment_is_placed_over_sites_by_its_reconciler() {
     let (mut net, admin) = setup(3);
-    let d: crate::deployment::Deployment = serde_json::from_value(serde_json::json!({
-        "name": "shop", "project": "default",
-        "services": { "web": { "image": "img", "replicas": 3, "memory_mib": 64,
-                               "placement": { "avoid": ["web"] } } }
-    }))
-    .unwrap();
+    let d = one_per_site("shop", 3);
     net.call(0, Some(&admin), Command::ApplyDeployment(d)).unwrap();
     net.settle();
     net.gossip();
@@ -487,12 +493,7 @@ fn a_replica_deleted_reaches_every_site_its_host_document_went_to() {
     // Ten sites: a host's document goes to its three custodians and to the
     // deployment's three candidates, which need not be the same sites.
     let (mut net, admin) = setup_with(10, atoll_crdt::Resources::new(1, 2, 1024));
-    let d: crate::deployment::Deployment = serde_json::from_value(serde_json::json!({
-        "name": "shop", "project": "default",
-        "services": { "web": { "image": "img", "replicas": 9, "memory_mib": 64,
-                               "placement": { "avoid": ["web"] } } }
-    }))
-    .unwrap();
+    let d = one_per_site("shop", 9);
     net.call(0, Some(&admin), Command::ApplyDeployment(d)).unwrap();
     net.settle();
     let reconcile = |net: &mut Net| {

@@ -23,6 +23,7 @@ pub mod intents;
 pub mod lifecycle;
 mod manage;
 pub mod membership;
+pub mod overlay;
 pub mod peer;
 pub mod placement;
 pub mod provenance;

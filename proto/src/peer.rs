@@ -220,6 +220,8 @@ pub(crate) struct Custody {
     /// The realm changed since `list` was read.
     pub stale: bool,
     pub list: Vec<crate::sync::Seat>,
+    /// Whom this site relays changes to, rebuilt with `list`.
+    pub overlay: crate::overlay::Overlay,
     /// Members and removals counted when `list` was read.
     pub counts: (usize, usize),
     pub of: BTreeMap<SiteId, Vec<SiteId>>,

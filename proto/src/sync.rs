@@ -76,6 +76,7 @@ impl Peer {
             self.custody.counts = counts;
             let members: Vec<atoll_crdt::Member> = self.realm.doc.list().unwrap_or_default();
             self.custody.list = members.iter().map(Seat::from).collect();
+            self.custody.overlay = crate::overlay::Overlay::build(&self.custody.list, &self.site);
             self.custody.of.clear();
         }
     }
@@ -461,7 +462,11 @@ impl Peer {
         let Some(from) = relayed_from else {
             return;
         };
-        for p in peers.iter().filter(|p| *p != from) {
+        // Received changes go on along the overlay only (crate::overlay): a
+        // bounded number of announcements per site, not one per pair.
+        self.refresh_custody();
+        let relay = self.custody.overlay.relay(|s| self.connected.contains(s));
+        for p in relay.iter().filter(|p| *p != from) {
             let ids: Vec<DocId> = changed.iter().filter(|id| self.shares(p, id)).cloned().collect();
             let docs: Vec<(DocId, [u8; 32])> =
                 ids.into_iter().filter_map(|id| Some((id.clone(), self.doc_mut(&id)?.digest()))).collect();

@@ -26,7 +26,6 @@ mod steps;
 const ADMIN_PASSWORD: &str = "sim-admin-password";
 /// Full mesh up to this many sites; beyond, each site links to a few others.
 const MESH_UP_TO: usize = 32;
-const OVERLAY_DEGREE: usize = 8;
 /// When setup runs (the sites have met by then).
 const SETUP_MS: Millis = 500;
 /// Setup is over; scenario steps start from here.
@@ -317,14 +316,15 @@ impl Sim {
             lied_about: BTreeSet::new(),
             last_forgery: None,
         };
-        sim.build_overlay(&custody);
+        sim.build_overlay(&seats, &custody);
         sim
     }
 
-    /// Who talks to whom: everyone up to MESH_UP_TO sites; above, a ring plus
-    /// random chords, plus the links a real site would dial: to its document's
+    /// Who talks to whom: everyone up to MESH_UP_TO sites; above, the
+    /// overlay's ring neighbours (atoll_proto::overlay, which the peers relay
+    /// along), plus the links a real site would dial: to its document's
     /// custodians, and from site 0 (which hands out quota shares) to all.
-    fn build_overlay(&mut self, custody: &[Vec<usize>]) {
+    fn build_overlay(&mut self, seats: &[atoll_proto::sync::Seat], custody: &[Vec<usize>]) {
         let n = self.sites.len();
         let mut links: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
         if n <= MESH_UP_TO {
@@ -332,19 +332,11 @@ impl Sim {
                 l.extend((0..n).filter(|b| *b != a));
             }
         } else {
-            // A ring (connectivity) plus random chords (short paths).
             for a in 0..n {
-                for d in [1, 2] {
-                    let b = (a + d) % n;
+                let ring = atoll_proto::overlay::Overlay::build(seats, &self.sites[a].id).neighbours();
+                for b in ring.iter().map(|s| self.index[s]) {
                     links[a].insert(b);
                     links[b].insert(a);
-                }
-                while links[a].len() < OVERLAY_DEGREE {
-                    let b = (self.rng.next_u64() % n as u64) as usize;
-                    if b != a {
-                        links[a].insert(b);
-                        links[b].insert(a);
-                    }
                 }
                 for &c in &custody[a] {
                     links[a].insert(c);

@@ -1,7 +1,8 @@
 //! Peer network figures for docs/benchmarks.md, with N real daemons on loopback
 //! joined by invitation: time for a write on one site to be visible on every
-//! other (p50/p99), payload bytes sent per replicated change, and idle traffic
-//! per site.
+//! other (p50/p99), payload bytes sent per replicated change (the idle
+//! traffic of the same time taken out), idle traffic per site, and open
+//! connections per site.
 //!
 //!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES]
 
@@ -27,6 +28,20 @@ fn sent_bytes(sites: &[Daemon], tokens: &[String]) -> u64 {
         .sum()
 }
 
+/// Members each site has a connection to now: (mean, max).
+fn connections(sites: &[Daemon], tokens: &[String]) -> (f64, u64) {
+    let per_site: Vec<u64> = sites
+        .iter()
+        .zip(tokens)
+        .map(|(d, t)| {
+            let links = http(&d.addr(), "GET", "/v1/network", Some(t), b"").json()["links"].clone();
+            let open = |l: &serde_json::Value| l["quic"].as_u64().unwrap_or(0) + l["tcp"].as_u64().unwrap_or(0) > 0;
+            links.as_array().map_or(0, |a| a.iter().filter(|l| open(l)).count() as u64)
+        })
+        .collect();
+    (per_site.iter().sum::<u64>() as f64 / per_site.len() as f64, per_site.iter().copied().max().unwrap_or(0))
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -36,7 +51,15 @@ fn main() {
     // The admin's token verifies on every site (offline, by the issuer's key).
     let tokens: Vec<String> = sites.iter().map(|_| admin.clone()).collect();
 
+    // Idle first, so that the idle traffic can be taken out of the writes' figure.
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet = sent_bytes(&sites, &tokens);
+    std::thread::sleep(IDLE);
+    let idle_all = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64();
+    let idle = idle_all / n as f64;
+
     let before = sent_bytes(&sites, &tokens);
+    let started = Instant::now();
     let mut lat = Vec::with_capacity(writes);
     for i in 0..writes {
         let body = format!(r#"{{"name":"p{i}"}}"#);
@@ -52,16 +75,14 @@ fn main() {
         }
         lat.push(written.elapsed());
     }
-    let per_change = (sent_bytes(&sites, &tokens) - before) as f64 / writes as f64;
+    let sent = (sent_bytes(&sites, &tokens) - before) as f64;
+    let per_change = (sent - idle_all * started.elapsed().as_secs_f64()).max(0.0) / writes as f64;
     lat.sort();
-
-    std::thread::sleep(Duration::from_secs(2));
-    let quiet = sent_bytes(&sites, &tokens);
-    std::thread::sleep(IDLE);
-    let idle = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64() / n as f64;
+    let (conns, conns_max) = connections(&sites, &tokens);
     println!(
         "sites={n} writes={writes} visible-everywhere p50={:.2} ms p99={:.2} ms max={:.2} ms; \
-         {per_change:.0} payload bytes sent per change (all sites); idle {idle:.0} B/s per site",
+         {per_change:.0} payload bytes sent per change (all sites); idle {idle:.0} B/s per site; \
+         connections per site {conns:.1} (max {conns_max})",
         percentile(&lat, 0.5).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3,

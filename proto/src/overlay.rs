@@ -119,7 +119,10 @@ mod tests {
 
     fn seats(n: usize, regions: usize) -> Vec<Seat> {
         (0..n)
-            .map(|i| Seat { site: SiteId::new(&format!("site-{i}")).unwrap(), region: format!("r{}", i % regions) })
+            .map(|i| Seat {
+                site: SiteId::new(&format!("site-{i}")).unwrap(),
+                region: format!("r{}", i % regions),
+            })
             .collect()
     }
 

@@ -201,6 +201,10 @@ pub enum Sabotage {
     /// Every candidate reconciles each deployment, whoever it can reach
     /// (two reconcilers at once: crate::reconcile).
     Reconcilers,
+    /// Gossip without repair: relay received changes to nobody and send no
+    /// repair rounds (crate::sync::Peer::announce, `on_repair`), so a change
+    /// reaches only the writer's own links.
+    Relay,
 }
 
 pub struct PeerConfig {

@@ -234,6 +234,10 @@ impl Peer {
     }
 
     pub(crate) fn on_repair(&mut self, fx: &mut impl Effects) {
+        if self.breaks(crate::peer::Sabotage::Relay) {
+            fx.schedule(TimerId::Repair, REPAIR_EVERY);
+            return;
+        }
         let mut peers: Vec<SiteId> = self.connected.iter().cloned().collect();
         // A partial Fisher-Yates shuffle with the peer's seeded RNG.
         for i in 0..peers.len().min(REPAIR_FANOUT) {
@@ -462,6 +466,9 @@ impl Peer {
         let Some(from) = relayed_from else {
             return;
         };
+        if self.breaks(crate::peer::Sabotage::Relay) {
+            return;
+        }
         // Received changes go on along the overlay only (crate::overlay): a
         // bounded number of announcements per site, not one per pair.
         self.refresh_custody();

@@ -80,6 +80,8 @@ enum Rule {
     Epoch,
     /// Let every candidate reconcile each deployment at once.
     Reconcilers,
+    /// Relay received changes to nobody and send no repair rounds.
+    Relay,
 }
 
 fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
@@ -98,6 +100,7 @@ fn sabotage(rule: Option<Rule>) -> anyhow::Result<atoll_proto::Sabotage> {
         Rule::Backing => Sabotage::Backing,
         Rule::Epoch => Sabotage::Epoch,
         Rule::Reconcilers => Sabotage::Reconcilers,
+        Rule::Relay => Sabotage::Relay,
     })
 }
 

@@ -20,6 +20,9 @@ const SMALL_MAX: u64 = 1 << 20;
 /// Writes the tag-free copy of the archive read from `archive` to `out` and
 /// returns the image id (`sha256:<hex of the config>`), checked against the
 /// config's content.
+/// The manifest fields a loaded copy keeps (`RepoTags` and anything else dropped).
+pub const MANIFEST_KEYS: [&str; 3] = ["Config", "Layers", "LayerSources"];
+
 pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageError> {
     let bad = |why: String| ImageError::Unusable(format!("not a usable docker-archive: {why}"));
     let mut input = tar::Archive::new(archive);
@@ -57,7 +60,11 @@ pub fn sanitize(archive: impl Read, out: impl Write) -> Result<String, ImageErro
                 .ok_or_else(|| bad("manifest.json must describe exactly one image".into()))?;
             let image =
                 images[0].as_object_mut().ok_or_else(|| bad("manifest.json: not an object".into()))?;
-            image.remove("RepoTags");
+            // Only the fields the engine needs, spelt exactly: Docker's JSON
+            // decoder matches keys case-insensitively, so `repotags` would
+            // retag the host's images as `RepoTags` does, and a `config`
+            // after `Config` would name another config than the one checked.
+            image.retain(|k, _| MANIFEST_KEYS.contains(&k.as_str()));
             let name = image
                 .get("Config")
                 .and_then(|c| c.as_str())
@@ -101,12 +108,13 @@ mod tests {
     use super::*;
 
     fn archive(dir: &Path, config: &[u8], claimed: &str) -> PathBuf {
-        archive_named(dir, config, claimed, "")
+        archive_named(dir, config, claimed, "", "")
     }
 
     /// Every entry's name starts with `prefix`, written as is (the tar
     /// writer would drop a `./`).
-    fn archive_named(dir: &Path, config: &[u8], claimed: &str, prefix: &str) -> PathBuf {
+    /// `extra` goes into the manifest's image object (`,"key":value` pairs).
+    fn archive_named(dir: &Path, config: &[u8], claimed: &str, prefix: &str, extra: &str) -> PathBuf {
         let path = dir.join("in.tar");
         let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
         let mut add = |name: &str, body: &[u8]| {
@@ -119,7 +127,7 @@ mod tests {
             b.append(&h, body).unwrap();
         };
         let manifest = format!(
-            r#"[{{"Config":"{claimed}.json","RepoTags":["postgres:latest"],"Layers":["l/layer.tar"]}}]"#
+            r#"[{{"Config":"{claimed}.json","RepoTags":["postgres:latest"],"Layers":["l/layer.tar"]{extra}}}]"#
         );
         add("manifest.json", manifest.as_bytes());
         add("repositories", br#"{"postgres":{"latest":"x"}}"#);
@@ -157,13 +165,45 @@ mod tests {
         assert!(!manifest.contains("RepoTags") && manifest.contains(&hex), "{manifest}");
     }
 
+    /// The manifest of the sanitized copy, as a JSON value.
+    fn manifest_of(tar: &Path) -> serde_json::Value {
+        let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            if e.path().unwrap() == Path::new("manifest.json") {
+                return serde_json::from_reader(e).unwrap();
+            }
+        }
+        panic!("no manifest.json")
+    }
+
+    #[test]
+    fn only_the_needed_fields_stay_however_other_keys_are_spelt() {
+        // Found by the fuzzer: " RepoTags" survived; Docker's decoder matches
+        // keys case-insensitively, so "repotags" would retag the host's images.
+        let dir = tempfile::tempdir().unwrap();
+        let config = br#"{"architecture":"amd64"}"#;
+        let hex = hex::encode(Sha256::digest(config));
+        let other = "ab".repeat(32);
+        let extra = format!(
+            r#","repotags":["busybox:latest"]," RepoTags":["x"],"config":"{other}.json","Parent":"p""#
+        );
+        let input = archive_named(dir.path(), config, &hex, "", &extra);
+        let out = dir.path().join("out.tar");
+        let id = sanitize(std::fs::File::open(input).unwrap(), std::fs::File::create(&out).unwrap()).unwrap();
+        assert_eq!(id, format!("sha256:{hex}"));
+        let manifest = manifest_of(&out);
+        let keys: Vec<&String> = manifest[0].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["Config", "Layers"], "{manifest}");
+    }
+
     #[test]
     fn tags_go_whatever_the_entries_are_spelled() {
         let dir = tempfile::tempdir().unwrap();
         let config = br#"{"architecture":"amd64"}"#;
         let hex = hex::encode(Sha256::digest(config));
         let out = dir.path().join("out.tar");
-        let input = std::fs::File::open(archive_named(dir.path(), config, &hex, "./")).unwrap();
+        let input = std::fs::File::open(archive_named(dir.path(), config, &hex, "./", "")).unwrap();
         let id = sanitize(input, std::fs::File::create(&out).unwrap()).unwrap();
         assert_eq!(id, format!("sha256:{hex}"));
         let names = names(&out);

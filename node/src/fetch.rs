@@ -33,7 +33,7 @@ pub const UNREACHABLE: Duration = Duration::from_secs(5);
 
 /// Where chunk requests go: the peer network, or a test double.
 pub trait Source<R> {
-    fn reaches(&self, site: &SiteId) -> bool;
+    fn reaches(&mut self, site: &SiteId) -> bool;
     fn request(&mut self, site: &SiteId, hash: &str) -> Option<R>;
 }
 
@@ -324,7 +324,7 @@ mod tests {
     }
 
     impl Source<u64> for Holders {
-        fn reaches(&self, site: &SiteId) -> bool {
+        fn reaches(&mut self, site: &SiteId) -> bool {
             self.reach.contains(site)
         }
         fn request(&mut self, site: &SiteId, hash: &str) -> Option<u64> {

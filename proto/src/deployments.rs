@@ -250,7 +250,7 @@ impl Peer {
         let d = read_spec(r)?;
         let key = r.key();
         let ranked = reconcile::reconcilers(&key, &self.member_sites());
-        let reconciler = ranked.iter().find(|s| **s == self.site || self.connected.contains(*s)).cloned();
+        let reconciler = ranked.iter().find(|s| self.in_reach(s)).cloned();
         let copies = self.copies_of(&r.project, &r.name);
         let services = d
             .services
@@ -274,7 +274,7 @@ impl Peer {
                             name: i.name.clone(),
                             observed: i.observed,
                             outdated: i.replica.as_ref().is_some_and(|t| t.spec != digest),
-                            reachable: *site == self.site || self.connected.contains(site),
+                            reachable: self.in_reach(site),
                         })
                         .collect(),
                 }
@@ -357,7 +357,7 @@ impl Peer {
             let ranked = reconcile::reconcilers(&key, &members);
             let me = self.site.clone();
             let sabotaged = self.breaks(crate::peer::Sabotage::Reconcilers) && ranked.contains(&me);
-            if !sabotaged && !reconcile::acts(&ranked, &me, |s| self.connected.contains(s)) {
+            if !sabotaged && !reconcile::acts(&ranked, &me, |s| self.in_reach(s)) {
                 continue;
             }
             if inputs.is_none() {
@@ -454,7 +454,7 @@ impl Peer {
     }
 
     fn away_since(&self, site: &SiteId, since: Millis) -> Option<Millis> {
-        if site == &self.site || self.connected.contains(site) {
+        if self.in_reach(site) {
             return None;
         }
         Some(self.seen.get(site).copied().unwrap_or(since).max(since))

@@ -187,20 +187,20 @@ pub enum Step {
 
 /// For one site, where its part comes from: held documents first (they are
 /// kept current by sync while the owner is connected, and are the freshest
-/// copy in reach when it is not); else its owner when connected; else a
-/// connected custodian; else memory.
+/// copy in reach when it is not); else its owner when in reach; else a
+/// custodian in reach; else memory.
 pub fn plan(
     site: &SiteId,
     me: &SiteId,
     held: bool,
-    connected: &BTreeSet<SiteId>,
+    in_reach: &BTreeSet<SiteId>,
     custodians: &[SiteId],
 ) -> Step {
     if site == me || held {
         Step::Here
-    } else if connected.contains(site) {
+    } else if in_reach.contains(site) {
         Step::Ask(site.clone())
-    } else if let Some(c) = custodians.iter().find(|c| *c != me && connected.contains(*c)) {
+    } else if let Some(c) = custodians.iter().find(|c| *c != me && in_reach.contains(*c)) {
         Step::Ask(c.clone())
     } else {
         Step::Remember
@@ -376,11 +376,12 @@ impl Peer {
             waiting: BTreeMap::new(),
             parts: BTreeMap::new(),
         };
+        let in_reach = self.in_reach_all();
         for s in sites {
             let held = self.others.get(&s).is_some_and(|d| d.doc.has_collection(Instance::COLLECTION));
-            let reached = s == self.site || held || self.connected.contains(&s);
+            let reached = held || self.in_reach(&s);
             let custodians = if reached { Vec::new() } else { self.custodians_of(&s) };
-            match plan(&s, &self.site, held, &self.connected, &custodians) {
+            match plan(&s, &self.site, held, &in_reach, &custodians) {
                 Step::Here => {
                     // A look-up reads its one instance, not every one.
                     let only = match &call.purpose {
@@ -394,7 +395,7 @@ impl Peer {
                     call.waiting.insert(s, by);
                 }
                 Step::Ask(_) | Step::Remember => {
-                    let part = self.gather.remembered(&s, self.connected.contains(&s));
+                    let part = self.gather.remembered(&s, self.in_reach(&s));
                     call.parts.insert(s, part);
                 }
             }
@@ -428,7 +429,7 @@ impl Peer {
             }
             None => doc.and_then(|d| d.instances().ok()).unwrap_or_default(),
         };
-        let reachable = me || self.connected.contains(site);
+        let reachable = me || self.in_reach(site);
         let as_of = if reachable { Some(now) } else { self.seen.get(site).copied() };
         let source = if me { Source::Own } else { Source::Replica };
         (SiteState { site: site.clone(), reachable, as_of, source, cut: false }, instances)

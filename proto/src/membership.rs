@@ -313,7 +313,7 @@ impl Peer {
                 let me = m.site == self.site;
                 let summary = if me { own.take() } else { self.summaries.get(&m.site).cloned() };
                 SiteRow {
-                    reachable: me || self.connected.contains(&m.site),
+                    reachable: me || self.in_reach(&m.site),
                     last_seen: if me { Some(now) } else { self.seen.get(&m.site).copied() },
                     member: m,
                     summary,

@@ -29,6 +29,11 @@ pub const WINDOW: usize = 8;
 /// Realms of at most this many members relay to every connected site: the
 /// rings' neighbours would be nearly everyone anyway.
 pub const RELAY_ALL_UP_TO: usize = 2 * RINGS + 1;
+/// Realms of at most this many members keep a connection between every pair
+/// of sites; in larger ones a site keeps connections to [`kept`] only and
+/// opens others on demand (a targeted message, a chunk, logs), closing them
+/// when idle. 16 is the bound on persistent connections per site.
+pub const FULL_MESH_UP_TO: usize = 16;
 
 /// One site's view of the rings: its nearest sites each way, nearest first.
 #[derive(Debug, Clone, Default)]
@@ -111,6 +116,27 @@ impl Overlay {
     }
 }
 
+/// The members `me` keeps a connection to: everyone in a realm of at most
+/// [`FULL_MESH_UP_TO`] members; above, its ring neighbours (which it relays
+/// to), its own document's custodians and the owners whose custodian it is
+/// (their documents' changes come straight from the writer). The relation is
+/// symmetric, so both ends of a kept link keep it. Costs one custodian
+/// ranking per member (`crate::sync::custodians`): computed when the member
+/// list changes, not per message.
+pub fn kept(members: &[Seat], me: &SiteId) -> BTreeSet<SiteId> {
+    if members.len() <= FULL_MESH_UP_TO {
+        return members.iter().filter(|m| &m.site != me).map(|m| m.site.clone()).collect();
+    }
+    let mut out = Overlay::build(members, me).neighbours();
+    out.extend(crate::sync::custodians(members, me));
+    for m in members.iter().filter(|m| &m.site != me) {
+        if crate::sync::custodians(members, &m.site).contains(me) {
+            out.insert(m.site.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +211,28 @@ mod tests {
             members.iter().filter(|m| m.region == "r3").map(|m| m.site.clone()).collect();
         let (seen, _) = flood(&members, &members[3].site, &island);
         assert_eq!(seen, island);
+    }
+
+    #[test]
+    fn kept_links_are_everyone_in_a_small_realm_and_bounded_symmetric_above() {
+        let small = seats(FULL_MESH_UP_TO, 2);
+        assert_eq!(kept(&small, &small[3].site).len(), FULL_MESH_UP_TO - 1);
+        let members = seats(400, 4);
+        let all: BTreeMap<SiteId, BTreeSet<SiteId>> =
+            members.iter().map(|m| (m.site.clone(), kept(&members, &m.site))).collect();
+        let most = all.values().map(BTreeSet::len).max().unwrap();
+        let mean = all.values().map(BTreeSet::len).sum::<usize>() as f64 / all.len() as f64;
+        // Ring neighbours (<= 8) + own custodians (3) + owners in custody (3 on average).
+        assert!(mean <= 14.0 && most <= 24, "mean {mean}, most {most}");
+        for (s, ks) in &all {
+            assert!(!ks.contains(s));
+            for k in ks {
+                assert!(all[k].contains(s), "{s} keeps {k} but not back");
+            }
+            for c in crate::sync::custodians(&members, s) {
+                assert!(ks.contains(&c), "{s} keeps its custodian {c}");
+            }
+        }
     }
 
     proptest! {

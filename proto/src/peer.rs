@@ -316,6 +316,11 @@ pub struct Peer {
     pub(crate) metrics: Option<HostMetrics>,
     /// When each member was last heard from, and its latest summary (volatile).
     pub(crate) seen: BTreeMap<SiteId, Millis>,
+    /// The time of the input being handled (for `in_reach`).
+    pub(crate) now: Millis,
+    /// When each member's connection last closed (volatile; one per member):
+    /// it is out of reach until heard from again.
+    pub(crate) lost: BTreeMap<SiteId, Millis>,
     pub(crate) summaries: BTreeMap<SiteId, crate::api::SiteView>,
     /// Tokens whose signatures verified here (crate::auth::Verified).
     pub(crate) verified: auth::Verified,
@@ -408,6 +413,8 @@ impl Peer {
             replies: Vec::new(),
             metrics: None,
             seen: BTreeMap::new(),
+            now: 0,
+            lost: BTreeMap::new(),
             summaries: BTreeMap::new(),
             spare: Default::default(),
             verified: Default::default(),
@@ -578,6 +585,7 @@ impl Peer {
     }
 
     pub fn handle(&mut self, now: Millis, input: Input, fx: &mut impl Effects) {
+        self.now = now;
         // Summaries are volatile: nothing to persist, relay or announce (they
         // arrive N times per gossip round, so skipping the flush matters).
         let input = match input {

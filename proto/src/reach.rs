@@ -84,7 +84,39 @@ impl Reach {
     }
 }
 
+/// How long a member heard from (its summary, a message) counts as in reach
+/// without a connection, in a realm where most pairs keep none: two summary
+/// rounds (every 5 s) missed, and a little.
+pub const HEARD_WITHIN: Millis = 12_000;
+
 impl Peer {
+    /// Whether `site` is in reach now: this site, a connected one, or, in a
+    /// realm above `overlay::FULL_MESH_UP_TO` members (where a site keeps
+    /// connections to its overlay links only and opens others on demand), one
+    /// heard from within [`HEARD_WITHIN`]: summaries flood the overlay, and a
+    /// message to it opens a connection (docs/architecture.md, "Overlay").
+    pub(crate) fn in_reach(&self, site: &SiteId) -> bool {
+        site == &self.site || self.connected.contains(site) || self.heard_lately(site)
+    }
+
+    /// Heard from lately (members only: the shell passes nothing else), and
+    /// not only before its connection closed (a closed connection says more
+    /// than a summary of a few seconds ago).
+    fn heard_lately(&self, site: &SiteId) -> bool {
+        let heard = self.seen.get(site).copied();
+        self.custody.list.len() > crate::overlay::FULL_MESH_UP_TO
+            && heard.is_some_and(|t| self.now.saturating_sub(t) <= HEARD_WITHIN)
+            && self.lost.get(site).is_none_or(|l| heard.is_some_and(|t| t > *l))
+    }
+
+    /// The other members in reach now (see [`Peer::in_reach`]).
+    pub(crate) fn in_reach_all(&self) -> BTreeSet<SiteId> {
+        let mut out = self.connected.clone();
+        out.extend(self.seen.keys().filter(|s| self.heard_lately(s)).cloned());
+        out.remove(&self.site);
+        out
+    }
+
     /// The members this site has a connection to now.
     fn reached(&self) -> Vec<SiteId> {
         self.connected.iter().filter(|s| self.is_member(s)).take(MAX_REACHES).cloned().collect()

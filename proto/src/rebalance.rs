@@ -239,16 +239,18 @@ impl Peer {
         matches!(self.realm.project(project), Ok(Some(p)) if p.spread == atoll_crdt::Spread::Founder)
     }
 
-    /// Connected sites to ask, best first: those whose summaries show spare
-    /// rights (most first), then those a giver named as holding rights it
-    /// gave, then those holding a share of the project's total in the realm
-    /// (where a `pool` or `founder` project's rights start), then the rest,
-    /// each group in the seeded RNG's order.
+    /// Sites in reach to ask, best first: connected ones before those only
+    /// heard from lately (in a large realm; one cut off a moment ago may still
+    /// count as heard), and in each, those whose summaries show spare rights
+    /// (most first), then those a giver named as holding rights it gave, then
+    /// those holding a share of the project's total in the realm (where a
+    /// `pool` or `founder` project's rights start), then the rest, each group
+    /// in the seeded RNG's order.
     fn givers_for(&mut self, project: &str, asked: &[(SiteId, Option<Resources>)]) -> Vec<SiteId> {
         use rand_core::RngCore;
         let hinted = self.rebalance.hinted.get(project).cloned().unwrap_or_default();
-        let mut peers: Vec<(u8, i64, u64, SiteId)> = self
-            .connected
+        let mut peers: Vec<(bool, u8, i64, u64, SiteId)> = self
+            .in_reach_all()
             .iter()
             .filter(|s| !asked.iter().any(|(a, _)| a == *s))
             .map(|s| {
@@ -277,13 +279,16 @@ impl Peer {
                 } else {
                     0
                 };
-                (class, spare, self.rng.next_u64(), s.clone())
+                (self.connected.contains(s), class, spare, self.rng.next_u64(), s.clone())
             })
+            // One heard from but not connected is dialled for the ask: only
+            // when it is known to hold rights.
+            .filter(|(connected, class, ..)| *connected || *class > 0)
             .collect();
-        peers.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        peers.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)).then(a.3.cmp(&b.3)));
         // Each round as large as all before it: 3, 3, 6, 12, ... sites.
         let round = FANOUT.max(asked.len());
-        peers.into_iter().take(round).map(|(_, _, _, s)| s).collect()
+        peers.into_iter().take(round).map(|(_, _, _, _, s)| s).collect()
     }
 
     /// The sites this site gave most rights of `project` to, but `asker`.
@@ -550,7 +555,7 @@ impl Peer {
         let mut rows = Vec::with_capacity(members.len());
         for m in members {
             let site = m.site;
-            let reachable = site == self.site || self.connected.contains(&site);
+            let reachable = self.in_reach(&site);
             let doc = if site == self.site {
                 Some(&self.own)
             } else {
@@ -599,7 +604,7 @@ impl Peer {
         let away: Vec<String> = self
             .summaries
             .iter()
-            .filter(|(s, _)| !self.connected.contains(*s))
+            .filter(|(s, _)| !self.in_reach(s))
             .filter_map(|(s, v)| {
                 let spare = v.spare.iter().find(|(p, _)| p == &new.project)?.1;
                 (spare.instances > 0).then(|| format!("{s} ({spare})"))

@@ -104,7 +104,7 @@ impl Peer {
             .filter(|s| s != &self.site)
             .collect();
         let names: Vec<&str> = holders.iter().map(SiteId::as_str).collect();
-        let reachable = holders.iter().any(|h| self.connected.contains(h));
+        let reachable = holders.iter().any(|h| self.in_reach(h));
         let reason = if reachable {
             format!("{why}; trying again")
         } else {

@@ -205,6 +205,7 @@ impl Peer {
     pub(crate) fn on_disconnected(&mut self, peer: &SiteId) {
         self.counters.disconnected(peer);
         self.connected.remove(peer);
+        self.lost.insert(peer.clone(), self.now);
         self.sync.retain(|(p, _), _| p != peer);
         self.epochs.forget(peer);
     }

@@ -24,8 +24,9 @@ mod forge;
 mod steps;
 
 const ADMIN_PASSWORD: &str = "sim-admin-password";
-/// Full mesh up to this many sites; beyond, each site links to a few others.
-const MESH_UP_TO: usize = 32;
+/// Full mesh up to this many sites; beyond, each site links to the sites a
+/// daemon keeps connections to (atoll_proto::overlay::kept).
+const MESH_UP_TO: usize = atoll_proto::overlay::FULL_MESH_UP_TO;
 /// When setup runs (the sites have met by then).
 const SETUP_MS: Millis = 500;
 /// Setup is over; scenario steps start from here.
@@ -637,16 +638,34 @@ impl Sim {
         used.and_then(|u| total.checked_minus(u)).is_some_and(|room| room.covers(want))
     }
 
-    /// Hands every live site's summary to its connected neighbours.
+    /// Hands every live site's summary to its connected neighbours; in an
+    /// overlay of up to GOSSIP_UP_TO sites, to every site its neighbours' links
+    /// reach as well (gossipsub floods summaries over the daemons' connections,
+    /// and large realms judge who is in reach by them: atoll_proto::reach).
     fn gossip(&mut self) {
-        for i in 0..self.sites.len() {
+        let n = self.sites.len();
+        let flood = n > MESH_UP_TO && n <= GOSSIP_UP_TO;
+        for i in 0..n {
             let Some(view) = self.sites[i].peer.as_ref().and_then(|p| p.summary().ok()) else { continue };
             let from = self.sites[i].id.clone();
-            for j in self.sites[i].neighbours.clone() {
-                if self.linked(i, j) && !self.down.contains(&pair(i, j)) {
-                    let view = Box::new(view.clone());
-                    self.input(j, Input::Summary { from: from.clone(), view });
+            let mut reached = vec![false; n];
+            reached[i] = true;
+            let mut queue = std::collections::VecDeque::from([i]);
+            let mut to = Vec::new();
+            while let Some(k) = queue.pop_front() {
+                for &j in &self.sites[k].neighbours {
+                    if !reached[j] && self.linked(k, j) && !self.down.contains(&pair(k, j)) {
+                        reached[j] = true;
+                        to.push(j);
+                        if flood {
+                            queue.push_back(j);
+                        }
+                    }
                 }
+            }
+            for j in to {
+                let view = Box::new(view.clone());
+                self.input(j, Input::Summary { from: from.clone(), view });
             }
         }
     }

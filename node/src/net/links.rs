@@ -11,11 +11,18 @@
 //! - A member out of reach is dialled every [`REDIAL`], so that a healed path
 //!   is seen within about a second (dials to a black hole cost one UDP packet
 //!   or SYN each, retransmitted by the kernel or quinn meanwhile).
+//! - Only kept links are dialled for their own sake (every member in a small
+//!   realm, the overlay links in a large one: `atoll_proto::overlay::kept`).
+//!   Any other member is dialled when something is to be sent to it: its
+//!   messages wait in a bounded queue until the connection is up and the
+//!   peer has said which wire version it speaks, and a connection that is not
+//!   kept is closed once idle for [`IDLE_CLOSE`].
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use atoll_crdt::SiteId;
-use atoll_proto::wire;
+use atoll_proto::{PeerMsg, wire};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
@@ -39,6 +46,12 @@ pub const SILENT_LIMIT: Duration = Duration::from_secs(3);
 /// and how often at most.
 pub const GOSSIP_GRACE: Duration = Duration::from_secs(5);
 pub const GOSSIP_RESET_EVERY: Duration = Duration::from_secs(60);
+/// A connection that is not kept is closed after this long without a
+/// message either way; a member wanted for a message is dialled this long.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// Messages waiting for a connection to one member; beyond, the oldest goes
+/// (and the core is told, so that the pair's sync state starts afresh).
+pub const MAX_QUEUED: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -83,6 +96,14 @@ pub struct Link {
     /// for that.
     unsubscribed: Option<Instant>,
     gossip_reset: Option<Instant>,
+    /// Kept connected whether or not anything is sent (an overlay link).
+    pub kept: bool,
+    /// Dialled until then for a message, a chunk or logs.
+    want_until: Option<Instant>,
+    /// Messages waiting for the connection and the peer's wire version.
+    queue: VecDeque<PeerMsg>,
+    /// When a message last went either way.
+    used_at: Instant,
 }
 
 impl Link {
@@ -100,7 +121,60 @@ impl Link {
             release: None,
             unsubscribed: None,
             gossip_reset: None,
+            kept: true,
+            want_until: None,
+            queue: VecDeque::new(),
+            used_at: now,
         }
+    }
+
+    /// Whether it is to be dialled when not connected.
+    fn wanted(&self, now: Instant) -> bool {
+        self.kept || self.want_until.is_some_and(|t| t > now)
+    }
+
+    /// Something is to be sent: dial it now if it is not dialled already.
+    pub fn want(&mut self, now: Instant) {
+        if !self.wanted(now) {
+            self.next_dial = now;
+        }
+        self.want_until = Some(now + IDLE_CLOSE);
+    }
+
+    /// A message waits for the connection; returns true when the queue was
+    /// full and its oldest message was dropped.
+    pub fn enqueue(&mut self, msg: PeerMsg, now: Instant) -> bool {
+        self.want(now);
+        self.queue.push_back(msg);
+        self.queue.len() > MAX_QUEUED && self.queue.pop_front().is_some()
+    }
+
+    /// The waiting messages, once the peer's wire version is known.
+    pub fn take_queue(&mut self) -> Vec<PeerMsg> {
+        self.queue.drain(..).collect()
+    }
+
+    /// Drops the queue of a member no longer dialled (it was not reached in
+    /// time); true when something was dropped.
+    pub fn give_up(&mut self, now: Instant) -> bool {
+        let stale = !self.connected() && !self.wanted(now) && !self.queue.is_empty();
+        if stale {
+            self.queue.clear();
+        }
+        stale
+    }
+
+    /// A message went either way.
+    pub fn used(&mut self, now: Instant) {
+        self.used_at = now;
+    }
+
+    /// A connection that is not kept and has carried nothing for [`IDLE_CLOSE`].
+    pub fn idle(&self, now: Instant) -> bool {
+        self.connected()
+            && !self.wanted(now)
+            && self.queue.is_empty()
+            && now.duration_since(self.used_at) >= IDLE_CLOSE
     }
 
     /// Whether its connections should be reset because gossipsub lost its
@@ -155,7 +229,7 @@ impl Link {
 
     /// The addresses to dial now, if a dial is due: QUIC ones first.
     pub fn due_dial(&mut self, now: Instant) -> Option<Vec<Multiaddr>> {
-        if self.connected() || self.next_dial > now || self.addrs.is_empty() {
+        if self.connected() || self.next_dial > now || self.addrs.is_empty() || !self.wanted(now) {
             return None;
         }
         self.next_dial = now + REDIAL;
@@ -193,6 +267,7 @@ impl Link {
     /// QUIC one is up.
     pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) -> Vec<ConnectionId> {
         self.conns.push(Conn { id, transport, alive_at: now });
+        self.used_at = now;
         if transport != Transport::Quic {
             self.next_upgrade = now + UPGRADE_FIRST;
             return Vec::new();
@@ -314,6 +389,42 @@ mod tests {
         let later = t0 + GOSSIP_GRACE * 4;
         assert!(!l.gossip_lost(later, false) && !l.gossip_lost(later + GOSSIP_GRACE, false), "not in a loop");
         assert!(l.gossip_lost(t0 + GOSSIP_RESET_EVERY + GOSSIP_GRACE * 3, false));
+    }
+
+    #[test]
+    fn a_link_not_kept_is_dialled_for_a_message_and_closed_when_idle() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        l.kept = false;
+        assert!(l.due_dial(t0).is_none(), "nothing to send: not dialled");
+        let msg = || PeerMsg::ReachAsk { id: 1 };
+        assert!(!l.enqueue(msg(), t0));
+        assert!(l.due_dial(t0).is_some(), "dialled at once for a message");
+        assert!(l.due_dial(t0 + REDIAL / 2).is_none(), "then paced");
+        for _ in 0..MAX_QUEUED - 1 {
+            assert!(!l.enqueue(msg(), t0));
+        }
+        assert!(l.enqueue(msg(), t0), "the queue is bounded");
+        let c = ConnectionId::new_unchecked(3);
+        l.opened(c, Transport::Quic, t0 + REDIAL);
+        assert_eq!(l.take_queue().len(), MAX_QUEUED);
+        assert!(!l.idle(t0 + IDLE_CLOSE), "wanted, and just used");
+        l.used(t0 + IDLE_CLOSE);
+        assert!(!l.idle(t0 + IDLE_CLOSE * 2 - REDIAL));
+        assert!(l.idle(t0 + IDLE_CLOSE * 2), "idle: closed");
+        l.kept = true;
+        assert!(!l.idle(t0 + IDLE_CLOSE * 3), "a kept link stays");
+    }
+
+    #[test]
+    fn a_queue_for_a_member_out_of_reach_is_given_up() {
+        let t0 = Instant::now();
+        let mut l = link(t0);
+        l.kept = false;
+        l.enqueue(PeerMsg::ReachAsk { id: 1 }, t0);
+        assert!(!l.give_up(t0 + IDLE_CLOSE / 2), "still dialled");
+        assert!(l.give_up(t0 + IDLE_CLOSE), "not reached in time");
+        assert!(l.due_dial(t0 + IDLE_CLOSE).is_none() && !l.give_up(t0 + IDLE_CLOSE));
     }
 
     #[test]

@@ -224,11 +224,15 @@ pub struct Net {
     settings: Settings,
     topic: gossipsub::IdentTopic,
     pub traffic: Arc<Traffic>,
+    /// Messages dropped from a queue (overflow, a member not reached in
+    /// time): the core is told at the next tick, so that the pair's sync
+    /// state starts afresh. At most one per member.
+    undelivered: HashSet<SiteId>,
 }
 
 impl crate::fetch::Source<OutboundRequestId> for Net {
-    fn reaches(&self, site: &SiteId) -> bool {
-        Net::reaches(self, site)
+    fn reaches(&mut self, site: &SiteId) -> bool {
+        self.reach_or_dial(site)
     }
     fn request(&mut self, site: &SiteId, hash: &str) -> Option<OutboundRequestId> {
         self.request_chunk(site, hash)
@@ -266,6 +270,7 @@ impl Net {
             settings,
             topic,
             traffic: Arc::default(),
+            undelivered: HashSet::new(),
         };
         net.swarm.behaviour_mut().gossip.subscribe(&net.topic).map_err(|e| setup(&e))?;
         for addr in net.settings.listen.clone() {
@@ -304,6 +309,8 @@ impl Net {
             self.removed.insert(peer, (r.site.clone(), Instant::now() + REMOVAL_GRACE));
             self.swarm.behaviour_mut().gossip.set_application_score(&peer, STRANGER_SCORE);
         }
+        let seats: Vec<atoll_proto::sync::Seat> = members.iter().map(Into::into).collect();
+        let kept = atoll_proto::overlay::kept(&seats, me);
         let mut next = HashMap::new();
         for m in members.into_iter().filter(|m| &m.site != me) {
             let Some(peer) = peer_id(&m.public_key) else { continue };
@@ -316,13 +323,14 @@ impl Net {
             for a in &addrs {
                 self.swarm.add_peer_address(peer, a.clone());
             }
-            let link = match self.members.remove(&peer) {
+            let mut link = match self.members.remove(&peer) {
                 Some(mut k) => {
                     k.addrs = addrs;
                     k
                 }
                 None => Link::new(m.site, addrs, Instant::now()),
             };
+            link.kept = kept.contains(&link.site);
             next.insert(peer, link);
         }
         self.members = next;
@@ -399,7 +407,15 @@ impl Net {
         let mut dials = Vec::new();
         let mut silent = Vec::new();
         let mut reset = Vec::new();
+        let mut idle = Vec::new();
         for (peer, link) in self.members.iter_mut() {
+            if link.idle(now) {
+                idle.push((*peer, link.site.clone()));
+            }
+            if link.give_up(now) {
+                tracing::debug!(site = %link.site, "not reached in time: its queued messages are dropped");
+                self.undelivered.insert(link.site.clone());
+            }
             if link.gossip_lost(now, subscribed.contains(peer)) {
                 reset.push((*peer, link.site.clone()));
             }
@@ -422,6 +438,11 @@ impl Net {
                 }
             }
         }
+        for (peer, site) in idle {
+            tracing::debug!(%site, "closing an idle connection that is not an overlay link");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        gone.extend(self.undelivered.drain().map(Input::Undelivered));
         for (peer, site) in reset {
             tracing::info!(%site, "its summaries cannot reach it (gossip lost its subscription): reconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -436,14 +457,28 @@ impl Net {
     }
 
     pub fn send(&mut self, to: &SiteId, msg: &PeerMsg) {
-        let Some(peer) = self.peer_for(to).filter(|p| self.connected.contains(p)) else {
-            tracing::debug!(%to, "not connected; the next repair round catches up");
-            return;
-        };
-        let link = self.members.get(&peer);
-        if link.is_some_and(|l| l.incompatible) {
+        let Some(peer) = self.peer_for(to) else { return };
+        if !self.connected.contains(&peer) {
+            // A member we keep no connection to: dialled for this message,
+            // which waits for the connection (atoll_proto::overlay::kept).
+            // A kept one out of reach is dialled anyway; what the core sends
+            // it meanwhile is caught up by the digests on reconnect.
+            if let Some(link) = self.members.get_mut(&peer).filter(|l| !l.kept) {
+                if link.enqueue(msg.clone(), Instant::now()) {
+                    self.undelivered.insert(to.clone());
+                }
+                self.dial_now(peer);
+            }
             return;
         }
+        let link = self.members.get_mut(&peer);
+        if link.as_ref().is_some_and(|l| l.incompatible) {
+            return;
+        }
+        let link = link.map(|l| {
+            l.used(Instant::now());
+            &*l
+        });
         let version = link.and_then(|l| l.wire).unwrap_or(wire::OLDEST);
         if msg.since() > version {
             // It would not decode it: the asking call goes without its answer.
@@ -461,9 +496,43 @@ impl Net {
         self.peer_of.get(site).is_some_and(|p| self.connected.contains(p))
     }
 
+    /// Whether a member has an open connection now; if not, one that is not
+    /// a kept link is dialled (for a fetch that will ask it again).
+    fn reach_or_dial(&mut self, site: &SiteId) -> bool {
+        if self.reaches(site) {
+            return true;
+        }
+        if let Some(peer) = self.peer_of.get(site).copied()
+            && let Some(link) = self.members.get_mut(&peer).filter(|l| !l.kept)
+        {
+            link.want(Instant::now());
+            self.dial_now(peer);
+        }
+        false
+    }
+
+    /// Dials a member now if its link says a dial is due (paced by REDIAL).
+    fn dial_now(&mut self, peer: PeerId) {
+        let Some(addrs) = self.members.get_mut(&peer).and_then(|l| l.due_dial(Instant::now())) else {
+            return;
+        };
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Disconnected).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "dial: {e}");
+        }
+    }
+
+    /// A message went to or came from a member (keeps a link that is not kept open).
+    fn touch(&mut self, peer: &PeerId) {
+        if let Some(link) = self.members.get_mut(peer) {
+            link.used(Instant::now());
+        }
+    }
+
     /// Asks a connected member for a chunk; None when it is not connected.
     pub fn request_chunk(&mut self, from: &SiteId, hash: &str) -> Option<OutboundRequestId> {
         let peer = self.peer_of.get(from).copied().filter(|p| self.connected.contains(p))?;
+        self.touch(&peer);
         let bytes = wire::encode(&wire::ChunkRequest { hash: hash.to_owned() });
         self.traffic.sent(bytes.len());
         Some(self.swarm.behaviour_mut().chunk.send_request(&peer, bytes))
@@ -475,9 +544,16 @@ impl Net {
         let _ = self.swarm.behaviour_mut().chunk.send_response(channel, bytes);
     }
 
-    /// Asks a connected member for an instance's output; None when it is not connected.
+    /// Asks a member for an instance's output; a member we keep no
+    /// connection to is dialled (the request waits for the connection, up to
+    /// its timeout); None when it is no member, or a kept link that is down
+    /// (it is out of reach: dialled every second anyway).
     pub fn request_logs(&mut self, from: &SiteId, request: &wire::LogsRequest) -> Option<OutboundRequestId> {
-        let peer = self.peer_of.get(from).copied().filter(|p| self.connected.contains(p))?;
+        let peer = self.peer_of.get(from).copied()?;
+        if !self.connected.contains(&peer) {
+            let link = self.members.get_mut(&peer).filter(|l| !l.kept)?;
+            link.want(Instant::now());
+        }
         let bytes = wire::encode(request);
         self.traffic.sent(bytes.len());
         Some(self.swarm.behaviour_mut().logs.send_request(&peer, bytes))
@@ -667,6 +743,7 @@ impl Net {
                     return None;
                 };
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, Vec::new());
+                self.touch(&peer);
                 self.traffic.sync_with(&from, request.len(), false);
                 match PeerMsg::decode(&request) {
                     Ok(msg) => Some(Event::Input(Input::Message { from, msg })),
@@ -707,6 +784,7 @@ impl Net {
                     let _ = self.swarm.behaviour_mut().chunk.send_response(channel, Vec::new());
                     return None;
                 }
+                self.touch(&peer);
                 match wire::decode::<wire::ChunkRequest>(&request, wire::MAX_CHUNK_REQUEST) {
                     Ok(r) => Some(Event::ChunkWanted { hash: r.hash, channel }),
                     Err(e) => {
@@ -737,6 +815,7 @@ impl Net {
                     self.answer_logs(channel, refused);
                     return None;
                 }
+                self.touch(&peer);
                 match wire::decode::<wire::LogsRequest>(&request, wire::MAX_LOGS_REQUEST) {
                     Ok(request) => Some(Event::LogsWanted { request, channel }),
                     Err(e) => {
@@ -806,8 +885,13 @@ impl Net {
                     return None;
                 };
                 link.identified(&info.agent_version);
+                let (site, queued) = (link.site.clone(), link.take_queue());
                 for a in info.listen_addrs {
                     self.swarm.add_peer_address(peer_id, a);
+                }
+                // Messages that waited for this connection and its version.
+                for msg in &queued {
+                    self.send(&site, msg);
                 }
                 None
             }

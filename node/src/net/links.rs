@@ -49,9 +49,11 @@ pub const GOSSIP_RESET_EVERY: Duration = Duration::from_secs(60);
 /// A connection that is not kept is closed after this long without a
 /// message either way; a member wanted for a message is dialled this long.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
-/// Messages waiting for a connection to one member; beyond, the oldest goes
-/// (and the core is told, so that the pair's sync state starts afresh).
+/// Messages, and their encoded bytes, waiting for a connection to one
+/// member; beyond either, the oldest go (and the core is told, so that the
+/// pair's sync state starts afresh).
 pub const MAX_QUEUED: usize = 64;
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -100,8 +102,10 @@ pub struct Link {
     pub kept: bool,
     /// Dialled until then for a message, a chunk or logs.
     want_until: Option<Instant>,
-    /// Messages waiting for the connection and the peer's wire version.
-    queue: VecDeque<PeerMsg>,
+    /// Messages waiting for the connection and the peer's wire version,
+    /// with their encoded sizes, and the sum of those.
+    queue: VecDeque<(PeerMsg, usize)>,
+    queued_bytes: usize,
     /// When a message last went either way.
     used_at: Instant,
 }
@@ -124,6 +128,7 @@ impl Link {
             kept: true,
             want_until: None,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             used_at: now,
         }
     }
@@ -142,16 +147,26 @@ impl Link {
     }
 
     /// A message waits for the connection; returns true when the queue was
-    /// full and its oldest message was dropped.
+    /// full and older messages were dropped.
     pub fn enqueue(&mut self, msg: PeerMsg, now: Instant) -> bool {
         self.want(now);
-        self.queue.push_back(msg);
-        self.queue.len() > MAX_QUEUED && self.queue.pop_front().is_some()
+        let bytes = msg.encode().len();
+        self.queue.push_back((msg, bytes));
+        self.queued_bytes += bytes;
+        let mut dropped = false;
+        while self.queue.len() > MAX_QUEUED || (self.queued_bytes > MAX_QUEUED_BYTES && self.queue.len() > 1)
+        {
+            let Some((_, b)) = self.queue.pop_front() else { break };
+            self.queued_bytes -= b;
+            dropped = true;
+        }
+        dropped
     }
 
     /// The waiting messages, once the peer's wire version is known.
     pub fn take_queue(&mut self) -> Vec<PeerMsg> {
-        self.queue.drain(..).collect()
+        self.queued_bytes = 0;
+        self.queue.drain(..).map(|(m, _)| m).collect()
     }
 
     /// Drops the queue of a member no longer dialled (it was not reached in
@@ -160,6 +175,7 @@ impl Link {
         let stale = !self.connected() && !self.wanted(now) && !self.queue.is_empty();
         if stale {
             self.queue.clear();
+            self.queued_bytes = 0;
         }
         stale
     }

@@ -691,8 +691,19 @@ impl Doc {
         msg.changes = automerge::sync::ChunkList::empty();
         let changes = crate::provenance::changes_of(&chunks)?;
         let inner = &mut self.inner;
-        guarded("a sync message", move || inner.sync().receive_sync_message(state, msg))??;
-        self.admit(changes, sigs, gate)
+        let st = &mut *state;
+        guarded("a sync message", move || inner.sync().receive_sync_message(st, msg))??;
+        let received = self.admit(changes, sigs, gate)?;
+        // Automerge, not seeing the changes, could not tell that the
+        // sender's heads are now shared; left behind, every later summary
+        // we send would cover all changes since (crate::exchange).
+        if let Some(theirs) = &state.their_heads
+            && !theirs.is_empty()
+            && ReadDoc::get_missing_deps(&self.inner, theirs).is_empty()
+        {
+            state.shared_heads.clone_from(theirs);
+        }
+        Ok(received)
     }
 
     /// A 32-byte digest of the current heads: equal digests, equal documents.

@@ -15,6 +15,7 @@ pub mod doc;
 pub mod entity;
 pub mod epoch;
 pub mod escrow;
+pub mod exchange;
 pub mod flavor;
 pub mod intent;
 pub mod provenance;

@@ -27,6 +27,7 @@ pub mod overlay;
 pub mod peer;
 pub mod placement;
 pub mod provenance;
+pub mod pulls;
 pub mod reach;
 mod rebalance;
 pub mod reconcile;

@@ -85,6 +85,9 @@ pub enum TimerId {
     ReachWait { id: u64 },
     /// Run the deployments' reconcilers this site acts for.
     Reconcile,
+    /// The neighbour asked for a document's announced changes had its time
+    /// (crate::pulls): ask the next one that announced them.
+    Pull { doc: DocId },
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +353,11 @@ pub struct Peer {
     pub(crate) refusals: crate::provenance::Refusals,
     /// Compaction of our document and adoption of others' newer epochs.
     pub(crate) epochs: crate::epoch::Epochs,
+    /// Relayed changes being pulled, one announcer at a time.
+    pub(crate) pulls: crate::pulls::Pulls,
+    /// Per document held, its heads when last announced: the changes since
+    /// are what the next local announcement pushes.
+    pub(crate) pushed: BTreeMap<DocId, Vec<atoll_crdt::ChangeHash>>,
     /// The realm's first author, once read.
     founder: Option<Option<Vec<u8>>>,
     /// Deployments' reconciliation (crate::deployments).
@@ -426,6 +434,8 @@ impl Peer {
             next_intent_req: crate::intents::INTENT_REQ,
             refusals: crate::provenance::Refusals::default(),
             epochs: crate::epoch::Epochs::default(),
+            pulls: crate::pulls::Pulls::default(),
+            pushed: BTreeMap::new(),
             founder: None,
             deploy: Default::default(),
         }
@@ -629,6 +639,7 @@ impl Peer {
             Input::Timer(TimerId::GatherWait { id }) => self.on_gather_wait(now, id, fx),
             Input::Timer(TimerId::ReachWait { id }) => self.on_reach_wait(id, fx),
             Input::Timer(TimerId::Reconcile) => self.on_reconcile_timer(now, fx),
+            Input::Timer(TimerId::Pull { doc }) => self.on_pull_wait(now, &doc, fx),
             Input::Message { from, msg } => {
                 self.seen.insert(from.clone(), now);
                 relayed_from = Some(from.clone());

@@ -6,7 +6,7 @@
 //! to every connected peer as sync messages once they are persisted. Sync
 //! progress is kept per (peer, document) and dropped on disconnect.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use atoll_crdt::{Doc, Intent, IntentOutcome, Millis, SiteDoc, SiteId};
 use rand_core::RngCore;
@@ -208,6 +208,7 @@ impl Peer {
         self.lost.insert(peer.clone(), self.now);
         self.sync.retain(|(p, _), _| p != peer);
         self.epochs.forget(peer);
+        self.pulls.forget(peer);
     }
 
     /// A message to `peer` was lost. Automerge's sync state counts what it
@@ -275,9 +276,25 @@ impl Peer {
 
     /// Sends `peer` what it lacks of `id`; false when there was nothing to send.
     fn sync_to(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) -> bool {
+        self.send_sync(peer, id, None, fx)
+    }
+
+    /// Sends `peer` what it lacks of `id`, or, given the heads `since` which
+    /// this site last announced it at, the changes made here since
+    /// (`atoll_crdt::Doc::push_out`).
+    fn send_sync(
+        &mut self,
+        peer: &SiteId,
+        id: &DocId,
+        since: Option<&[atoll_crdt::ChangeHash]>,
+        fx: &mut impl Effects,
+    ) -> bool {
         let key = (peer.clone(), id.clone());
         let mut state = self.sync.remove(&key).unwrap_or_default();
-        let out = self.doc_mut(id).and_then(|d| d.sync_out(&mut state));
+        let out = self.doc_mut(id).and_then(|d| match since {
+            Some(since) => d.push_out(&mut state, since),
+            None => d.sync_out(&mut state),
+        });
         let sent = out.is_some();
         if let Some((msg, sigs)) = out {
             let epoch = self.epoch_of(id);
@@ -327,10 +344,15 @@ impl Peer {
             PeerMsg::Heads { docs } => {
                 for (id, theirs) in docs {
                     if self.ensure_doc(&from, &id) && self.doc_mut(&id).map(|d| d.digest()) != Some(theirs) {
-                        // A fresh sync state always opens with our heads, so the
-                        // exchange starts whatever the old state believed.
-                        self.sync.remove(&(from.clone(), id.clone()));
-                        self.sync_to(&from, &id, fx);
+                        use crate::pulls::Announced;
+                        match self.pulls.announced(now, &id, &from, theirs) {
+                            Announced::Noted => continue,
+                            Announced::Ask => {}
+                            Announced::AskAndWait => {
+                                fx.schedule(TimerId::Pull { doc: id.clone() }, crate::pulls::PULL_WAIT)
+                            }
+                        }
+                        self.pull(&from, &id, fx);
                     }
                 }
             }
@@ -348,6 +370,29 @@ impl Peer {
             PeerMsg::Sync { doc, msg, sigs } => self.on_sync(now, from, doc, 0, &msg, &sigs, fx),
             PeerMsg::SyncAt { doc, epoch, msg, sigs } => self.on_sync(now, from, doc, epoch, &msg, &sigs, fx),
             PeerMsg::Epoch { doc, epoch, saved, sigs } => self.on_epoch(&from, doc, epoch, &saved, &sigs),
+        }
+    }
+
+    /// Asks `peer` for what it announced of `id`. The pair's state is kept
+    /// (a lost message or a differing digest resets it): reopened, it asks
+    /// for what changed since the heads both last shared, where a fresh one
+    /// would send a bloom filter of the whole history and be answered from
+    /// all of it.
+    fn pull(&mut self, peer: &SiteId, id: &DocId, fx: &mut impl Effects) {
+        if let Some(state) = self.sync.get_mut(&(peer.clone(), id.clone())) {
+            atoll_crdt::Doc::reopen(state);
+        }
+        self.sync_to(peer, id, fx);
+    }
+
+    /// The neighbour asked for `doc`'s changes had its time: the next one
+    /// that announced them is asked, if the document still differs.
+    pub(crate) fn on_pull_wait(&mut self, now: Millis, doc: &DocId, fx: &mut impl Effects) {
+        let Some(ours) = self.doc_mut(doc).map(|d| d.digest()) else { return };
+        let connected = &self.connected;
+        if let Some(next) = self.pulls.waited(now, doc, ours, |s| connected.contains(s)) {
+            fx.schedule(TimerId::Pull { doc: doc.clone() }, crate::pulls::PULL_WAIT);
+            self.pull(&next, doc, fx);
         }
     }
 
@@ -391,6 +436,11 @@ impl Peer {
                 self.refusals.note(&from, &doc, received.refused);
                 if !self.sync_to(&from, &doc, fx) {
                     self.counters.quiet(&from, &doc, now);
+                }
+                let ours = self.doc_mut(&doc).map(|d| d.digest());
+                if let Some(next) = ours.and_then(|ours| self.pulls.applied(now, &doc, &from, ours)) {
+                    fx.schedule(TimerId::Pull { doc: doc.clone() }, crate::pulls::PULL_WAIT);
+                    self.pull(&next, &doc, fx);
                 }
             }
             // A malformed message: drop its sync progress and start over next round.
@@ -450,6 +500,16 @@ impl Peer {
                 }
             }
         }
+        // What changed since the last announcement of each document: for a
+        // local change, exactly what is pushed.
+        let mut since = BTreeMap::new();
+        for id in changed {
+            if let Some(heads) = self.doc_mut(id).map(|d| d.heads())
+                && let Some(before) = self.pushed.insert(id.clone(), heads)
+            {
+                since.insert(id.clone(), before);
+            }
+        }
         // Only we write our own document: its changes are always local (an
         // intent applied on a peer's message, say), so they are pushed.
         let own = DocId::Site(self.site.clone());
@@ -460,7 +520,7 @@ impl Peer {
         for id in &local {
             for p in &peers {
                 if self.shares(p, id) {
-                    self.sync_to(p, id, fx);
+                    self.send_sync(p, id, since.get(id).map(Vec::as_slice), fx);
                 }
             }
         }

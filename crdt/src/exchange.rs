@@ -48,7 +48,11 @@ impl Doc {
             return self.sync_out(state);
         }
         let inner = &mut self.inner;
-        let changes = crate::doc::guarded("a push", move || inner.get_changes(since)).ok()?;
+        // Heads from before a compaction (crate::epoch) are not in the
+        // document any more: then the ordinary exchange, never nothing.
+        let Ok(changes) = crate::doc::guarded("a push", move || inner.get_changes(since)) else {
+            return self.sync_out(state);
+        };
         let mut fresh: Vec<_> =
             changes.into_iter().filter(|c| !state.sent_hashes.contains(&c.hash())).collect();
         if fresh.is_empty() || fresh.len() > MAX_PUSHED {

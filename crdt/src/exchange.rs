@@ -153,6 +153,19 @@ mod tests {
         (a, sa, b, sb)
     }
 
+    /// `n` changes written by a third site, given to `a` and `b` outside
+    /// their pair's exchange.
+    fn from_elsewhere(a: &mut Doc, b: &mut Doc, n: u64) {
+        let mut c = a.fork_as(b"c");
+        let before = c.heads();
+        for i in 0..n {
+            c.put(&member(&format!("c{i}"), "/ip4/3")).unwrap();
+            c.commit(1000 + i);
+        }
+        b.apply(&c.changes_since(&before)).unwrap();
+        a.apply(&c.changes_since(&before)).unwrap();
+    }
+
     #[test]
     fn a_reopened_state_pulls_the_new_change_without_the_history() {
         let (mut a, mut sa, mut b, mut sb) = in_step();
@@ -185,14 +198,7 @@ mod tests {
     fn a_reopened_ask_carries_no_changes_from_a_stale_summary() {
         let (mut a, _, mut b, mut sb) = in_step();
         // Both receive 20 changes from a third site, outside this pair.
-        let mut c = a.fork_as(b"c");
-        let before_c = c.heads();
-        for i in 0..20 {
-            c.put(&member(&format!("c{i}"), "/ip4/3")).unwrap();
-            c.commit(1000 + i);
-        }
-        b.apply(&c.changes_since(&before_c)).unwrap();
-        a.apply(&c.changes_since(&before_c)).unwrap();
+        from_elsewhere(&mut a, &mut b, 20);
         a.put(&member("new", "/ip4/1")).unwrap();
         a.commit(2000);
         Doc::reopen(&mut sb);
@@ -206,14 +212,7 @@ mod tests {
         let (mut a, mut sa, mut b, mut sb) = in_step();
         // `b` receives 50 changes from elsewhere (a third site): `a` never
         // hears it through this pair's exchange.
-        let mut c = a.fork_as(b"c");
-        let before_c = c.heads();
-        for i in 0..50 {
-            c.put(&member(&format!("c{i}"), "/ip4/3")).unwrap();
-            c.commit(1000 + i);
-        }
-        b.apply(&c.changes_since(&before_c)).unwrap();
-        a.apply(&c.changes_since(&before_c)).unwrap();
+        from_elsewhere(&mut a, &mut b, 50);
         // Now `a` writes one change and pushes it to `b`.
         let since = a.heads();
         a.put(&member("mine", "/ip4/2")).unwrap();

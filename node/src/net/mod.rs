@@ -13,6 +13,7 @@
 
 mod codec;
 mod links;
+mod requests;
 mod swarm;
 #[cfg(test)]
 mod tests;
@@ -36,7 +37,7 @@ use serde::Serialize;
 pub use codec::Frames;
 use libp2p::swarm::{ConnectionId, dial_opts::PeerCondition};
 use links::{Link, Transport};
-use swarm::{Behaviour, BehaviourEvent, NOT_TAKEN, REQUEST_TIMEOUT, SUMMARY_TOPIC};
+use swarm::{Behaviour, BehaviourEvent, NOT_TAKEN, SUMMARY_TOPIC};
 
 /// How long a non-member may stay connected to present an invitation.
 pub const STRANGER_GRACE: Duration = Duration::from_secs(10);
@@ -529,43 +530,6 @@ impl Net {
         }
     }
 
-    /// Asks a connected member for a chunk; None when it is not connected.
-    pub fn request_chunk(&mut self, from: &SiteId, hash: &str) -> Option<OutboundRequestId> {
-        let peer = self.peer_of.get(from).copied().filter(|p| self.connected.contains(p))?;
-        self.touch(&peer);
-        let bytes = wire::encode(&wire::ChunkRequest { hash: hash.to_owned() });
-        self.traffic.sent(bytes.len());
-        Some(self.swarm.behaviour_mut().chunk.send_request(&peer, bytes))
-    }
-
-    /// Answers a chunk request (empty bytes: not held here).
-    pub fn answer_chunk(&mut self, channel: ResponseChannel<Vec<u8>>, bytes: Vec<u8>) {
-        self.traffic.sent(bytes.len());
-        let _ = self.swarm.behaviour_mut().chunk.send_response(channel, bytes);
-    }
-
-    /// Asks a member for an instance's output; a member we keep no
-    /// connection to is dialled (the request waits for the connection, up to
-    /// its timeout); None when it is no member, or a kept link that is down
-    /// (it is out of reach: dialled every second anyway).
-    pub fn request_logs(&mut self, from: &SiteId, request: &wire::LogsRequest) -> Option<OutboundRequestId> {
-        let peer = self.peer_of.get(from).copied()?;
-        if !self.connected.contains(&peer) {
-            let link = self.members.get_mut(&peer).filter(|l| !l.kept)?;
-            link.want(Instant::now());
-        }
-        let bytes = wire::encode(request);
-        self.traffic.sent(bytes.len());
-        Some(self.swarm.behaviour_mut().logs.send_request(&peer, bytes))
-    }
-
-    /// Answers a logs request.
-    pub fn answer_logs(&mut self, channel: ResponseChannel<Vec<u8>>, reply: Result<Vec<u8>, ApiError>) {
-        let bytes = wire::encode(&reply);
-        self.traffic.sent(bytes.len());
-        let _ = self.swarm.behaviour_mut().logs.send_response(channel, bytes);
-    }
-
     pub fn publish(&mut self, view: &SiteView) {
         if self.connected.is_empty() {
             return;
@@ -575,12 +539,6 @@ impl Net {
         if let Err(e) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), bytes) {
             tracing::debug!("summary not published: {e}");
         }
-    }
-
-    pub fn answer_join(&mut self, channel: ResponseChannel<Vec<u8>>, reply: Result<Vec<u8>, ApiError>) {
-        let bytes = wire::encode(&reply);
-        self.traffic.sent(bytes.len());
-        let _ = self.swarm.behaviour_mut().join.send_response(channel, bytes);
     }
 
     /// Waits for the next network event the loop must act on.
@@ -753,90 +711,9 @@ impl Net {
                     }
                 }
             }
-            BehaviourEvent::Join(rr::Event::Message {
-                peer,
-                message: rr::Message::Request { request, channel, .. },
-                ..
-            }) => {
-                self.traffic.recv(request.len());
-                match wire::decode::<JoinRequest>(&request, wire::MAX_JOIN_REQUEST) {
-                    // The connection's handshake proved the key of `peer`: a
-                    // joiner may only enrol that key, never another's.
-                    Ok(request) if peer_id(&request.member.public_key) != Some(peer) => {
-                        let why = "join refused: the key in the request is not the key of this connection";
-                        self.answer_join(channel, Err(ApiError::Forbidden(why.into())));
-                        None
-                    }
-                    Ok(request) => Some(Event::Join { request, channel }),
-                    Err(e) => {
-                        self.punish(peer, &format!("undecodable join request: {e}"));
-                        None
-                    }
-                }
-            }
-            BehaviourEvent::Chunk(rr::Event::Message {
-                peer,
-                message: rr::Message::Request { request, channel, .. },
-                ..
-            }) => {
-                self.traffic.recv(request.len());
-                if !self.members.contains_key(&peer) || !self.connected.contains(&peer) {
-                    let _ = self.swarm.behaviour_mut().chunk.send_response(channel, Vec::new());
-                    return None;
-                }
-                self.touch(&peer);
-                match wire::decode::<wire::ChunkRequest>(&request, wire::MAX_CHUNK_REQUEST) {
-                    Ok(r) => Some(Event::ChunkWanted { hash: r.hash, channel }),
-                    Err(e) => {
-                        self.punish(peer, &format!("undecodable chunk request: {e}"));
-                        None
-                    }
-                }
-            }
-            BehaviourEvent::Chunk(rr::Event::Message {
-                message: rr::Message::Response { request_id, response },
-                ..
-            }) => {
-                self.traffic.recv(response.len());
-                self.traffic.fetched_bytes.fetch_add(response.len() as u64, Ordering::Relaxed);
-                Some(Event::Chunk { request: request_id, result: Ok(response) })
-            }
-            BehaviourEvent::Chunk(rr::Event::OutboundFailure { request_id, error, .. }) => {
-                Some(Event::Chunk { request: request_id, result: Err(error.to_string()) })
-            }
-            BehaviourEvent::Logs(rr::Event::Message {
-                peer,
-                message: rr::Message::Request { request, channel, .. },
-                ..
-            }) => {
-                self.traffic.recv(request.len());
-                if !self.members.contains_key(&peer) || !self.connected.contains(&peer) {
-                    let refused = Err(ApiError::Forbidden("logs are for member sites".into()));
-                    self.answer_logs(channel, refused);
-                    return None;
-                }
-                self.touch(&peer);
-                match wire::decode::<wire::LogsRequest>(&request, wire::MAX_LOGS_REQUEST) {
-                    Ok(request) => Some(Event::LogsWanted { request, channel }),
-                    Err(e) => {
-                        self.punish(peer, &format!("undecodable logs request: {e}"));
-                        None
-                    }
-                }
-            }
-            BehaviourEvent::Logs(rr::Event::Message {
-                message: rr::Message::Response { request_id, response },
-                ..
-            }) => {
-                self.traffic.recv(response.len());
-                let result = wire::decode::<Result<Vec<u8>, ApiError>>(&response, response.len())
-                    .unwrap_or_else(|e| Err(ApiError::Internal(format!("undecodable logs answer: {e}"))));
-                Some(Event::Logs { request: request_id, result })
-            }
-            BehaviourEvent::Logs(rr::Event::OutboundFailure { request_id, error, .. }) => {
-                let failed = ApiError::Unreachable(format!("the instance's site did not answer: {error}"));
-                Some(Event::Logs { request: request_id, result: Err(failed) })
-            }
+            BehaviourEvent::Join(e) => self.on_join(e),
+            BehaviourEvent::Chunk(e) => self.on_chunk(e),
+            BehaviourEvent::Logs(e) => self.on_logs(e),
             BehaviourEvent::Gossip(gossipsub::Event::Message { message, propagation_source, message_id }) => {
                 self.traffic.recv(message.data.len());
                 let (verdict, summary) = self.judge_summary(&message);
@@ -933,66 +810,6 @@ impl Net {
             .map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a).to_string())
             .take(atoll_proto::membership::MAX_ADDRS)
             .collect()
-    }
-
-    /// The joining side: presents an invitation to the member(s) it names and
-    /// returns the realm document they answer with.
-    pub async fn join(&mut self, invitation: &str, mut member: Member) -> Result<Vec<u8>, NetError> {
-        let inv = atoll_proto::membership::Invitation::read(invitation)
-            .map_err(|e| NetError::Join(e.to_string()))?;
-        // Our record carries our addresses, so learn them first.
-        let listening = tokio::time::sleep(Duration::from_secs(3));
-        tokio::pin!(listening);
-        while self.listening.len() < self.settings.listen.len() {
-            tokio::select! {
-                ev = self.swarm.select_next_some() => {
-                    let _ = self.on_swarm(ev);
-                }
-                _ = &mut listening => break,
-            }
-        }
-        member.addrs = self.published();
-        let mut target = None;
-        for a in &inv.addrs {
-            let addr: Multiaddr = a.parse().map_err(|e| NetError::Address(a.clone(), format!("{e}")))?;
-            if let Some(Protocol::P2p(p)) = addr.iter().last() {
-                self.swarm.add_peer_address(p, addr.clone());
-                target = Some(p);
-            }
-        }
-        let target = target.ok_or_else(|| NetError::Join("the invitation names no reachable peer".into()))?;
-        let req = JoinRequest { invitation: invitation.trim().to_owned(), member };
-        let id = self.swarm.behaviour_mut().join.send_request(&target, wire::encode(&req));
-        let deadline = tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_secs(5));
-        tokio::pin!(deadline);
-        loop {
-            let ev = tokio::select! {
-                ev = self.swarm.select_next_some() => ev,
-                _ = &mut deadline => return Err(NetError::Join(format!("no answer from {} within {:?}", inv.issuer, REQUEST_TIMEOUT))),
-            };
-            match ev {
-                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::Message {
-                    message: rr::Message::Response { request_id, response },
-                    ..
-                })) if request_id == id => {
-                    let reply: Result<Vec<u8>, ApiError> = wire::decode(&response, wire::MAX_MESSAGE)
-                        .map_err(|e| NetError::Join(format!("unreadable answer: {e}")))?;
-                    return reply.map_err(|e| NetError::Join(e.to_string()));
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Join(rr::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                })) if request_id == id => {
-                    return Err(NetError::Join(format!("cannot reach {}: {error}", inv.issuer)));
-                }
-                // Connections and addresses still count: the issuer becomes a
-                // connected member once our realm replica names it.
-                other => {
-                    let _ = self.on_swarm(other);
-                }
-            }
-        }
     }
 
     /// Our listen addresses for a membership record (after `join` has run).

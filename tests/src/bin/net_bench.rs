@@ -1,8 +1,8 @@
 //! Peer network figures for docs/benchmarks.md, with N real daemons on loopback
 //! joined by invitation: time for a write on one site to be visible on every
 //! other (p50/p99), payload bytes sent per replicated change (the idle
-//! traffic of the same time taken out), idle traffic per site, and open
-//! connections per site.
+//! traffic of the same time taken out), idle traffic per site, open
+//! connections per site, and each daemon's resident memory (VmRSS).
 //!
 //!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES]
 
@@ -43,6 +43,21 @@ fn connections(sites: &[Daemon], tokens: &[String]) -> (f64, u64) {
     (per_site.iter().sum::<u64>() as f64 / per_site.len() as f64, per_site.iter().copied().max().unwrap_or(0))
 }
 
+/// Resident memory of the daemons, MiB: (mean, max).
+fn resident(sites: &[Daemon]) -> (f64, f64) {
+    let rss: Vec<f64> = sites
+        .iter()
+        .filter_map(|d| {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid()?)).ok()?;
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .collect();
+    let max = rss.iter().copied().fold(0.0, f64::max);
+    (rss.iter().sum::<f64>() / rss.len().max(1) as f64, max)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -58,6 +73,8 @@ fn main() {
     std::thread::sleep(IDLE);
     let idle_all = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64();
     let idle = idle_all / n as f64;
+    let (rss, rss_max) = resident(&sites);
+    println!("sites={n} idle: {idle:.0} B/s per site; resident memory per daemon {rss:.1} MiB (max {rss_max:.1})");
 
     let before = sent_bytes(&sites, &tokens);
     let started = Instant::now();
@@ -83,10 +100,12 @@ fn main() {
     let per_change = (sent - idle_all * started.elapsed().as_secs_f64()).max(0.0) / writes as f64;
     lat.sort();
     let (conns, conns_max) = connections(&sites, &tokens);
+    let (rss, rss_max) = resident(&sites);
     println!(
         "sites={n} writes={writes} visible-everywhere p50={:.2} ms p99={:.2} ms max={:.2} ms; \
          {per_change:.0} payload bytes sent per change (all sites); idle {idle:.0} B/s per site; \
-         connections per site {conns:.1} (max {conns_max})",
+         connections per site {conns:.1} (max {conns_max}); resident memory per daemon \
+         {rss:.1} MiB (max {rss_max:.1})",
         percentile(&lat, 0.5).as_secs_f64() * 1e3,
         percentile(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3,

@@ -74,7 +74,9 @@ fn main() {
     let idle_all = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64();
     let idle = idle_all / n as f64;
     let (rss, rss_max) = resident(&sites);
-    println!("sites={n} idle: {idle:.0} B/s per site; resident memory per daemon {rss:.1} MiB (max {rss_max:.1})");
+    println!(
+        "sites={n} idle: {idle:.0} B/s per site; resident memory per daemon {rss:.1} MiB (max {rss_max:.1})"
+    );
 
     let before = sent_bytes(&sites, &tokens);
     let started = Instant::now();

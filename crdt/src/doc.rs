@@ -517,7 +517,9 @@ impl Doc {
             return None;
         }
         let secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-        self.inner.commit_with(CommitOptions::default().with_time(secs))
+        let hash = self.inner.commit_with(CommitOptions::default().with_time(secs));
+        self.drop_patches();
+        hash
     }
 
     /// Drops writes not yet committed (a command that failed half-way).
@@ -571,14 +573,28 @@ impl Doc {
             );
         }
         let inner = &mut self.inner;
-        guarded("changes", move || inner.apply_changes(decoded))??;
+        let applied = guarded("changes", move || inner.apply_changes(decoded));
+        self.drop_patches();
+        applied??;
         Ok(())
     }
 
     pub fn merge(&mut self, other: &mut Doc) -> Result<(), DocError> {
         self.edits += 1;
-        self.inner.merge(&mut other.inner)?;
+        let merged = self.inner.merge(&mut other.inner);
+        self.drop_patches();
+        merged?;
         Ok(())
+    }
+
+    /// Forgets the patches automerge recorded. automerge 0.12 logs a patch,
+    /// with its value, for every operation it applies, even while no diff
+    /// cursor is set, and keeps them until the cursor is reset; Atoll never
+    /// reads them, so without this a replica kept every value a peer ever
+    /// wrote (`crdt/tests/memory.rs`). Call after anything that applies or
+    /// commits operations.
+    pub(crate) fn drop_patches(&mut self) {
+        self.inner.reset_diff_cursor();
     }
 
     pub(crate) fn from_inner(inner: AutoCommit) -> Doc {
@@ -692,7 +708,9 @@ impl Doc {
         let changes = crate::provenance::changes_of(&chunks)?;
         let inner = &mut self.inner;
         let st = &mut *state;
-        guarded("a sync message", move || inner.sync().receive_sync_message(st, msg))??;
+        let answered = guarded("a sync message", move || inner.sync().receive_sync_message(st, msg));
+        self.drop_patches();
+        answered??;
         let received = self.admit(changes, sigs, gate)?;
         // Automerge, not seeing the changes, could not tell that the
         // sender's heads are now shared; left behind, every later summary

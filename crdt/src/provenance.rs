@@ -471,7 +471,9 @@ impl Doc {
                 Ok(()) => {
                     self.ledger.refused.remove(&hash.0);
                     let inner = &mut self.inner;
-                    guarded("a change", move || inner.apply_changes([change]))??;
+                    let applied = guarded("a change", move || inner.apply_changes([change]));
+                    self.drop_patches();
+                    applied??;
                     if let Some(sig) = sig {
                         self.ledger.insert(hash.0, sig);
                     }

@@ -43,7 +43,7 @@ impl Sim {
                     _ => (victim, &victim_id),
                 };
                 let Some(bytes) = self.sites[holder].store.get(&key) else { return };
-                let Ok(mut doc) = Doc::load_any(bytes, author.as_str().as_bytes()) else { return };
+                let Ok(mut doc) = Doc::load_any(&bytes.bytes(), author.as_str().as_bytes()) else { return };
                 let before = doc.heads();
                 let written = match f.what {
                     Forgery::Transfer => doc.put(&Transfer {

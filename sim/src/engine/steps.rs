@@ -267,15 +267,15 @@ impl Sim {
         let run_seed = self.rng.next_u64();
         let s = &self.sites[i];
         let cfg = config(i, s.key_seed, run_seed, &self.sc.sites.regions[s.region]);
-        let realm = s.store.get("realm").cloned().unwrap_or_default();
-        let own = s.store.get(&format!("site/{}", s.id)).cloned().unwrap_or_default();
+        let realm = s.store.get("realm").map(Stored::bytes).unwrap_or_default();
+        let own = s.store.get(&format!("site/{}", s.id)).map(Stored::bytes).unwrap_or_default();
         let others: Vec<(SiteId, Vec<u8>)> = s
             .store
             .iter()
             .filter_map(|(k, v)| {
                 k.strip_prefix("site/").filter(|o| *o != s.id.as_str()).map(|o| (SiteId::new(o).ok(), v))
             })
-            .filter_map(|(o, v)| Some((o?, v.clone())))
+            .filter_map(|(o, v)| Some((o?, v.bytes())))
             .collect();
         let sigs: std::collections::BTreeMap<atoll_proto::DocId, Vec<u8>> = s
             .store
@@ -285,7 +285,7 @@ impl Sim {
                     "realm" => atoll_proto::DocId::Realm,
                     other => atoll_proto::DocId::Site(SiteId::new(other.strip_prefix("site/")?).ok()?),
                 };
-                Some((id, v.clone()))
+                Some((id, v.bytes()))
             })
             .collect();
         let mut peer = match Peer::restore(cfg, &realm, &own, &others, &sigs) {

@@ -1,15 +1,21 @@
 //! Whether creating an instance costs the same at 100 instances as at
 //! 10,000 on one site (docs/benchmarks.md, "Instances per site"): a real
-//! daemon, the process driver, one client creating N instances one after
-//! another (each a short-lived process, so that the site holds N instances
-//! but few processes), then listing them, then 100 clients at once reading
-//! them.
+//! daemon, one client creating N instances one after another, then listing
+//! them, then 100 clients at once reading them.
+//!
+//! With the process driver (the default) each instance is a short-lived
+//! process, so that the site holds N instances but few processes. With
+//! `--driver docker` each is a busybox container that keeps running, so N is
+//! bounded by what the machine holds: the bench stops creating at the first
+//! refusal, says why, reports the host memory the containers took, and
+//! deletes every instance at the end (timed too).
 //!
 //!     cargo build --release -p atoll -p atoll-e2e && ./target/release/scale-bench 10000
+//!     ./target/release/scale-bench 1000 --driver docker
 
 use std::time::{Duration, Instant};
 
-use atoll_e2e::{Daemon, http, saved_token};
+use atoll_e2e::{Daemon, busybox_archive, docker_missing, http, saved_token};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -23,8 +29,52 @@ fn spread(samples: &[Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
+/// The host's `MemAvailable`, in MiB.
+fn available_mib() -> f64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Median of `runs` plain `docker run -d` of `image` on the same engine,
+/// each removed before the next: the anchor for a creation through Atoll
+/// with as many containers running.
+fn docker_run_median(image: &str, runs: usize) -> f64 {
+    let mut took = Vec::with_capacity(runs);
+    for k in 0..runs {
+        let name = format!("plain-scale-{}-{k}", std::process::id());
+        let t = Instant::now();
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--memory", "16m", "--cpus", "1", image, "sleep", "86400"])
+            .output()
+            .unwrap();
+        took.push(t.elapsed());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::process::Command::new("docker").args(["rm", "-f", &name]).output().unwrap();
+    }
+    spread(&took).0
+}
+
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let docker = match args.iter().position(|a| a == "--driver").map(|i| args.get(i + 1).map(String::as_str))
+    {
+        None | Some(Some("process")) => false,
+        Some(Some("docker")) => true,
+        Some(other) => {
+            eprintln!("--driver takes process or docker, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    if docker && let Some(why) = docker_missing() {
+        eprintln!("--driver docker needs a Docker engine: {why}");
+        std::process::exit(2);
+    }
     let root = tempfile::tempdir().unwrap();
     let d = Daemon::start(root.path(), "bench");
     d.login_admin();
@@ -36,21 +86,48 @@ fn main() {
     );
     let r = http(&addr, "POST", "/v1/projects", Some(&token), quota.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
-    let image = atoll_e2e::process_image(root.path(), "blink", "exec sleep 1\n");
+    let (image, format, extra) = if docker {
+        let archive = busybox_archive(root.path()).expect("busybox-static is needed for the test image");
+        (archive, "docker-archive", r#", "args": ["sleep", "86400"]"#)
+    } else {
+        (atoll_e2e::process_image(root.path(), "blink", "exec sleep 1\n"), "process", "")
+    };
     let bytes = std::fs::read(&image).unwrap();
-    let r = http(&addr, "POST", "/v1/images?name=blink&format=process&project=scale", Some(&token), &bytes);
+    let path = format!("/v1/images?name=blink&format={format}&project=scale");
+    let r = http(&addr, "POST", &path, Some(&token), &bytes);
     assert_eq!(r.status, 200, "{}", r.body);
 
+    let memory_before = available_mib();
+    let mut anchors = Vec::new();
+    let mut probing = Duration::ZERO;
     let started = Instant::now();
     let mut create = Vec::with_capacity(n);
     for i in 0..n {
-        let body = format!(r#"{{"name": "i{i}", "project": "scale", "image": "blink", "memory_mib": 16}}"#);
+        let body =
+            format!(r#"{{"name": "i{i}", "project": "scale", "image": "blink", "memory_mib": 16{extra}}}"#);
         let t = Instant::now();
         let r = http(&addr, "POST", "/v1/instances", Some(&token), body.as_bytes());
+        if r.status != 200 && docker {
+            println!("creation {i} refused, so the machine held {i} containers: {} {}", r.status, r.body);
+            break;
+        }
         create.push(t.elapsed());
         assert_eq!(r.status, 200, "instance {i}: {}", r.body);
+        if docker && (i == 0 || i + 1 == n) {
+            let t = Instant::now();
+            let image =
+                atoll_e2e::docker_inspect("atoll.bench.scale__i0", "{{.Image}}").expect("first container");
+            anchors.push((i + 1, docker_run_median(&image, 20)));
+            probing += t.elapsed();
+        }
     }
-    let total = started.elapsed();
+    let total = started.elapsed() - probing;
+    let memory_used = memory_before - available_mib();
+    let n = create.len();
+    if n == 0 {
+        eprintln!("no instance could be created");
+        std::process::exit(1);
+    }
     let mut list = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
@@ -86,7 +163,8 @@ fn main() {
         })
     });
 
-    println!("atoll: {n} instance creations on one site, one client, sequential (process driver)");
+    let driver = if docker { "docker" } else { "process" };
+    println!("atoll: {n} instance creations on one site, one client, sequential ({driver} driver)");
     println!("{:>16} {:>10} {:>10}", "instances held", "p50 ms", "p99 ms");
     let mut starts = vec![0, n / 10, n / 4, n / 2, n.saturating_sub(100)];
     starts.dedup();
@@ -96,11 +174,32 @@ fn main() {
         println!("{:>7}-{:<8} {p50:>10.2} {p99:>10.2}", at, at + window.len());
     }
     let (p50, p99) = spread(&list);
-    println!("creations per second: {:.0}", n as f64 / total.as_secs_f64());
+    println!("creations per second: {:.1}", n as f64 / total.as_secs_f64());
+    if docker {
+        println!(
+            "host memory taken by {n} running containers: {memory_used:.0} MiB ({:.2} MiB each)",
+            memory_used / n.max(1) as f64
+        );
+        for (held, median) in anchors {
+            println!(
+                "anchor: docker run -d (CLI) with {held} containers running, median of 20: {median:.2} ms"
+            );
+        }
+    }
     println!("list of {n} instances: p50 {p50:.2} ms, p99 {p99:.2} ms");
     let (p50, p99) = spread(&reads);
     println!(
         "{clients} clients at once, {} shows of an instance: p50 {p50:.2} ms, p99 {p99:.2} ms, {errors} errors",
         reads.len()
     );
+    if docker {
+        // Containers outlive the daemon: remove them through Atoll, timed.
+        let t = Instant::now();
+        let mut failed = 0;
+        for i in 0..n {
+            let r = http(&addr, "DELETE", &format!("/v1/instances/scale/i{i}"), Some(&token), b"");
+            failed += usize::from(r.status != 200);
+        }
+        println!("deletions per second: {:.1} ({failed} failed)", n as f64 / t.elapsed().as_secs_f64());
+    }
 }

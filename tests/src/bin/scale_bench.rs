@@ -43,7 +43,10 @@ fn available_mib() -> f64 {
 /// Median of `runs` plain `docker run -d` of `image` on the same engine,
 /// each removed before the next: the anchor for a creation through Atoll
 /// with as many containers running.
-fn docker_run_median(image: &str, runs: usize) -> f64 {
+fn docker_run_median(runs: usize) -> f64 {
+    let image =
+        atoll_e2e::docker_inspect("atoll.bench.scale__i0", "{{.Image}}").expect("the first container");
+    let image = image.as_str();
     let mut took = Vec::with_capacity(runs);
     for k in 0..runs {
         let name = format!("plain-scale-{}-{k}", std::process::id());
@@ -62,11 +65,12 @@ fn docker_run_median(image: &str, runs: usize) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let docker = match args.iter().position(|a| a == "--driver").map(|i| args.get(i + 1).map(String::as_str))
-    {
-        None | Some(Some("process")) => false,
-        Some(Some("docker")) => true,
-        Some(other) => {
+    let driver =
+        args.iter().position(|a| a == "--driver").map(|i| args.get(i + 1).map_or("", String::as_str));
+    let docker = match driver.unwrap_or("process") {
+        "process" => false,
+        "docker" => true,
+        other => {
             eprintln!("--driver takes process or docker, not {other:?}");
             std::process::exit(2);
         }
@@ -113,15 +117,17 @@ fn main() {
         }
         create.push(t.elapsed());
         assert_eq!(r.status, 200, "instance {i}: {}", r.body);
-        if docker && (i == 0 || i + 1 == n) {
+        if docker && i == 0 {
             let t = Instant::now();
-            let image =
-                atoll_e2e::docker_inspect("atoll.bench.scale__i0", "{{.Image}}").expect("first container");
-            anchors.push((i + 1, docker_run_median(&image, 20)));
+            anchors.push((1, docker_run_median(20)));
             probing += t.elapsed();
         }
     }
     let total = started.elapsed() - probing;
+    if docker && !create.is_empty() {
+        // Also after a refusal: the anchor with as many containers running.
+        anchors.push((create.len(), docker_run_median(20)));
+    }
     let memory_used = memory_before - available_mib();
     let n = create.len();
     if n == 0 {

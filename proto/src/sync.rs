@@ -548,9 +548,6 @@ impl Peer {
 /// How many custodians keep each site document besides its owner.
 pub const CUSTODIANS: usize = 3;
 
-/// The custodians of `owner`'s document: members of its region first, then the
-/// others, each group ordered by a hash of (owner, member) so that every site
-/// computes the same set and the load spreads evenly.
 /// What custody needs of a member: every site keeps this for every member,
 /// so it is kept small (a full record is ten times the size).
 #[derive(Debug, Clone)]
@@ -565,12 +562,21 @@ impl From<&atoll_crdt::Member> for Seat {
     }
 }
 
+/// The custodians of `owner`'s document, chosen among its overlay neighbours
+/// (`crate::overlay`: every other member in a realm of at most
+/// `RELAY_ALL_UP_TO`): members of its region first, then the others, each
+/// group ordered by a hash of (owner, member), so that every site computes
+/// the same set and the load spreads evenly. Being neighbours, an owner and
+/// its custodians are linked anyway: custody adds no connection
+/// (`crate::overlay::kept`), and a custodian is sent the owner's changes
+/// directly and relays them along the rings.
 pub fn custodians(members: &[Seat], owner: &SiteId) -> Vec<SiteId> {
     use sha2::Digest;
     let region = members.iter().find(|m| &m.site == owner).map(|m| m.region.as_str()).unwrap_or("");
+    let near = crate::overlay::Overlay::build(members, owner).neighbours();
     let mut ranked: Vec<(bool, [u8; 32], &SiteId)> = members
         .iter()
-        .filter(|m| &m.site != owner)
+        .filter(|m| near.contains(&m.site))
         .map(|m| {
             let mut h = sha2::Sha256::new();
             h.update(owner.as_str());
@@ -606,14 +612,21 @@ mod custody_tests {
         let members: Vec<Seat> = (0..20)
             .map(|i| Seat::from(&member(&format!("s{i}"), if i % 2 == 0 { "eu" } else { "us" })))
             .collect();
+        let eu = |s: &SiteId| s.as_str()[1..].parse::<u32>().unwrap() % 2 == 0;
+        for owner in members.iter().map(|m| m.site.clone()) {
+            let c = custodians(&members, &owner);
+            assert_eq!(c.len(), CUSTODIANS);
+            assert!(!c.contains(&owner));
+            let near = crate::overlay::Overlay::build(&members, &owner).neighbours();
+            assert!(c.iter().all(|s| near.contains(s)), "custodians are neighbours: {c:?}");
+            // Same region first: one from elsewhere only once every
+            // neighbour of the owner's region is a custodian.
+            if c.iter().any(|s| eu(s) != eu(&owner)) {
+                assert!(near.iter().filter(|s| eu(s) == eu(&owner)).all(|s| c.contains(s)), "{c:?}");
+            }
+        }
         let owner = SiteId::new("s4").unwrap();
         let c = custodians(&members, &owner);
-        assert_eq!(c.len(), CUSTODIANS);
-        assert!(!c.contains(&owner));
-        assert!(
-            c.iter().all(|s| s.as_str()[1..].parse::<u32>().unwrap() % 2 == 0),
-            "same region first: {c:?}"
-        );
         let mut shuffled = members.clone();
         shuffled.reverse();
         assert_eq!(custodians(&shuffled, &owner), c);

@@ -45,6 +45,11 @@ impl Checks {
         }
     }
 
+    /// Whether a heal has not been followed by convergence yet.
+    pub fn awaiting_convergence(&self) -> bool {
+        self.convergence.iter().any(|c| c.converged_after_ms.is_none())
+    }
+
     pub fn heal_at(&mut self, now: Millis) {
         self.convergence.push(Convergence { heal_at_ms: now, converged_after_ms: None });
     }

@@ -183,6 +183,10 @@ enum Pending {
     Give,
     /// A deployment applied or deleted: it must be taken.
     Deploy,
+    /// An instance deleted: it may be gone already, or never have been made.
+    Delete {
+        key: String,
+    },
     Other,
 }
 
@@ -320,10 +324,6 @@ impl Sim {
         let index: HashMap<SiteId, usize> =
             sites.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
         let seats: Vec<atoll_proto::sync::Seat> = members.iter().map(Into::into).collect();
-        let custody: Vec<Vec<usize>> = members
-            .iter()
-            .map(|m| atoll_proto::sync::custodians(&seats, &m.site).iter().map(|c| index[c]).collect())
-            .collect();
         let mut sim = Sim {
             sc,
             now: 0,
@@ -350,15 +350,15 @@ impl Sim {
             lied_about: BTreeSet::new(),
             last_forgery: None,
         };
-        sim.build_overlay(&seats, &custody);
+        sim.build_overlay(&seats);
         sim
     }
 
-    /// Who talks to whom: everyone up to MESH_UP_TO sites; above, the
-    /// overlay's ring neighbours (atoll_proto::overlay, which the peers relay
-    /// along), plus the links a real site would dial: to its document's
-    /// custodians, and from site 0 (which hands out quota shares) to all.
-    fn build_overlay(&mut self, seats: &[atoll_proto::sync::Seat], custody: &[Vec<usize>]) {
+    /// Who talks to whom: everyone up to MESH_UP_TO sites; above, the links a
+    /// daemon keeps (atoll_proto::overlay::kept: ring neighbours, which are
+    /// also custodians), plus those from site 0 (which hands out quota
+    /// shares) to all.
+    fn build_overlay(&mut self, seats: &[atoll_proto::sync::Seat]) {
         let n = self.sites.len();
         let mut links: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
         if n <= MESH_UP_TO {
@@ -367,14 +367,9 @@ impl Sim {
             }
         } else {
             for a in 0..n {
-                let ring = atoll_proto::overlay::Overlay::build(seats, &self.sites[a].id).neighbours();
-                for b in ring.iter().map(|s| self.index[s]) {
+                for b in atoll_proto::overlay::kept(seats, &self.sites[a].id).iter().map(|s| self.index[s]) {
                     links[a].insert(b);
                     links[b].insert(a);
-                }
-                for &c in &custody[a] {
-                    links[a].insert(c);
-                    links[c].insert(a);
                 }
                 if a != 0 {
                     links[0].insert(a);
@@ -619,6 +614,13 @@ impl Sim {
             (Some(Pending::Create { key, .. }), Err(e)) => {
                 self.checks.violation(self.now, format!("create {key} failed unexpectedly: {e}"));
             }
+            (Some(Pending::Delete { .. }), Ok(_)) => self.stats.deleted += 1,
+            (Some(Pending::Delete { .. }), Err(e)) if e.code() == "not_found" => {
+                self.stats.delete_missed += 1
+            }
+            (Some(Pending::Delete { key }), Err(e)) => {
+                self.checks.violation(self.now, format!("delete {key} failed unexpectedly: {e}"));
+            }
             (Some(Pending::Deploy), Err(e)) => {
                 self.checks.violation(self.now, format!("a deployment call failed: {e}"));
             }
@@ -798,9 +800,14 @@ impl Sim {
             Ev::Setup(phase) => self.setup(phase),
             Ev::Probe => {
                 let sample = self.checks.probe(self.now, &mut self.sites);
-                self.stats.samples.push(sample);
-                if self.now + 1000 <= (self.sc.duration * 1000.0) as Millis {
-                    self.push(self.now + 1000, Ev::Probe);
+                // The plot keeps one sample a second; convergence after a
+                // heal is looked for every 100 ms until it is reached.
+                if self.now.is_multiple_of(1000) {
+                    self.stats.samples.push(sample);
+                }
+                let every = if self.checks.awaiting_convergence() { 100 } else { 1000 - self.now % 1000 };
+                if self.now + every <= (self.sc.duration * 1000.0) as Millis {
+                    self.push(self.now + every, Ev::Probe);
                 }
             }
         }

@@ -56,6 +56,8 @@ pub fn randomize(base: &Scenario, seed: u64) -> Scenario {
             let create = crate::scenario::Create {
                 site,
                 on,
+                image: None,
+                name: None,
                 project: project.clone(),
                 count,
                 cpus: 1,

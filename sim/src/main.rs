@@ -3,6 +3,7 @@
 mod checks;
 mod engine;
 mod explore;
+mod load;
 mod recovery;
 mod replicas;
 mod report;

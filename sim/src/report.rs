@@ -14,6 +14,10 @@ pub struct Stats {
     pub dropped: u64,
     pub created: usize,
     pub refused: usize,
+    /// Instances deleted, and deletions of instances that were not there
+    /// (refused or not yet made).
+    pub deleted: usize,
+    pub delete_missed: usize,
     /// `quota give` calls that were accepted.
     pub gives: usize,
     /// Creations refused while a site in reach held spare rights (goal 0).
@@ -49,6 +53,14 @@ pub struct Report {
     pub dropped: u64,
     pub created: usize,
     pub refused: usize,
+    pub deleted: usize,
+    pub delete_missed: usize,
+    /// Payload bytes and messages sent per site per simulated second.
+    pub bytes_per_site_s: f64,
+    pub messages_per_site_s: f64,
+    /// Over the heals that converged: time to convergence, p50 and p99 (ms).
+    pub converged_p50_ms: Option<Millis>,
+    pub converged_p99_ms: Option<Millis>,
     pub intents_done: usize,
     pub intents_failed: usize,
     pub convergence: Vec<Convergence>,
@@ -100,8 +112,21 @@ impl Report {
             .sc
             .timeline
             .iter()
+            .filter(|s| !s.generated)
             .map(|s| {
-                let what = if let Some(g) = &s.partition {
+                let what = if let Some(c) = &s.churn {
+                    format!(
+                        "churn {}: {} creations/s until {} s at random sites, images of {} sites, each deleted after {} s",
+                        c.project, c.per_s, c.until, c.images, c.lifetime_s
+                    )
+                } else if let Some(f) = &s.flap {
+                    format!(
+                        "flap: {} random sites cut off for {} s, then {} s up, until {} s",
+                        f.sites, f.down_s, f.up_s, f.until
+                    )
+                } else if let Some(d) = &s.delete {
+                    format!("delete {}/{} at s{}", d.project, d.name, d.site)
+                } else if let Some(g) = &s.partition {
                     format!("partition {g:?}")
                 } else if let Some((a, b)) = &s.one_way {
                     format!("one-way cut {a:?} -> {b:?}")
@@ -132,6 +157,11 @@ impl Report {
                 format!("{:>8.1}s  {what}", s.at)
             })
             .collect();
+        let mut took: Vec<Millis> =
+            sim.checks.convergence.iter().filter_map(|c| c.converged_after_ms).collect();
+        took.sort_unstable();
+        let pick = |q: f64| (!took.is_empty()).then(|| took[((took.len() - 1) as f64 * q).round() as usize]);
+        let site_s = (sim.sc.sites.count as f64 * simulated_s).max(1e-9);
         Report {
             scenario: sim.sc.name.clone(),
             description: sim.sc.description.trim().to_owned(),
@@ -145,6 +175,12 @@ impl Report {
             dropped: sim.stats.dropped,
             created: sim.stats.created,
             refused: sim.stats.refused,
+            deleted: sim.stats.deleted,
+            delete_missed: sim.stats.delete_missed,
+            bytes_per_site_s: sim.stats.bytes as f64 / site_s,
+            messages_per_site_s: sim.stats.messages as f64 / site_s,
+            converged_p50_ms: pick(0.5),
+            converged_p99_ms: pick(0.99),
             intents_done: sim.checks.intents_done,
             intents_failed: sim.checks.intents_failed,
             convergence: sim.checks.convergence.clone(),
@@ -191,8 +227,9 @@ impl Report {
         out.push_str(&sparkline(&self.samples));
         out.push_str(&format!(
             "\n\nsimulated {:.1} s in {:.2} s wall ({:.0} simulated s per wall s)\n\
-             messages {} ({} bytes, {} dropped by the network)\n\
+             messages {} ({} bytes, {} dropped by the network); per site per second {:.1} messages, {:.0} bytes\n\
              instances created {}, refused for quota {} ({} while the project's total had room, {} while a site in reach held spare rights); intents applied {}, refused {}\n\
+             instances deleted {} ({} asked for were not there)\n\
              rights asked and answered: {} messages, {} bytes\n\
              forged messages sent {}; changes refused by the peers {}\n\
              instances failed for an unreachable image holder {}; sync messages in the quiet window {}\n\
@@ -204,12 +241,16 @@ impl Report {
             self.messages,
             self.bytes,
             self.dropped,
+            self.messages_per_site_s,
+            self.bytes_per_site_s,
             self.created,
             self.refused,
             self.refused_with_room,
             self.refused_in_reach,
             self.intents_done,
             self.intents_failed,
+            self.deleted,
+            self.delete_missed,
             self.rights_messages,
             self.rights_bytes,
             self.forged,
@@ -233,6 +274,14 @@ impl Report {
                     c.heal_at_ms as f64 / 1e3
                 )),
             }
+        }
+        if let (Some(p50), Some(p99)) = (self.converged_p50_ms, self.converged_p99_ms) {
+            out.push_str(&format!(
+                "convergence after {} heal(s), 100 ms probes: p50 {:.1} s, p99 {:.1} s\n",
+                self.convergence.iter().filter(|c| c.converged_after_ms.is_some()).count(),
+                p50 as f64 / 1e3,
+                p99 as f64 / 1e3
+            ));
         }
         let secs =
             |ms: Option<Millis>| ms.map_or("never".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3));

@@ -135,6 +135,24 @@ pub struct Step {
     pub forge: Option<Forge>,
     /// A deployment applied (or applied again) through a site's API.
     pub deploy: Option<Deploy>,
+    /// An instance deleted through a site's API.
+    pub delete: Option<Delete>,
+    /// Instances created and deleted at a steady rate (`crate::load`).
+    pub churn: Option<crate::load::Churn>,
+    /// Sites cut off and let back over and over (`crate::load`).
+    pub flap: Option<crate::load::Flap>,
+    /// Made by a `churn` or `flap` step, not written in the file.
+    #[serde(skip)]
+    pub generated: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    /// The site whose API is called.
+    pub site: usize,
+    pub project: String,
+    pub name: String,
 }
 
 /// A deployment of one service, `web`, of site 0's image (whichever site
@@ -242,6 +260,14 @@ pub struct Create {
     /// The site that hosts the instances, if not `site`: the call becomes an
     /// intent (`--site`), and the image is fetched from `site`.
     pub on: Option<usize>,
+    /// The site whose image is used, if not `site`: it is copied to the
+    /// host before the instance starts.
+    #[serde(default)]
+    pub image: Option<usize>,
+    /// Generated steps name their one instance (explore reorders the
+    /// timeline, so a name from the step's index would not stay put).
+    #[serde(skip)]
+    pub name: Option<String>,
     pub project: String,
     #[serde(default = "one")]
     pub count: usize,
@@ -249,6 +275,21 @@ pub struct Create {
     pub cpus: i64,
     #[serde(default = "mem")]
     pub memory_mib: i64,
+}
+
+impl Create {
+    /// The name of the `n`th instance of this step, at timeline index `k`.
+    pub fn instance_name(&self, k: usize, n: usize) -> String {
+        match &self.name {
+            Some(name) => format!("{name}-{n}"),
+            None => format!("i{}-{k}-{n}", self.site),
+        }
+    }
+
+    /// The site whose image the instances boot.
+    pub fn image_site(&self) -> usize {
+        self.image.unwrap_or(self.site)
+    }
 }
 
 fn one() -> usize {
@@ -275,8 +316,9 @@ pub struct Expect {
 impl Scenario {
     pub fn load(path: &str) -> Result<Scenario, ScenarioError> {
         let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Read(path.into(), e))?;
-        let s: Scenario = toml::from_str(&text)?;
+        let mut s: Scenario = toml::from_str(&text)?;
         s.validate()?;
+        crate::load::expand(&mut s);
         Ok(s)
     }
 
@@ -298,7 +340,9 @@ impl Scenario {
                 s.restart,
                 s.create.as_ref().map(|c| c.site),
                 s.create.as_ref().and_then(|c| c.on),
+                s.create.as_ref().and_then(|c| c.image),
                 s.deploy.as_ref().map(|d| d.site),
+                s.delete.as_ref().map(|d| d.site),
             ]
             .into_iter()
             .flatten()
@@ -321,6 +365,6 @@ impl Scenario {
                 ));
             }
         }
-        Ok(())
+        crate::load::check(self)
     }
 }

@@ -42,7 +42,7 @@ impl Sim {
             .sc
             .timeline
             .iter()
-            .filter_map(|s| s.create.as_ref().map(|c| c.site).or(s.deploy.as_ref().map(|_| 0)))
+            .filter_map(|s| s.create.as_ref().map(|c| c.image_site()).or(s.deploy.as_ref().map(|_| 0)))
             .collect();
         for i in creators {
             for p in self.sc.projects.clone() {
@@ -65,10 +65,12 @@ impl Sim {
         let step: Step = self.sc.timeline[k].clone();
         if let Some(groups) = &step.partition {
             let mut cut = BTreeSet::new();
-            let group_of = |s: usize| groups.iter().position(|g| g.contains(&s));
-            for a in 0..self.sites.len() {
-                for b in 0..self.sites.len() {
-                    if a != b && group_of(a) != group_of(b) {
+            let n = self.sites.len();
+            let group_of: Vec<Option<usize>> =
+                (0..n).map(|s| groups.iter().position(|g| g.contains(&s))).collect();
+            for a in 0..n {
+                for b in 0..n {
+                    if a != b && group_of[a] != group_of[b] {
                         cut.insert((a, b));
                     }
                 }
@@ -100,11 +102,11 @@ impl Sim {
         }
         if let Some(c) = &step.create {
             for n in 0..c.count {
-                let name = format!("i{}-{k}-{n}", c.site);
+                let name = c.instance_name(k, n);
                 let cmd = Command::CreateInstance(NewInstance {
                     name: name.clone(),
                     project: c.project.clone(),
-                    image: format!("img-s{}", c.site),
+                    image: format!("img-s{}", c.image_site()),
                     cpus: c.cpus,
                     memory_mib: c.memory_mib,
                     disk_mib: 0,
@@ -130,6 +132,13 @@ impl Sim {
                     }
                 }
             }
+        }
+        if let Some(d) = &step.delete {
+            let key = format!("{}/{}", d.project, d.name);
+            // Asked for: the instance need not survive to the end any more.
+            self.checks.acked.retain(|(site, k)| !(*site == d.site && *k == key));
+            let cmd = Command::DeleteInstance { project: d.project.clone(), name: d.name.clone() };
+            self.call(d.site, cmd, Pending::Delete { key });
         }
         if let Some(f) = &step.forge {
             self.forge(f);

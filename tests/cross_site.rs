@@ -140,9 +140,11 @@ fn rights_move_on_demand_and_refusals_say_where_they_are() {
     assert!(c_row["used"]["instances"].as_i64().unwrap() >= 1, "{c_row}");
     let table = c.cli().ok(&["quota", "show", "default", "--by-site"]);
     assert!(table.starts_with("SITE") && table.contains("site-a"), "{table}");
-    // Naming site-a as holding spare rights out of reach needs its last
-    // summary to have reached site-c with them: not reliable yet (see the
-    // known limits in docs/architecture.md), so not asserted here.
+    // Site-a's document, held at site-c (a custodian), shows the rights it
+    // kept: the refusal names it as holding spare rights out of reach.
+    assert!(refusal.contains("spare rights out of reach at site-a ("), "{refusal}");
+    assert_eq!(a_row["source"], "document", "{a_row}");
+    assert!(a_row["free"]["instances"].as_i64().unwrap() > 0, "{a_row}");
 }
 
 /// One atoll: instances of every site are listed, read and acted on through

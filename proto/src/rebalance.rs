@@ -589,7 +589,7 @@ impl Peer {
 
     /// The refusal of an admission, with the realm-wide picture this site has:
     /// the project's total, whom it asked and what they gave, and which sites
-    /// out of reach hold spare rights by their last summary.
+    /// out of reach hold spare rights (`rights_by_site`).
     fn refusal(&self, new: &NewInstance, asked: &[(SiteId, Option<Resources>)], base: ApiError) -> ApiError {
         let ApiError::QuotaExceeded(msg) = base else { return base };
         let total = self.realm.quota_total(&new.project).map(|t| t.to_string()).unwrap_or_default();
@@ -601,17 +601,20 @@ impl Peer {
                 None => format!("{s} did not answer"),
             })
             .collect();
-        let away: Vec<String> = self
-            .summaries
+        let rows = self.rights_by_site(&new.project).unwrap_or_default();
+        // Spare rights out of reach: exact from the documents held here (a
+        // custodian's or recipient's copy, as of its last sync), else from
+        // the site's last summary.
+        let away: Vec<String> = rows
             .iter()
-            .filter(|(s, _)| !self.in_reach(s))
-            .filter_map(|(s, v)| {
-                let spare = v.spare.iter().find(|(p, _)| p == &new.project)?.1;
-                (spare.instances > 0).then(|| format!("{s} ({spare})"))
+            .filter(|r| r.site != self.site && !r.reachable)
+            .filter_map(|r| {
+                let free = r.free?;
+                (free.instances > 0).then(|| format!("{} ({free})", r.site))
             })
             .collect();
         let mut out = format!("{msg}; project total {total}");
-        if let Ok(rows) = self.rights_by_site(&new.project) {
+        if !rows.is_empty() {
             let known: Vec<Resources> = rows.iter().filter_map(|r| r.used).collect();
             if let Some(used) = Resources::checked_sum(known.iter().copied()) {
                 out.push_str(&format!(

@@ -243,5 +243,11 @@ fn the_realm_wide_view_lists_reads_and_acts_across_sites() {
     let table = a.cli().ok(&["instance", "list"]);
     assert!(table.contains("unreachable, known") && table.contains("site site-c is unreachable"), "{table}");
     let err = a.cli().fails(&["instance", "logs", "on-site-c"]);
-    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(err.contains("cannot be reached") && err.contains("waited 5 s for its link"), "{err}");
+
+    // C comes back on a new peer port: the first logs request through A,
+    // sent before A's link to C is up again, waits for it and is answered.
+    c.boot();
+    let out = a.cli().ok(&["instance", "logs", "on-site-c"]);
+    assert!(out.contains("hello from site-c"), "{out}");
 }

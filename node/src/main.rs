@@ -9,6 +9,7 @@ mod driver;
 mod fetch;
 mod metrics;
 mod net;
+mod remote_logs;
 mod runtime;
 mod store;
 

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::driver::{Drivers, Exit, Recovered};
 use crate::fetch::{Fetches, Finished};
 use crate::net::{self, Net};
+use crate::remote_logs::RemoteLogs;
 use crate::store::Store;
 
 /// Inputs queued for the loop; senders wait when it is full.
@@ -117,14 +118,11 @@ pub struct Runtime {
     fetches: Fetches<libp2p::request_response::OutboundRequestId>,
     /// Fetches that ended, to report to the peer after the current input.
     fetched: Vec<Finished>,
-    /// Callers waiting for another site's instance output (at most [`MAX_LOG_WAITERS`]).
-    logs: HashMap<libp2p::request_response::OutboundRequestId, oneshot::Sender<Result<Vec<u8>, ApiError>>>,
+    /// Callers waiting for another site's instance output.
+    logs: RemoteLogs,
     /// The API certificate's fingerprint to publish in our member record.
     api_cert: Option<String>,
 }
-
-/// Remote logs requests in flight at once.
-const MAX_LOG_WAITERS: usize = 64;
 
 impl Runtime {
     pub fn new(
@@ -150,7 +148,7 @@ impl Runtime {
             ticks: 0,
             fetches: Fetches::default(),
             fetched: Vec::new(),
-            logs: HashMap::new(),
+            logs: RemoteLogs::default(),
             api_cert: None,
         };
         (runtime, client)
@@ -240,7 +238,9 @@ impl Runtime {
                 }
                 return;
             }
-            Msg::Logs { site, request, reply } => return self.ask_logs(site, request, reply),
+            Msg::Logs { site, request, reply } => {
+                return self.logs.ask(self.net.as_mut(), site, request, reply);
+            }
             Msg::ServedLogs { channel, reply } => {
                 if let Some(net) = self.net.as_mut() {
                     net.answer_logs(channel, reply);
@@ -327,7 +327,12 @@ impl Runtime {
 
     fn on_net(&mut self, ev: net::Event) {
         match ev {
-            net::Event::Input(input) => self.input(input),
+            net::Event::Input(input) => {
+                if let (Input::Connected(_), Some(net)) = (&input, self.net.as_mut()) {
+                    self.logs.retry(net, std::time::Instant::now());
+                }
+                self.input(input)
+            }
             net::Event::Join { request, channel } => {
                 let mut fx = Outbox::default();
                 let mut reply = self.peer.accept_join(now_millis(), &request, &mut fx);
@@ -360,40 +365,13 @@ impl Runtime {
             }
             net::Event::Chunk { request, result } => self.on_chunk(request, result),
             net::Event::LogsWanted { request, channel } => self.serve_logs(request, channel),
-            net::Event::Logs { request, result } => {
-                if let Some(reply) = self.logs.remove(&request) {
-                    let _ = reply.send(result);
-                }
-            }
+            net::Event::Logs { request, result } => self.logs.answered(request, result),
             net::Event::Addrs(addrs) => {
                 let mut fx = Outbox::default();
                 if let Err(e) = self.peer.set_addrs(now_millis(), addrs, &mut fx) {
                     tracing::warn!("cannot publish our peer addresses: {e}");
                 }
                 self.carry_out(fx);
-            }
-        }
-    }
-
-    fn ask_logs(
-        &mut self,
-        site: atoll_crdt::SiteId,
-        request: wire::LogsRequest,
-        reply: oneshot::Sender<Result<Vec<u8>, ApiError>>,
-    ) {
-        if self.logs.len() >= MAX_LOG_WAITERS {
-            let _ = reply.send(Err(ApiError::Busy("too many logs requests in flight; retry".into())));
-            return;
-        }
-        match self.net.as_mut().and_then(|n| n.request_logs(&site, &request)) {
-            Some(id) => {
-                self.logs.insert(id, reply);
-            }
-            None => {
-                let _ = reply.send(Err(ApiError::Unreachable(format!(
-                    "site {site}, which runs {}/{}, cannot be reached now",
-                    request.project, request.name
-                ))));
             }
         }
     }
@@ -450,6 +428,7 @@ impl Runtime {
                 *p = self.fetches.progress();
             }
             parted = net.tick();
+            self.logs.retry(net, std::time::Instant::now());
             let summarised = summary.is_some();
             match summary {
                 Some(Ok(view)) => {

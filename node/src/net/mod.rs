@@ -173,6 +173,15 @@ pub struct LinkView {
     pub wire: u16,
 }
 
+/// Why a request to a member was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The site is not a member this network knows.
+    NotMember,
+    /// Its kept link is down now (it is redialled every second).
+    LinkDown,
+}
+
 /// What the event loop has to act on after a network event.
 pub enum Event {
     Input(Input),

@@ -16,7 +16,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, multiaddr::Protocol};
 
 use super::swarm::{BehaviourEvent, REQUEST_TIMEOUT};
-use super::{Event, Net, NetError, peer_id};
+use super::{Event, Net, NetError, Unsent, peer_id};
 
 impl Net {
     /// Asks a connected member for a chunk; None when it is not connected.
@@ -34,19 +34,26 @@ impl Net {
         let _ = self.swarm.behaviour_mut().chunk.send_response(channel, bytes);
     }
 
-    /// Asks a member for an instance's output; a member we keep no
+    /// Asks a member for an instance's output. A member we keep no
     /// connection to is dialled (the request waits for the connection, up to
-    /// its timeout); None when it is no member, or a kept link that is down
-    /// (it is out of reach: dialled every second anyway).
-    pub fn request_logs(&mut self, from: &SiteId, request: &wire::LogsRequest) -> Option<OutboundRequestId> {
-        let peer = self.peer_of.get(from).copied()?;
+    /// its timeout); a kept link that is down is not sent to: it is dialled
+    /// every second anyway, and the caller decides how long to wait for it.
+    pub fn request_logs(
+        &mut self,
+        from: &SiteId,
+        request: &wire::LogsRequest,
+    ) -> Result<OutboundRequestId, Unsent> {
+        let peer = self.peer_of.get(from).copied().ok_or(Unsent::NotMember)?;
         if !self.connected.contains(&peer) {
-            let link = self.members.get_mut(&peer).filter(|l| !l.kept)?;
+            let link = self.members.get_mut(&peer).ok_or(Unsent::NotMember)?;
+            if link.kept {
+                return Err(Unsent::LinkDown);
+            }
             link.want(Instant::now());
         }
         let bytes = wire::encode(request);
         self.traffic.sent(bytes.len());
-        Some(self.swarm.behaviour_mut().logs.send_request(&peer, bytes))
+        Ok(self.swarm.behaviour_mut().logs.send_request(&peer, bytes))
     }
 
     /// Answers a logs request.

@@ -58,6 +58,24 @@ fn resident(sites: &[Daemon]) -> (f64, f64) {
     (rss.iter().sum::<f64>() / rss.len().max(1) as f64, max)
 }
 
+/// CPU time (user + system) a process has used, from /proc/PID/stat.
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // Linux reports in clock ticks of 100 per second (USER_HZ on every architecture Atoll runs on).
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time of every daemon, and of this process (the poller).
+fn cpu(sites: &[Daemon]) -> (Duration, Duration) {
+    let daemons = sites.iter().filter_map(|d| d.pid()).map(|p| cpu_time(&p.to_string())).sum();
+    (daemons, cpu_time("self"))
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -79,6 +97,7 @@ fn main() {
     );
 
     let before = sent_bytes(&sites, &tokens);
+    let (daemons_before, poller_before) = cpu(&sites);
     let started = Instant::now();
     let mut lat = Vec::with_capacity(writes);
     for i in 0..writes {
@@ -98,11 +117,20 @@ fn main() {
         }
         lat.push(written.elapsed());
     }
+    let (daemons_after, poller_after) = cpu(&sites);
+    let wall = started.elapsed();
     let sent = (sent_bytes(&sites, &tokens) - before) as f64;
     let per_change = (sent - idle_all * started.elapsed().as_secs_f64()).max(0.0) / writes as f64;
     lat.sort();
     let (conns, conns_max) = connections(&sites, &tokens);
     let (rss, rss_max) = resident(&sites);
+    let per_write = |d: Duration| d.as_secs_f64() * 1e3 / writes as f64;
+    println!(
+        "sites={n} writes={writes} CPU per write: daemons {:.1} ms, poller {:.1} ms; wall {:.1} ms per write",
+        per_write(daemons_after - daemons_before),
+        per_write(poller_after - poller_before),
+        per_write(wall),
+    );
     println!(
         "sites={n} writes={writes} visible-everywhere p50={:.2} ms p99={:.2} ms max={:.2} ms; \
          {per_change:.0} payload bytes sent per change (all sites); idle {idle:.0} B/s per site; \

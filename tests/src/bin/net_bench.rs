@@ -5,6 +5,9 @@
 //! connections per site, and each daemon's resident memory (VmRSS).
 //!
 //!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES]
+//!
+//! It also prints the CPU time the daemons and this poller used per write
+//! and the daemons' CPU per second while idle (docs/benchmarks.md).
 
 use std::time::{Duration, Instant};
 
@@ -88,12 +91,16 @@ fn main() {
     // Idle first, so that the idle traffic can be taken out of the writes' figure.
     std::thread::sleep(Duration::from_secs(2));
     let quiet = sent_bytes(&sites, &tokens);
+    let (idle_cpu_before, _) = cpu(&sites);
     std::thread::sleep(IDLE);
+    let idle_cpu = (cpu(&sites).0 - idle_cpu_before).as_secs_f64() / IDLE.as_secs_f64() / n as f64;
     let idle_all = (sent_bytes(&sites, &tokens) - quiet) as f64 / IDLE.as_secs_f64();
     let idle = idle_all / n as f64;
     let (rss, rss_max) = resident(&sites);
     println!(
-        "sites={n} idle: {idle:.0} B/s per site; resident memory per daemon {rss:.1} MiB (max {rss_max:.1})"
+        "sites={n} idle: {idle:.0} B/s per site; CPU {:.1} ms per second per site; resident memory per daemon \
+         {rss:.1} MiB (max {rss_max:.1})",
+        idle_cpu * 1e3
     );
 
     let before = sent_bytes(&sites, &tokens);

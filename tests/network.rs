@@ -65,6 +65,11 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
         }),
         "site-c did not catch up after its restart"
     );
+    // C notes when the realm's changes reached it, by its own clock.
+    let net = http(&c.addr(), "GET", "/v1/network", Some(&saved_token(&c)), b"").json();
+    let at = net["changes_received_at"]["realm"].as_u64().unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(at > 0 && at <= now && now - at < 120_000, "{net}");
 
     // An invitation admits one site: a second site presenting it is refused,
     // and the daemon says so and stops.

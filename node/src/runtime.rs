@@ -253,7 +253,19 @@ impl Runtime {
 
     fn input(&mut self, input: Input) {
         let mut fx = Outbox::default();
-        self.peer.handle(now_millis(), input, &mut fx);
+        let from_peer = matches!(input, Input::Message { .. });
+        let now = now_millis();
+        self.peer.handle(now, input, &mut fx);
+        if from_peer && let Some(net) = self.net.as_ref() {
+            for w in &fx.writes {
+                if let StoreWrite::Append { doc, .. }
+                | StoreWrite::Snapshot { doc, .. }
+                | StoreWrite::Epoch { doc, .. } = w
+                {
+                    net.traffic.changes_received(doc, now);
+                }
+            }
+        }
         self.carry_out(fx);
         self.log_refusals();
         // Fetches that ended while carrying out (nothing was missing, say).

@@ -112,6 +112,10 @@ pub struct Traffic {
     #[serde(skip)]
     #[schemars(skip)]
     pub stats: std::sync::Mutex<Option<atoll_proto::stats::Stats>>,
+    /// When a member's message last brought changes this site did not hold,
+    /// per document (`realm`, `site/NAME`; Unix time, milliseconds): how fresh
+    /// replication is here, and when a write made elsewhere arrived.
+    pub changes_received_at: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// Sync messages and payload bytes exchanged with one member.
@@ -135,6 +139,14 @@ impl Traffic {
                 e.recv_msgs += 1;
                 e.recv_bytes += bytes as u64;
             }
+        }
+    }
+
+    /// Notes that changes to `doc` arrived from a member at `at`.
+    pub fn changes_received(&self, doc: &atoll_proto::DocId, at: u64) {
+        if let Ok(mut by) = self.changes_received_at.lock() {
+            // Bounded: one entry per document held here.
+            by.insert(doc.to_string(), at);
         }
     }
 

@@ -2,9 +2,13 @@
 //! joined by invitation: time for a write on one site to be visible on every
 //! other (p50/p99), payload bytes sent per replicated change (the idle
 //! traffic of the same time taken out), idle traffic per site, open
-//! connections per site, and each daemon's resident memory (VmRSS).
+//! connections per site, and each daemon's resident memory (VmRSS). The
+//! time to visible is taken twice: by asking every other site over HTTP until
+//! it answers with the write (in turn, or together), and by the daemons'
+//! own record of when the change arrived (`changes_received_at` of
+//! `GET /v1/network`), which no polling delays.
 //!
-//!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES]
+//!     cargo build --release -p atoll -p atoll-e2e && ./target/release/net-bench [SITES] [WRITES] [together]
 //!
 //! It also prints the CPU time the daemons and this poller used per write
 //! and the daemons' CPU per second while idle (docs/benchmarks.md).
@@ -79,10 +83,46 @@ fn cpu(sites: &[Daemon]) -> (Duration, Duration) {
     (daemons, cpu_time("self"))
 }
 
+/// What asking one site until it answers with the write took.
+struct Found {
+    requests: u64,
+    /// The round trip of the answer that found it.
+    confirming: Duration,
+}
+
+/// Asks `d` for `path` until it answers 200 (every 0.5 ms).
+fn poll_until_found(d: &Daemon, path: &str, token: &str, written: Instant) -> Found {
+    let mut requests = 0;
+    loop {
+        requests += 1;
+        let asked = Instant::now();
+        if http(&d.addr(), "GET", path, Some(token), b"").status == 200 {
+            return Found { requests, confirming: asked.elapsed() };
+        }
+        assert!(written.elapsed() < Duration::from_secs(30), "{path} never reached {}", d.site);
+        std::thread::sleep(Duration::from_micros(500));
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When a member's message last brought a change to `d`'s realm replica
+/// (Unix ms, the daemon's clock: the same machine's).
+fn realm_change_received(d: &Daemon, token: &str) -> u64 {
+    let network = http(&d.addr(), "GET", "/v1/network", Some(token), b"").json();
+    network["changes_received_at"]["realm"].as_u64().unwrap_or(0)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let writes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    // `together`: every other site is asked at once, each by a thread of its
+    // own, instead of one after the other (the figure then includes one round
+    // trip, not N-1, but the daemons serve N-1 pollers meanwhile).
+    let together = args.next().as_deref() == Some("together");
     let root = tempfile::tempdir().unwrap();
     let (sites, admin) = loopback_realm(root.path(), n);
     // The admin's token verifies on every site (offline, by the issuer's key).
@@ -107,6 +147,11 @@ fn main() {
     let (daemons_before, poller_before) = cpu(&sites);
     let started = Instant::now();
     let mut lat = Vec::with_capacity(writes);
+    let mut polls = 0u64;
+    let mut arrived = Vec::with_capacity(writes);
+    // Time spent in the answers that found the write: when each site is
+    // asked in turn, the latency includes at least these N-1 round trips.
+    let mut confirming = Duration::ZERO;
     for i in 0..writes {
         // `pool`: the project's rights stay at site-1, so the change is one
         // realm record whatever N (an `even` spread writes a transfer to every
@@ -115,13 +160,29 @@ fn main() {
         let reply = http(&sites[0].addr(), "POST", "/v1/projects", Some(&admin), body.as_bytes());
         assert_eq!(reply.status, 200, "{}", reply.body);
         let written = Instant::now();
+        let written_at = unix_ms();
         let path = format!("/v1/quotas/p{i}");
-        for d in &sites[1..] {
-            while http(&d.addr(), "GET", &path, Some(&admin), b"").status != 200 {
-                assert!(written.elapsed() < Duration::from_secs(30), "p{i} never reached {}", d.site);
-                std::thread::sleep(Duration::from_micros(500));
-            }
+        let others = &sites[1..];
+        let found = if together {
+            std::thread::scope(|scope| {
+                let polls: Vec<_> = others
+                    .iter()
+                    .map(|d| scope.spawn(|| poll_until_found(d, &path, &admin, written)))
+                    .collect();
+                polls.into_iter().map(|p| p.join().expect("poller thread")).collect::<Vec<_>>()
+            })
+        } else {
+            others.iter().map(|d| poll_until_found(d, &path, &admin, written)).collect()
+        };
+        for f in found {
+            polls += f.requests;
+            confirming += f.confirming;
         }
+        // The daemons' own record of when the write reached them, after every
+        // one has it (the realm is quiet otherwise: no other realm change).
+        let reached =
+            others.iter().map(|d| realm_change_received(d, &admin).saturating_sub(written_at)).max();
+        arrived.push(Duration::from_millis(reached.unwrap_or(0)));
         lat.push(written.elapsed());
     }
     let (daemons_after, poller_after) = cpu(&sites);
@@ -129,14 +190,25 @@ fn main() {
     let sent = (sent_bytes(&sites, &tokens) - before) as f64;
     let per_change = (sent - idle_all * started.elapsed().as_secs_f64()).max(0.0) / writes as f64;
     lat.sort();
+    arrived.sort();
     let (conns, conns_max) = connections(&sites, &tokens);
     let (rss, rss_max) = resident(&sites);
     let per_write = |d: Duration| d.as_secs_f64() * 1e3 / writes as f64;
     println!(
-        "sites={n} writes={writes} CPU per write: daemons {:.1} ms, poller {:.1} ms; wall {:.1} ms per write",
+        "sites={n} writes={writes} sites asked {}; CPU per write: daemons {:.1} ms, poller {:.1} ms ({:.1} requests, {:.1} ms in \
+         the answers that found it); wall {:.1} ms per write",
+        if together { "together" } else { "in turn" },
         per_write(daemons_after - daemons_before),
         per_write(poller_after - poller_before),
+        polls as f64 / writes as f64,
+        per_write(confirming),
         per_write(wall),
+    );
+    println!(
+        "sites={n} writes={writes} arrived everywhere by the daemons' clocks p50={:.0} ms p99={:.0} ms max={:.0} ms",
+        percentile(&arrived, 0.5).as_secs_f64() * 1e3,
+        percentile(&arrived, 0.99).as_secs_f64() * 1e3,
+        arrived.last().unwrap().as_secs_f64() * 1e3,
     );
     println!(
         "sites={n} writes={writes} visible-everywhere p50={:.2} ms p99={:.2} ms max={:.2} ms; \

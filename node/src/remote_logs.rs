@@ -46,7 +46,9 @@ impl RemoteLogs {
             return;
         }
         let Some(net) = net else {
-            let _ = reply.send(Err(unreachable(&site, &request)));
+            let _ = reply.send(Err(ApiError::Unreachable(format!(
+                "site {site} cannot be reached: this site runs without a peer network"
+            ))));
             return;
         };
         match net.request_logs(&site, &request) {

@@ -145,7 +145,8 @@ impl Traffic {
     /// Notes that changes to `doc` arrived from a member at `at`.
     pub fn changes_received(&self, doc: &atoll_proto::DocId, at: u64) {
         if let Ok(mut by) = self.changes_received_at.lock() {
-            // Bounded: one entry per document held here.
+            // Bounded: the realm and at most one site document per member
+            // (an entry stays after its document is dropped).
             by.insert(doc.to_string(), at);
         }
     }

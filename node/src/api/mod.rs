@@ -199,11 +199,13 @@ fn wait_ms(secs: Option<u64>) -> Result<u64, Failure> {
     }
 }
 
-/// The command, sent to `site` when one is named.
+/// The command, sent to `site` when one is named. `wait` is checked either
+/// way: a request the OpenAPI document refuses is refused, whatever it names.
 fn routed(q: TargetQuery, cmd: Command) -> Result<Command, Failure> {
     let t = query(q)?;
+    let wait_ms = wait_ms(t.wait)?;
     Ok(match t.site {
-        Some(site) => Command::Remote { site, wait_ms: wait_ms(t.wait)?, then: Box::new(cmd) },
+        Some(site) => Command::Remote { site, wait_ms, then: Box::new(cmd) },
         None => cmd,
     })
 }

@@ -22,6 +22,12 @@ fn wrong_input_is_refused_clearly() {
     let r = http(&addr, "POST", "/v1/users", Some(&token), br#"{"name": 5}"#);
     assert_eq!((r.status, error_of(&r).as_str()), (400, "invalid"));
 
+    // A `?wait=` above its documented maximum, even where no site is named
+    // and nothing would wait (schemathesis found an image copy accepted).
+    let r = http(&addr, "POST", "/v1/images/default/any/copy?wait=6807", Some(&token), b"");
+    assert_eq!((r.status, error_of(&r).as_str()), (400, "invalid"), "{}", r.body);
+    assert!(r.body.contains("wait at most 300 s"), "{}", r.body);
+
     // Bad or missing token.
     let r = http(&addr, "GET", "/v1/instances", Some("forged.token"), b"");
     assert_eq!((r.status, error_of(&r).as_str()), (401, "unauthenticated"));

@@ -40,6 +40,33 @@ fn images_and_instance_operations_cross_sites() {
         let share = ["--instances", "3", "--cpus", "3", "--memory", "1024"];
         a.cli().ok(&[&["quota", "give", "default", "--to", site][..], &share].concat());
     }
+    // The escrow's holes stay shut on a real daemon: an amount that would
+    // wrap when multiplied by the recipients, a recipient named twice, and
+    // more than the giver holds are refused, and nothing moves.
+    let held = || a.cli().json(&["quota", "show", "default"])["available_here"].clone();
+    let before = held();
+    let give = |to: &str, instances: &str| {
+        a.cli().fails(&[
+            "quota",
+            "give",
+            "default",
+            "--to",
+            to,
+            "--instances",
+            instances,
+            "--cpus",
+            "1",
+            "--memory",
+            "1",
+        ])
+    };
+    let err = give("site-b,site-c", "4611686018427387904");
+    assert!(err.contains("quota values must lie within"), "{err}");
+    let err = give("site-b,site-b", "1");
+    assert!(err.contains("site-b is named twice"), "{err}");
+    let err = give("site-b", "1000");
+    assert!(err.contains("local quota share exhausted"), "{err}");
+    assert_eq!(held(), before);
 
     // An image of three chunks, uploaded on A only.
     let file = padded_process_image(root.path(), "sleeper", "sleep 600\n", 9 << 20);

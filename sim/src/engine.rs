@@ -22,6 +22,9 @@ use crate::scenario::{Scenario, Step};
 
 mod forge;
 mod steps;
+mod stores;
+
+pub(crate) use stores::{Segments, Stored};
 
 const ADMIN_PASSWORD: &str = "sim-admin-password";
 /// Full mesh up to this many sites; beyond, each site links to the sites a
@@ -121,39 +124,6 @@ impl Ord for Queued {
     }
 }
 
-/// The bytes a site persisted under one key, as appended segments each
-/// allocated to its size: one growing buffer per key held up to twice its
-/// bytes, which at 500 sites was 84 of 293 MiB of the simulator's heap.
-#[derive(Default)]
-pub(crate) struct Stored {
-    parts: Vec<Box<[u8]>>,
-}
-
-impl Stored {
-    /// Segments kept before they are joined into one (a restart reads them all).
-    const MAX_PARTS: usize = 32;
-
-    fn append(&mut self, bytes: Vec<u8>) {
-        if self.parts.len() >= Self::MAX_PARTS {
-            self.parts = vec![self.bytes().into_boxed_slice()];
-        }
-        self.parts.push(bytes.into_boxed_slice());
-    }
-
-    fn replace(&mut self, bytes: Vec<u8>) {
-        self.parts = vec![bytes.into_boxed_slice()];
-    }
-
-    /// Everything stored, in order.
-    pub fn bytes(&self) -> Vec<u8> {
-        self.parts.concat()
-    }
-
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.len()).sum()
-    }
-}
-
 pub(crate) struct Site {
     pub peer: Option<Peer>,
     pub id: SiteId,
@@ -228,6 +198,8 @@ pub struct Sim {
     /// giver's answer may be worth less than it says, so a refusal while
     /// another site held spare rights is counted, not a violation.
     lied_about: BTreeSet<String>,
+    /// The stores' segments, shared between sites that saved the same bytes.
+    segments: Segments,
 }
 
 /// A site's configuration: its key comes from `key_seed` (the same across
@@ -348,6 +320,7 @@ impl Sim {
             index,
             forged: Vec::new(),
             lied_about: BTreeSet::new(),
+            segments: Segments::default(),
             last_forgery: None,
         };
         sim.build_overlay(&seats);
@@ -407,17 +380,20 @@ impl Sim {
         let epoch = self.sites[i].epoch;
         for w in fx.writes {
             let store = &mut self.sites[i].store;
+            let seg = &mut self.segments;
             match w {
-                StoreWrite::Append { doc, bytes } => store.entry(doc.to_string()).or_default().append(bytes),
+                StoreWrite::Append { doc, bytes } => {
+                    store.entry(doc.to_string()).or_default().append(bytes, seg)
+                }
                 StoreWrite::Snapshot { doc, bytes } => {
-                    store.entry(doc.to_string()).or_default().replace(bytes)
+                    store.entry(doc.to_string()).or_default().replace(bytes, seg)
                 }
                 StoreWrite::Sigs { doc, bytes } => {
-                    store.entry(format!("sigs/{doc}")).or_default().append(bytes)
+                    store.entry(format!("sigs/{doc}")).or_default().append(bytes, seg)
                 }
                 StoreWrite::Epoch { doc, bytes, sigs } => {
-                    store.entry(doc.to_string()).or_default().replace(bytes);
-                    store.entry(format!("sigs/{doc}")).or_default().replace(sigs);
+                    store.entry(doc.to_string()).or_default().replace(bytes, seg);
+                    store.entry(format!("sigs/{doc}")).or_default().replace(sigs, seg);
                 }
                 StoreWrite::DeleteBlob { .. } => {}
             }

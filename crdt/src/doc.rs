@@ -89,7 +89,7 @@ pub struct DocSize {
 
 /// An automerge document with Atoll's collection layout.
 pub struct Doc {
-    pub(crate) inner: AutoCommit,
+    pub(crate) inner: crate::replica::Body,
     /// Who signed each change (crate::provenance).
     pub(crate) ledger: crate::provenance::Ledger,
     /// Counts the calls that may have changed the content, for caches of
@@ -179,7 +179,7 @@ impl Doc {
         for c in collections {
             inner.put_object(automerge::ROOT, *c, ObjType::Map)?;
         }
-        let mut doc = Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() };
+        let mut doc = Doc::from_inner(inner);
         doc.commit(now);
         Ok(doc)
     }
@@ -187,8 +187,8 @@ impl Doc {
     /// Loads saved bytes (a full save, optionally followed by incremental saves).
     pub fn load(bytes: &[u8], actor: &[u8], collections: &[&'static str]) -> Result<Self, DocError> {
         crate::chunks::check(bytes)?;
-        let inner = guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor));
-        let doc = Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() };
+        let doc =
+            Doc::loaded(guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)));
         doc.check(collections)?;
         Ok(doc)
     }
@@ -200,24 +200,19 @@ impl Doc {
             return Ok(Doc::empty(actor));
         }
         crate::chunks::check(bytes)?;
-        Ok(Doc {
-            inner: guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor)),
-            ledger: Default::default(),
-            edits: 0,
-            collections: Default::default(),
-        })
+        Ok(Doc::loaded(guarded("a document", || AutoCommit::load(bytes))??.with_actor(ActorId::from(actor))))
     }
 
     /// How many entities a collection holds, without decoding them.
     pub fn count<T: Entity>(&self) -> usize {
-        self.collection(T::COLLECTION).map(|c| self.inner.length(&c)).unwrap_or(0)
+        self.collection(T::COLLECTION).map(|c| self.inner.doc().length(&c)).unwrap_or(0)
     }
 
     /// The keys of a collection's entities, in key order, without reading
     /// the entities.
     pub fn keys<T: Entity>(&self) -> Vec<String> {
         let Ok(coll) = self.collection(T::COLLECTION) else { return Vec::new() };
-        self.inner.keys(&coll).collect()
+        self.inner.doc().keys(&coll).collect()
     }
 
     /// Whether the document has the collection (a replica filled by sync has it
@@ -228,7 +223,7 @@ impl Doc {
 
     /// Verifies the layout: every collection exists and the schema is known.
     pub fn check(&self, collections: &[&'static str]) -> Result<(), DocError> {
-        if let Some((v, _)) = self.inner.get(automerge::ROOT, "schema")? {
+        if let Some((v, _)) = self.inner.doc().get(automerge::ROOT, "schema")? {
             let found = scalar_to_json(&v).as_u64().unwrap_or(0);
             if found > SCHEMA {
                 return Err(DocError::Schema { found });
@@ -248,7 +243,7 @@ impl Doc {
         if let Some((_, id)) = cached.1.iter().find(|(n, _)| *n == name) {
             return Ok(id.clone());
         }
-        match self.inner.get(automerge::ROOT, name)? {
+        match self.inner.doc().get(automerge::ROOT, name)? {
             Some((Value::Object(ObjType::Map), id)) => {
                 cached.1.push((name, id.clone()));
                 Ok(id)
@@ -261,10 +256,11 @@ impl Doc {
     pub fn get<T: Entity>(&self, key: &str) -> Result<Option<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
         if T::VERSIONED {
-            let all = self.inner.get_all(&coll, key)?;
+            let all = owned(self.inner.doc().get_all(&coll, key)?);
             return Ok(latest(self.packed_values(key, all, None)?));
         }
-        match self.inner.get(&coll, key)? {
+        let found = self.inner.doc().get(&coll, key)?.map(|(v, id)| (v.into_owned(), id));
+        match found {
             Some((Value::Object(ObjType::Map), obj)) => self.decode::<T>(&Stored::Fields(obj), key).map(Some),
             Some((Value::Scalar(s), _)) => match s.as_ref() {
                 ScalarValue::Bytes(b) => self.decode::<T>(&Stored::Packed(b.clone()), key).map(Some),
@@ -278,10 +274,11 @@ impl Doc {
     pub fn get_at<T: Entity>(&self, key: &str, heads: &[ChangeHash]) -> Result<Option<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
         if T::VERSIONED {
-            let all = self.inner.get_all_at(&coll, key, heads)?;
+            let all = owned(self.inner.doc().get_all_at(&coll, key, heads)?);
             return Ok(latest(self.packed_values(key, all, Some(heads))?));
         }
-        match self.inner.get_at(&coll, key, heads)? {
+        let found = self.inner.doc().get_at(&coll, key, heads)?.map(|(v, id)| (v.into_owned(), id));
+        match found {
             Some((Value::Object(ObjType::Map), obj)) => {
                 self.decode_fields_at::<T>(&obj, key, heads).map(Some)
             }
@@ -324,25 +321,25 @@ impl Doc {
     /// The scalars at a root key, concurrent writes all kept (the realm's
     /// `floor` reads as their highest, whichever write the merge shows).
     pub fn root_values(&self, name: &str) -> Result<Vec<Json>, DocError> {
-        Ok(scalars(self.inner.get_all(automerge::ROOT, name)?))
+        Ok(scalars(self.inner.doc().get_all(automerge::ROOT, name)?))
     }
 
     /// [`Doc::root_values`] as of `heads`.
     pub fn root_values_at(&self, name: &str, heads: &[ChangeHash]) -> Result<Vec<Json>, DocError> {
-        Ok(scalars(self.inner.get_all_at(automerge::ROOT, name, heads)?))
+        Ok(scalars(self.inner.doc().get_all_at(automerge::ROOT, name, heads)?))
     }
 
     /// Sets a scalar at the document's root (never an object: collections
     /// are made at creation only).
     pub fn put_root(&mut self, name: &str, value: ScalarValue) -> Result<(), DocError> {
         self.edits += 1;
-        self.inner.put(automerge::ROOT, name, value)?;
+        self.inner.local().put(automerge::ROOT, name, value)?;
         Ok(())
     }
 
     /// A scalar at the document's root as of `heads` (`schema`, `founder`).
     pub fn root_at(&self, name: &str, heads: &[ChangeHash]) -> Result<Option<Json>, DocError> {
-        Ok(match self.inner.get_at(automerge::ROOT, name, heads)? {
+        Ok(match self.inner.doc().get_at(automerge::ROOT, name, heads)? {
             Some((v @ Value::Scalar(_), _)) => Some(scalar_to_json(&v)),
             _ => None,
         })
@@ -360,6 +357,7 @@ impl Doc {
         // seek from the start each time), stopping where the prefix ends.
         let objs: Vec<(String, Stored)> = self
             .inner
+            .doc()
             .map_range(&coll, prefix.to_owned()..)
             .take_while(|item| item.key.starts_with(prefix))
             .filter_map(|item| {
@@ -383,13 +381,13 @@ impl Doc {
     pub fn list_at<T: Entity>(&self, heads: &[ChangeHash]) -> Result<Vec<T>, DocError> {
         let coll = self.collection(T::COLLECTION)?;
         let keys: Vec<String> =
-            self.inner.map_range_at(&coll, .., heads).map(|item| item.key.to_string()).collect();
+            self.inner.doc().map_range_at(&coll, .., heads).map(|item| item.key.to_string()).collect();
         keys.iter().filter_map(|key| self.get_at::<T>(key, heads).transpose()).collect()
     }
 
     pub fn contains<T: Entity>(&self, key: &str) -> Result<bool, DocError> {
         let coll = self.collection(T::COLLECTION)?;
-        Ok(self.inner.get(&coll, key)?.is_some())
+        Ok(self.inner.doc().get(&coll, key)?.is_some())
     }
 
     fn decode<T: Entity>(&self, stored: &Stored, key: &str) -> Result<T, DocError> {
@@ -397,7 +395,7 @@ impl Doc {
             Stored::Packed(bytes) => serde_json::from_slice(bytes),
             Stored::Fields(obj) => {
                 let mut map = serde_json::Map::new();
-                for item in self.inner.map_range(obj, ..) {
+                for item in self.inner.doc().map_range(obj, ..) {
                     let value = item.value.into_value();
                     if let v @ Value::Scalar(_) = value {
                         map.insert(item.key.to_string(), scalar_to_json(&v));
@@ -416,7 +414,7 @@ impl Doc {
         heads: &[ChangeHash],
     ) -> Result<T, DocError> {
         let mut map = serde_json::Map::new();
-        for item in self.inner.map_range_at(obj, .., heads) {
+        for item in self.inner.doc().map_range_at(obj, .., heads) {
             if let v @ Value::Scalar(_) = item.value.into_value() {
                 map.insert(item.key.to_string(), scalar_to_json(&v));
             }
@@ -444,16 +442,20 @@ impl Doc {
                 key: key.clone(),
                 reason: e.to_string(),
             })?;
-            let same = matches!(self.inner.get(&coll, &key)?,
+            let same = matches!(self.inner.doc().get(&coll, &key)?,
                 Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Bytes(b) if *b == bytes));
             if !same {
-                self.inner.put(&coll, &key, ScalarValue::Bytes(bytes))?;
+                self.inner.local().put(&coll, &key, ScalarValue::Bytes(bytes))?;
             }
             return Ok(());
         }
-        let obj = match self.inner.get(&coll, &key)? {
-            Some((Value::Object(ObjType::Map), obj)) => obj,
-            _ => self.inner.put_object(&coll, &key, ObjType::Map)?,
+        let held = match self.inner.doc().get(&coll, &key)? {
+            Some((Value::Object(ObjType::Map), obj)) => Some(obj),
+            _ => None,
+        };
+        let obj = match held {
+            Some(obj) => obj,
+            None => self.inner.local().put_object(&coll, &key, ObjType::Map)?,
         };
         let Json::Object(fields) = serde_json::to_value(entity).map_err(|e| DocError::Decode {
             collection: T::COLLECTION,
@@ -469,18 +471,18 @@ impl Doc {
         };
         for (field, value) in &fields {
             let new = json_to_scalar(value);
-            let old = match self.inner.get(&obj, field.as_str())? {
+            let old = match self.inner.doc().get(&obj, field.as_str())? {
                 Some((Value::Scalar(v), _)) => Some(v.into_owned()),
                 _ => None,
             };
             if old.as_ref() != Some(&new) {
-                self.inner.put(&obj, field.as_str(), new)?;
+                self.inner.local().put(&obj, field.as_str(), new)?;
             }
         }
         // Fields dropped from the entity (none today) would linger; remove them.
-        let stale: Vec<String> = self.inner.keys(&obj).filter(|k| !fields.contains_key(k)).collect();
+        let stale: Vec<String> = self.inner.doc().keys(&obj).filter(|k| !fields.contains_key(k)).collect();
         for k in stale {
-            self.inner.delete(&obj, k.as_str())?;
+            self.inner.local().delete(&obj, k.as_str())?;
         }
         Ok(())
     }
@@ -489,17 +491,17 @@ impl Doc {
     pub fn delete<T: Entity>(&mut self, key: &str) -> Result<bool, DocError> {
         self.edits += 1;
         let coll = self.collection(T::COLLECTION)?;
-        if self.inner.get(&coll, key)?.is_none() {
+        if self.inner.doc().get(&coll, key)?.is_none() {
             return Ok(false);
         }
-        self.inner.delete(&coll, key)?;
+        self.inner.local().delete(&coll, key)?;
         Ok(true)
     }
 
     /// How much this replica holds: its history, not only its content
     /// (automerge keeps every change), and the signatures beside it.
     pub fn size(&self) -> DocSize {
-        let stats = automerge::ReadDoc::stats(&self.inner);
+        let stats = automerge::ReadDoc::stats(&*self.inner.doc());
         DocSize { changes: stats.num_changes, ops: stats.num_ops, signatures: self.ledger.len() as u64 }
     }
 
@@ -513,11 +515,11 @@ impl Doc {
     pub fn commit(&mut self, now: Millis) -> Option<ChangeHash> {
         // automerge opens (and drops) a transaction even to commit nothing; the
         // peer commits every document after every input, so check first.
-        if self.inner.pending_ops() == 0 {
+        if self.inner.doc().pending_ops() == 0 {
             return None;
         }
         let secs = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-        let hash = self.inner.commit_with(CommitOptions::default().with_time(secs));
+        let hash = self.inner.local().commit_with(CommitOptions::default().with_time(secs));
         self.drop_patches();
         hash
     }
@@ -525,7 +527,7 @@ impl Doc {
     /// Drops writes not yet committed (a command that failed half-way).
     pub fn rollback(&mut self) {
         self.edits += 1;
-        self.inner.rollback();
+        self.inner.local().rollback();
     }
 
     /// Bytes of the changes made since the previous call (append-only storage).
@@ -539,25 +541,25 @@ impl Doc {
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.inner.get_heads()
+        self.inner.doc().get_heads()
     }
 
     /// The hash of the document's first change (the one that created it),
     /// which every replica shares for good: the document's identity.
     pub fn genesis(&mut self) -> Option<String> {
-        let first = self.inner.get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
+        let first = self.inner.doc().get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
         Some(first.hash().to_string())
     }
 
     /// The actor of the document's first change: for the realm, its founder.
     pub fn genesis_actor(&mut self) -> Option<Vec<u8>> {
-        let first = self.inner.get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
+        let first = self.inner.doc().get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
         Some(first.actor_id().to_bytes().to_vec())
     }
 
     /// Encoded changes the holder of `have` lacks.
     pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
-        self.inner.get_changes(have).into_iter().map(|mut c| c.bytes().into_owned()).collect()
+        self.inner.doc().get_changes(have).into_iter().map(|mut c| c.bytes().into_owned()).collect()
     }
 
     /// Applies encoded changes; duplicates and out-of-order delivery are fine
@@ -572,16 +574,17 @@ impl Doc {
                     .map_err(|e| DocError::BadChange(e.to_string()))?,
             );
         }
-        let inner = &mut self.inner;
+        let inner = self.inner.doc_mut();
         let applied = guarded("changes", move || inner.apply_changes(decoded));
         self.drop_patches();
         applied??;
+        self.inner.share(None);
         Ok(())
     }
 
     pub fn merge(&mut self, other: &mut Doc) -> Result<(), DocError> {
         self.edits += 1;
-        let merged = self.inner.merge(&mut other.inner);
+        let merged = self.inner.doc_mut().merge(&mut other.inner.doc());
         self.drop_patches();
         merged?;
         Ok(())
@@ -594,22 +597,26 @@ impl Doc {
     /// wrote (`crdt/tests/memory.rs`). Call after anything that applies or
     /// commits operations.
     pub(crate) fn drop_patches(&mut self) {
-        self.inner.reset_diff_cursor();
+        self.inner.doc().reset_diff_cursor();
     }
 
+    /// A new document, nothing of it saved yet.
     pub(crate) fn from_inner(inner: AutoCommit) -> Doc {
+        let inner = crate::replica::Body::new(inner, Vec::new());
+        Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() }
+    }
+
+    /// A document read from saved bytes: saved up to its heads.
+    fn loaded(mut inner: AutoCommit) -> Doc {
+        let heads = inner.get_heads();
+        let inner = crate::replica::Body::new(inner, heads);
         Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() }
     }
 
     /// An empty replica, to be filled by the sync protocol from a peer that holds
     /// the document (a site document this site has not seen yet).
     pub fn empty(actor: &[u8]) -> Doc {
-        Doc {
-            inner: AutoCommit::new().with_actor(ActorId::from(actor)),
-            ledger: Default::default(),
-            edits: 0,
-            collections: Default::default(),
-        }
+        Doc::from_inner(AutoCommit::new().with_actor(ActorId::from(actor)))
     }
 
     /// The next automerge sync message for a peer whose progress is `state`,
@@ -626,8 +633,8 @@ impl Doc {
         // when we have changes to send.
         let stuck = self.stuck_on_refused(state);
         let saved = stuck.then(|| state.clone());
-        let wanted = self.ledger.wanted(&self.inner);
-        let inner = &mut self.inner;
+        let wanted = self.ledger.wanted(&self.inner.doc());
+        let mut inner = self.inner.doc();
         let st = &mut *state;
         // What the message carries is what it adds to the state's sent hashes.
         let before = st.sent_hashes.len();
@@ -649,7 +656,7 @@ impl Doc {
             Ok(Some((msg, whole))) => {
                 // A whole document carries every change, those sent before too.
                 let new: Vec<ChangeHash> = if whole {
-                    self.inner.get_changes(&[]).iter().map(automerge::Change::hash).collect()
+                    self.inner.doc().get_changes(&[]).iter().map(automerge::Change::hash).collect()
                 } else {
                     state
                         .sent_hashes
@@ -675,7 +682,7 @@ impl Doc {
     /// Whether every head of the peer's that we lack is a change we refused.
     fn stuck_on_refused(&self, state: &SyncState) -> bool {
         let Some(theirs) = &state.their_heads else { return false };
-        let lacking = ReadDoc::get_missing_deps(&self.inner, theirs);
+        let lacking = ReadDoc::get_missing_deps(&*self.inner.doc(), theirs);
         !lacking.is_empty() && lacking.iter().all(|h| self.ledger.is_refused(&h.0))
     }
 
@@ -706,7 +713,7 @@ impl Doc {
         // what we now hold.
         msg.changes = automerge::sync::ChunkList::empty();
         let changes = crate::provenance::changes_of(&chunks)?;
-        let inner = &mut self.inner;
+        let mut inner = self.inner.doc();
         let st = &mut *state;
         let answered = guarded("a sync message", move || inner.sync().receive_sync_message(st, msg));
         self.drop_patches();
@@ -717,7 +724,7 @@ impl Doc {
         // we send would cover all changes since (crate::exchange).
         if let Some(theirs) = &state.their_heads
             && !theirs.is_empty()
-            && ReadDoc::get_missing_deps(&self.inner, theirs).is_empty()
+            && ReadDoc::get_missing_deps(&*self.inner.doc(), theirs).is_empty()
         {
             state.shared_heads.clone_from(theirs);
         }
@@ -727,7 +734,7 @@ impl Doc {
     /// A 32-byte digest of the current heads: equal digests, equal documents.
     pub fn digest(&mut self) -> [u8; 32] {
         use sha2::Digest;
-        let mut heads = self.inner.get_heads();
+        let mut heads = self.inner.doc().get_heads();
         heads.sort();
         let mut h = sha2::Sha256::new();
         for head in heads {
@@ -745,12 +752,7 @@ impl Doc {
 
     /// A copy acting as `actor` (a new replica of the same document).
     pub fn fork_as(&mut self, actor: &[u8]) -> Doc {
-        Doc {
-            inner: self.inner.fork().with_actor(ActorId::from(actor)),
-            ledger: Default::default(),
-            edits: 0,
-            collections: Default::default(),
-        }
+        Doc::from_inner(self.inner.doc().fork().with_actor(ActorId::from(actor)))
     }
 }
 
@@ -766,6 +768,11 @@ fn json_to_scalar(v: &Json) -> ScalarValue {
         Json::String(s) => ScalarValue::Str(s.as_str().into()),
         nested => ScalarValue::Bytes(serde_json::to_vec(nested).unwrap_or_default()),
     }
+}
+
+/// Values read under the document's lock, kept after it is released.
+fn owned(values: Vec<(Value<'_>, ObjId)>) -> Vec<(Value<'static>, ObjId)> {
+    values.into_iter().map(|(v, id)| (v.into_owned(), id)).collect()
 }
 
 fn scalars(values: Vec<(Value<'_>, automerge::ObjId)>) -> Vec<Json> {
@@ -861,11 +868,11 @@ mod tests {
         assert_eq!(a.list::<Member>().unwrap(), vec![member("/ip4/2")]);
         // A record written field by field (older documents) still reads.
         let coll = a.collection(Member::COLLECTION).unwrap();
-        let obj = a.inner.put_object(&coll, "edge-2", ObjType::Map).unwrap();
+        let obj = a.inner.local().put_object(&coll, "edge-2", ObjType::Map).unwrap();
         let fields =
             serde_json::to_value(Member { site: SiteId::new("edge-2").unwrap(), ..member("x") }).unwrap();
         for (k, v) in fields.as_object().unwrap() {
-            a.inner.put(&obj, k.as_str(), json_to_scalar(v)).unwrap();
+            a.inner.local().put(&obj, k.as_str(), json_to_scalar(v)).unwrap();
         }
         a.commit(4);
         let names: Vec<String> =

@@ -30,7 +30,7 @@ impl Doc {
         let mut inner = AutoCommit::new().with_actor(ActorId::from(actor));
         inner.put(automerge::ROOT, "schema", SCHEMA)?;
         inner.put(automerge::ROOT, EPOCH, self.epoch() + 1)?;
-        copy_map(&self.inner, &automerge::ROOT, &mut inner, &automerge::ROOT, true)?;
+        copy_map(&self.inner.doc(), &automerge::ROOT, &mut inner, &automerge::ROOT, true)?;
         let mut doc = Doc::from_inner(inner);
         doc.commit(now);
         Ok(doc)

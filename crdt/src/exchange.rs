@@ -47,7 +47,7 @@ impl Doc {
         if state.their_heads.is_none() || state.their_have.is_none() || since.is_empty() {
             return self.sync_out(state);
         }
-        let inner = &mut self.inner;
+        let mut inner = self.inner.doc();
         // Heads from before a compaction (crate::epoch) are not in the
         // document any more: then the ordinary exchange, never nothing.
         let Ok(changes) = crate::doc::guarded("a push", move || inner.get_changes(since)) else {
@@ -59,10 +59,10 @@ impl Doc {
             return self.sync_out(state);
         }
         let hashes: Vec<ChangeHash> = fresh.iter().map(automerge::Change::hash).collect();
-        let heads = self.inner.get_heads();
+        let heads = self.inner.doc().get_heads();
         let mut flags = MessageFlags::new();
         flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
-        let mut need = self.ledger.wanted(&self.inner);
+        let mut need = self.ledger.wanted(&self.inner.doc());
         need.sort();
         need.dedup();
         let msg = Message {

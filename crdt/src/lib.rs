@@ -20,6 +20,7 @@ pub mod flavor;
 pub mod intent;
 pub mod provenance;
 pub mod realm;
+mod replica;
 pub mod site;
 
 pub use automerge::{Change, ChangeHash, ScalarValue};
@@ -31,6 +32,7 @@ pub use flavor::{Flavor, FlavorRecord};
 pub use intent::{Consent, Holder, Intent, IntentOutcome, IntentState};
 pub use provenance::{Gate, Incoming, Ledger, Received, RecordWrite, Refused, RootWrite, Signed};
 pub use realm::Realm;
+pub use replica::share_replicas;
 pub use site::{SiteDoc, Tally};
 
 /// Milliseconds since the Unix epoch, as given by the caller's clock.

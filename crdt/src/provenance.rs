@@ -173,8 +173,9 @@ impl Incoming<'_> {
             }
             let nested = nested.get_or_insert_with(|| {
                 let mut maps = Vec::new();
+                let body = doc.inner.doc();
                 for (name, coll) in &colls {
-                    for item in automerge::ReadDoc::map_range_at(&doc.inner, coll, .., self.deps) {
+                    for item in automerge::ReadDoc::map_range_at(&*body, coll, .., self.deps) {
                         if matches!(item.value, automerge::ValueRef::Object(ObjType::Map)) {
                             maps.push((*name, item.key.to_string(), item.id()));
                         }
@@ -333,14 +334,14 @@ impl Doc {
     /// yet (a commit anywhere: a command, a join, the realm's genesis).
     /// Returns how many were signed.
     pub fn sign_own(&mut self, sign: &mut dyn FnMut(&[u8]) -> [u8; 64]) -> usize {
-        let heads = self.inner.get_heads();
+        let heads = self.inner.doc().get_heads();
         if heads == self.ledger.scanned {
             return 0;
         }
-        let actor = self.inner.get_actor().clone();
+        let actor = self.inner.actor().clone();
         let since = std::mem::take(&mut self.ledger.scanned);
         let mut signed = 0;
-        for change in self.inner.get_changes(&since) {
+        for change in self.inner.doc().get_changes(&since) {
             let hash = change.hash().0;
             if change.actor_id() == &actor && self.ledger.get(&hash).is_none() {
                 self.ledger.insert(hash, sign(&Signed::message(&hash)));
@@ -361,18 +362,18 @@ impl Doc {
 
     /// Whether this replica holds change `hash`.
     pub fn holds(&self, hash: &[u8; 32]) -> bool {
-        automerge::ReadDoc::get_missing_deps(&self.inner, &[ChangeHash(*hash)]).is_empty()
+        automerge::ReadDoc::get_missing_deps(&*self.inner.doc(), &[ChangeHash(*hash)]).is_empty()
     }
 
     /// A sync message pushing every change after `have` unasked, with the
     /// signatures held (what a peer could send outside a sync session: the
     /// simulator's forger uses it).
     pub fn push_message(&mut self, have: &[ChangeHash]) -> (Vec<u8>, Vec<Signed>) {
-        let mut changes = self.inner.get_changes(have);
+        let mut changes = self.inner.doc().get_changes(have);
         let sigs = self.signatures(changes.iter().map(Change::hash).collect::<Vec<_>>());
         let bytes: Vec<Vec<u8>> = changes.iter_mut().map(|c| c.bytes().into_owned()).collect();
         let msg = automerge::sync::Message {
-            heads: self.inner.get_heads(),
+            heads: self.inner.doc().get_heads(),
             need: Vec::new(),
             have: Vec::new(),
             changes: bytes.into(),
@@ -385,7 +386,7 @@ impl Doc {
     /// Every change of the document with its signature, if held (a whole
     /// replica handed to a joining site, say).
     pub fn all_signatures(&mut self) -> Vec<Signed> {
-        let hashes: Vec<ChangeHash> = self.inner.get_changes(&[]).iter().map(Change::hash).collect();
+        let hashes: Vec<ChangeHash> = self.inner.doc().get_changes(&[]).iter().map(Change::hash).collect();
         self.signatures(hashes)
     }
 
@@ -413,9 +414,9 @@ impl Doc {
             entry.1 = entry.1.or(sig);
         }
         // Those already held need nothing (automerge reports held hashes as not missing).
-        let empty = self.inner.get_heads().is_empty();
+        let empty = self.inner.doc().get_heads().is_empty();
         let hashes: Vec<ChangeHash> = pending.keys().copied().collect();
-        let missing: BTreeSet<ChangeHash> = self.inner.get_missing_deps(&hashes).into_iter().collect();
+        let missing: BTreeSet<ChangeHash> = self.inner.doc().get_missing_deps(&hashes).into_iter().collect();
         pending.retain(|h, _| missing.contains(h));
 
         // Kahn's order: a change is ready when none of its dependencies is pending.
@@ -448,7 +449,7 @@ impl Doc {
                 // fill the queue (a forger's way to make every message cost).
                 Err(("depends on a refused change".to_owned(), true))
             } else if refused_dep(&self.ledger, &change).is_some()
-                || !self.inner.get_missing_deps(change.deps()).is_empty()
+                || !self.inner.doc().get_missing_deps(change.deps()).is_empty()
             {
                 // A dependency neither held nor in this batch: wait for it.
                 if self.ledger.waiting.len() < MAX_WAITING {
@@ -471,7 +472,7 @@ impl Doc {
                 Ok(()) => {
                     self.ledger.refused.remove(&hash.0);
                     let inner = &mut self.inner;
-                    let applied = guarded("a change", move || inner.apply_changes([change]));
+                    let applied = guarded("a change", move || inner.apply(change));
                     self.drop_patches();
                     applied??;
                     if let Some(sig) = sig {
@@ -574,13 +575,13 @@ mod tests {
 
     fn write(doc: &mut Doc, key: &str, value: i64, at: u64) {
         let coll = doc.collection("things").unwrap();
-        doc.inner.put(&coll, key, value).unwrap();
+        doc.inner.local().put(&coll, key, value).unwrap();
         doc.commit(at);
     }
 
     fn read(doc: &Doc, key: &str) -> Option<i64> {
         let coll = doc.collection("things").ok()?;
-        match doc.inner.get(&coll, key).ok()?? {
+        match doc.inner.doc().get(&coll, key).ok()?? {
             (automerge::Value::Scalar(s), _) => s.as_i64(),
             _ => None,
         }
@@ -672,11 +673,11 @@ mod tests {
         // Offered again, a refused change is not judged again, and one
         // offered alone whose dependency was refused does not wait for it.
         let judged = gate.judged;
-        let changes = forger.inner.get_changes(&[]);
+        let changes = forger.inner.doc().get_changes(&[]);
         let again = b.admit(changes, &[], &mut gate).unwrap();
         assert_eq!(again.refused.len(), 2);
         write(&mut forger, "more", 4, 4000);
-        let more = forger.inner.get_changes(&[]).pop().unwrap();
+        let more = forger.inner.doc().get_changes(&[]).pop().unwrap();
         let alone = b.admit(vec![more], &[], &mut gate).unwrap();
         assert_eq!((alone.refused.len(), alone.waiting), (1, 0), "{alone:?}");
         assert_eq!(gate.judged, judged, "remembered, not re-judged");
@@ -688,7 +689,7 @@ mod tests {
         write(&mut a, "one", 1, 1000);
         write(&mut a, "two", 2, 2000);
         a.sign_own(&mut fake_sig);
-        let mut changes = a.inner.get_changes(&[]);
+        let mut changes = a.inner.doc().get_changes(&[]);
         let sigs = a.all_signatures();
         let mut b = Doc::empty(b"b");
         let last = changes.pop().unwrap();
@@ -710,7 +711,7 @@ mod tests {
             write(&mut a, "one", round, 1000);
             write(&mut a, "two", round, 2000);
             a.sign_own(&mut fake_sig);
-            let mut changes = a.inner.get_changes(&[]);
+            let mut changes = a.inner.doc().get_changes(&[]);
             let sigs = a.all_signatures();
             let last = changes.pop().unwrap();
             let mut b = Doc::empty(b"b");
@@ -732,7 +733,7 @@ mod tests {
         let mut a = Doc::create(b"a", &["things"], 0).unwrap();
         write(&mut a, "one", 1, 1000);
         let joined: Vec<u8> =
-            a.inner.get_changes(&[]).iter_mut().flat_map(|c| c.bytes().into_owned()).collect();
+            a.inner.doc().get_changes(&[]).iter_mut().flat_map(|c| c.bytes().into_owned()).collect();
         let changes = changes_of(&[joined]).unwrap();
         assert_eq!(changes.len(), 2);
         assert!(changes_of(&[vec![1, 2, 3]]).is_err());

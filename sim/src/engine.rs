@@ -249,6 +249,9 @@ fn config(i: usize, key_seed: u64, run_seed: u64, region: &str) -> PeerConfig {
 
 impl Sim {
     pub fn new(sc: Scenario) -> Sim {
+        // Thousands of sites in one process hold the same documents: they
+        // share them (docs/architecture.md, "Simulator").
+        atoll_crdt::share_replicas();
         let mut rng = ChaCha20Rng::seed_from_u64(sc.seed);
         let n = sc.sites.count;
         let mut sites = Vec::with_capacity(n);

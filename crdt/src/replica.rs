@@ -1,0 +1,318 @@
+//! The automerge document behind a [`crate::Doc`], which replicas in one
+//! process may share.
+//!
+//! A daemon holds one replica of each document, so sharing never happens
+//! there: every body is its own. The simulator runs thousands of sites in
+//! one process, and each holds the realm (which lists every member): at
+//! 10,000 sites, 10,000 copies of a document of 10,000 members. After
+//! [`share_replicas`], replicas that applied the same change to the same
+//! heads, or reached the same heads by other paths, point to one automerge
+//! document, and a replica copies it out before it changes it (docs/architecture.md,
+//! "Simulator"). Equal heads are equal documents, so no replica sees
+//! anything but what it holds.
+//!
+//! What a replica owns stays its own: its actor (whose name its changes
+//! carry), what it has saved, its signatures and sync states ([`crate::Doc`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use automerge::{ActorId, AutoCommit, ChangeHash};
+
+type Shared = Arc<Mutex<AutoCommit>>;
+
+/// An automerge document, and whose replica it is.
+pub(crate) struct Body {
+    cell: Shared,
+    actor: ActorId,
+    /// This replica wrote locally: it is never shared (its next write would
+    /// copy the document out again).
+    writer: bool,
+    /// Heads up to which [`Body::save_incremental`] saved.
+    saved: Vec<ChangeHash>,
+}
+
+impl Body {
+    /// A document of its own, acting as `actor`; `saved`: heads already saved.
+    pub(crate) fn new(doc: AutoCommit, saved: Vec<ChangeHash>) -> Body {
+        let actor = doc.get_actor().clone();
+        Body { cell: Arc::new(Mutex::new(doc)), actor, writer: false, saved }
+    }
+
+    /// The document, to read, or to call what automerge asks `&mut` for
+    /// without changing the content (heads, changes, sync messages). The
+    /// lock is uncontended: one replica is used by one site at a time.
+    pub(crate) fn doc(&self) -> MutexGuard<'_, AutoCommit> {
+        self.cell.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The document, to change its content (changes from peers): copied out
+    /// first when another replica shares it or may take it from the table.
+    pub(crate) fn doc_mut(&mut self) -> &mut AutoCommit {
+        if Arc::strong_count(&self.cell) > 1 || Arc::weak_count(&self.cell) > 0 {
+            let copy = self.doc().clone();
+            self.cell = Arc::new(Mutex::new(copy));
+        }
+        let doc = Arc::get_mut(&mut self.cell).expect("unique after the copy").get_mut();
+        let doc = doc.unwrap_or_else(PoisonError::into_inner);
+        if doc.get_actor() != &self.actor {
+            doc.set_actor(self.actor.clone());
+        }
+        doc
+    }
+
+    /// The document, for a local write: this replica is never shared again.
+    pub(crate) fn local(&mut self) -> &mut AutoCommit {
+        self.writer = true;
+        self.doc_mut()
+    }
+
+    pub(crate) fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    pub(crate) fn set_actor(&mut self, actor: ActorId) {
+        self.actor = actor;
+    }
+
+    /// Bytes of the changes since the last call (or since the heads given
+    /// at [`Body::new`]).
+    pub(crate) fn save_incremental(&mut self) -> Vec<u8> {
+        let mut doc = self.doc();
+        let heads = doc.get_heads();
+        if heads == self.saved {
+            return Vec::new();
+        }
+        let bytes = doc.save_after(&self.saved);
+        drop(doc);
+        self.saved = heads;
+        bytes
+    }
+
+    /// The whole document, compacted; later incremental saves follow it.
+    pub(crate) fn save(&mut self) -> Vec<u8> {
+        let mut doc = self.doc();
+        let bytes = doc.save();
+        let heads = doc.get_heads();
+        drop(doc);
+        self.saved = heads;
+        bytes
+    }
+
+    /// Applies `change` (already checked by the caller): taken from the
+    /// table when another replica applied it to the same heads.
+    pub(crate) fn apply(&mut self, change: automerge::Change) -> Result<(), automerge::AutomergeError> {
+        let Some(table) = table() else {
+            return self.doc_mut().apply_changes([change]);
+        };
+        if self.writer {
+            drop(table);
+            return self.doc_mut().apply_changes([change]);
+        }
+        let mut before = {
+            let mut doc = self.doc();
+            if !complete(&doc) {
+                drop(doc);
+                drop(table);
+                return self.doc_mut().apply_changes([change]);
+            }
+            doc.get_heads()
+        };
+        before.sort();
+        let step = (before, change.hash());
+        if let Some(after) = table.steps.get(&step).and_then(Weak::upgrade) {
+            self.cell = after;
+            return Ok(());
+        }
+        drop(table);
+        self.doc_mut().apply_changes([change])?;
+        self.share(Some(step));
+        Ok(())
+    }
+
+    /// Takes the table's replica of the same heads, if any, else offers
+    /// this one (reached from `step`, when given).
+    pub(crate) fn share(&mut self, step: Option<(Vec<ChangeHash>, ChangeHash)>) {
+        if self.writer {
+            return;
+        }
+        let Some(mut table) = table() else { return };
+        let mut heads = {
+            let mut doc = self.doc();
+            if !complete(&doc) {
+                return;
+            }
+            doc.get_heads()
+        };
+        if heads.is_empty() {
+            return;
+        }
+        heads.sort();
+        let same = table.heads.get(&heads).and_then(Weak::upgrade);
+        let cell = match same {
+            Some(cell) => {
+                self.cell = cell.clone();
+                cell
+            }
+            None => {
+                table.heads.insert(heads, Arc::downgrade(&self.cell));
+                self.cell.clone()
+            }
+        };
+        if let Some(step) = step {
+            table.steps.insert(step, Arc::downgrade(&cell));
+        }
+        table.prune();
+    }
+}
+
+/// Whether the heads say everything the document holds: changes automerge
+/// queued for a missing dependency are not in them, and two replicas with
+/// the same heads and different queues must not be taken for one.
+fn complete(doc: &AutoCommit) -> bool {
+    automerge::ReadDoc::get_missing_deps(doc, &[]).is_empty()
+}
+
+/// Replicas to share, by heads, and the steps that led to them.
+struct Table {
+    heads: BTreeMap<Vec<ChangeHash>, Weak<Mutex<AutoCommit>>>,
+    steps: BTreeMap<(Vec<ChangeHash>, ChangeHash), Weak<Mutex<AutoCommit>>>,
+    /// Entries when dead ones were last dropped.
+    kept: usize,
+}
+
+impl Table {
+    /// Drops entries whose replicas are gone, whenever the table doubled
+    /// since the last time: amortised O(1) per entry.
+    fn prune(&mut self) {
+        let len = self.heads.len() + self.steps.len();
+        if len < 2 * self.kept.max(4096) {
+            return;
+        }
+        self.heads.retain(|_, w| w.strong_count() > 0);
+        self.steps.retain(|_, w| w.strong_count() > 0);
+        self.kept = self.heads.len() + self.steps.len();
+    }
+}
+
+static SHARING: AtomicBool = AtomicBool::new(false);
+static TABLE: Mutex<Table> = Mutex::new(Table { heads: BTreeMap::new(), steps: BTreeMap::new(), kept: 0 });
+
+fn table() -> Option<MutexGuard<'static, Table>> {
+    SHARING.load(Ordering::Relaxed).then(|| TABLE.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// From now on, replicas in this process that hold the same changes share
+/// one document (the simulator; a daemon never calls this).
+pub fn share_replicas() {
+    SHARING.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Doc;
+    use crate::doc::Entity;
+    use crate::entity::{Member, SiteId};
+    use std::sync::Arc;
+
+    struct Anyone;
+    impl crate::Gate for Anyone {
+        fn admit(&mut self, _: &Doc, _: &crate::Incoming<'_>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn member(site: &str) -> Member {
+        Member {
+            site: SiteId::new(site).unwrap(),
+            public_key: "ab".repeat(32),
+            region: "eu".into(),
+            operator: "op".into(),
+            joined_at: 7,
+            addrs: vec!["/ip4/1".into()],
+            invitation: None,
+            api_cert: None,
+        }
+    }
+
+    /// The writer's changes since `have`, as a peer receives them.
+    fn changes(writer: &mut Doc, have: &[crate::ChangeHash]) -> Vec<crate::Change> {
+        writer.inner.doc().get_changes(have)
+    }
+
+    fn names(d: &Doc) -> Vec<String> {
+        d.list::<Member>().unwrap().into_iter().map(|m| m.site.to_string()).collect()
+    }
+
+    // Sharing is switched on for the whole test binary here: every other
+    // test of the crate then runs with it too, which they must not notice.
+    #[test]
+    fn replicas_with_the_same_changes_share_one_document_and_copy_it_out_to_write() {
+        super::share_replicas();
+        let mut writer = Doc::create(b"writer", &[Member::COLLECTION], 0).unwrap();
+        writer.put(&member("edge-1")).unwrap();
+        writer.commit(1_000);
+        let mut replicas: Vec<Doc> = (0..3).map(|i| Doc::empty(format!("r{i}").as_bytes())).collect();
+        for r in &mut replicas {
+            r.admit(changes(&mut writer, &[]), &[], &mut Anyone).unwrap();
+        }
+        assert!(Arc::ptr_eq(&replicas[0].inner.cell, &replicas[1].inner.cell), "one document for all three");
+        assert!(Arc::ptr_eq(&replicas[0].inner.cell, &replicas[2].inner.cell));
+        assert!(!Arc::ptr_eq(&replicas[0].inner.cell, &writer.inner.cell), "a writer keeps its own");
+
+        // A second change: the first replica applies it, the others take its result.
+        let before = replicas[0].heads();
+        writer.put(&member("edge-2")).unwrap();
+        writer.commit(2_000);
+        for r in &mut replicas {
+            r.admit(changes(&mut writer, &before), &[], &mut Anyone).unwrap();
+        }
+        assert!(Arc::ptr_eq(&replicas[0].inner.cell, &replicas[2].inner.cell));
+        assert_eq!(names(&replicas[1]), ["edge-1", "edge-2"]);
+
+        // One replica writes: it copies the document out, under its own name;
+        // the others do not see its write.
+        replicas[1].put(&member("edge-3")).unwrap();
+        let hash = replicas[1].commit(3_000).unwrap();
+        assert!(!Arc::ptr_eq(&replicas[1].inner.cell, &replicas[0].inner.cell));
+        assert_eq!(names(&replicas[1]), ["edge-1", "edge-2", "edge-3"]);
+        assert_eq!(names(&replicas[0]), ["edge-1", "edge-2"]);
+        let change = replicas[1].inner.doc().get_change_by_hash(&hash).unwrap();
+        assert_eq!(change.actor_id().to_bytes(), b"r1");
+        assert!(Arc::ptr_eq(&replicas[0].inner.cell, &replicas[2].inner.cell), "the others still share");
+    }
+
+    #[test]
+    fn replicas_that_reach_the_same_heads_by_other_orders_share_and_save_their_own_bytes() {
+        super::share_replicas();
+        let mut a = Doc::create(b"a", &[Member::COLLECTION], 0).unwrap();
+        let mut b = a.fork_as(b"b");
+        a.put(&member("edge-a")).unwrap();
+        a.commit(1_000);
+        b.put(&member("edge-b")).unwrap();
+        b.commit(1_000);
+        let base = changes(&mut a, &[]).into_iter().find(|c| c.deps().is_empty()).unwrap();
+        let from_a: Vec<_> = changes(&mut a, &[base.hash()]);
+        let from_b: Vec<_> = changes(&mut b, &[base.hash()]);
+        let mut x = Doc::empty(b"x");
+        let mut y = Doc::empty(b"y");
+        x.admit(vec![base.clone()], &[], &mut Anyone).unwrap();
+        y.admit(vec![base], &[], &mut Anyone).unwrap();
+        let saved_x = x.save_incremental();
+        x.admit(from_a.clone(), &[], &mut Anyone).unwrap();
+        x.admit(from_b.clone(), &[], &mut Anyone).unwrap();
+        y.admit(from_b, &[], &mut Anyone).unwrap();
+        y.admit(from_a, &[], &mut Anyone).unwrap();
+        assert!(Arc::ptr_eq(&x.inner.cell, &y.inner.cell), "same heads, one document");
+        assert_eq!(names(&x), ["edge-a", "edge-b"]);
+        // What each saved, put together, loads as the whole document.
+        let mut bytes = saved_x;
+        bytes.extend(x.save_incremental());
+        assert!(x.save_incremental().is_empty(), "nothing new to save");
+        let loaded = Doc::load(&bytes, b"x", &[Member::COLLECTION]).unwrap();
+        assert_eq!(names(&loaded), ["edge-a", "edge-b"]);
+        let whole = y.save_incremental();
+        assert_eq!(names(&Doc::load(&whole, b"y", &[Member::COLLECTION]).unwrap()), ["edge-a", "edge-b"]);
+    }
+}

@@ -608,7 +608,8 @@ impl Doc {
 
     /// A document read from saved bytes: saved up to its heads.
     fn loaded(mut inner: AutoCommit) -> Doc {
-        let heads = inner.get_heads();
+        let mut heads = inner.get_heads();
+        heads.sort();
         let inner = crate::replica::Body::new(inner, heads);
         Doc { inner, ledger: Default::default(), edits: 0, collections: Default::default() }
     }

@@ -14,7 +14,7 @@
 //! What a replica owns stays its own: its actor (whose name its changes
 //! carry), what it has saved, its signatures and sync states ([`crate::Doc`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
@@ -80,7 +80,8 @@ impl Body {
     /// at [`Body::new`]).
     pub(crate) fn save_incremental(&mut self) -> Vec<u8> {
         let mut doc = self.doc();
-        let heads = doc.get_heads();
+        let mut heads = doc.get_heads();
+        heads.sort();
         if heads == self.saved {
             return Vec::new();
         }
@@ -91,11 +92,25 @@ impl Body {
     }
 
     /// The whole document, compacted; later incremental saves follow it.
+    /// Shared replicas take a save of the same heads another one made
+    /// (compressing a document is the dearest step of a simulated boot).
     pub(crate) fn save(&mut self) -> Vec<u8> {
-        let mut doc = self.doc();
-        let bytes = doc.save();
-        let heads = doc.get_heads();
-        drop(doc);
+        let (mut heads, shareable) = {
+            let mut doc = self.doc();
+            (doc.get_heads(), !self.writer && complete(&doc))
+        };
+        heads.sort();
+        let cached = if shareable { table().and_then(|t| t.saved(&heads)) } else { None };
+        let bytes = match cached {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let bytes = self.doc().save();
+                if shareable && let Some(mut t) = table() {
+                    t.remember_save(heads.clone(), Arc::from(bytes.as_slice()));
+                }
+                bytes
+            }
+        };
         self.saved = heads;
         bytes
     }
@@ -180,9 +195,25 @@ struct Table {
     steps: BTreeMap<(Vec<ChangeHash>, ChangeHash), Weak<Mutex<AutoCommit>>>,
     /// Entries when dead ones were last dropped.
     kept: usize,
+    /// The last whole saves, by heads (at most [`SAVES`]).
+    saves: VecDeque<(Vec<ChangeHash>, Arc<[u8]>)>,
 }
 
+/// Whole saves kept for other replicas of the same heads.
+const SAVES: usize = 8;
+
 impl Table {
+    fn saved(&self, heads: &[ChangeHash]) -> Option<Arc<[u8]>> {
+        self.saves.iter().find(|(h, _)| h == heads).map(|(_, b)| b.clone())
+    }
+
+    fn remember_save(&mut self, heads: Vec<ChangeHash>, bytes: Arc<[u8]>) {
+        if self.saves.len() >= SAVES {
+            self.saves.pop_front();
+        }
+        self.saves.push_back((heads, bytes));
+    }
+
     /// Drops entries whose replicas are gone, whenever the table doubled
     /// since the last time: amortised O(1) per entry.
     fn prune(&mut self) {
@@ -197,7 +228,8 @@ impl Table {
 }
 
 static SHARING: AtomicBool = AtomicBool::new(false);
-static TABLE: Mutex<Table> = Mutex::new(Table { heads: BTreeMap::new(), steps: BTreeMap::new(), kept: 0 });
+static TABLE: Mutex<Table> =
+    Mutex::new(Table { heads: BTreeMap::new(), steps: BTreeMap::new(), kept: 0, saves: VecDeque::new() });
 
 fn table() -> Option<MutexGuard<'static, Table>> {
     SHARING.load(Ordering::Relaxed).then(|| TABLE.lock().unwrap_or_else(PoisonError::into_inner))

@@ -823,12 +823,7 @@ mod tests {
         assert!(doc.sync_out(&mut state).is_some());
     }
 
-    struct Anyone;
-    impl crate::Gate for Anyone {
-        fn admit(&mut self, _: &Doc, _: &crate::Incoming<'_>) -> Result<(), String> {
-            Ok(())
-        }
-    }
+    use crate::testing::Anyone;
 
     #[test]
     fn bloom_headers_out_of_range_are_refused() {

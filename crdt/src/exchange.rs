@@ -87,27 +87,9 @@ impl Doc {
 mod tests {
     use super::*;
     use crate::doc::Entity;
-    use crate::entity::{Member, SiteId};
+    use crate::entity::Member;
 
-    struct Anyone;
-    impl crate::Gate for Anyone {
-        fn admit(&mut self, _: &Doc, _: &crate::Incoming<'_>) -> Result<(), String> {
-            Ok(())
-        }
-    }
-
-    fn member(site: &str, addr: &str) -> Member {
-        Member {
-            site: SiteId::new(site).unwrap(),
-            public_key: "ab".repeat(32),
-            region: "eu".into(),
-            operator: "op".into(),
-            joined_at: 7,
-            addrs: vec![addr.into()],
-            invitation: None,
-            api_cert: None,
-        }
-    }
+    use crate::testing::{Anyone, member};
 
     /// Delivers `first` (sent by `b`) to `a`, then runs the exchange until
     /// both are quiet; returns the bytes sent in all.

@@ -22,6 +22,8 @@ pub mod provenance;
 pub mod realm;
 mod replica;
 pub mod site;
+#[cfg(test)]
+mod testing;
 
 pub use automerge::{Change, ChangeHash, ScalarValue};
 pub use deployment::{DeploymentRecord, ReplicaOf};

@@ -610,12 +610,7 @@ mod tests {
         total
     }
 
-    struct Anyone;
-    impl Gate for Anyone {
-        fn admit(&mut self, _: &Doc, _: &Incoming<'_>) -> Result<(), String> {
-            Ok(())
-        }
-    }
+    use crate::testing::Anyone;
 
     #[test]
     fn signed_changes_pass_with_their_signatures_whole_document_or_change_by_change() {

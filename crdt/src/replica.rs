@@ -245,27 +245,13 @@ pub fn share_replicas() {
 mod tests {
     use crate::Doc;
     use crate::doc::Entity;
-    use crate::entity::{Member, SiteId};
+    use crate::entity::Member;
     use std::sync::Arc;
 
-    struct Anyone;
-    impl crate::Gate for Anyone {
-        fn admit(&mut self, _: &Doc, _: &crate::Incoming<'_>) -> Result<(), String> {
-            Ok(())
-        }
-    }
+    use crate::testing::Anyone;
 
     fn member(site: &str) -> Member {
-        Member {
-            site: SiteId::new(site).unwrap(),
-            public_key: "ab".repeat(32),
-            region: "eu".into(),
-            operator: "op".into(),
-            joined_at: 7,
-            addrs: vec!["/ip4/1".into()],
-            invitation: None,
-            api_cert: None,
-        }
+        crate::testing::member(site, "/ip4/1")
     }
 
     /// The writer's changes since `have`, as a peer receives them.

@@ -519,8 +519,10 @@ impl Doc {
 /// incremental saves), to pass through a gate into an empty replica.
 pub fn changes_in(saved: &[u8]) -> Result<Vec<Change>, DocError> {
     crate::chunks::check(saved)?;
-    let doc = guarded("a document", || automerge::Automerge::load(saved))??;
-    Ok(doc.get_changes(&[]))
+    crate::replica::changes_of_document(saved, || {
+        let doc = guarded("a document", || automerge::Automerge::load(saved))??;
+        Ok(doc.get_changes(&[]))
+    })
 }
 
 /// Reads the changes carried by a sync message's chunks: change chunks one
@@ -530,8 +532,10 @@ pub(crate) fn changes_of(chunks: &[Vec<u8>]) -> Result<Vec<Change>, DocError> {
     let mut out = Vec::new();
     for chunk in chunks.iter().map(|c| crate::chunks::split(c)).collect::<Result<Vec<_>, _>>()?.concat() {
         if crate::chunks::is_document(chunk) {
-            let doc = guarded("a document", || automerge::Automerge::load(chunk))??;
-            out.extend(doc.get_changes(&[]));
+            out.extend(crate::replica::changes_of_document(chunk, || {
+                let doc = guarded("a document", || automerge::Automerge::load(chunk))??;
+                Ok::<_, DocError>(doc.get_changes(&[]))
+            })?);
         } else {
             let change = guarded("a change", || Change::from_bytes(chunk.to_vec()))?
                 .map_err(|e| DocError::BadChange(e.to_string()))?;

@@ -197,6 +197,9 @@ struct Table {
     kept: usize,
     /// The last whole saves, by heads (at most [`SAVES`]).
     saves: VecDeque<(Vec<ChangeHash>, Arc<[u8]>)>,
+    /// The changes of the last whole documents loaded, by the digest of
+    /// their bytes (at most [`SAVES`]).
+    loads: VecDeque<([u8; 32], Arc<[automerge::Change]>)>,
 }
 
 /// Whole saves kept for other replicas of the same heads.
@@ -228,8 +231,41 @@ impl Table {
 }
 
 static SHARING: AtomicBool = AtomicBool::new(false);
-static TABLE: Mutex<Table> =
-    Mutex::new(Table { heads: BTreeMap::new(), steps: BTreeMap::new(), kept: 0, saves: VecDeque::new() });
+static TABLE: Mutex<Table> = Mutex::new(Table {
+    heads: BTreeMap::new(),
+    steps: BTreeMap::new(),
+    kept: 0,
+    saves: VecDeque::new(),
+    loads: VecDeque::new(),
+});
+
+/// The changes of a whole saved document: `load` reads them, unless a
+/// replica in this process read the same bytes lately (a simulated realm
+/// sends one document to thousands of sites; loading it is most of their
+/// cost). Without [`share_replicas`], always `load`.
+pub(crate) fn changes_of_document<E>(
+    bytes: &[u8],
+    load: impl FnOnce() -> Result<Vec<automerge::Change>, E>,
+) -> Result<Vec<automerge::Change>, E> {
+    if !SHARING.load(Ordering::Relaxed) {
+        return load();
+    }
+    use sha2::Digest;
+    let key: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    if let Some(t) = table()
+        && let Some((_, changes)) = t.loads.iter().find(|(k, _)| *k == key)
+    {
+        return Ok(changes.to_vec());
+    }
+    let changes = load()?;
+    if let Some(mut t) = table() {
+        if t.loads.len() >= SAVES {
+            t.loads.pop_front();
+        }
+        t.loads.push_back((key, Arc::from(changes.as_slice())));
+    }
+    Ok(changes)
+}
 
 fn table() -> Option<MutexGuard<'static, Table>> {
     SHARING.load(Ordering::Relaxed).then(|| TABLE.lock().unwrap_or_else(PoisonError::into_inner))
@@ -332,5 +368,25 @@ mod tests {
         assert_eq!(names(&loaded), ["edge-a", "edge-b"]);
         let whole = y.save_incremental();
         assert_eq!(names(&Doc::load(&whole, b"y", &[Member::COLLECTION]).unwrap()), ["edge-a", "edge-b"]);
+    }
+
+    #[test]
+    fn a_document_loaded_twice_gives_the_same_changes_the_second_time_from_the_table() {
+        super::share_replicas();
+        let mut writer = Doc::create(b"writer", &[Member::COLLECTION], 0).unwrap();
+        writer.put(&member("edge-1")).unwrap();
+        writer.commit(1_000);
+        let bytes = writer.save();
+        let first = crate::provenance::changes_in(&bytes).unwrap();
+        let loads = std::cell::Cell::new(0);
+        let again = super::changes_of_document(&bytes, || {
+            loads.set(1);
+            crate::provenance::changes_in(&bytes)
+        })
+        .unwrap();
+        assert_eq!(loads.get(), 0, "read from the table, not loaded again");
+        let hashes = |c: &[crate::Change]| c.iter().map(crate::Change::hash).collect::<Vec<_>>();
+        assert_eq!(hashes(&first), hashes(&again));
+        assert_eq!(hashes(&first), hashes(&changes(&mut writer, &[])));
     }
 }

@@ -211,10 +211,7 @@ impl Table {
     }
 
     fn remember_save(&mut self, heads: Vec<ChangeHash>, bytes: Arc<[u8]>) {
-        if self.saves.len() >= SAVES {
-            self.saves.pop_front();
-        }
-        self.saves.push_back((heads, bytes));
+        keep_last(&mut self.saves, (heads, bytes));
     }
 
     /// Drops entries whose replicas are gone, whenever the table doubled
@@ -228,6 +225,14 @@ impl Table {
         self.steps.retain(|_, w| w.strong_count() > 0);
         self.kept = self.heads.len() + self.steps.len();
     }
+}
+
+/// Appends `item`, dropping the oldest beyond [`SAVES`].
+fn keep_last<T>(kept: &mut VecDeque<T>, item: T) {
+    if kept.len() >= SAVES {
+        kept.pop_front();
+    }
+    kept.push_back(item);
 }
 
 static SHARING: AtomicBool = AtomicBool::new(false);
@@ -259,10 +264,7 @@ pub(crate) fn changes_of_document<E>(
     }
     let changes = load()?;
     if let Some(mut t) = table() {
-        if t.loads.len() >= SAVES {
-            t.loads.pop_front();
-        }
-        t.loads.push_back((key, Arc::from(changes.as_slice())));
+        keep_last(&mut t.loads, (key, Arc::from(changes.as_slice())));
     }
     Ok(changes)
 }
@@ -295,6 +297,14 @@ mod tests {
         writer.inner.doc().get_changes(have)
     }
 
+    /// A document whose writer enrolled one member.
+    fn writer() -> Doc {
+        let mut writer = Doc::create(b"writer", &[Member::COLLECTION], 0).unwrap();
+        writer.put(&member("edge-1")).unwrap();
+        writer.commit(1_000);
+        writer
+    }
+
     fn names(d: &Doc) -> Vec<String> {
         d.list::<Member>().unwrap().into_iter().map(|m| m.site.to_string()).collect()
     }
@@ -304,9 +314,7 @@ mod tests {
     #[test]
     fn replicas_with_the_same_changes_share_one_document_and_copy_it_out_to_write() {
         super::share_replicas();
-        let mut writer = Doc::create(b"writer", &[Member::COLLECTION], 0).unwrap();
-        writer.put(&member("edge-1")).unwrap();
-        writer.commit(1_000);
+        let mut writer = writer();
         let mut replicas: Vec<Doc> = (0..3).map(|i| Doc::empty(format!("r{i}").as_bytes())).collect();
         for r in &mut replicas {
             r.admit(changes(&mut writer, &[]), &[], &mut Anyone).unwrap();
@@ -373,9 +381,7 @@ mod tests {
     #[test]
     fn a_document_loaded_twice_gives_the_same_changes_the_second_time_from_the_table() {
         super::share_replicas();
-        let mut writer = Doc::create(b"writer", &[Member::COLLECTION], 0).unwrap();
-        writer.put(&member("edge-1")).unwrap();
-        writer.commit(1_000);
+        let mut writer = writer();
         let bytes = writer.save();
         let first = crate::provenance::changes_in(&bytes).unwrap();
         let loads = std::cell::Cell::new(0);

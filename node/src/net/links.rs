@@ -36,8 +36,9 @@ pub const QUIC_TRIES: u32 = 2;
 /// (after a long cut, dials name TCP too, and TCP may win the race on the heal).
 pub const UPGRADE_EVERY: Duration = Duration::from_secs(10);
 pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
-/// A connection whose pings have not succeeded for this long is closed. Pings
-/// go every 0.5 s with a 1 s timeout: one lost ping leaves a gap of about 2 s,
+/// A TCP connection whose pings have not succeeded for this long is closed
+/// (QUIC connections close themselves: `QUIC_IDLE_MS`). Pings go every 0.5 s
+/// on TCP with a 1 s timeout: one lost ping leaves a gap of about 2 s,
 /// two in a row one of 3.5 s. (libp2p's own report of failed pings comes only
 /// after a new stream is negotiated over the dead link, 10 s later.)
 pub const SILENT_LIMIT: Duration = Duration::from_secs(3);
@@ -300,9 +301,12 @@ impl Link {
         }
     }
 
-    /// Connections silent for longer than [`SILENT_LIMIT`]: to be closed.
+    /// TCP connections silent for longer than [`SILENT_LIMIT`]: to be closed.
+    /// QUIC ones are pinged rarely and judged by QUIC itself.
     pub fn silent(&self, now: Instant) -> Vec<ConnectionId> {
-        self.conns.iter().filter(|c| now.duration_since(c.alive_at) > SILENT_LIMIT).map(|c| c.id).collect()
+        let silent =
+            |c: &&Conn| c.transport == Transport::Tcp && now.duration_since(c.alive_at) > SILENT_LIMIT;
+        self.conns.iter().filter(silent).map(|c| c.id).collect()
     }
 
     pub fn count(&self, transport: Transport) -> usize {
@@ -453,5 +457,8 @@ mod tests {
         l.alive(c, t0 + Duration::from_secs(2));
         assert!(l.silent(t0 + Duration::from_secs(4)).is_empty(), "one lost ping is no cut");
         assert_eq!(l.silent(t0 + Duration::from_secs(6)), vec![c]);
+        let q = ConnectionId::new_unchecked(8);
+        l.opened(q, Transport::Quic, t0);
+        assert_eq!(l.silent(t0 + Duration::from_secs(60)), vec![c], "QUIC judges its own connections");
     }
 }

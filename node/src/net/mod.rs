@@ -13,6 +13,7 @@
 
 mod codec;
 mod links;
+mod liveness;
 mod requests;
 mod swarm;
 #[cfg(test)]

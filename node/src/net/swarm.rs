@@ -8,9 +8,10 @@ use atoll_proto::wire;
 use libp2p::request_response::{self as rr, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, identity, mdns, ping,
+    StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub, identify, identity, mdns,
 };
 
+use super::liveness::Ping;
 use super::{Frames, NetError};
 
 /// Connection limits: handshakes under way, established inbound connections
@@ -27,16 +28,14 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Liveness (docs/architecture.md, "Partitions"): QUIC sends a keep-alive
 /// after a second of silence and closes a connection that heard nothing for
-/// `QUIC_IDLE_MS`; pings run on every connection (TCP's only check), and a
-/// connection whose pings have not succeeded for `links::SILENT_LIMIT` is
-/// closed. A silent cut is noticed within 3-4.5 s either way, while 5% packet
+/// `QUIC_IDLE_MS`; pings run every 0.5 s on TCP connections (their only
+/// check, `liveness`), and a TCP connection whose pings have not succeeded
+/// for `links::SILENT_LIMIT` is closed. A silent cut is noticed within 3-4.5 s either way, while 5% packet
 /// loss (retransmitted within milliseconds by QUIC, 200 ms by TCP) closes
 /// nothing: that would take one packet lost three times in a row, twice.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const QUIC_IDLE_MS: u32 = 3_000;
 const QUIC_HANDSHAKE: Duration = Duration::from_secs(3);
-const PING_EVERY: Duration = Duration::from_millis(500);
-const PING_TIMEOUT: Duration = Duration::from_millis(1000);
 /// The acknowledgement of a sync message that was received but not taken
 /// (the sender is not a member as far as we know yet): its sender must treat
 /// it as lost. A taken message is acknowledged with no bytes.
@@ -61,7 +60,7 @@ pub(super) struct Behaviour {
     pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(super) limits: connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
-    pub(super) ping: ping::Behaviour,
+    pub(super) ping: Ping,
     pub(super) sync: rr::Behaviour<Frames>,
     pub(super) join: rr::Behaviour<Frames>,
     pub(super) chunk: rr::Behaviour<Frames>,
@@ -121,9 +120,7 @@ pub(super) fn build(keys: identity::Keypair, mdns: bool) -> Result<Swarm<Behavio
                         wire::Speaks::HERE.advert()
                     )),
                 ),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(PING_EVERY).with_timeout(PING_TIMEOUT),
-                ),
+                ping: Ping::new(),
                 sync: rr::Behaviour::with_codec(
                     // The answer is an acknowledgement: empty, or NOT_TAKEN.
                     Frames { request: wire::MAX_MESSAGE, response: NOT_TAKEN.len() },

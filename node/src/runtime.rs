@@ -27,6 +27,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const NET_TICK: Duration = Duration::from_secs(1);
 /// How often this site's summary is gossiped.
 const SUMMARY_EVERY: u32 = 5;
+/// Longest a stop waits for its connections' closes to go out.
+const CLOSE_WITHIN: Duration = Duration::from_millis(500);
 
 pub enum Msg {
     Api {
@@ -214,6 +216,9 @@ impl Runtime {
                 _ = tick.tick() => self.on_tick(),
                 _ = shutdown.wait_for(|s| *s) => break,
             }
+        }
+        if let Some(net) = self.net.as_mut() {
+            net.close(CLOSE_WITHIN).await;
         }
         if let Err(e) = self.store.flush() {
             tracing::error!("final flush failed: {e}");

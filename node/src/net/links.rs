@@ -5,7 +5,8 @@
 //! - QUIC first. A dial names the member's QUIC addresses only; TCP addresses
 //!   are added after [`QUIC_TRIES`] QUIC dials failed in a row (UDP blocked on
 //!   the path), and a member reached over TCP only is offered a QUIC dial every
-//!   [`UPGRADE_EVERY`]; once QUIC connects, its TCP connections are closed.
+//!   [`UPGRADE_EVERY`]; once QUIC connects, its TCP connections are closed
+//!   [`TCP_OVERLAP`] later.
 //!   QUIC notices a silent cut by itself (keep-alives, idle timeout); TCP
 //!   relies on the ping protocol, slower and coarser.
 //! - A member out of reach is dialled every [`REDIAL`], so that a healed path
@@ -36,6 +37,12 @@ pub const QUIC_TRIES: u32 = 2;
 /// (after a long cut, dials name TCP too, and TCP may win the race on the heal).
 pub const UPGRADE_EVERY: Duration = Duration::from_secs(10);
 pub const UPGRADE_FIRST: Duration = Duration::from_secs(1);
+/// How long a TCP connection stays open beside the QUIC one that replaces
+/// it. Gossipsub tells a peer our subscriptions only on the first connection
+/// to it, and forgets the peer's when its last connection closes: an end
+/// that saw the TCP close before the QUIC open would never hear the other
+/// subscribe (see [`Link::gossip_lost`]). Both ends must see QUIC open first.
+pub const TCP_OVERLAP: Duration = Duration::from_secs(2);
 /// A TCP connection whose pings have not succeeded for this long is closed
 /// (QUIC connections close themselves: `QUIC_IDLE_MS`). Pings go every 0.5 s
 /// on TCP with a 1 s timeout: one lost ping leaves a gap of about 2 s,
@@ -87,6 +94,8 @@ pub struct Link {
     /// The dial under way named QUIC addresses only.
     quic_only_dial: bool,
     next_upgrade: Instant,
+    /// When its TCP connections go, QUIC being up (see [`TCP_OVERLAP`]).
+    tcp_close_at: Option<Instant>,
     /// The wire version negotiated at connect (None: not yet known, so the
     /// oldest spoken here; docs/architecture.md, "Versions side by side").
     pub wire: Option<u16>,
@@ -121,6 +130,7 @@ impl Link {
             quic_failures: 0,
             quic_only_dial: false,
             next_upgrade: now + UPGRADE_EVERY,
+            tcp_close_at: None,
             wire: None,
             incompatible: false,
             release: None,
@@ -280,17 +290,30 @@ impl Link {
         }
     }
 
-    /// A connection opened; returns the TCP connections to close now that a
-    /// QUIC one is up.
-    pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) -> Vec<ConnectionId> {
+    /// A connection opened. A QUIC one replaces the TCP ones
+    /// [`TCP_OVERLAP`] later (see [`Link::due_tcp_close`]).
+    pub fn opened(&mut self, id: ConnectionId, transport: Transport, now: Instant) {
         self.conns.push(Conn { id, transport, alive_at: now });
         self.used_at = now;
         if transport != Transport::Quic {
             self.next_upgrade = now + UPGRADE_FIRST;
-            return Vec::new();
+            return;
         }
         self.next_upgrade = now + UPGRADE_EVERY;
         self.quic_failures = 0;
+        self.tcp_close_at.get_or_insert(now + TCP_OVERLAP);
+    }
+
+    /// The TCP connections to close now: QUIC has been up beside them for
+    /// [`TCP_OVERLAP`] and still is.
+    pub fn due_tcp_close(&mut self, now: Instant) -> Vec<ConnectionId> {
+        if self.tcp_close_at.is_none_or(|t| t > now) {
+            return Vec::new();
+        }
+        self.tcp_close_at = None;
+        if self.count(Transport::Quic) == 0 {
+            return Vec::new();
+        }
         self.conns.iter().filter(|c| c.transport == Transport::Tcp).map(|c| c.id).collect()
     }
 
@@ -382,14 +405,25 @@ mod tests {
         let t0 = Instant::now();
         let mut l = link(t0);
         let tcp = ConnectionId::new_unchecked(1);
-        assert!(l.opened(tcp, Transport::Tcp, t0).is_empty());
+        l.opened(tcp, Transport::Tcp, t0);
         assert!(l.due_dial(t0).is_none(), "connected: no dial");
         assert!(l.due_upgrade(t0).is_none(), "not yet");
         let up = l.due_upgrade(t0 + UPGRADE_FIRST).unwrap();
         assert!(l.due_upgrade(t0 + UPGRADE_FIRST).is_none(), "then every {UPGRADE_EVERY:?}");
         assert!(up.iter().all(|a| Transport::of(a) == Transport::Quic));
         let quic = ConnectionId::new_unchecked(2);
-        assert_eq!(l.opened(quic, Transport::Quic, t0 + UPGRADE_EVERY), vec![tcp]);
+        l.opened(quic, Transport::Quic, t0 + UPGRADE_EVERY);
+        assert!(l.due_tcp_close(t0 + UPGRADE_EVERY).is_empty(), "both ends must see QUIC open first");
+        assert_eq!(l.due_tcp_close(t0 + UPGRADE_EVERY + TCP_OVERLAP), vec![tcp]);
+        assert!(l.due_tcp_close(t0 + UPGRADE_EVERY + TCP_OVERLAP).is_empty(), "once");
+        // A QUIC connection that closed within the overlap leaves TCP up.
+        let quic2 = ConnectionId::new_unchecked(3);
+        let tcp2 = ConnectionId::new_unchecked(4);
+        let mut other = link(t0);
+        other.opened(tcp2, Transport::Tcp, t0);
+        other.opened(quic2, Transport::Quic, t0);
+        assert!(!other.closed(quic2, t0 + REDIAL));
+        assert!(other.due_tcp_close(t0 + TCP_OVERLAP).is_empty(), "TCP is all it has");
         assert!(!l.closed(tcp, t0 + UPGRADE_EVERY), "QUIC still up");
         assert!(l.due_upgrade(t0 + 3 * UPGRADE_EVERY).is_none(), "QUIC needs no upgrade");
         assert!(l.closed(quic, t0 + 3 * UPGRADE_EVERY), "the last one");

@@ -14,6 +14,7 @@
 mod codec;
 mod links;
 mod liveness;
+mod nudge;
 mod requests;
 mod swarm;
 #[cfg(test)]
@@ -431,6 +432,7 @@ impl Net {
         let mut dials = Vec::new();
         let mut silent = Vec::new();
         let mut reset = Vec::new();
+        let mut replaced = Vec::new();
         let mut idle = Vec::new();
         for (peer, link) in self.members.iter_mut() {
             if link.idle(now) {
@@ -444,6 +446,7 @@ impl Net {
                 reset.push((*peer, link.site.clone()));
             }
             silent.extend(link.silent(now).into_iter().map(|c| (link.site.clone(), c)));
+            replaced.extend(link.due_tcp_close(now));
             // Dials overlap (`Disconnected`, not `NotDialing`): one started
             // into a cut must not hold back the one that finds the path back.
             if let Some(addrs) = link.due_dial(now) {
@@ -467,6 +470,10 @@ impl Net {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         gone.extend(self.undelivered.drain().map(Input::Undelivered));
+        for tcp in replaced {
+            tracing::debug!("QUIC is up: closing a TCP connection it replaces");
+            self.swarm.close_connection(tcp);
+        }
         for (peer, site) in reset {
             tracing::info!(%site, "its summaries cannot reach it (gossip lost its subscription): reconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -561,6 +568,28 @@ impl Net {
         self.traffic.sent(bytes.len());
         if let Err(e) = self.swarm.behaviour_mut().gossip.publish(self.topic.clone(), bytes) {
             tracing::debug!("summary not published: {e}");
+        }
+        // Queues are not empty now: a handler nothing woke opens its stream.
+        self.swarm.behaviour_mut().nudge.all();
+    }
+
+    /// Closes every connection and waits, at most `within`, for the closes
+    /// to go out. Peers then see a planned stop at once rather than after
+    /// QUIC's idle timeout, and a site that restarts quickly finds no stale
+    /// connection of its old process at its peers (a new connection beside a
+    /// stale one gets no gossip subscriptions: see [`links::Link::gossip_lost`]).
+    pub async fn close(&mut self, within: Duration) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let all_closed = async {
+            while self.swarm.connected_peers().next().is_some() {
+                let _ = self.swarm.select_next_some().await;
+            }
+        };
+        if tokio::time::timeout(within, all_closed).await.is_err() {
+            tracing::debug!("connections still closing at exit");
         }
     }
 
@@ -658,10 +687,7 @@ impl Net {
                 let site = link.site.clone();
                 // Scores outlive connections: one made as a stranger is lifted.
                 self.swarm.behaviour_mut().gossip.set_application_score(&peer_id, 0.0);
-                for tcp in link.opened(connection_id, transport, Instant::now()) {
-                    tracing::debug!(%site, "QUIC is up: closing the TCP connection");
-                    self.swarm.close_connection(tcp);
-                }
+                link.opened(connection_id, transport, Instant::now());
                 if self.connected.insert(peer_id) {
                     tracing::info!(%site, ?transport, "member connected");
                     return Some(Event::Input(Input::Connected(site)));

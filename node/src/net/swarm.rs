@@ -12,6 +12,7 @@ use libp2p::{
 };
 
 use super::liveness::Ping;
+use super::nudge::Nudge;
 use super::{Frames, NetError};
 
 /// Connection limits: handshakes under way, established inbound connections
@@ -66,6 +67,7 @@ pub(super) struct Behaviour {
     pub(super) chunk: rr::Behaviour<Frames>,
     pub(super) logs: rr::Behaviour<Frames>,
     pub(super) gossip: gossipsub::Behaviour,
+    pub(super) nudge: Nudge,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -147,6 +149,7 @@ pub(super) fn build(keys: identity::Keypair, mdns: bool) -> Result<Swarm<Behavio
                     rr_cfg,
                 ),
                 gossip,
+                nudge: Default::default(),
                 mdns: Toggle::from(mdns),
             })
         })

@@ -18,6 +18,27 @@ fn all_reachable(d: &Daemon, n: usize) -> bool {
     rows.len() == n && rows.iter().all(|r| r["reachable"] == true && !r["summary"].is_null())
 }
 
+/// Whether `d` heard a summary from every other site lately (they are
+/// gossiped every 5 s). A summary that arrives once and then stops (a
+/// gossipsub handler that nothing wakes: `node/src/net/nudge.rs`) fails it.
+fn summaries_flow(d: &Daemon) -> bool {
+    let rows = rows(d);
+    let seen = |r: &serde_json::Value| r["last_seen"].as_u64().unwrap_or(0);
+    let Some(now) = rows.iter().find(|r| r["member"]["site"] == d.site.as_str()).map(seen) else {
+        return false;
+    };
+    rows.iter().all(|r| now.saturating_sub(seen(r)) <= 8_000)
+}
+
+/// Checks, after long enough for a stalled gossip path to show, that every
+/// daemon still hears every other.
+fn assert_summaries_flow(ds: &[&Daemon], when: &str) {
+    std::thread::sleep(Duration::from_secs(12));
+    for d in ds {
+        assert!(summaries_flow(d), "{when}: {} stopped hearing summaries: {:?}", d.site, rows(d));
+    }
+}
+
 #[test]
 fn sites_join_replicate_catch_up_and_refuse_strangers() {
     let root = tempfile::tempdir().unwrap();
@@ -36,6 +57,7 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
             rows(d)
         );
     }
+    assert_summaries_flow(&[&a, &b, &c], "after the joins");
 
     // A user created on A logs in on C (tokens verify offline on any site).
     a.cli().env("ATOLL_NEW_PASSWORD", "carol-password").ok(&["user", "create", "carol"]);
@@ -65,6 +87,7 @@ fn sites_join_replicate_catch_up_and_refuse_strangers() {
         }),
         "site-c did not catch up after its restart"
     );
+    assert_summaries_flow(&[&a, &b, &c], "after site-c restarted");
     // C notes when the realm's changes reached it, by its own clock.
     let net = http(&c.addr(), "GET", "/v1/network", Some(&saved_token(&c)), b"").json();
     let at = net["changes_received_at"]["realm"].as_u64().unwrap_or(0);

@@ -49,7 +49,13 @@ fn listed(d: &Daemon) -> Vec<(String, String)> {
 /// old connection timed out is reconnected once (docs/architecture.md,
 /// "Peers together"), and a reconnected link tells its peer's release only
 /// once identify has run.
-fn link(lab: &Lab, i: usize, d: &Daemon, to: &str, settled: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn link(
+    lab: &Lab,
+    i: usize,
+    d: &Daemon,
+    to: &str,
+    settled: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let token = saved_token(d);
     let addr = d.addr();
     let now = || {
@@ -57,7 +63,8 @@ fn link(lab: &Lab, i: usize, d: &Daemon, to: &str, settled: impl Fn(&serde_json:
         let links = reply.json()["links"].clone();
         links.as_array().into_iter().flatten().find(|l| l["site"] == to).cloned().unwrap_or_default()
     };
-    let connected = |l: &serde_json::Value| l["quic"].as_u64().unwrap_or(0) + l["tcp"].as_u64().unwrap_or(0) > 0;
+    let connected =
+        |l: &serde_json::Value| l["quic"].as_u64().unwrap_or(0) + l["tcp"].as_u64().unwrap_or(0) > 0;
     let mut seen = now();
     eventually(WAIT, || {
         seen = now();

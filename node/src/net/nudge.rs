@@ -83,7 +83,9 @@ impl NetworkBehaviour for Nudge {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
-            FromSwarm::ConnectionEstablished(e) => self.conns.entry(e.peer_id).or_default().push(e.connection_id),
+            FromSwarm::ConnectionEstablished(e) => {
+                self.conns.entry(e.peer_id).or_default().push(e.connection_id)
+            }
             FromSwarm::ConnectionClosed(e) => {
                 if let Some(cs) = self.conns.get_mut(&e.peer_id) {
                     cs.retain(|c| *c != e.connection_id);
@@ -136,8 +138,12 @@ impl libp2p::swarm::ConnectionHandler for Handler {
 
     fn on_connection_event(&mut self, event: ConnectionEvent<DeniedUpgrade, DeniedUpgrade>) {
         match event {
-            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, .. }) => match protocol {},
-            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol, .. }) => match protocol {},
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound { protocol, .. }) => {
+                match protocol {}
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound { protocol, .. }) => {
+                match protocol {}
+            }
             _ => {}
         }
     }

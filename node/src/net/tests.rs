@@ -93,7 +93,8 @@ async fn listening(key: &SigningKey) -> (Net, String) {
     }
 }
 
-/// The realm as `me` sees it: these members, at these addresses ("" for none).
+/// The realm as `me` sees it: these members, at these addresses (separated
+/// by spaces; "" for none).
 fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
     let mut realm = Realm::create(&SiteId::new(me).unwrap(), 0).unwrap();
     for (name, k, addr) in members {
@@ -103,7 +104,7 @@ fn realm_of(me: &str, members: &[(&str, &SigningKey, &str)]) -> Realm {
             region: "r".into(),
             operator: "op".into(),
             joined_at: 0,
-            addrs: if addr.is_empty() { vec![] } else { vec![(*addr).to_owned()] },
+            addrs: addr.split_whitespace().map(str::to_owned).collect(),
             invitation: None,
             api_cert: None,
         };
@@ -190,4 +191,70 @@ async fn a_join_request_for_another_key_than_the_connections_is_refused() {
     assert!(refused.contains("not the key of this connection"), "{refused}");
     assert!(!core_saw.is_finished(), "the request reached the core");
     core_saw.abort();
+}
+
+/// Gossipsub wakes the handler of a peer's first connection only (see
+/// `nudge.rs`): once QUIC has replaced TCP between two sites, and no third
+/// site relays, a's summaries must still reach b.
+#[tokio::test]
+async fn summaries_still_flow_once_quic_has_replaced_tcp() {
+    let (a, b) = (key(31), key(32));
+    let listen = ["/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0"];
+    let settings =
+        Settings { listen: listen.iter().map(|a| a.parse().unwrap()).collect(), ..Default::default() };
+    let mut na = Net::new(&a, settings).unwrap();
+    let addrs_a = loop {
+        if let Event::Addrs(addrs) = na.next().await
+            && addrs.len() == 2
+        {
+            break addrs;
+        }
+    };
+    let (mut nb, addr_b) = listening(&b).await;
+    let (quic_a, tcp_a) = addrs_a.iter().partition::<Vec<_>, _>(|a| a.contains("quic"));
+    // Only b dials, and first over TCP (a knows no address of b's).
+    na.refresh(&realm_of("a", &[("a", &a, ""), ("b", &b, "")]), &SiteId::new("a").unwrap());
+    nb.refresh(&realm_of("b", &[("a", &a, tcp_a[0]), ("b", &b, &addr_b)]), &SiteId::new("b").unwrap());
+    let peer_a = na.local_peer_id();
+    let over = |nb: &Net| {
+        nb.members.get(&peer_a).map_or((0, 0), |l| (l.count(Transport::Quic), l.count(Transport::Tcp)))
+    };
+
+    let (mut was_tcp, mut replaced_at, mut heard_after) = (false, None, 0);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick() => {
+                na.tick();
+                nb.tick();
+                // Quiet until then: a handler made while nothing is queued
+                // is the one gossipsub does not wake.
+                if replaced_at.is_some() {
+                    na.publish(&view("a"));
+                }
+                match over(&nb) {
+                    (0, 1) if !was_tcp => {
+                        was_tcp = true;
+                        let both = format!("{tcp} {quic}", tcp = tcp_a[0], quic = quic_a[0]);
+                        nb.refresh(&realm_of("b", &[("a", &a, &both), ("b", &b, &addr_b)]), &SiteId::new("b").unwrap());
+                    }
+                    (1, 0) if was_tcp && replaced_at.is_none() => replaced_at = Some(tokio::time::Instant::now()),
+                    _ => {}
+                }
+                if replaced_at.is_some_and(|t| t.elapsed() > Duration::from_secs(4)) {
+                    break;
+                }
+            }
+            _ = na.next() => {}
+            ev = nb.next() => {
+                // Counted from a moment after the TCP close, once in-flight ones are in.
+                let settled = replaced_at.is_some_and(|t| t.elapsed() > Duration::from_millis(500));
+                heard_after += usize::from(settled && summary_from(&ev, "a"));
+            }
+        }
+    }
+    assert!(was_tcp, "b never connected over TCP alone: the test proves nothing");
+    assert!(replaced_at.is_some(), "QUIC never replaced TCP: {:?}", over(&nb));
+    assert!(heard_after >= 5, "b heard {heard_after} summaries of a in the 3.5 s after QUIC replaced TCP");
 }

@@ -20,9 +20,9 @@ use libp2p::{Multiaddr, PeerId, ping};
 
 use super::links::Transport;
 
-pub(super) const TCP_EVERY: Duration = Duration::from_millis(500);
-pub(super) const QUIC_EVERY: Duration = Duration::from_secs(60);
-pub(super) const TIMEOUT: Duration = Duration::from_millis(1000);
+const TCP_EVERY: Duration = Duration::from_millis(500);
+const QUIC_EVERY: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The ping protocol, with an interval chosen by the connection's transport.
 /// Both inner behaviours make the same handler; every handler's events are

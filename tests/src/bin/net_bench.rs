@@ -115,14 +115,36 @@ fn realm_change_received(d: &Daemon, token: &str) -> u64 {
     network["changes_received_at"]["realm"].as_u64().unwrap_or(0)
 }
 
+const USAGE: &str =
+    "usage: net-bench [SITES (2 or more, default 3)] [WRITES (1 or more, default 200)] [together]";
+
+/// Reads a count, or leaves the bench with the usage.
+fn count(arg: Option<String>, default: usize, least: usize) -> usize {
+    let Some(a) = arg else { return default };
+    match a.parse::<usize>() {
+        Ok(v) if v >= least => v,
+        _ => {
+            eprintln!("net-bench: {a:?} is not a count of {least} or more\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let writes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let n = count(args.next(), 3, 2);
+    let writes = count(args.next(), 200, 1);
     // `together`: every other site is asked at once, each by a thread of its
     // own, instead of one after the other (the figure then includes one round
     // trip, not N-1, but the daemons serve N-1 pollers meanwhile).
-    let together = args.next().as_deref() == Some("together");
+    let together = match args.next().as_deref() {
+        None => false,
+        Some("together") => true,
+        Some(other) => {
+            eprintln!("net-bench: unknown argument {other:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let root = tempfile::tempdir().unwrap();
     let (sites, admin) = loopback_realm(root.path(), n);
     // The admin's token verifies on every site (offline, by the issuer's key).

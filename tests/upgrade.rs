@@ -47,7 +47,7 @@ fn listed(d: &Daemon) -> Vec<(String, String)> {
 /// only, once it is connected and `settled` holds, or after [`WAIT`]. A link
 /// may be between connections for a moment: a peer that restarted before its
 /// old connection timed out is reconnected once (docs/architecture.md,
-/// "Peers together"), and a reconnected link tells its peer's release only
+/// "The peer network"), and a reconnected link tells its peer's release only
 /// once identify has run.
 fn link(
     lab: &Lab,

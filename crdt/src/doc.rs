@@ -547,19 +547,20 @@ impl Doc {
     /// The hash of the document's first change (the one that created it),
     /// which every replica shares for good: the document's identity.
     pub fn genesis(&mut self) -> Option<String> {
-        let first = self.inner.doc().get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
-        Some(first.hash().to_string())
+        let first = self.inner.changes(&[]).iter().find(|c| c.deps().is_empty())?.hash();
+        Some(first.to_string())
     }
 
     /// The actor of the document's first change: for the realm, its founder.
     pub fn genesis_actor(&mut self) -> Option<Vec<u8>> {
-        let first = self.inner.doc().get_changes(&[]).into_iter().find(|c| c.deps().is_empty())?;
+        let changes = self.inner.changes(&[]);
+        let first = changes.iter().find(|c| c.deps().is_empty())?;
         Some(first.actor_id().to_bytes().to_vec())
     }
 
     /// Encoded changes the holder of `have` lacks.
     pub fn changes_since(&mut self, have: &[ChangeHash]) -> Vec<Vec<u8>> {
-        self.inner.doc().get_changes(have).into_iter().map(|mut c| c.bytes().into_owned()).collect()
+        self.inner.changes(have).iter().map(|c| c.clone().bytes().into_owned()).collect()
     }
 
     /// Applies encoded changes; duplicates and out-of-order delivery are fine
@@ -657,7 +658,7 @@ impl Doc {
             Ok(Some((msg, whole))) => {
                 // A whole document carries every change, those sent before too.
                 let new: Vec<ChangeHash> = if whole {
-                    self.inner.doc().get_changes(&[]).iter().map(automerge::Change::hash).collect()
+                    self.inner.changes(&[]).iter().map(automerge::Change::hash).collect()
                 } else {
                     state
                         .sent_hashes
@@ -730,6 +731,18 @@ impl Doc {
             state.shared_heads.clone_from(theirs);
         }
         Ok(received)
+    }
+
+    /// `make(self)`, remembered under `what` for other replicas of the same
+    /// heads in this process (the simulator's thousands of sites decode the
+    /// realm's member list once per state, not once each). `make` must read
+    /// nothing but the document's content.
+    pub fn memo<T: std::any::Any + Send + Sync>(
+        &self,
+        what: &'static str,
+        make: impl FnOnce(&Doc) -> T,
+    ) -> std::sync::Arc<T> {
+        crate::replica::memo(&self.inner, what, || make(self))
     }
 
     /// A 32-byte digest of the current heads: equal digests, equal documents.

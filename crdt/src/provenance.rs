@@ -341,7 +341,7 @@ impl Doc {
         let actor = self.inner.actor().clone();
         let since = std::mem::take(&mut self.ledger.scanned);
         let mut signed = 0;
-        for change in self.inner.doc().get_changes(&since) {
+        for change in self.inner.changes(&since).iter() {
             let hash = change.hash().0;
             if change.actor_id() == &actor && self.ledger.get(&hash).is_none() {
                 self.ledger.insert(hash, sign(&Signed::message(&hash)));
@@ -386,7 +386,7 @@ impl Doc {
     /// Every change of the document with its signature, if held (a whole
     /// replica handed to a joining site, say).
     pub fn all_signatures(&mut self) -> Vec<Signed> {
-        let hashes: Vec<ChangeHash> = self.inner.doc().get_changes(&[]).iter().map(Change::hash).collect();
+        let hashes: Vec<ChangeHash> = self.inner.changes(&[]).iter().map(Change::hash).collect();
         self.signatures(hashes)
     }
 

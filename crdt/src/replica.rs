@@ -14,6 +14,7 @@
 //! What a replica owns stays its own: its actor (whose name its changes
 //! carry), what it has saved, its signatures and sync states ([`crate::Doc`]).
 
+use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -79,16 +80,50 @@ impl Body {
     /// Bytes of the changes since the last call (or since the heads given
     /// at [`Body::new`]).
     pub(crate) fn save_incremental(&mut self) -> Vec<u8> {
-        let mut doc = self.doc();
-        let mut heads = doc.get_heads();
+        let (mut heads, shareable) = {
+            let mut doc = self.doc();
+            (doc.get_heads(), complete(&doc))
+        };
         heads.sort();
         if heads == self.saved {
             return Vec::new();
         }
-        let bytes = doc.save_after(&self.saved);
-        drop(doc);
+        let key = (heads.clone(), self.saved.clone());
+        let bytes = match shareable.then(|| table().and_then(|t| t.increments.find(&key))).flatten() {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let bytes = self.doc().save_after(&self.saved);
+                if shareable && let Some(mut t) = table() {
+                    t.increments.keep(key, Arc::from(bytes.as_slice()));
+                }
+                bytes
+            }
+        };
         self.saved = heads;
         bytes
+    }
+
+    /// The changes after `since` (all of them for `&[]`). Replicas of the
+    /// same heads take the list another one made: automerge encodes each
+    /// change anew on every call, and every simulated site asks for the
+    /// realm's (signing, a whole-document sync, its founder).
+    pub(crate) fn changes(&self, since: &[ChangeHash]) -> Arc<[automerge::Change]> {
+        let (mut heads, shareable) = {
+            let mut doc = self.doc();
+            (doc.get_heads(), complete(&doc))
+        };
+        heads.sort();
+        let mut since = since.to_vec();
+        since.sort();
+        let key = (heads, since);
+        if shareable && let Some(found) = table().and_then(|t| t.changes.find(&key)) {
+            return found;
+        }
+        let changes: Arc<[automerge::Change]> = Arc::from(self.doc().get_changes(&key.1));
+        if shareable && let Some(mut t) = table() {
+            t.changes.keep(key, changes.clone());
+        }
+        changes
     }
 
     /// The whole document, compacted; later incremental saves follow it.
@@ -200,6 +235,26 @@ struct Table {
     /// The changes of the last whole documents loaded, by the digest of
     /// their bytes (at most [`SAVES`]).
     loads: VecDeque<([u8; 32], Arc<[automerge::Change]>)>,
+    /// The last incremental saves, by (heads, heads saved before).
+    increments: Recent<Arc<[u8]>>,
+    /// The last lists of changes, by (heads, the `since` asked for).
+    changes: Recent<Arc<[automerge::Change]>>,
+    /// What callers derived from a document ([`memo`]), by heads and name.
+    memos: VecDeque<(Vec<ChangeHash>, &'static str, Arc<dyn Any + Send + Sync>)>,
+}
+
+/// The last [`SAVES`] results of a pure function of a document, keyed by
+/// its heads and the function's argument (both sorted).
+struct Recent<T>(VecDeque<((Vec<ChangeHash>, Vec<ChangeHash>), T)>);
+
+impl<T: Clone> Recent<T> {
+    fn find(&self, key: &(Vec<ChangeHash>, Vec<ChangeHash>)) -> Option<T> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn keep(&mut self, key: (Vec<ChangeHash>, Vec<ChangeHash>), value: T) {
+        keep_last(&mut self.0, (key, value));
+    }
 }
 
 /// Whole saves kept for other replicas of the same heads.
@@ -242,6 +297,9 @@ static TABLE: Mutex<Table> = Mutex::new(Table {
     kept: 0,
     saves: VecDeque::new(),
     loads: VecDeque::new(),
+    increments: Recent(VecDeque::new()),
+    changes: Recent(VecDeque::new()),
+    memos: VecDeque::new(),
 });
 
 /// The changes of a whole saved document: `load` reads them, unless a
@@ -267,6 +325,33 @@ pub(crate) fn changes_of_document<E>(
         keep_last(&mut t.loads, (key, Arc::from(changes.as_slice())));
     }
     Ok(changes)
+}
+
+/// `make(doc)`, named `what`: a value that depends on the document's content
+/// only (a decoded member list, say). Replicas of the same heads take the
+/// value another one made; without [`share_replicas`], always `make`.
+pub(crate) fn memo<T: Any + Send + Sync>(
+    body: &Body,
+    what: &'static str,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let key = {
+        let mut doc = body.doc();
+        (SHARING.load(Ordering::Relaxed) && complete(&doc)).then(|| doc.get_heads())
+    };
+    let Some(mut heads) = key else { return Arc::new(make()) };
+    heads.sort();
+    let found = table().and_then(|t| {
+        t.memos.iter().rev().find(|(h, w, _)| *w == what && *h == heads).map(|(_, _, v)| v.clone())
+    });
+    if let Some(value) = found.and_then(|v| v.downcast::<T>().ok()) {
+        return value;
+    }
+    let value = Arc::new(make());
+    if let Some(mut t) = table() {
+        keep_last(&mut t.memos, (heads, what, value.clone() as Arc<dyn Any + Send + Sync>));
+    }
+    value
 }
 
 fn table() -> Option<MutexGuard<'static, Table>> {

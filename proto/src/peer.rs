@@ -226,7 +226,9 @@ pub struct PeerConfig {
 pub(crate) struct Custody {
     /// The realm changed since `list` was read.
     pub stale: bool,
-    pub list: Vec<crate::sync::Seat>,
+    /// The members placed on the overlay's rings (shared between sites
+    /// holding the same realm in the simulator).
+    pub list: std::sync::Arc<crate::overlay::Rings>,
     /// Whom this site relays changes to, rebuilt with `list`.
     pub overlay: crate::overlay::Overlay,
     /// Members and removals counted when `list` was read.

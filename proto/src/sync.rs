@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use atoll_crdt::{Doc, Intent, IntentOutcome, Millis, SiteDoc, SiteId};
 use rand_core::RngCore;
 
+use crate::overlay::Rings;
 use crate::peer::{DocId, Effects, Peer, TimerId};
 use crate::wire::PeerMsg;
 
@@ -74,9 +75,12 @@ impl Peer {
             (self.realm.doc.count::<atoll_crdt::Member>(), self.realm.doc.count::<atoll_crdt::Removal>());
         if counts != self.custody.counts {
             self.custody.counts = counts;
-            let members: Vec<atoll_crdt::Member> = self.realm.doc.list().unwrap_or_default();
-            self.custody.list = members.iter().map(Seat::from).collect();
-            self.custody.overlay = crate::overlay::Overlay::build(&self.custody.list, &self.site);
+            // Sites holding the same realm share the rings (the simulator).
+            self.custody.list = self.realm.doc.memo("custody rings", |doc| {
+                let members: Vec<atoll_crdt::Member> = doc.list().unwrap_or_default();
+                Rings::new(&members.iter().map(Seat::from).collect::<Vec<_>>())
+            });
+            self.custody.overlay = self.custody.list.overlay(&self.site);
             self.custody.of.clear();
         }
     }
@@ -570,19 +574,18 @@ impl From<&atoll_crdt::Member> for Seat {
 /// its custodians are linked anyway: custody adds no connection
 /// (`crate::overlay::kept`), and a custodian is sent the owner's changes
 /// directly and relays them along the rings.
-pub fn custodians(members: &[Seat], owner: &SiteId) -> Vec<SiteId> {
+pub fn custodians(rings: &Rings, owner: &SiteId) -> Vec<SiteId> {
     use sha2::Digest;
-    let region = members.iter().find(|m| &m.site == owner).map(|m| m.region.as_str()).unwrap_or("");
-    let near = crate::overlay::Overlay::build(members, owner).neighbours();
-    let mut ranked: Vec<(bool, [u8; 32], &SiteId)> = members
+    let region = rings.region(owner).unwrap_or("");
+    let near = rings.overlay(owner).neighbours();
+    let mut ranked: Vec<(bool, [u8; 32], &SiteId)> = near
         .iter()
-        .filter(|m| near.contains(&m.site))
-        .map(|m| {
+        .map(|site| {
             let mut h = sha2::Sha256::new();
             h.update(owner.as_str());
             h.update([0]);
-            h.update(m.site.as_str());
-            (m.region != region, h.finalize().into(), &m.site)
+            h.update(site.as_str());
+            (rings.region(site) != Some(region), h.finalize().into(), site)
         })
         .collect();
     ranked.sort();
@@ -613,8 +616,9 @@ mod custody_tests {
             .map(|i| Seat::from(&member(&format!("s{i}"), if i % 2 == 0 { "eu" } else { "us" })))
             .collect();
         let eu = |s: &SiteId| s.as_str()[1..].parse::<u32>().unwrap() % 2 == 0;
+        let rings = Rings::new(&members);
         for owner in members.iter().map(|m| m.site.clone()) {
-            let c = custodians(&members, &owner);
+            let c = custodians(&rings, &owner);
             assert_eq!(c.len(), CUSTODIANS);
             assert!(!c.contains(&owner));
             let near = crate::overlay::Overlay::build(&members, &owner).neighbours();
@@ -626,10 +630,10 @@ mod custody_tests {
             }
         }
         let owner = SiteId::new("s4").unwrap();
-        let c = custodians(&members, &owner);
+        let c = custodians(&rings, &owner);
         let mut shuffled = members.clone();
         shuffled.reverse();
-        assert_eq!(custodians(&shuffled, &owner), c);
-        assert_eq!(custodians(&members[..2], &SiteId::new("s0").unwrap()).len(), 1);
+        assert_eq!(custodians(&Rings::new(&shuffled), &owner), c);
+        assert_eq!(custodians(&Rings::new(&members[..2]), &SiteId::new("s0").unwrap()).len(), 1);
     }
 }

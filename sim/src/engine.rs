@@ -342,8 +342,9 @@ impl Sim {
                 l.extend((0..n).filter(|b| *b != a));
             }
         } else {
+            let rings = atoll_proto::overlay::Rings::new(seats);
             for a in 0..n {
-                for b in atoll_proto::overlay::kept(seats, &self.sites[a].id).iter().map(|s| self.index[s]) {
+                for b in rings.kept(&self.sites[a].id).iter().map(|s| self.index[s]) {
                     links[a].insert(b);
                     links[b].insert(a);
                 }

@@ -196,6 +196,14 @@ pub trait Gate {
     /// `doc` holds every dependency of `change` (read it as of
     /// `change.deps` for the state its author saw). Err names the reason.
     fn admit(&mut self, doc: &Doc, change: &Incoming<'_>) -> Result<(), String>;
+
+    /// Some(parameters) when the verdict depends on nothing but the
+    /// document's content, the change, its signature and these parameters:
+    /// replicas in one process that share documents (the simulator) then
+    /// judge a change once per state of the document instead of once each.
+    fn pure(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A change a gate refused: never applied, never stored, never relayed.
@@ -466,7 +474,9 @@ impl Doc {
                     genesis: empty && change.deps().is_empty() && report.applied == 0,
                     change: &change,
                 };
-                gate.admit(self, &incoming).map_err(|why| (why, sig.is_some()))
+                let key = gate.pure().map(|params| (params, hash.0, sig, incoming.genesis));
+                crate::replica::judged(&self.inner, key, || gate.admit(self, &incoming))
+                    .map_err(|why| (why, sig.is_some()))
             };
             match verdict {
                 Ok(()) => {

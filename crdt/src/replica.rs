@@ -239,20 +239,25 @@ struct Table {
     increments: Recent<Arc<[u8]>>,
     /// The last lists of changes, by (heads, the `since` asked for).
     changes: Recent<Arc<[automerge::Change]>>,
+    /// The last verdicts of pure gates ([`judged`]), by heads.
+    verdicts: VecDeque<(Vec<ChangeHash>, Judged, Result<(), String>)>,
     /// What callers derived from a document ([`memo`]), by heads and name.
     memos: VecDeque<(Vec<ChangeHash>, &'static str, Arc<dyn Any + Send + Sync>)>,
 }
 
 /// The last [`SAVES`] results of a pure function of a document, keyed by
 /// its heads and the function's argument (both sorted).
-struct Recent<T>(VecDeque<((Vec<ChangeHash>, Vec<ChangeHash>), T)>);
+struct Recent<T>(VecDeque<(HeadsAnd, T)>);
+
+/// A document's heads and a function's argument, both sorted.
+type HeadsAnd = (Vec<ChangeHash>, Vec<ChangeHash>);
 
 impl<T: Clone> Recent<T> {
-    fn find(&self, key: &(Vec<ChangeHash>, Vec<ChangeHash>)) -> Option<T> {
+    fn find(&self, key: &HeadsAnd) -> Option<T> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
 
-    fn keep(&mut self, key: (Vec<ChangeHash>, Vec<ChangeHash>), value: T) {
+    fn keep(&mut self, key: HeadsAnd, value: T) {
         keep_last(&mut self.0, (key, value));
     }
 }
@@ -299,6 +304,7 @@ static TABLE: Mutex<Table> = Mutex::new(Table {
     loads: VecDeque::new(),
     increments: Recent(VecDeque::new()),
     changes: Recent(VecDeque::new()),
+    verdicts: VecDeque::new(),
     memos: VecDeque::new(),
 });
 
@@ -352,6 +358,39 @@ pub(crate) fn memo<T: Any + Send + Sync>(
         keep_last(&mut t.memos, (heads, what, value.clone() as Arc<dyn Any + Send + Sync>));
     }
     value
+}
+
+/// What a pure gate's verdict depends on besides the document: its
+/// parameters, the change's hash, its signature, and whether it came as the
+/// document's first.
+pub(crate) type Judged = (Vec<u8>, [u8; 32], Option<[u8; 64]>, bool);
+
+/// `judge()`, a pure gate's verdict on a change (`key`: None for a gate
+/// that is not pure), taken from another replica of the same heads that
+/// asked the same (thousands of simulated sites joining admit the same
+/// enrollment of every member).
+pub(crate) fn judged(
+    body: &Body,
+    key: Option<Judged>,
+    judge: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let heads = key.as_ref().and_then(|_| {
+        let mut doc = body.doc();
+        (SHARING.load(Ordering::Relaxed) && complete(&doc)).then(|| doc.get_heads())
+    });
+    let (Some(key), Some(mut heads)) = (key, heads) else { return judge() };
+    heads.sort();
+    let found = table().and_then(|t| {
+        t.verdicts.iter().rev().find(|(h, k, _)| *k == key && *h == heads).map(|(_, _, v)| v.clone())
+    });
+    if let Some(verdict) = found {
+        return verdict;
+    }
+    let verdict = judge();
+    if let Some(mut t) = table() {
+        keep_last(&mut t.verdicts, (heads, key, verdict.clone()));
+    }
+    verdict
 }
 
 fn table() -> Option<MutexGuard<'static, Table>> {
@@ -479,5 +518,47 @@ mod tests {
         let hashes = |c: &[crate::Change]| c.iter().map(crate::Change::hash).collect::<Vec<_>>();
         assert_eq!(hashes(&first), hashes(&again));
         assert_eq!(hashes(&first), hashes(&changes(&mut writer, &[])));
+    }
+
+    /// A gate that counts its calls; pure or not, with a parameter.
+    struct Counting {
+        calls: usize,
+        pure: Option<Vec<u8>>,
+    }
+
+    impl crate::Gate for Counting {
+        fn admit(&mut self, _doc: &Doc, _change: &crate::Incoming<'_>) -> Result<(), String> {
+            self.calls += 1;
+            Ok(())
+        }
+
+        fn pure(&self) -> Option<Vec<u8>> {
+            self.pure.clone()
+        }
+    }
+
+    #[test]
+    fn a_pure_gate_judges_a_change_once_per_state_and_parameters_and_other_gates_every_time() {
+        super::share_replicas();
+        let mut writer = writer();
+        let all = changes(&mut writer, &[]);
+        let admit = |gate: &mut Counting, name: &str| {
+            let mut r = Doc::empty(name.as_bytes());
+            r.admit(all.clone(), &[], gate).unwrap();
+            names(&r)
+        };
+        let mut pure = Counting { calls: 0, pure: Some(b"p".to_vec()) };
+        assert_eq!(admit(&mut pure, "j1"), ["edge-1"]);
+        let first = pure.calls;
+        assert!(first > 0);
+        assert_eq!(admit(&mut pure, "j2"), ["edge-1"]);
+        assert_eq!(pure.calls, first, "the second replica took the verdicts");
+        let mut other = Counting { calls: 0, pure: Some(b"q".to_vec()) };
+        admit(&mut other, "j3");
+        assert_eq!(other.calls, first, "other parameters, judged again");
+        let mut impure = Counting { calls: 0, pure: None };
+        admit(&mut impure, "j4");
+        admit(&mut impure, "j5");
+        assert_eq!(impure.calls, 2 * first, "a gate that is not pure judges every time");
     }
 }

@@ -71,8 +71,12 @@ pub struct Rings {
     seats: Vec<Seat>,
     /// Per ring, its lanes: one for a realm ring, one per region for a
     /// regional ring (by region name); each (position, site), sorted.
-    rings: Vec<Vec<(String, Vec<(u64, SiteId)>)>>,
+    rings: Vec<Vec<Lane>>,
 }
+
+/// The sites of one ring in one region ("" for a realm ring): (region,
+/// (position, site) sorted).
+type Lane = (String, Vec<(u64, SiteId)>);
 
 impl Rings {
     pub fn new(members: &[Seat]) -> Rings {
@@ -81,7 +85,7 @@ impl Rings {
         seats.dedup_by(|a, b| a.site == b.site);
         let rings = (0..RINGS)
             .map(|ring| {
-                let mut lanes: Vec<(String, Vec<(u64, SiteId)>)> = Vec::new();
+                let mut lanes: Vec<Lane> = Vec::new();
                 for m in &seats {
                     let lane = if ring < REALM_RINGS { "" } else { m.region.as_str() };
                     let at = match lanes.iter().position(|(r, _)| r == lane) {

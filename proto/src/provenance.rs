@@ -126,6 +126,13 @@ impl Gate for Members {
         }
         Ok(())
     }
+
+    /// The checks above read the document, the change and these fields only.
+    fn pure(&self) -> Option<Vec<u8>> {
+        let mut params = vec![u8::from(self.open), u8::from(self.rules), u8::from(self.founder.is_some())];
+        params.extend(self.founder.as_deref().unwrap_or_default());
+        Some(params)
+    }
 }
 
 /// After its genesis, a realm change may touch the root only to raise the

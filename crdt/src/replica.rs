@@ -80,20 +80,16 @@ impl Body {
     /// Bytes of the changes since the last call (or since the heads given
     /// at [`Body::new`]).
     pub(crate) fn save_incremental(&mut self) -> Vec<u8> {
-        let (mut heads, shareable) = {
-            let mut doc = self.doc();
-            (doc.get_heads(), complete(&doc))
-        };
-        heads.sort();
+        let (heads, complete) = self.sorted_heads();
         if heads == self.saved {
             return Vec::new();
         }
         let key = (heads.clone(), self.saved.clone());
-        let bytes = match shareable.then(|| table().and_then(|t| t.increments.find(&key))).flatten() {
+        let bytes = match complete.then(|| table().and_then(|t| t.increments.find(&key))).flatten() {
             Some(bytes) => bytes.to_vec(),
             None => {
                 let bytes = self.doc().save_after(&self.saved);
-                if shareable && let Some(mut t) = table() {
+                if complete && let Some(mut t) = table() {
                     t.increments.keep(key, Arc::from(bytes.as_slice()));
                 }
                 bytes
@@ -108,33 +104,45 @@ impl Body {
     /// change anew on every call, and every simulated site asks for the
     /// realm's (signing, a whole-document sync, its founder).
     pub(crate) fn changes(&self, since: &[ChangeHash]) -> Arc<[automerge::Change]> {
-        let (mut heads, shareable) = {
-            let mut doc = self.doc();
-            (doc.get_heads(), complete(&doc))
-        };
-        heads.sort();
+        let Some(heads) = self.shared_heads() else { return Arc::from(self.doc().get_changes(since)) };
         let mut since = since.to_vec();
         since.sort();
         let key = (heads, since);
-        if shareable && let Some(found) = table().and_then(|t| t.changes.find(&key)) {
+        if let Some(found) = table().and_then(|t| t.changes.find(&key)) {
             return found;
         }
         let changes: Arc<[automerge::Change]> = Arc::from(self.doc().get_changes(&key.1));
-        if shareable && let Some(mut t) = table() {
+        if let Some(mut t) = table() {
             t.changes.keep(key, changes.clone());
         }
         changes
+    }
+
+    /// The heads, sorted, and whether they say everything the document
+    /// holds (see [`complete`]).
+    fn sorted_heads(&self) -> (Vec<ChangeHash>, bool) {
+        let mut doc = self.doc();
+        let mut heads = doc.get_heads();
+        heads.sort();
+        (heads, complete(&doc))
+    }
+
+    /// What other replicas' results for this state are kept under: the
+    /// sorted heads, while sharing is on and they say everything.
+    fn shared_heads(&self) -> Option<Vec<ChangeHash>> {
+        if !SHARING.load(Ordering::Relaxed) {
+            return None;
+        }
+        let (heads, complete) = self.sorted_heads();
+        complete.then_some(heads)
     }
 
     /// The whole document, compacted; later incremental saves follow it.
     /// Shared replicas take a save of the same heads another one made
     /// (compressing a document is the dearest step of a simulated boot).
     pub(crate) fn save(&mut self) -> Vec<u8> {
-        let (mut heads, shareable) = {
-            let mut doc = self.doc();
-            (doc.get_heads(), !self.writer && complete(&doc))
-        };
-        heads.sort();
+        let (heads, complete) = self.sorted_heads();
+        let shareable = !self.writer && complete;
         let cached = if shareable { table().and_then(|t| t.saved(&heads)) } else { None };
         let bytes = match cached {
             Some(bytes) => bytes.to_vec(),
@@ -341,12 +349,7 @@ pub(crate) fn memo<T: Any + Send + Sync>(
     what: &'static str,
     make: impl FnOnce() -> T,
 ) -> Arc<T> {
-    let key = {
-        let mut doc = body.doc();
-        (SHARING.load(Ordering::Relaxed) && complete(&doc)).then(|| doc.get_heads())
-    };
-    let Some(mut heads) = key else { return Arc::new(make()) };
-    heads.sort();
+    let Some(heads) = body.shared_heads() else { return Arc::new(make()) };
     let found = table().and_then(|t| {
         t.memos.iter().rev().find(|(h, w, _)| *w == what && *h == heads).map(|(_, _, v)| v.clone())
     });
@@ -374,12 +377,7 @@ pub(crate) fn judged(
     key: Option<Judged>,
     judge: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), String> {
-    let heads = key.as_ref().and_then(|_| {
-        let mut doc = body.doc();
-        (SHARING.load(Ordering::Relaxed) && complete(&doc)).then(|| doc.get_heads())
-    });
-    let (Some(key), Some(mut heads)) = (key, heads) else { return judge() };
-    heads.sort();
+    let Some((key, heads)) = key.and_then(|k| Some((k, body.shared_heads()?))) else { return judge() };
     let found = table().and_then(|t| {
         t.verdicts.iter().rev().find(|(h, k, _)| *k == key && *h == heads).map(|(_, _, v)| v.clone())
     });
